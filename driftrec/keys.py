@@ -1,0 +1,86 @@
+"""The Redis key layout: the contract between the worker (writer) and the reader.
+
+See ``docs/redis-keys.md`` for types, bounds, writers and readers. Every key carries a Redis
+Cluster hash tag: ``{u:<user>}`` for one user's keys, ``{i:<item>}`` for one item's keys and
+``{g}`` for the small global keys, so multi-key operations on one user stay in one slot.
+Ids are validated by :mod:`driftrec.events` (no braces, no spaces), so an id cannot reach
+outside its own keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds key names under one prefix (tests use a unique prefix each)."""
+
+    prefix: str = "dr"
+
+    # --- one user -------------------------------------------------------------------------
+    def user_hist(self, user: str) -> str:
+        """ZSET item -> last event time: the bounded recent history (seen-filter, session)."""
+        return f"{self.prefix}:{{u:{user}}}:hist"
+
+    def user_items(self, user: str) -> str:
+        """ZSET item -> forward-decayed interaction weight (fold-in input)."""
+        return f"{self.prefix}:{{u:{user}}}:w"
+
+    def user_cats(self, user: str) -> str:
+        """ZSET category -> forward-decayed weight (taste over categories)."""
+        return f"{self.prefix}:{{u:{user}}}:cats"
+
+    def user_vec(self, user: str) -> str:
+        """HASH {vec: float32 bytes, model: version}: the user's factor vector."""
+        return f"{self.prefix}:{{u:{user}}}:vec"
+
+    # --- one item -------------------------------------------------------------------------
+    def item_nbrs(self, item: str) -> str:
+        """ZSET neighbour -> forward-decayed co-occurrence (top-K pruned)."""
+        return f"{self.prefix}:{{i:{item}}}:nbr"
+
+    def item_vec(self, item: str) -> str:
+        """STRING float32 bytes: the item's online (ISGD / cold-start) factor vector."""
+        return f"{self.prefix}:{{i:{item}}}:vec"
+
+    # --- global ---------------------------------------------------------------------------
+    @property
+    def popularity(self) -> str:
+        """ZSET item -> forward-decayed weighted popularity (all items; also global trending)."""
+        return f"{self.prefix}:{{g}}:pop"
+
+    def trending(self, category: str) -> str:
+        """ZSET item -> forward-decayed popularity within one category (top trending_k)."""
+        return f"{self.prefix}:{{g}}:trend:{category}"
+
+    @property
+    def item_category(self) -> str:
+        """HASH item -> category (last seen)."""
+        return f"{self.prefix}:{{g}}:icat"
+
+    @property
+    def offsets(self) -> str:
+        """HASH "<topic>:<partition>" -> last applied Kafka offset (effectively-once guard)."""
+        return f"{self.prefix}:{{g}}:offsets"
+
+    @property
+    def meta(self) -> str:
+        """HASH landmark (forward-decay origin, event time), last_event_time, applied_events."""
+        return f"{self.prefix}:{{g}}:meta"
+
+    # --- published models -----------------------------------------------------------------
+    @property
+    def model_current(self) -> str:
+        """STRING: the live model version id."""
+        return f"{self.prefix}:{{m}}:current"
+
+    def model_blob(self, version: str, part: str) -> str:
+        """STRING/HASH parts of one published model version (factors, ids, weights)."""
+        return f"{self.prefix}:{{m}}:v:{version}:{part}"
+
+    def pattern(self) -> str:
+        """Glob matching every key under this prefix (for cleanup and rescale scans)."""
+        return f"{self.prefix}:*"

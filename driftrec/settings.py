@@ -1,0 +1,114 @@
+"""Typed, frozen settings for every driftrec process; the only module that reads the environment.
+
+Every field can be set with an environment variable ``DRIFTREC_<FIELD>`` (upper case). Two
+conventional variables are also honoured: ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL``; when
+either is set, ``driftrec`` uses that service and starts nothing of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """All of driftrec's knobs. Frozen: build a new one with ``model_copy(update=...)``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTREC_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    # --- infrastructure -------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "DRIFTREC_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers; unset means the local stack's broker.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "DRIFTREC_REDIS_URL"),
+        description="Redis URL (redis:// or a cluster URL); unset means the local stack's Redis.",
+    )
+    home: Path = Field(default=Path(".driftrec"), description="Folder for local-stack data and logs.")
+    kafka_port: int = Field(default=19092, description="Local-stack Kafka client port (loopback).")
+    kafka_controller_port: int = Field(default=19093, description="Local-stack KRaft controller port.")
+    redis_port: int = Field(default=16379, description="Local-stack Redis port (loopback).")
+    kafka_version: str = Field(default="4.1.1", description="Apache Kafka version fetched from Maven Central.")
+
+    # --- topics and keys ------------------------------------------------------------------
+    clicks_topic: str = Field(default="driftrec.clicks", description="Topic the site publishes clicks to.")
+    dead_letter_topic: str = Field(default="driftrec.clicks.dlq", description="Topic for rejected events.")
+    topic_partitions: int = Field(default=4, ge=1, description="Partitions when driftrec creates the clicks topic.")
+    consumer_group: str = Field(default="driftrec-worker", description="Faust app id / consumer group.")
+    key_prefix: str = Field(default="dr", description="Prefix of every Redis key driftrec owns.")
+
+    # --- worker ---------------------------------------------------------------------------
+    batch_max_events: int = Field(default=2000, ge=1, description="Largest micro-batch the worker applies at once.")
+    batch_max_wait_s: float = Field(default=0.05, gt=0, description="Longest a micro-batch waits to fill.")
+    worker_web_port: int = Field(default=6066, description="Faust web port (bound to 127.0.0.1).")
+    worker_metrics_port: int = Field(default=9108, description="Prometheus port of the worker.")
+    redis_retry_max_s: float = Field(default=5.0, gt=0, description="Longest back-off between Redis retries.")
+
+    # --- model maths ----------------------------------------------------------------------
+    event_weights: dict[str, float] = Field(
+        default={"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0},
+        description="Weight per event type; types not listed are rejected.",
+    )
+    half_life_s: float = Field(default=7 * 86400.0, gt=0, description="Half-life of every decayed signal (event time).")
+    history_len: int = Field(default=50, ge=1, description="Items kept in a user's recent history.")
+    cooc_window: int = Field(default=10, ge=1, description="Recent items an event co-occurs with.")
+    cooc_window_s: float = Field(default=3 * 86400.0, gt=0, description="Max event-time gap for co-occurrence.")
+    neighbours_k: int = Field(default=50, ge=1, description="Neighbours kept per item (top-K pruning).")
+    similarity_shrinkage: float = Field(default=5.0, ge=0, description="Shrinkage added to the cosine denominator.")
+    factors: int = Field(default=32, ge=2, description="Latent factors of ISGD / fold-in vectors.")
+    isgd_learning_rate: float = Field(default=0.05, gt=0, description="ISGD learning rate.")
+    isgd_regularization: float = Field(default=0.01, ge=0, description="ISGD L2 regularisation.")
+    fold_in_regularization: float = Field(default=0.1, ge=0, description="L2 of the ALS fold-in step.")
+    trending_k: int = Field(default=500, ge=1, description="Items kept per trending list.")
+
+    # --- reader ---------------------------------------------------------------------------
+    reader_host: str = Field(default="127.0.0.1", description="Reader bind address.")
+    reader_port: int = Field(default=8000, description="Reader HTTP port.")
+    api_keys: tuple[str, ...] = Field(default=(), description="API keys allowed to POST events / DELETE users; empty = open.")
+    max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest HTTP request body accepted.")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, w in v.items():
+            if not (math.isfinite(w) and w > 0):
+                raise ValueError(f"event weight for {name!r} must be positive and finite")
+        return v
+
+    @cached_property
+    def decay_rate(self) -> float:
+        """λ = ln 2 / half-life, per second of event time."""
+        return math.log(2.0) / self.half_life_s
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(self.event_weights)
+
+    @property
+    def local_stack(self) -> bool:
+        """True when neither Kafka nor Redis was given from outside: driftrec runs its own."""
+        return self.kafka_bootstrap_servers is None and self.redis_url is None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]
