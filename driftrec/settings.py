@@ -100,6 +100,19 @@ class Settings(BaseSettings):
         """True when neither Kafka nor Redis was given from outside: driftrec runs its own."""
         return self.kafka_bootstrap_servers is None and self.redis_url is None
 
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that rebuild these settings in a child process."""
+        import json
+
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            key = f"DRIFTREC_{name.upper()}"
+            env[key] = json.dumps(list(value) if isinstance(value, tuple) else value) if isinstance(
+                value, dict | tuple | list) else str(value)
+        return env
+
     @property
     def bootstrap(self) -> str:
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"

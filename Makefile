@@ -1,0 +1,44 @@
+# driftrec — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DRIFTREC := $(VENV)/bin/driftrec
+
+.PHONY: help install demo test test-unit test-integration lint stop bench chaos clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all]'
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install driftrec with every extra
+
+demo: install ## Live demo: Kafka + Redis + worker + reader, clicks streamed, recommendations printed
+	$(DRIFTREC) demo
+
+test: install ## The whole suite: unit tests, then integration tests on real Kafka and Redis it starts
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: install ## Unit tests only (no I/O)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install ## Integration tests only
+	$(PY) -m pytest -q tests/integration
+
+lint: install ## ruff + mypy
+	$(VENV)/bin/ruff check driftrec streams models online tests benchmarks
+	$(VENV)/bin/mypy driftrec streams models online
+
+stop: ## Stop the local Kafka and Redis
+	$(DRIFTREC) stack down
+
+bench: install ## Write-path benchmark (writes benchmarks/results/write_path.json)
+	$(PY) benchmarks/write_path.py
+
+clean: stop ## Stop the stack and remove its data
+	rm -rf .driftrec .driftrec-test

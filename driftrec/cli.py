@@ -1,0 +1,184 @@
+"""The ``driftrec`` command line: one thin subcommand per process role."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from driftrec.settings import Settings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="driftrec: streaming real-time recommendations.")
+stack_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (Kafka KRaft + Redis), no Docker.")
+app.add_typer(stack_app, name="stack")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and Redis under .driftrec/ (fetches Kafka's jars with Maven once)."""
+    _logging()
+    from driftrec.runtime import ensure_services
+    from driftrec.stack import LocalStack
+
+    s = _settings()
+    if not s.local_stack:
+        typer.echo("KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set: using them, starting nothing.")
+    ensure_services(s)
+    for st in LocalStack(s).status():
+        typer.echo(st.line())
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the local Kafka and Redis."""
+    from driftrec.stack import LocalStack
+
+    LocalStack(_settings()).down()
+    typer.echo("stopped")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show whether the local services run and answer."""
+    from driftrec.stack import LocalStack
+
+    statuses = LocalStack(_settings()).status()
+    for st in statuses:
+        typer.echo(st.line())
+    raise typer.Exit(0 if all(st.ready for st in statuses) else 1)
+
+
+@app.command()
+def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the Faust worker: clicks topic -> Redis."""
+    from driftrec.runtime import ensure_services
+    from streams.agents import build_worker
+    from streams.app import create_app
+
+    s = ensure_services(_settings())
+    faust_app = create_app(s)
+    build_worker(faust_app, s, metrics_port=s.worker_metrics_port)
+    from faust.worker import Worker
+
+    Worker(faust_app, loglevel="debug" if verbose else "info", quiet=True).execute_from_commandline()
+
+
+@app.command()
+def serve(host: Optional[str] = None, port: Optional[int] = None) -> None:
+    """Run the reader (Starlette + uvicorn)."""
+    import uvicorn
+
+    from online.app import create_app
+
+    s = _settings()
+    uvicorn.run(create_app(s), host=host or s.reader_host, port=port or s.reader_port,
+                log_level="warning", access_log=False)
+
+
+@app.command()
+def publish(
+    source: Annotated[Optional[Path], typer.Argument(help="File of JSON events, one per line ('-' = stdin).")] = None,
+    event: Annotated[Optional[str], typer.Option(help="One event as JSON.")] = None,
+) -> None:
+    """Publish click events (validated) to the clicks topic, keyed by user_id."""
+    import orjson
+
+    from driftrec.publisher import publish_events
+
+    if event is not None:
+        lines = [event]
+    elif source is None or str(source) == "-":
+        lines = [ln for ln in sys.stdin if ln.strip()]
+    else:
+        lines = [ln for ln in source.read_text().splitlines() if ln.strip()]
+    events = []
+    for i, line in enumerate(lines):
+        try:
+            events.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            typer.echo(f"line {i + 1}: not valid JSON: {exc}", err=True)
+            raise typer.Exit(2) from None
+    report = publish_events(_settings(), events)
+    for pos, reason in report.rejected:
+        typer.echo(f"event {pos + 1} rejected: {reason}", err=True)
+    typer.echo(f"sent {report.sent}, rejected {len(report.rejected)}")
+    raise typer.Exit(1 if report.rejected else 0)
+
+
+def _stream(events, total: int | None, rate: float | None) -> None:  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    from driftrec.publisher import publish_events
+    from driftrec.runtime import ensure_services
+
+    s = ensure_services(_settings())
+    with tqdm(total=total, unit="ev", desc="publishing") as bar:
+        report = publish_events(s, events, rate=rate, progress=bar)
+    typer.echo(f"sent {report.sent}, rejected {len(report.rejected)}")
+
+
+@app.command()
+def replay(
+    path: Annotated[Path, typer.Argument(help="MovieLens ratings.csv / u.data, Online Retail, RetailRocket or user,item,type,timestamp CSV.")],
+    rate: Annotated[Optional[float], typer.Option(help="Events per second (default: as fast as possible).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Stop after this many events.")] = None,
+) -> None:
+    """Publish a data set as click events in time order, with a progress bar."""
+    import itertools
+
+    from driftrec.datasets import load_any
+
+    events = load_any(path)
+    if limit:
+        events = itertools.islice(events, limit)
+    _stream(events, limit, rate)
+
+
+@app.command()
+def simulate(
+    events: Annotated[int, typer.Option(help="Events to publish.")] = 10_000,
+    rate: Annotated[Optional[float], typer.Option(help="Events per second.")] = 200.0,
+    users: int = 500, items: int = 2000, categories: int = 12, seed: int = 7,
+) -> None:
+    """Publish clicks from the built-in shop simulator (drifting tastes)."""
+    import itertools
+
+    from driftrec.simulator import ShopSimulator
+
+    sim = ShopSimulator(n_users=users, n_items=items, n_categories=categories, seed=seed)
+    _stream(itertools.islice(sim.events(events), events), events, rate)
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="Events to stream.")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 400.0,
+    source: Annotated[str, typer.Option(help="auto | movielens | simulator")] = "auto",
+) -> None:
+    """Start the stack, worker and reader, stream clicks and print live recommendations."""
+    from driftrec.demo import run_demo
+
+    _logging()
+    raise typer.Exit(run_demo(_settings(), events=events, rate=rate, source=source))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

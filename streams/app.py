@@ -1,0 +1,31 @@
+"""Builds the Faust app from settings: broker, loopback web server, no table or router views."""
+
+from __future__ import annotations
+
+import faust
+
+from driftrec.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",  # our state lives in Redis; Faust keeps no tables
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=settings.worker_web_port,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        producer_acks=-1,
+        broker_commit_every=2000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
+        autodiscover=False,
+    )

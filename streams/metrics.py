@@ -1,0 +1,29 @@
+"""Prometheus metrics of the worker (exported on ``worker_metrics_port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "EVENTS_APPLIED", "EVENTS_SKIPPED", "DEAD_LETTERS", "BATCH_SIZE", "BATCH_SECONDS",
+    "REDIS_RETRIES", "LAST_EVENT_TIME", "REBALANCES",
+]
+
+EVENTS_APPLIED = Counter("driftrec_worker_events_applied_total", "Click events applied to Redis.")
+EVENTS_SKIPPED = Counter(
+    "driftrec_worker_events_skipped_total", "Events skipped because Redis already had them (replay)."
+)
+DEAD_LETTERS = Counter("driftrec_worker_dead_letters_total", "Events sent to the dead-letter topic.")
+BATCH_SIZE = Histogram(
+    "driftrec_worker_batch_size", "Records per micro-batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+BATCH_SECONDS = Histogram(
+    "driftrec_worker_batch_seconds", "Time to parse, plan and apply one micro-batch.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REDIS_RETRIES = Counter("driftrec_worker_redis_retries_total", "Redis calls retried after an error.")
+LAST_EVENT_TIME = Gauge(
+    "driftrec_worker_last_applied_event_timestamp_seconds", "Event time of the newest applied event."
+)
+REBALANCES = Counter("driftrec_worker_rebalances_total", "Consumer-group rebalances seen.")

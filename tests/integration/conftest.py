@@ -1,0 +1,65 @@
+"""Session-wide real services and per-test isolation (own topics, group and Redis prefix)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from driftrec.kafka_admin import ensure_topics
+from driftrec.settings import Settings
+from tests.integration.services import Proc, free_port, provide_services
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Settings]:
+    with provide_services() as settings:
+        yield settings
+
+
+@pytest.fixture()
+def settings(services: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings unique to one test: topics, consumer group, key prefix and ports."""
+    tag = uuid.uuid4().hex[:10]
+    s = services.model_copy(update={
+        "clicks_topic": f"t-{tag}.clicks", "dead_letter_topic": f"t-{tag}.dlq",
+        "consumer_group": f"g-{tag}", "key_prefix": f"test{tag}",
+        "worker_web_port": free_port(), "worker_metrics_port": free_port(), "reader_port": free_port(),
+        "batch_max_wait_s": 0.02,
+    })
+    ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
+    yield s
+    client = redis.Redis.from_url(s.redis)
+    try:
+        for key in client.scan_iter(match=f"{s.key_prefix}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.fixture()
+def rds(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def spawn(settings: Settings, request: pytest.FixtureRequest) -> Iterator:  # type: ignore[type-arg]
+    """Start driftrec subcommands (worker, serve, ...) that are stopped after the test."""
+    procs: list[Proc] = []
+
+    def start(args: list[str], s: Settings | None = None) -> Proc:
+        name = request.node.name.replace("/", "_")
+        proc = Proc(s or settings, args, ARTIFACTS / f"{name}-{args[0]}-{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()

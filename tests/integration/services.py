@@ -1,0 +1,121 @@
+"""Where the integration suite's Kafka and Redis come from, and child processes of driftrec.
+
+Order: KAFKA_BOOTSTRAP_SERVERS / REDIS_URL from the environment -> testcontainers when a Docker
+engine answers -> the embedded local stack (Kafka from its Maven jars, Debian's redis-server).
+A service that cannot be reached is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from driftrec.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextmanager
+def provide_services() -> Iterator[Settings]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
+        yield load_settings()
+        return
+    if docker_answers():
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+
+        kport, rport = free_port(), free_port()
+        kafka = (DockerContainer("apache/kafka:4.1.1").with_bind_ports(9092, kport)
+                 .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://127.0.0.1:{kport}"))
+        redis_c = DockerContainer("redis:7").with_bind_ports(6379, rport)
+        with kafka, redis_c:
+            wait_for_logs(kafka, "Kafka Server started", timeout=120)
+            yield load_settings(kafka_bootstrap_servers=f"127.0.0.1:{kport}",
+                                redis_url=f"redis://127.0.0.1:{rport}/0")
+        return
+    from driftrec.stack import LocalStack
+
+    home = ROOT / ".driftrec-test"
+    base = load_settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(),
+                         redis_port=free_port())
+    # A fresh broker per session: stale data from an earlier run must not leak into this one.
+    stack = LocalStack(base)
+    stack.down()
+    shutil.rmtree(home, ignore_errors=True)
+    stack.up()
+    try:
+        yield load_settings(kafka_bootstrap_servers=base.bootstrap, redis_url=base.redis, home=home)
+    finally:
+        stack.down()
+
+
+class Proc:
+    """A driftrec subcommand in a child process with settings passed through the environment."""
+
+    def __init__(self, settings: Settings, args: list[str], log: Path) -> None:
+        env = dict(os.environ)
+        env.update(settings.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self._out = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", *args], cwd=ROOT, env=env,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+def wait_http(url: str, timeout: float, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"process died:\n{proc.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready after {timeout}s\n{proc.tail() if proc else ''}")
