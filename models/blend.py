@@ -1,0 +1,153 @@
+"""Blends the online sources into one ranked list with reasons: the reader and the evaluation share it.
+
+Every source gives candidate scores on its own scale; each is divided by its own maximum so a
+weight means the same thing whatever the source's units, then weighted and summed. The source
+that contributed most to an item gives its ``reason``. Inputs are plain data gathered by the
+caller (the reader from Redis, the prequential evaluation from :class:`InMemoryState`), read at
+the same ``now``, so both run exactly this code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from models.cooccurrence import similarity
+
+__all__ = ["BlendWeights", "Candidates", "Scored", "blend", "SOURCES"]
+
+logger = logging.getLogger(__name__)
+
+#: Source names, as used in weights, metrics and the ``source`` of each answer.
+SOURCES = ("item_item", "user_vector", "tf", "similar_users", "trending")
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    """Weight of each source in the blend (0 turns a source off)."""
+
+    item_item: float = 1.0
+    user_vector: float = 0.6
+    tf: float = 0.4
+    similar_users: float = 0.3
+    trending: float = 0.15
+
+    def with_overrides(self, overrides: Mapping[str, float]) -> BlendWeights:
+        unknown = set(overrides) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"unknown blend sources: {', '.join(sorted(unknown))}")
+        for name, w in overrides.items():
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"blend weight {name} must be a finite number >= 0")
+        return BlendWeights(**{**self.__dict__, **overrides})
+
+
+@dataclass
+class Candidates:
+    """Everything one recommendation needs, already read at one ``now``.
+
+    recent : (item, weight) of the user's recent items, decayed to ``now`` (strongest first).
+    neighbours : item -> [(neighbour, decayed co-occurrence)] for the recent items.
+    norms : item -> decayed popularity, for every item in ``recent`` and ``neighbours``.
+    vector_scores, tf_scores, similar_users : (item, score) from those sources.
+    trending : (item, decayed popularity), overall or in the asked category.
+    """
+
+    recent: Sequence[tuple[str, float]] = ()
+    neighbours: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
+    norms: Mapping[str, float] = field(default_factory=dict)
+    vector_scores: Sequence[tuple[str, float]] = ()
+    tf_scores: Sequence[tuple[str, float]] = ()
+    similar_users: Sequence[tuple[str, float]] = ()
+    trending: Sequence[tuple[str, float]] = ()
+    trending_label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    item: str
+    score: float
+    source: str
+    reason: str
+
+
+def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float], dict[str, str]]:
+    """Σ over recent items r of weight(r) · sim(r, j), and the recent item that gave most to j."""
+    scores: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
+    top_weight = max((w for _, w in c.recent), default=0.0)
+    if top_weight <= 0:
+        return scores, {}
+    for r, w in c.recent:
+        norm_r = c.norms.get(r, 0.0)
+        rel = w / top_weight
+        for j, co in c.neighbours.get(r, ()):
+            s = rel * similarity(co, norm_r, c.norms.get(j, 0.0), shrinkage)
+            if s <= 0:
+                continue
+            scores[j] = scores.get(j, 0.0) + s
+            if s > best.get(j, (0.0, ""))[0]:
+                best[j] = (s, r)
+    return scores, {j: r for j, (_, r) in best.items()}
+
+
+def _normalised(pairs: Mapping[str, float] | Sequence[tuple[str, float]]) -> dict[str, float]:
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    d = {i: s for i, s in items if s > 0 and math.isfinite(s)}
+    top = max(d.values(), default=0.0)
+    return {i: s / top for i, s in d.items()} if top > 0 else {}
+
+
+def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozenset(),
+          weights: BlendWeights = BlendWeights(), shrinkage: float = 5.0) -> list[Scored]:
+    """Rank the union of all sources' candidates; items in ``exclude`` never appear.
+
+    Trending also fills the list when the other sources have fewer than ``n`` candidates, so a
+    cold user still gets ``n`` items.
+    """
+    ii, because = item_item_scores(c, shrinkage)
+    sources = {
+        "item_item": _normalised(ii),
+        "user_vector": _normalised(c.vector_scores),
+        "tf": _normalised(c.tf_scores),
+        "similar_users": _normalised(c.similar_users),
+        "trending": _normalised(c.trending),
+    }
+    total: dict[str, float] = {}
+    top_part: dict[str, tuple[float, str]] = {}
+    for name, scores in sources.items():
+        w = getattr(weights, name)
+        if w <= 0:
+            continue
+        for item, s in scores.items():
+            if item in exclude:
+                continue
+            part = w * s
+            total[item] = total.get(item, 0.0) + part
+            if part > top_part.get(item, (-1.0, ""))[0]:
+                top_part[item] = (part, name)
+    if weights.trending <= 0:  # still back-fill a short list from trending, with a tiny score
+        for item, s in sources["trending"].items():
+            if item not in exclude and item not in total:
+                total[item] = 1e-9 * s
+                top_part[item] = (0.0, "trending")
+    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    out = []
+    for item, score in ranked:
+        source = top_part[item][1]
+        out.append(Scored(item, score, source, _reason(source, item, because, c.trending_label)))
+    return out
+
+
+def _reason(source: str, item: str, because: Mapping[str, str], label: str | None) -> str:
+    if source == "item_item" and item in because:
+        return f"because you viewed {because[item]}"
+    if source == "user_vector":
+        return "matches your taste"
+    if source == "tf":
+        return "often next after items like yours"
+    if source == "similar_users":
+        return "shoppers like you bought this"
+    return f"popular in {label}" if label else "popular now"
