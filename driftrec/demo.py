@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -43,82 +42,138 @@ def _wait_http(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> No
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
         try:
-            _get(url)
-            return
-        except (urllib.error.URLError, OSError, ValueError):
+            with urllib.request.urlopen(url, timeout=2.0):  # noqa: S310 - loopback only
+                return
+        except (urllib.error.URLError, OSError):
             time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer in {deadline_s:.0f}s")
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path, settings: Settings) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")  # noqa: SIM115 - owned by the child
+    env = {**os.environ, **settings.to_env()}
     return subprocess.Popen([sys.executable, "-m", "driftrec.cli", *args], stdout=out,
-                            stderr=subprocess.STDOUT, env=dict(os.environ))
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def _reset(settings: Settings) -> None:
+    """Give the demo a clean slate: its own topics recreated and its own Redis keys removed."""
+    import asyncio
+
+    import redis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def drop_topics() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            doomed = [t for t in (settings.clicks_topic, settings.dead_letter_topic) if t in existing]
+            if doomed:
+                await admin.delete_topics(doomed)
+                for _ in range(100):
+                    if not set(doomed) & set(await admin.list_topics()):
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    asyncio.run(drop_topics())
+    client = redis.Redis.from_url(settings.redis)
+    try:
+        for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def _applied(settings: Settings) -> int:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis)
+    try:
+        return int(client.hget(f"{settings.key_prefix}:{{g}}:meta", "applied_events") or 0)
+    finally:
+        client.close()
 
 
 def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> int:
+    from collections import Counter
+
     from driftrec.publisher import publish_events
     from driftrec.runtime import ensure_services
 
+    # The demo keeps to its own topics, consumer group and key prefix, and starts from scratch.
+    settings = settings.model_copy(update={
+        "clicks_topic": "driftrec.demo.clicks", "dead_letter_topic": "driftrec.demo.dlq",
+        "consumer_group": "driftrec-demo", "key_prefix": "demo",
+    })
     print("starting Kafka (KRaft) and Redis ...", flush=True)
     ensure_services(settings)
+    _reset(settings)
+    ensure_services(settings, start=False)
     logs = Path(settings.home) / "logs"
-    worker = _spawn(["worker"], logs / "worker.log")
-    reader = _spawn(["serve"], logs / "reader.log")
+    worker = _spawn(["worker"], logs / "worker.log", settings)
+    reader = _spawn(["serve"], logs / "reader.log", settings)
     base = f"http://{settings.reader_host}:{settings.reader_port}"
     try:
         _wait_http(f"{base}/readyz", 60, reader)
+        _wait_http(f"http://127.0.0.1:{settings.worker_metrics_port}/metrics", 90, worker)
         ml = find_movielens() if source in ("auto", "movielens") else None
         if ml is not None:
             from driftrec.datasets import load_movielens
 
-            stream: Any = load_movielens(ml)
+            batch = list(itertools.islice(iter(load_movielens(ml)), events))
             label = f"MovieLens ({ml})"
         else:
             from driftrec.simulator import ShopSimulator
 
-            stream = ShopSimulator(n_users=300, n_items=1500, n_categories=10, seed=7).events(events)
+            sim = ShopSimulator(n_users=300, n_items=1500, n_categories=10, seed=7)
+            batch = list(itertools.islice(sim.events(events), events))
             label = "the built-in shop simulator"
-        recent: deque[str] = deque(maxlen=50)
-
-        def tap(evs: Any) -> Any:
-            for ev in itertools.islice(evs, events):
-                recent.append(str(ev["user_id"]))
-                yield ev
-
-        print(f"\nstreaming {events} clicks from {label} at {rate:.0f}/s")
+        # Follow the three most active shoppers of the stream, so their lists visibly move.
+        followed = [u for u, _ in Counter(str(ev["user_id"]) for ev in batch).most_common(3)]
+        print(f"\nstreaming {len(batch)} clicks from {label} at {rate:.0f}/s")
         print(f"  reader:  {base}/v1/recommendations/<user_id>?n=5   ({base}/readyz)")
         print(f"  worker metrics: http://127.0.0.1:{settings.worker_metrics_port}/metrics")
-        print("  stop: Ctrl-C (then `driftrec stack down` or `make stop` stops Kafka and Redis)\n")
+        print("  stop: Ctrl-C; `make stop` (or `driftrec stack down`) stops Kafka and Redis\n")
         done = threading.Event()
         result: dict[str, Any] = {}
 
         def produce() -> None:
             try:
-                result["report"] = publish_events(settings, tap(stream), rate=rate)
+                result["report"] = publish_events(settings, batch, rate=rate)
             finally:
                 done.set()
 
         threading.Thread(target=produce, daemon=True).start()
         last: dict[str, list[str]] = {}
-        while not done.wait(3.0) or not last:
-            shown = list(dict.fromkeys(reversed(recent)))[:3]
-            for user in shown:
+        changes = 0
+        deadline = None
+        while True:
+            finished = done.is_set()
+            time.sleep(2.0)
+            applied = _applied(settings)
+            print(f"[{time.strftime('%H:%M:%S')}] applied {applied}/{len(batch)} events", flush=True)
+            for user in followed:
                 try:
                     recs = _get(f"{base}/v1/recommendations/{user}?n=5")
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     print(f"  user {user}: reader error {exc}")
                     continue
                 items = [it["item_id"] for it in recs["items"]]
-                mark = "changed" if last.get(user) not in (None, items) else ""
-                print(f"  user {user:>6}: {', '.join(items) or '(nothing yet)'}  {mark}", flush=True)
+                changed = last.get(user) not in (None, items)
+                changes += changed
+                print(f"  user {user:>6}: {', '.join(items) or '(nothing yet)'}{'   <- changed' if changed else ''}",
+                      flush=True)
                 last[user] = items
-            print(flush=True)
-            if done.is_set():
-                break
-        time.sleep(2.0)
-        print(f"done: {result.get('report')}; the stack keeps running (`driftrec stack down` stops it)")
+            if finished:
+                deadline = deadline or time.monotonic() + 30
+                if applied >= len(batch) or time.monotonic() > deadline:
+                    break
+        print(f"\ndone: {result.get('report')}; {_applied(settings)} events applied; "
+              f"{changes} changes seen in the followed users' lists")
         return 0
     except KeyboardInterrupt:
         return 130
