@@ -96,6 +96,20 @@ def test_popularity_is_long_tailed_within_a_category(stream: list[dict[str, Any]
     assert all(sim.item_category(i) == cat for i in counts)
 
 
+def test_tastes_differ_between_users(stream: list[dict[str, Any]]) -> None:
+    sim = _small(seed=11)
+    favs = collections.Counter(sim.user_favourite(u, START) for u in sim.user_ids)
+    assert set(favs) == set(sim.categories)  # 200 users over 10 categories
+    assert max(favs.values()) < 0.25 * sim.n_users
+    per_user: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for ev in stream:
+        per_user[ev["user_id"]][ev["category"]] += 1
+    active = {u: c for u, c in per_user.items() if sum(c.values()) >= 100}
+    assert len(active) > 50
+    top = collections.Counter(c.most_common(1)[0][0] for c in active.values())
+    assert len(top) == len(sim.categories)
+
+
 def test_global_drift_point_moves_every_users_favourite() -> None:
     drift_at = START + 5 * DAY
     sim = _small(drift_every_s=None, drift_at=drift_at, p_favourite=0.7, p_secondary=0.2)
