@@ -159,7 +159,13 @@ def simulate(
 
     from driftrec.simulator import ShopSimulator
 
-    sim = ShopSimulator(n_users=users, n_items=items, n_categories=categories, seed=seed)
+    import time
+    import uuid
+
+    # Event time starts now and ids are fresh each run, so a second run adds new clicks
+    # instead of repeating (and being deduplicated against) the first.
+    sim = ShopSimulator(n_users=users, n_items=items, n_categories=categories, seed=seed,
+                        start_time=time.time(), id_prefix=f"sim-{uuid.uuid4().hex[:8]}")
     _stream(itertools.islice(sim.events(events), events), events, rate)
 
 
@@ -174,6 +180,57 @@ def demo(
 
     _logging()
     raise typer.Exit(run_demo(_settings(), events=events, rate=rate, source=source))
+
+
+@app.command()
+def lag(
+    serve_: Annotated[bool, typer.Option("--serve", help="Run the exporter: /metrics, /dashboard, canary.")] = False,
+    port: Annotated[Optional[int], typer.Option(help="Exporter port (default: settings.exporter_port).")] = None,
+    host: Annotated[str, typer.Option(help="Exporter bind address.")] = "127.0.0.1",
+    group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Extra consumer group to watch.")] = None,
+    all_groups: Annotated[bool, typer.Option("--all", help="Table: every group the broker lists.")] = False,
+    reader_url: Annotated[Optional[str], typer.Option(help="Reader base URL (canary, health).")] = None,
+    worker_metrics_url: Annotated[Optional[str], typer.Option(help="Worker /metrics URL (health).")] = None,
+    canary: Annotated[bool, typer.Option(help="Run the freshness canary (with --serve).")] = True,
+    attribution: Annotated[bool, typer.Option(help="Count clicks per recommendation source (with --serve).")] = True,
+) -> None:
+    """Consumer lag from the broker: a table, or with --serve the long-running exporter."""
+    import asyncio
+
+    from driftrec.oncall.exporter import default_groups
+
+    s = _settings()
+    groups = default_groups(s, group or ())
+    if not serve_:
+        from rich.console import Console
+
+        from driftrec.oncall.lag import LagCollector, LagError, render_table
+
+        async def once():  # type: ignore[no-untyped-def]
+            async with LagCollector(s.bootstrap, groups=None if all_groups else list(groups),
+                                    topics=[] if all_groups else [s.clicks_topic]) as collector:
+                return await collector.collect()
+
+        try:
+            snapshot = asyncio.run(once())
+        except LagError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+        Console(width=140).print(render_table(snapshot))
+        raise typer.Exit(0)
+
+    _logging()
+    import uvicorn
+
+    from driftrec.oncall.exporter import Exporter, ExporterConfig
+    from driftrec.oncall.web import create_app as create_exporter_app
+
+    reader = reader_url or f"http://127.0.0.1:{s.reader_port}"
+    worker_url = worker_metrics_url or f"http://127.0.0.1:{s.worker_metrics_port}/metrics"
+    config = ExporterConfig(groups=groups, reader_url=reader, worker_metrics_url=worker_url,
+                            canary=canary, attribution=attribution)
+    uvicorn.run(create_exporter_app(Exporter(s, config)), host=host, port=port or s.exporter_port,
+                log_level="warning", access_log=False)
 
 
 def main() -> None:

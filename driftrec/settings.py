@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     api_keys: tuple[str, ...] = Field(default=(), description="API keys allowed to POST events / DELETE users; empty = open.")
     max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest HTTP request body accepted.")
 
+    # --- on-call (lag exporter, freshness canary, dashboard) ------------------------------
+    exporter_port: int = Field(default=9308, description="Port of `driftrec lag --serve`: /metrics and /dashboard.")
+    lag_interval_s: float = Field(default=2.0, gt=0, description="How often the exporter asks the broker for offsets.")
+    canary_user_id: str = Field(default="driftrec-canary", description="Reserved user the freshness canary clicks as.")
+    canary_item_id: str = Field(default="driftrec-canary-item", description="Item the canary clicks; readers should never recommend it.")
+    canary_interval_s: float = Field(default=5.0, gt=0, description="Seconds between two freshness-canary clicks.")
+
     @field_validator("event_weights")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
