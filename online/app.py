@@ -1,104 +1,139 @@
-"""The reader: a Starlette app serving recommendations from Redis (``driftrec serve``)."""
+"""The reader: a Starlette app serving recommendations from Redis (``driftrec serve``).
+
+:func:`create_app` wires the collaborators (store, published-model cache, trending snapshot,
+event sink, metrics) and the routes of ``routes_*``; each collaborator can be passed in.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from driftrec.errors import DriftrecError, InvalidRequestError
+from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
 from driftrec.settings import Settings
+from models.blend import BlendWeights
+from models.decay import DecayPolicy
+from online.errors import EXCEPTION_HANDLERS
+from online.ingest import EventSink, KafkaSink
+from online.metrics import MetricsMiddleware, ReaderMetrics
+from online.model_cache import ModelCache
+from online.openapi import openapi_document
+from online.recommender import Recommender
+from online.routes_events import event_routes
+from online.routes_ops import ops_routes
+from online.routes_recs import recommendation_routes
+from online.routes_users import user_routes
+from online.snapshot import TrendingSnapshot
 from online.store import ReaderStore
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_store", "configured_weights"]
 
 logger = logging.getLogger(__name__)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+\-]{1,128}$")
+_FIRST_SNAPSHOT_WAIT_S = 2.0
 
 
-def _id(value: str, name: str) -> str:
-    if not _ID_RE.match(value):
-        raise InvalidRequestError(f"{name}: must be 1-128 characters of letters, digits and ._:@/+-")
-    return value
+def create_store(settings: Settings) -> ReaderStore:
+    """A store on ``settings.redis``: a text client for reads, a binary one for model blobs.
+
+    Replies are decoded by hiredis; ``surrogateescape`` lets the float32 bytes of a user vector
+    travel through the text client and come back exact. The short socket timeout is what turns
+    a hung Redis into a degraded answer rather than a hung request.
+    """
+    timeout = settings.reader_redis_timeout_s
+    client = aioredis.Redis.from_url(
+        settings.redis, decode_responses=True, encoding_errors="surrogateescape",
+        socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=256)
+    # Model blobs are megabytes: a longer timeout, and bytes as they are.
+    blob = aioredis.Redis.from_url(
+        settings.redis, decode_responses=False, socket_timeout=max(timeout, 10.0),
+        socket_connect_timeout=timeout, max_connections=8)
+    return ReaderStore(client, Keys(settings.key_prefix), blob)
 
 
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
+def configured_weights(settings: Settings) -> BlendWeights:
+    """The blend defaults with ``reader_blend_weights`` applied (a bad entry stops start-up)."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{name}: must be an integer") from None
-    if not lo <= value <= hi:
-        raise InvalidRequestError(f"{name}: must be between {lo} and {hi}")
-    return value
+        return BlendWeights().with_overrides(settings.reader_blend_weights)
+    except ValueError as exc:
+        raise InvalidRequestError(f"reader_blend_weights: {exc}") from None
 
 
-def create_app(settings: Settings, store: ReaderStore | None = None) -> Starlette:
-    """Build the reader. ``store`` defaults to one on ``settings.redis``."""
-    if store is None:
-        client = aioredis.Redis.from_url(settings.redis, socket_timeout=2, socket_connect_timeout=1)
-        store = ReaderStore(client, Keys(settings.key_prefix))
+def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: EventSink | None = None,
+               refresh_snapshot: bool = True) -> Starlette:
+    """Build the reader.
 
-    async def recommendations(request: Request) -> Response:
-        user = _id(request.path_params["user_id"], "user_id")
-        n = _int_param(request, "n", 10, 1, 100)
-        category = request.query_params.get("category")
-        if category is not None and not 1 <= len(category) <= 64:
-            raise InvalidRequestError("category: must be 1-64 characters")
-        top, seen = await store.popular_unseen(user, n, category, settings.history_len)
-        items = [
-            {"item_id": item, "score": score, "reason": f"popular in {category}" if category else "popular now"}
-            for item, score in top if item not in seen
-        ][:n]
-        return JSONResponse({
-            "request_id": uuid.uuid4().hex, "model_version": None, "generated_at": time.time(),
-            "degraded": False, "user_id": user, "items": items,
-        })
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        try:
-            await store.ping()
-        except (redis.exceptions.RedisError, OSError) as exc:
-            return JSONResponse({"status": "not ready", "redis": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", "redis": "ok"})
-
-    async def on_driftrec_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, DriftrecError)
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=exc.http_status_code())
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": "http", "detail": exc.detail}, status_code=exc.status_code)
+    Parameters
+    ----------
+    settings : Settings
+        The process settings.
+    store : ReaderStore, optional
+        Defaults to :func:`create_store` on ``settings.redis``.
+    sink : EventSink, optional
+        Where POSTed events and tombstones go; defaults to the clicks topic on Kafka.
+    refresh_snapshot : bool
+        Run the periodic snapshot refresh (tests turn it off and call ``refresh`` themselves).
+    """
+    store = store if store is not None else create_store(settings)
+    sink = sink if sink is not None else KafkaSink(settings)
+    policy = DecayPolicy(settings.half_life_s)
+    metrics = ReaderMetrics()
+    models = ModelCache(store.model_parts, default_reg=settings.fold_in_regularization,
+                        pool_size=settings.reader_similar_users_pool)
+    snapshot = TrendingSnapshot(store, policy, n_items=settings.reader_snapshot_items,
+                                per_category=min(settings.trending_k, 500),
+                                interval_s=settings.reader_snapshot_interval_s)
+    rec = Recommender(settings, store, models, snapshot, configured_weights(settings))
+    metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
+    openapi = openapi_document(api_keys=bool(settings.api_keys), history_len=settings.history_len)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await store.client.aclose()
+        task = None
+        if refresh_snapshot:
+            # A first snapshot before serving, if Redis answers soon; never block start-up on it.
+            try:
+                await asyncio.wait_for(snapshot.refresh(), _FIRST_SNAPSHOT_WAIT_S)
+            except Exception as exc:
+                logger.warning("no trending snapshot at start-up (%s); degraded answers are empty until one", exc)
+            task = asyncio.get_running_loop().create_task(snapshot.run())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+            await sink.close()
+            await store.aclose()
 
-    return Starlette(
-        routes=[
-            Route("/v1/recommendations/{user_id:path}", recommendations, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
-        exception_handlers={DriftrecError: on_driftrec_error, HTTPException: on_http_error},
+    routes: list[Route] = [
+        *recommendation_routes(rec, metrics),
+        *user_routes(settings, store, sink, metrics),
+        *event_routes(settings, sink, metrics),
+        *ops_routes(store, models, snapshot, metrics, openapi),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.models = models
+    app.state.snapshot = snapshot
+    app.state.recommender = rec
+    app.state.metrics = metrics
+    app.state.sink = sink
+    return app

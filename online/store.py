@@ -1,44 +1,192 @@
-"""Read-only access to the worker's Redis state, in as few round trips as a request allows."""
+"""Read-only access to the worker's Redis state, one pipeline per round trip.
+
+A recommendation costs two round trips: one for everything keyed by the user and the globals
+(:meth:`ReaderStore.read_user`), one for what depends on the first answer — the neighbours of
+the user's recent items and the items of similar users (:meth:`ReaderStore.read_expansion`).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
 
-__all__ = ["ReaderStore"]
+__all__ = ["ReaderStore", "UserReads", "Meta", "Pairs"]
 
 logger = logging.getLogger(__name__)
 
+Pairs = list[tuple[str, float]]
 
-def _s(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The forward-decay landmark and the stream's event-time clock (``now`` of every read)."""
+
+    landmark: float
+    last_event_time: float
+
+    @classmethod
+    def parse(cls, raw: Sequence[str | None]) -> Meta:
+        landmark = _float(raw[0])
+        last = _float(raw[1]) if len(raw) > 1 else None
+        if landmark is None:
+            landmark = last if last is not None else 0.0
+        return cls(landmark, last if last is not None else landmark)
+
+    @property
+    def now(self) -> float:
+        """Reads happen at the stream's latest event time, like the evaluation's: decay is in
+        event time, so a replayed month reads the way it read live."""
+        return self.last_event_time
+
+    def factor(self, rate: float) -> float:
+        """``exp(−λ (now − L))``: multiplies a stored forward score into its value at ``now``."""
+        return math.exp(-rate * (self.now - self.landmark))
+
+
+def _float(x: str | bytes | None) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+@dataclass(slots=True)
+class UserReads:
+    """The first round trip of a recommendation."""
+
+    meta: Meta
+    model_version: str | None
+    history: Pairs  # item -> last event time, newest first
+    weights: Pairs  # item -> stored forward-decayed weight, strongest first
+    vec: bytes | None
+    vec_version: str | None
+    trending: Pairs  # stored forward scores, best first
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 class ReaderStore:
-    """What the reader reads; every method is one Redis round trip."""
+    """What the reader reads; every method is one Redis round trip.
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    ``client`` decodes replies to ``str`` (hiredis does it in C); ``blob_client`` returns bytes,
+    for the binary parts: user vectors and published model arrays.
+    """
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, blob_client: aioredis.Redis | None = None) -> None:
         self.client = client
+        self.blob_client = blob_client if blob_client is not None else client
         self.keys = keys
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 
-    async def history(self, user: str, n: int = 50) -> list[tuple[str, float]]:
-        """The user's most recent items, newest first, with their last event time."""
-        rows = await self.client.zrevrange(self.keys.user_hist(user), 0, n - 1, withscores=True)
-        return [(_s(m), float(t)) for m, t in rows]
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.blob_client is not self.client:
+            await self.blob_client.aclose()
 
-    async def popular_unseen(self, user: str, n: int, category: str | None = None,
-                             history_len: int = 50) -> tuple[list[tuple[str, float]], set[str]]:
-        """Top items by decayed popularity (overall or in ``category``) and the user's seen set."""
-        key = self.keys.trending(category) if category else self.keys.popularity
+    async def read_user(self, user: str, trend_key: str, trend_n: int) -> UserReads:
+        """Meta, live model version, history, decayed weights, vector, trending: one pipeline.
+
+        The vector's float32 bytes arrive as text decoded with ``surrogateescape`` (see
+        :func:`online.app.create_app`), which turns back into the exact bytes.
+        """
+        k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrevrange(key, 0, n + history_len - 1, withscores=True)
-        pipe.zrange(self.keys.user_hist(user), 0, -1)
-        top, seen_raw = await pipe.execute()
-        seen = {_s(m) for m in seen_raw}
-        return [(_s(m), float(s)) for m, s in top], seen
+        pipe.hmget(k.meta, ["landmark", "last_event_time"])
+        pipe.get(k.model_current)
+        pipe.zrevrange(k.user_hist(user), 0, -1, withscores=True)
+        pipe.zrevrange(k.user_items(user), 0, -1, withscores=True)
+        pipe.zrevrange(trend_key, 0, trend_n - 1, withscores=True)
+        pipe.hmget(k.user_vec(user), ["vec", "model"])
+        meta, version, hist, weights, trending, (vec, vec_version) = await pipe.execute()
+        raw = vec.encode("utf-8", "surrogateescape") if isinstance(vec, str) else vec
+        return UserReads(Meta.parse(meta), version, hist, weights, raw, vec_version, trending)
+
+    async def read_expansion(self, items: Sequence[str], k_neighbours: int, users: Sequence[str],
+                             per_user: int) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
+        """Neighbours of ``items`` and the strongest items of ``users``: one pipeline."""
+        if not items and not users:
+            return {}, {}
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.zrevrange(k.item_nbrs(item), 0, k_neighbours - 1, withscores=True)
+        for user in users:
+            pipe.zrevrange(k.user_items(user), 0, per_user - 1, withscores=True)
+        res = await pipe.execute()
+        nbrs = dict(zip(items, res[: len(items)], strict=True))
+        theirs = dict(zip(users, res[len(items):], strict=True))
+        return nbrs, theirs
+
+    async def item_categories(self, items: Sequence[str]) -> dict[str, str]:
+        """Category of each item that has one."""
+        if not items:
+            return {}
+        cats = await self.client.hmget(self.keys.item_category, list(items))
+        return {i: str(c) for i, c in zip(items, cats, strict=True) if c is not None}
+
+    async def read_item(self, item: str, k_neighbours: int) -> tuple[Meta, str | None, Pairs, str | None]:
+        """Meta, live model version, the item's neighbours and its category: one pipeline."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.meta, ["landmark", "last_event_time"])
+        pipe.get(k.model_current)
+        pipe.zrevrange(k.item_nbrs(item), 0, k_neighbours - 1, withscores=True)
+        pipe.hget(k.item_category, item)
+        meta, version, nbrs, cat = await pipe.execute()
+        return Meta.parse(meta), version, nbrs, cat
+
+    async def scores_and_trending(self, items: Sequence[str], trend_key: str, trend_n: int) -> tuple[dict[str, float], Pairs]:
+        """Stored popularity of ``items`` and a trending list: one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        if items:
+            pipe.zmscore(self.keys.popularity, list(items))
+        pipe.zrevrange(trend_key, 0, trend_n - 1, withscores=True)
+        res = await pipe.execute()
+        pops = res[0] if items else []
+        norms = {i: float(p) for i, p in zip(items, pops, strict=True) if p is not None}
+        return norms, res[-1]
+
+    async def trending(self, trend_key: str, n: int) -> tuple[Meta, Pairs]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.keys.meta, ["landmark", "last_event_time"])
+        pipe.zrevrange(trend_key, 0, n - 1, withscores=True)
+        meta, top = await pipe.execute()
+        return Meta.parse(meta), top
+
+    async def history(self, user: str, n: int) -> tuple[Meta, Pairs, Pairs]:
+        """Meta, the newest ``n`` history entries (item, time) and the category tastes."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.meta, ["landmark", "last_event_time"])
+        pipe.zrevrange(k.user_hist(user), 0, n - 1, withscores=True)
+        pipe.zrevrange(k.user_cats(user), 0, -1, withscores=True)
+        meta, hist, cats = await pipe.execute()
+        return Meta.parse(meta), hist, cats
+
+    async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int) -> tuple[Meta, Pairs, dict[str, Pairs]]:
+        """What the in-memory snapshot keeps: meta, the top popular items, per-category lists."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.meta, ["landmark", "last_event_time"])
+        pipe.zrevrange(k.popularity, 0, n_items - 1, withscores=True)
+        for cat in categories:
+            pipe.zrevrange(k.trending(cat), 0, per_category - 1, withscores=True)
+        meta, pop, *lists = await pipe.execute()
+        return Meta.parse(meta), pop, dict(zip(categories, lists, strict=True))
+
+    async def model_parts(self, version: str, parts: Sequence[str]) -> dict[str, bytes | None]:
+        """Raw bytes of published model parts (missing parts are None)."""
+        pipe = self.blob_client.pipeline(transaction=False)
+        for part in parts:
+            pipe.get(self.keys.model_blob(version, part))
+        return dict(zip(parts, await pipe.execute(), strict=True))

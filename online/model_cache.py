@@ -1,0 +1,360 @@
+"""The published batch model held in memory: item factors, TF next-item arrays, nearest-user pool.
+
+What the reader expects under ``P:{m}:v:<version>:<part>`` (every part a Redis STRING; arrays are
+the bytes :func:`numpy.save` writes, read with ``allow_pickle=False``):
+
+=================== ============================================================================
+part                content
+=================== ============================================================================
+``item_ids``        the item ids, UTF-8, one per line (or a ``.npy`` unicode array): row order of
+                    every item-indexed array below
+``item_factors``    float32 ``(n_items, k)`` ALS item factors (the user-vector source)
+``user_ids``        optional, like ``item_ids``: rows of ``user_factors``
+``user_factors``    optional float32 ``(n_users, k)``: the pool the similar-users source searches
+``alpha``           optional ``(1,)`` confidence scale of the fold-in (default 1)
+``regularization``  optional ``(1,)`` L2 of the fold-in (default ``Settings.fold_in_regularization``)
+``tf_n_layers``     optional ``(1,)`` int: the TF model's layer count L (hidden layers + output)
+``tf_layer<i>_weight`` / ``tf_layer<i>_bias``  its arrays, ``i < L``: ``models.batch.tf_next`` export
+=================== ============================================================================
+
+``P:{m}:current`` names the live version; the reader checks it on every request (it is in the
+request's one pipeline) and loads a new version in the background, serving the old one until the
+new one is ready. A version that fails to load is logged and retried after a back-off; the
+version already served stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from driftrec.errors import ModelError
+from models.factors import fold_in
+
+__all__ = ["PublishedModel", "ModelCache", "decode_ids", "decode_array", "build_model", "PARTS"]
+
+logger = logging.getLogger(__name__)
+
+#: Parts read in the first round trip of a load; TF layers are read in a second one.
+PARTS = ("item_ids", "item_factors", "user_ids", "user_factors", "alpha", "regularization", "tf_n_layers")
+_RETRY_FAILED_S = 30.0
+F32 = npt.NDArray[np.float32]
+
+
+def decode_ids(raw: bytes | None, part: str) -> list[str]:
+    """Ids stored as UTF-8 lines or as a ``.npy`` unicode array."""
+    if raw is None:
+        raise ModelError(f"published model lacks part {part!r}")
+    if raw.startswith(b"\x93NUMPY"):
+        return [str(x) for x in decode_array(raw, part).ravel()]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"part {part!r} is not UTF-8 text") from None
+    return text.split("\n") if text else []
+
+
+def decode_array(raw: bytes | None, part: str) -> np.ndarray:
+    """A ``.npy`` blob as an array (never unpickles)."""
+    if raw is None:
+        raise ModelError(f"published model lacks part {part!r}")
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelError(f"part {part!r} is not a readable .npy array: {exc}") from None
+
+
+def _finite_f32(a: np.ndarray, part: str, ndim: int) -> F32:
+    if a.dtype.kind not in "fiu" or a.ndim != ndim:
+        raise ModelError(f"part {part!r} must be a {ndim}-D numeric array, got {a.dtype} {a.shape}")
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ModelError(f"part {part!r} holds NaN or infinite values")
+    return out
+
+
+@dataclass
+class PublishedModel:
+    """One published version, ready to score a user with one matrix product.
+
+    ``stacked`` is ``[Y | W_outᵀ]``, shape ``(n_items, k + h)``: item factors and the TF output
+    layer side by side, so the user-vector scores and the TF logits of one request come from a
+    single product ``stacked @ V`` with ``V`` a ``(k + h, 2)`` block of the user vector and the
+    TF hidden state (:meth:`score`).
+    """
+
+    version: str
+    item_ids: list[str]
+    item_index: dict[str, int]
+    Y: F32
+    YtY: npt.NDArray[np.float64]
+    alpha: float
+    reg: float
+    stacked: F32
+    tf_hidden: list[tuple[F32, F32]] = field(default_factory=list)  # (W, b) of hidden layers
+    tf_out_bias: F32 | None = None
+    pool_ids: list[str] = field(default_factory=list)
+    pool_unit: F32 | None = None  # unit-norm user factors of the nearest-user pool
+    user_index: dict[str, int] = field(default_factory=dict)
+    user_factors: F32 | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def k(self) -> int:
+        return int(self.Y.shape[1])
+
+    @property
+    def has_tf(self) -> bool:
+        return self.tf_out_bias is not None
+
+    # --- per-request maths --------------------------------------------------------------------
+    def user_vector(self, stored: bytes | None, stored_version: str | None, user: str,
+                    weights: Sequence[tuple[str, float]]) -> F32 | None:
+        """The user's factor vector for this version.
+
+        The worker's stored vector when it was folded against this version; else the batch
+        vector of a user the model was trained on; else a fold-in of the user's decayed weights
+        (implicit's ``recalculate_user``; cost O(n_u k² + k³), independent of the catalogue).
+        """
+        if stored is not None and stored_version == self.version and len(stored) == 4 * self.k:
+            vec = np.frombuffer(stored, dtype=np.float32)
+            if np.all(np.isfinite(vec)):
+                return vec
+        if self.user_factors is not None:
+            row = self.user_index.get(user)
+            if row is not None:
+                return self.user_factors[row]
+        idx = [self.item_index[i] for i, _ in weights if i in self.item_index]
+        if not idx:
+            return None
+        conf = [self.alpha * w for i, w in weights if i in self.item_index]
+        return fold_in(self.Y, self.YtY, idx, conf, self.reg).astype(np.float32)
+
+    def tf_hidden_state(self, weights: Sequence[tuple[str, float]]) -> F32 | None:
+        """Last hidden layer of the TF model for a decayed history (sparse first layer).
+
+        Equals ``models.batch.tf_next.forward`` up to the output layer: ``h₀ = x/‖x‖₂`` only
+        touches the rows of the first weight matrix of the user's items.
+        """
+        if not self.tf_hidden:
+            return None
+        pairs = [(self.item_index[i], w) for i, w in weights if i in self.item_index and w > 0]
+        if not pairs:
+            return None
+        rows = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        x = np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(pairs))
+        x = (x / np.sqrt(x @ x)).astype(np.float32)
+        W0, b0 = self.tf_hidden[0]
+        h = np.tanh(x @ W0[rows] + b0)
+        for W, b in self.tf_hidden[1:]:
+            h = np.tanh(h @ W + b)
+        return h.astype(np.float32)
+
+    def score(self, u: F32 | None, h: F32 | None, n: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """Top-``n`` items by ``Y u`` and by the TF logits, from one matrix product."""
+        if u is None and h is None:
+            return [], []
+        if h is None or self.tf_out_bias is None:
+            assert u is not None
+            return self._top(self.Y @ u, n), []  # the one catalogue-sized product
+        k = self.k
+        V = np.zeros((self.stacked.shape[1], 2), dtype=np.float32)
+        if u is not None:
+            V[:k, 0] = u
+        V[k:, 1] = h
+        scores = (self.stacked @ V).T  # (2, n_items): the one catalogue-sized product
+        vec = self._top(scores[0], n) if u is not None else []
+        row = scores[1]
+        row += self.tf_out_bias
+        # Logits can be negative and blend keeps positive scores only: shift by the lowest
+        # candidate's logit, which keeps the order (all a softmax needs).
+        top = self._top(row, n)
+        floor = top[-1][1] if top else 0.0
+        return vec, [(i, s - floor + 1e-6) for i, s in top]
+
+    def _top(self, row: npt.NDArray[np.float32], n: int) -> list[tuple[str, float]]:
+        m = row.shape[0]
+        if m == 0 or n <= 0:
+            return []
+        if n < m:
+            part = np.argpartition(row, m - n)[m - n:]
+        else:
+            part = np.arange(m)
+        order = part[np.argsort(-row[part], kind="stable")]
+        ids = self.item_ids
+        return [(ids[j], float(row[j])) for j in order.tolist()]
+
+    def nearest_users(self, u: F32, user: str, n: int) -> list[tuple[str, float]]:
+        """The ``n`` pool users with the highest cosine to ``u`` (the user itself left out)."""
+        if self.pool_unit is None or n <= 0:
+            return []
+        norm = float(np.sqrt(u @ u))
+        if norm <= 0:
+            return []
+        sims = self.pool_unit @ (u / norm)
+        m = sims.shape[0]
+        take = min(n + 1, m)
+        part = np.argpartition(sims, m - take)[m - take:]
+        order = part[np.argsort(-sims[part], kind="stable")]
+        out = [(self.pool_ids[j], float(sims[j])) for j in order.tolist()]
+        return [(v, s) for v, s in out if v != user and s > 0][:n]
+
+    def item_neighbours(self, item: str, n: int) -> list[tuple[str, float]]:
+        """Items whose factors have the highest cosine with ``item``'s (for similar items)."""
+        row = self.item_index.get(item)
+        if row is None:
+            return []
+        y = self.Y[row]
+        norms = self._item_norms()
+        ny = float(norms[row])
+        if ny <= 0:
+            return []
+        sims = (self.Y @ y) / (norms * ny + 1e-12)
+        sims[row] = -np.inf
+        return [(i, s) for i, s in self._top(sims.astype(np.float32), n) if s > 0]
+
+    def _item_norms(self) -> npt.NDArray[np.float32]:
+        norms = getattr(self, "_norms", None)
+        if norms is None:
+            norms = np.sqrt((self.Y * self.Y).sum(axis=1))
+            self._norms = norms
+        return norms
+
+
+def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mapping[str, bytes | None],
+                *, default_reg: float, pool_size: int) -> PublishedModel:
+    """Validate the published parts and build a :class:`PublishedModel` (CPU work: run off-loop)."""
+    item_ids = decode_ids(parts.get("item_ids"), "item_ids")
+    Y = _finite_f32(decode_array(parts.get("item_factors"), "item_factors"), "item_factors", 2)
+    if Y.shape[0] != len(item_ids) or Y.shape[0] == 0 or Y.shape[1] == 0:
+        raise ModelError(f"item_factors has {Y.shape} rows for {len(item_ids)} item ids")
+    item_index = {item: i for i, item in enumerate(item_ids)}
+    if len(item_index) != len(item_ids):
+        raise ModelError("item_ids holds duplicates")
+    alpha = _scalar(parts.get("alpha"), "alpha", 1.0)
+    reg = _scalar(parts.get("regularization"), "regularization", default_reg)
+    hidden: list[tuple[F32, F32]] = []
+    out_bias: F32 | None = None
+    stacked = Y
+    n_layers_raw = parts.get("tf_n_layers")
+    if n_layers_raw is not None:
+        n_layers = int(decode_array(n_layers_raw, "tf_n_layers").ravel()[0])
+        if not 2 <= n_layers <= 16:
+            raise ModelError(f"tf_n_layers must be 2..16, got {n_layers}")
+        ws = [_finite_f32(decode_array(tf_parts.get(f"tf_layer{i}_weight"), f"tf_layer{i}_weight"),
+                          f"tf_layer{i}_weight", 2) for i in range(n_layers)]
+        bs = [_finite_f32(decode_array(tf_parts.get(f"tf_layer{i}_bias"), f"tf_layer{i}_bias"),
+                          f"tf_layer{i}_bias", 1) for i in range(n_layers)]
+        dims_ok = ws[0].shape[0] == len(item_ids) and ws[-1].shape[1] == len(item_ids)
+        for i in range(n_layers):
+            dims_ok = dims_ok and bs[i].shape[0] == ws[i].shape[1]
+            if i:
+                dims_ok = dims_ok and ws[i].shape[0] == ws[i - 1].shape[1]
+        if not dims_ok:
+            raise ModelError("TF layer shapes do not chain from n_items to n_items")
+        hidden = list(zip(ws[:-1], bs[:-1], strict=True))
+        out_bias = bs[-1]
+        stacked = np.ascontiguousarray(np.hstack([Y, ws[-1].T]), dtype=np.float32)
+    model = PublishedModel(
+        version=version, item_ids=item_ids, item_index=item_index, Y=Y,
+        YtY=Y.astype(np.float64).T @ Y.astype(np.float64), alpha=alpha, reg=reg, stacked=stacked,
+        tf_hidden=hidden, tf_out_bias=out_bias,
+    )
+    if parts.get("user_factors") is not None:
+        user_ids = decode_ids(parts.get("user_ids"), "user_ids")
+        U = _finite_f32(decode_array(parts["user_factors"], "user_factors"), "user_factors", 2)
+        if U.shape != (len(user_ids), Y.shape[1]):
+            raise ModelError(f"user_factors has shape {U.shape} for {len(user_ids)} users, k={Y.shape[1]}")
+        norms = np.sqrt((U * U).sum(axis=1))
+        # The pool keeps the users with the largest factor norms: ALS leaves users with little
+        # evidence near zero, whose cosines are noise; the cap bounds the per-request product.
+        keep = np.argsort(-norms, kind="stable")[:pool_size]
+        keep = keep[norms[keep] > 0]
+        model.pool_ids = [user_ids[j] for j in keep.tolist()]
+        model.pool_unit = np.ascontiguousarray(U[keep] / norms[keep, None], dtype=np.float32)
+        model.user_index = {u: i for i, u in enumerate(user_ids)}
+        model.user_factors = U
+    return model
+
+
+def _scalar(raw: bytes | None, part: str, default: float) -> float:
+    if raw is None:
+        return default
+    value = float(decode_array(raw, part).ravel()[0])
+    if not np.isfinite(value) or value < 0:
+        raise ModelError(f"part {part!r} must be a finite number >= 0")
+    return value
+
+
+PartsReader = Callable[[str, Sequence[str]], Awaitable[dict[str, bytes | None]]]
+
+
+class ModelCache:
+    """Holds the live :class:`PublishedModel`; loads a new version when the reader sees one."""
+
+    def __init__(self, read_parts: PartsReader, *, default_reg: float, pool_size: int) -> None:
+        self._read_parts = read_parts
+        self._default_reg = default_reg
+        self._pool_size = pool_size
+        self.model: PublishedModel | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._failed: dict[str, float] = {}
+        self.loads = 0
+        self.failures = 0
+
+    @property
+    def version(self) -> str | None:
+        return self.model.version if self.model is not None else None
+
+    def observe(self, version: str | None) -> PublishedModel | None:
+        """Called with the version a request read; starts a background load when it changed."""
+        if version is None:
+            return self.model
+        if version != self.version and (self._loading is None or self._loading.done()):
+            failed_at = self._failed.get(version)
+            if failed_at is None or time.monotonic() - failed_at > _RETRY_FAILED_S:
+                self._loading = asyncio.get_running_loop().create_task(self._load_logged(version))
+        return self.model
+
+    async def load(self, version: str) -> PublishedModel:
+        """Read and build ``version``; it becomes the served model. Raises :class:`ModelError`."""
+        parts = await self._read_parts(version, PARTS)
+        tf_parts: dict[str, bytes | None] = {}
+        if parts.get("tf_n_layers") is not None:
+            n = int(decode_array(parts["tf_n_layers"], "tf_n_layers").ravel()[0])
+            if not 2 <= n <= 16:
+                raise ModelError(f"tf_n_layers must be 2..16, got {n}")
+            names = [f"tf_layer{i}_{kind}" for i in range(n) for kind in ("weight", "bias")]
+            tf_parts = await self._read_parts(version, names)
+        model = await asyncio.to_thread(build_model, version, parts, tf_parts,
+                                        default_reg=self._default_reg, pool_size=self._pool_size)
+        self.model = model
+        self.loads += 1
+        self._failed.pop(version, None)
+        logger.info("serving model %s: %d items, k=%d, tf=%s, user pool %d", version,
+                    len(model.item_ids), model.k, model.has_tf, len(model.pool_ids))
+        return model
+
+    async def _load_logged(self, version: str) -> None:
+        try:
+            await self.load(version)
+        except ModelError as exc:
+            self.failures += 1
+            self._failed[version] = time.monotonic()
+            logger.error("model %s not loaded, still serving %s: %s", version, self.version, exc)
+        except Exception as exc:  # Redis down mid-load: try again on a later request
+            self.failures += 1
+            self._failed[version] = time.monotonic() - _RETRY_FAILED_S + 1.0
+            logger.warning("model %s load interrupted (%s); will retry", version, exc)
+
+    async def wait(self) -> None:
+        """Wait for a load in progress (tests and start-up)."""
+        if self._loading is not None:
+            await self._loading

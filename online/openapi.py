@@ -1,0 +1,155 @@
+"""The reader's OpenAPI 3.1 document, written out by hand (the routes are plain Starlette)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from models.blend import SOURCES
+from online.params import ID_PATTERN
+
+__all__ = ["openapi_document"]
+
+logger = logging.getLogger(__name__)
+
+_ID = {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128}
+_CATEGORY = {"type": "string", "minLength": 1, "maxLength": 64}
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _p(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _ID, "description": description}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+_ERRORS = {
+    "400": _json("Error", "Bad parameter or id."),
+    "404": _json("Error", "No such route."),
+    "405": _json("Error", "Method not allowed."),
+}
+_N = _q("n", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many items.")
+_EXCLUDE = _q("exclude", {"type": "string"}, "Comma-separated item ids never to return (at most 100).")
+
+
+def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
+    """The document served at ``/openapi.json``."""
+    security: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}] if api_keys else []
+    write_errors = {**_ERRORS, "401": _json("Error", "Missing or wrong API key."),
+                    "503": _json("Error", "The event log (Kafka) is unavailable.")}
+    ranked = {"200": _json("Ranked", "Ranked items."), **_ERRORS}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "driftrec reader", "version": "1",
+                 "description": "Live recommendations from the streaming state in Redis."},
+        "paths": {
+            "/v1/recommendations/{user_id}": {"get": {
+                "summary": "Blended recommendations for a user (seen items removed)",
+                "parameters": [
+                    _p("user_id", "Shopper id."), _N, _EXCLUDE,
+                    _q("category", _CATEGORY, "Only items of this category."),
+                    _q("strategy", {"type": "string", "enum": ["blend", *SOURCES], "default": "blend"},
+                       "blend, or one source alone."),
+                    _q("weights", {"type": "string", "examples": ["item_item:1,trending:0.1"]},
+                       "Per-request blend weights, source:weight, comma-separated."),
+                    _q("context", {"type": "string"}, "Comma-separated items of the current session "
+                       "not yet in the stream (at most 20)."),
+                ],
+                "responses": ranked,
+            }},
+            "/v1/items/{item_id}/similar": {"get": {
+                "summary": "Items similar to one item (trending in its category when unknown)",
+                "parameters": [_p("item_id", "Item id."), _N,
+                               _q("category", _CATEGORY, "Category to fall back to for an unknown item.")],
+                "responses": ranked,
+            }},
+            "/v1/trending": {"get": {
+                "summary": "Trending items, overall or in a category",
+                "parameters": [_N, _EXCLUDE, _q("category", _CATEGORY, "Category.")],
+                "responses": ranked,
+            }},
+            "/v1/users/{user_id}/history": {"get": {
+                "summary": "A user's recent items and category tastes",
+                "parameters": [_p("user_id", "Shopper id."),
+                               _q("n", {"type": "integer", "minimum": 1, "maximum": history_len},
+                                  "How many recent items.")],
+                "responses": {"200": _json("History", "Recent history."), **_ERRORS,
+                              "503": _json("Error", "Redis unavailable.")},
+            }},
+            "/v1/users/{user_id}": {"delete": {
+                "summary": "Forget a user: a tombstone the worker applies in stream order",
+                "parameters": [_p("user_id", "Shopper id.")],
+                "security": security,
+                "responses": {"202": _json("Forget", "Tombstone produced."), **write_errors},
+            }},
+            "/v1/events": {"post": {
+                "summary": "Ingest one event or a batch of up to 500",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/ClickEvent"},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/ClickEvent"}, "maxItems": 500},
+                    {"type": "object", "required": ["events"], "properties": {"events": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/ClickEvent"}, "maxItems": 500}}},
+                ]}}}},
+                "responses": {"202": _json("Ingested", "Valid events produced to the clicks topic."),
+                              "413": _json("Error", "Body or batch too large."),
+                              "422": _json("Ingested", "No event was valid."), **write_errors},
+            }},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json("Status", "Alive.")}}},
+            "/readyz": {"get": {"summary": "Readiness (Redis reachable)", "responses": {
+                "200": _json("Status", "Ready."), "503": _json("Status", "Redis unreachable.")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+                "200": {"description": "Text exposition format.", "content": {"text/plain": {}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {}}}}}},
+        },
+        "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "detail"], "properties": {
+                    "error": {"type": "string"}, "detail": {"type": "string"}}},
+                "Item": {"type": "object", "required": ["item_id", "score", "reason", "source"], "properties": {
+                    "item_id": {"type": "string"}, "score": {"type": "number"},
+                    "reason": {"type": "string", "examples": ["because you viewed sku-1", "popular in shoes"]},
+                    "source": {"type": "string", "enum": list(SOURCES)}}},
+                "Ranked": {"type": "object", "required": ["request_id", "model_version", "generated_at",
+                                                          "degraded", "items"], "properties": {
+                    "request_id": {"type": "string", "description": "Send it back as the click's request_id."},
+                    "model_version": {"type": ["string", "null"]},
+                    "generated_at": {"type": "number", "description": "Unix seconds."},
+                    "degraded": {"type": "boolean", "description": "True: Redis was unreachable; trending "
+                                 "from the reader's in-memory snapshot."},
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
+                "History": {"type": "object", "properties": {
+                    "user_id": {"type": "string"},
+                    "items": {"type": "array", "items": {"type": "object", "properties": {
+                        "item_id": {"type": "string"}, "timestamp": {"type": "number"},
+                        "category": {"type": ["string", "null"]}}}},
+                    "categories": {"type": "array", "items": {"type": "object", "properties": {
+                        "category": {"type": "string"}, "weight": {"type": "number"}}}}}},
+                "Forget": {"type": "object", "properties": {
+                    "user_id": {"type": "string"}, "event_id": {"type": "string"}, "status": {"type": "string"}}},
+                "Ingested": {"type": "object", "required": ["accepted", "rejected", "errors"], "properties": {
+                    "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                    "errors": {"type": "array", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "error": {"type": "string"},
+                        "field": {"type": ["string", "null"]}}}}}},
+                "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+                "ClickEvent": {"type": "object", "required": ["event_id", "user_id", "item_id", "type", "timestamp"],
+                               "additionalProperties": False, "properties": {
+                    "event_id": _ID, "user_id": _ID, "item_id": _ID,
+                    "type": {"type": "string", "examples": ["view", "add_to_cart", "purchase"]},
+                    "timestamp": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
+                    "session_id": _ID, "request_id": _ID, "category": _CATEGORY,
+                    "properties": {"type": "object", "maxProperties": 32}}},
+            },
+        },
+    }

@@ -1,0 +1,218 @@
+"""Gathers every source's candidates from Redis and the published model, then calls ``blend``.
+
+The ranking itself is :func:`models.blend.blend`, the function the evaluation runs too; this
+module only reads, decays everything to one ``now`` and fills :class:`models.blend.Candidates`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import redis.exceptions
+
+from driftrec.settings import Settings
+from models.blend import BlendWeights, Candidates, Scored, blend
+from models.decay import DecayPolicy
+from online.model_cache import ModelCache
+from online.snapshot import TrendingSnapshot
+from online.store import Pairs, ReaderStore
+
+__all__ = ["Answer", "Recommender", "STORE_DOWN"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "Redis cannot answer now": the reader degrades instead of failing.
+STORE_DOWN = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+_PER_SIMILAR_USER = 10
+_MAX_TRENDING_READ = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    items: list[Scored]
+    model_version: str | None
+    degraded: bool
+
+
+class Recommender:
+    """Reads, decays and blends; one instance per app."""
+
+    def __init__(self, settings: Settings, store: ReaderStore, models: ModelCache,
+                 snapshot: TrendingSnapshot, weights: BlendWeights) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self.snapshot = snapshot
+        self.weights = weights
+        self.policy = DecayPolicy(settings.half_life_s)
+        self.rate = self.policy.rate
+
+    def _trend_key(self, category: str | None) -> str:
+        keys = self.store.keys
+        return keys.trending(category) if category else keys.popularity
+
+    def degraded(self, n: int, category: str | None, exclude: set[str]) -> Answer:
+        """Trending from the in-memory snapshot, for when Redis is unreachable."""
+        top, label = self.snapshot.trending(category, n, exclude)
+        reason = f"popular in {label}" if label else "popular now"
+        items = [Scored(i, s, "trending", reason) for i, s in top]
+        return Answer(items, self.models.version, True)
+
+    # --- recommendations for a user ---------------------------------------------------------
+    async def for_user(self, user: str, n: int, *, exclude: Sequence[str] = (), category: str | None = None,
+                       weights: BlendWeights | None = None, context: Sequence[str] = ()) -> Answer:
+        """Blended top-``n`` for ``user``; seen, excluded and ``context`` items never appear.
+
+        ``context`` lists items of the current session the caller already knows of (an
+        anonymous shopper whose clicks are still on their way): they count as the most recent.
+        """
+        w = weights or self.weights
+        if category is not None:
+            self.snapshot.note_category(category)
+        excluded = set(exclude) | set(context)
+        try:
+            return await self._for_user(user, n, excluded, category, w, list(context))
+        except STORE_DOWN as exc:
+            logger.warning("Redis unavailable (%s): degraded answer for a user", type(exc).__name__)
+            return self.degraded(n, category, excluded)
+
+    async def _for_user(self, user: str, n: int, excluded: set[str], category: str | None,
+                        w: BlendWeights, context: list[str]) -> Answer:
+        s = self.settings
+        trend_n = min(n + len(excluded) + s.history_len, _MAX_TRENDING_READ)
+        r = await self.store.read_user(user, self._trend_key(category), trend_n)
+        model = self.models.observe(r.model_version)
+        f = r.meta.factor(self.rate)
+        excluded |= {i for i, _ in r.history}
+        decayed = [(i, v * f) for i, v in r.weights if v > 0]
+        if not decayed and r.history:  # weights pruned or not yet written: recency stands in
+            t_now = r.meta.now
+            decayed = [(i, self.policy.decayed_weight(1.0, t, t_now)) for i, t in r.history]
+        if context:
+            top = decayed[0][1] if decayed else 1.0
+            ctx = set(context)
+            decayed = [(i, top) for i in context] + [p for p in decayed if p[0] not in ctx]
+        recent = decayed[: s.reader_recent_items]
+        want = n + len(excluded)
+
+        vec_scores: Pairs = []
+        tf_scores: Pairs = []
+        similar: Pairs = []
+        if model is not None and (decayed or r.vec is not None):
+            u = None
+            if w.user_vector > 0 or w.similar_users > 0:
+                u = model.user_vector(r.vec, r.vec_version, user, decayed)
+            h = model.tf_hidden_state(decayed) if w.tf > 0 else None
+            vec_scores, tf_scores = model.score(u if w.user_vector > 0 else None, h, want)
+            if u is not None and w.similar_users > 0 and s.reader_similar_users > 0:
+                similar = model.nearest_users(u, user, s.reader_similar_users)
+
+        nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
+        nbrs, theirs = await self.store.read_expansion(
+            nbr_items, s.neighbours_k, [v for v, _ in similar], _PER_SIMILAR_USER)
+        neighbours = {i: [(j, c * f) for j, c in rows] for i, rows in nbrs.items()}
+        wanted_norms = set(nbr_items)
+        for rows in nbrs.values():
+            wanted_norms.update(j for j, _ in rows)
+        norms = {i: v * f for i, v in self.snapshot.norms(wanted_norms, r.meta.landmark).items()}
+        cands = Candidates(
+            recent=recent, neighbours=neighbours, norms=norms, vector_scores=vec_scores,
+            tf_scores=tf_scores, similar_users=_similar_user_scores(similar, theirs),
+            trending=[(i, v * f) for i, v in r.trending], trending_label=category,
+        )
+        if category is not None:
+            cands = await self._in_category(cands, category)
+        items = blend(cands, n, exclude=excluded, weights=w, shrinkage=s.similarity_shrinkage)
+        return Answer(items, model.version if model else None, False)
+
+    async def _in_category(self, c: Candidates, category: str) -> Candidates:
+        """Keep only candidates of ``category`` (trending is already that category's list)."""
+        ids: set[str] = set()
+        for rows in c.neighbours.values():
+            ids.update(j for j, _ in rows)
+        for pairs in (c.vector_scores, c.tf_scores, c.similar_users):
+            ids.update(i for i, _ in pairs)
+        if not ids:
+            return c
+        cats = await self.store.item_categories(sorted(ids))
+        keep = {i for i in ids if cats.get(i) == category}
+        return replace(
+            c,
+            neighbours={r: [(j, v) for j, v in rows if j in keep] for r, rows in c.neighbours.items()},
+            vector_scores=[p for p in c.vector_scores if p[0] in keep],
+            tf_scores=[p for p in c.tf_scores if p[0] in keep],
+            similar_users=[p for p in c.similar_users if p[0] in keep],
+        )
+
+    # --- similar items ----------------------------------------------------------------------
+    async def similar(self, item: str, n: int, category: str | None = None) -> Answer:
+        """Items like ``item``: co-occurrence neighbours and factor cosine; an unknown item gets
+        trending in its category (or in ``category``)."""
+        try:
+            return await self._similar(item, n, category)
+        except STORE_DOWN as exc:
+            logger.warning("Redis unavailable (%s): degraded similar items", type(exc).__name__)
+            return self.degraded(n, category, {item})
+
+    async def _similar(self, item: str, n: int, category: str | None) -> Answer:
+        s = self.settings
+        meta, version, nbrs, item_cat = await self.store.read_item(item, s.neighbours_k)
+        model = self.models.observe(version)
+        category = category or item_cat
+        if category is not None:
+            self.snapshot.note_category(category)
+        norms_raw, trending = await self.store.scores_and_trending(
+            [item, *(j for j, _ in nbrs)], self._trend_key(category), n + 1)
+        f = meta.factor(self.rate)
+        cands = Candidates(
+            recent=[(item, 1.0)],
+            neighbours={item: [(j, c * f) for j, c in nbrs]},
+            norms={i: v * f for i, v in norms_raw.items()},
+            vector_scores=model.item_neighbours(item, n) if model is not None else (),
+            trending=[(i, v * f) for i, v in trending], trending_label=category,
+        )
+        # Trending only back-fills here: similar means similar first.
+        w = BlendWeights(item_item=1.0, user_vector=0.5, tf=0.0, similar_users=0.0, trending=0.0)
+        ranked = blend(cands, n, exclude={item}, weights=w, shrinkage=s.similarity_shrinkage)
+        items = [replace(x, reason=_similar_reason(x, item)) for x in ranked]
+        return Answer(items, model.version if model else None, False)
+
+    # --- trending ---------------------------------------------------------------------------
+    async def trending(self, n: int, category: str | None, exclude: Sequence[str] = ()) -> Answer:
+        if category is not None:
+            self.snapshot.note_category(category)
+        excluded = set(exclude)
+        try:
+            meta, top = await self.store.trending(self._trend_key(category), n + len(excluded))
+        except STORE_DOWN as exc:
+            logger.warning("Redis unavailable (%s): degraded trending", type(exc).__name__)
+            return self.degraded(n, category, excluded)
+        f = meta.factor(self.rate)
+        reason = f"popular in {category}" if category else "popular now"
+        items = [Scored(i, v * f, "trending", reason) for i, v in top if i not in excluded][:n]
+        return Answer(items, self.models.version, False)
+
+
+def _similar_user_scores(similar: Pairs, theirs: dict[str, Pairs]) -> Pairs:
+    """Σ over similar users v of cos(u, v) · (v's weight of the item / v's largest weight)."""
+    scores: dict[str, float] = {}
+    for v, sim in similar:
+        rows = theirs.get(v) or []
+        top = rows[0][1] if rows else 0.0
+        if top <= 0:
+            continue
+        for item, wv in rows:
+            if wv > 0:
+                scores[item] = scores.get(item, 0.0) + sim * wv / top
+    return list(scores.items())
+
+
+def _similar_reason(x: Scored, item: str) -> str:
+    if x.source == "item_item":
+        return f"often viewed with {item}"
+    if x.source == "user_vector":
+        return f"liked by the same shoppers as {item}"
+    return x.reason

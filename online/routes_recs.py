@@ -1,0 +1,122 @@
+"""GET routes that rank items: recommendations for a user, similar items, trending."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from driftrec.errors import InvalidRequestError
+from models.blend import SOURCES, BlendWeights
+from online.http import json_response
+from online.metrics import ReaderMetrics
+from online.params import category_param, check_id, id_list_param, int_param, reject_unknown
+from online.recommender import Answer, Recommender
+
+__all__ = ["recommendation_routes", "STRATEGIES", "parse_weights"]
+
+logger = logging.getLogger(__name__)
+
+#: ``strategy=`` presets: "blend" uses the configured weights, any source name uses that source
+#: alone (trending still back-fills a short list).
+STRATEGIES = ("blend", *SOURCES)
+_REC_PARAMS = frozenset({"n", "exclude", "category", "strategy", "weights", "context"})
+_SIMILAR_PARAMS = frozenset({"n", "category"})
+_TRENDING_PARAMS = frozenset({"n", "category", "exclude"})
+MAX_N = 100
+
+
+def parse_weights(query: Mapping[str, str], base: BlendWeights) -> BlendWeights:
+    """``strategy=`` and ``weights=source:w,...`` applied over the configured weights."""
+    strategy = query.get("strategy", "blend")
+    if strategy not in STRATEGIES:
+        raise InvalidRequestError(f"strategy: must be one of {', '.join(STRATEGIES)}")
+    weights = base
+    if strategy != "blend":
+        weights = BlendWeights(**{s: (1.0 if s == strategy else 0.0) for s in SOURCES})
+    raw = query.get("weights")
+    if raw is not None:
+        overrides: dict[str, float] = {}
+        for part in raw.split(","):
+            if not part:
+                continue
+            name, sep, value = part.partition(":")
+            if not sep or name not in SOURCES:
+                raise InvalidRequestError(f"weights: entries are source:weight with a source in {', '.join(SOURCES)}")
+            try:
+                overrides[name] = float(value)
+            except ValueError:
+                raise InvalidRequestError(f"weights: {name} needs a number") from None
+        try:
+            weights = weights.with_overrides(overrides)
+        except ValueError as exc:
+            raise InvalidRequestError(f"weights: {exc}") from None
+    return weights
+
+
+def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endpoint: str) -> dict[str, object]:
+    if answer.degraded:
+        metrics.degraded.labels(endpoint).inc()
+    counts: dict[str, int] = {}
+    items = []
+    for x in answer.items:
+        counts[x.source] = counts.get(x.source, 0) + 1
+        items.append({"item_id": x.item, "score": x.score, "reason": x.reason, "source": x.source})
+    for source, c in counts.items():
+        metrics.items_by_source.labels(source).inc(c)
+    return {
+        "request_id": uuid.uuid4().hex,
+        "model_version": answer.model_version,
+        "generated_at": time.time(),
+        "degraded": answer.degraded,
+        **extra,
+        "items": items,
+    }
+
+
+def recommendation_routes(rec: Recommender, metrics: ReaderMetrics) -> list[Route]:
+    base = rec.weights
+
+    async def recommendations(request: Request) -> Response:
+        q = request.query_params
+        reject_unknown(q, _REC_PARAMS)
+        user = check_id(request.path_params["user_id"], "user_id")
+        n = int_param(q, "n", 10, 1, MAX_N)
+        exclude = id_list_param(q, "exclude")
+        context = id_list_param(q, "context", limit=20)
+        category = category_param(q)
+        weights = parse_weights(q, base)
+        answer = await rec.for_user(user, n, exclude=exclude, category=category, weights=weights,
+                                    context=context)
+        body = _body(answer, {"user_id": user, "strategy": q.get("strategy", "blend")}, metrics,
+                     "recommendations")
+        return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
+
+    async def similar(request: Request) -> Response:
+        q = request.query_params
+        reject_unknown(q, _SIMILAR_PARAMS)
+        item = check_id(request.path_params["item_id"], "item_id")
+        n = int_param(q, "n", 10, 1, MAX_N)
+        answer = await rec.similar(item, n, category_param(q))
+        body = _body(answer, {"item_id": item}, metrics, "similar")
+        return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
+
+    async def trending(request: Request) -> Response:
+        q = request.query_params
+        reject_unknown(q, _TRENDING_PARAMS)
+        n = int_param(q, "n", 10, 1, MAX_N)
+        category = category_param(q)
+        answer = await rec.trending(n, category, id_list_param(q, "exclude"))
+        body = _body(answer, {"category": category}, metrics, "trending")
+        return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
+
+    return [
+        Route("/v1/recommendations/{user_id:path}", recommendations, methods=["GET"]),
+        Route("/v1/items/{item_id:path}/similar", similar, methods=["GET"]),
+        Route("/v1/trending", trending, methods=["GET"]),
+    ]

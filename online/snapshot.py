@@ -1,0 +1,127 @@
+"""An in-memory copy of popularity and trending, refreshed periodically: degraded answers and norms.
+
+When Redis cannot be reached the reader answers from this snapshot (``degraded: true``). While
+Redis is up the snapshot's popularity gives the similarity norms of the item-item source, so a
+recommendation needs no third round trip for them; they are at most one refresh old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from models.decay import DecayPolicy
+from online.store import Meta, Pairs, ReaderStore
+
+__all__ = ["TrendingSnapshot"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrendingSnapshot:
+    """Top popular items overall and per recently asked category, as stored forward scores.
+
+    Parameters
+    ----------
+    store : ReaderStore
+        Where to read from.
+    policy : DecayPolicy
+        The decay in use (to move scores between landmarks).
+    n_items : int
+        Most popular items kept (also the items that have a norm; the rest get the smallest kept
+        popularity, an upper bound of theirs).
+    per_category : int
+        Items kept per category list.
+    max_categories : int
+        Categories tracked (the most recently asked ones).
+    interval_s : float
+        Refresh period.
+    """
+
+    def __init__(self, store: ReaderStore, policy: DecayPolicy, *, n_items: int, per_category: int = 200,
+                 max_categories: int = 64, interval_s: float = 2.0) -> None:
+        self.store = store
+        self.policy = policy
+        self.n_items = n_items
+        self.per_category = per_category
+        self.max_categories = max_categories
+        self.interval_s = interval_s
+        self.meta: Meta | None = None
+        self.popular: Pairs = []
+        self.pop: dict[str, float] = {}
+        self.floor = 0.0
+        self.categories: dict[str, Pairs] = {}
+        self._asked: OrderedDict[str, None] = OrderedDict()
+        self.refreshed_at: float | None = None  # wall clock of the last good refresh
+        self.failures = 0
+
+    # --- upkeep ------------------------------------------------------------------------------
+    def note_category(self, category: str) -> None:
+        """Remember a category a request asked for, so the next refresh keeps its list."""
+        asked = self._asked
+        if category in asked:
+            asked.move_to_end(category)
+            return
+        asked[category] = None
+        if len(asked) > self.max_categories:
+            asked.popitem(last=False)
+
+    async def refresh(self) -> None:
+        """Read a new snapshot; on failure the old one stays (raises the Redis error)."""
+        cats = list(self._asked)
+        meta, pop, lists = await self.store.snapshot(self.n_items, cats, self.per_category)
+        self.meta = meta
+        self.popular = pop[:1000]
+        self.pop = dict(pop)
+        self.floor = pop[-1][1] if len(pop) >= self.n_items else 0.0
+        self.categories = {c: v for c, v in lists.items() if v}
+        self.refreshed_at = time.time()
+
+    async def run(self) -> None:
+        """Refresh forever (the app's lifespan runs this as a task and cancels it)."""
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: keep serving the last snapshot
+                self.failures += 1
+                logger.debug("snapshot refresh failed: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+    @property
+    def age_s(self) -> float | None:
+        return None if self.refreshed_at is None else max(0.0, time.time() - self.refreshed_at)
+
+    # --- reading -----------------------------------------------------------------------------
+    def _shift(self, landmark: float) -> float:
+        # Stored scores are relative to the snapshot's landmark; a request may already see a
+        # moved one (after a rescale), so scale into the request's.
+        if self.meta is None or self.meta.landmark == landmark:
+            return 1.0
+        return self.policy.rescale_factor(self.meta.landmark, landmark)
+
+    def norms(self, items: Iterable[str], landmark: float) -> dict[str, float]:
+        """Stored popularity of ``items`` relative to ``landmark`` (missing: the kept floor)."""
+        f = self._shift(landmark)
+        pop, floor = self.pop, self.floor
+        return {i: pop.get(i, floor) * f for i in items}
+
+    def trending(self, category: str | None, n: int, exclude: set[str] | frozenset[str]) -> tuple[Pairs, str | None]:
+        """Top ``n`` items (values at the snapshot's ``now``), in ``category`` when it is kept.
+
+        Returns the items and the label they are popular in (None: overall).
+        """
+        label: str | None = None
+        source = self.popular
+        if category is not None and category in self.categories:
+            source, label = self.categories[category], category
+        factor = 1.0
+        if self.meta is not None:
+            factor = math.exp(-self.policy.rate * (self.meta.now - self.meta.landmark))
+        out = [(i, s * factor) for i, s in source if i not in exclude][:n]
+        return out, label
