@@ -71,6 +71,11 @@ class Keys:
         """HASH landmark (forward-decay origin, event time), last_event_time, applied_events."""
         return f"{self.prefix}:{{g}}:meta"
 
+    # --- one served recommendation (attribution) --------------------------------------------
+    def served(self, request_id: str) -> str:
+        """HASH item -> source, plus ``#strategy``: what one answer showed (short TTL)."""
+        return f"{self.prefix}:{{r:{request_id}}}"
+
     # --- published models -----------------------------------------------------------------
     @property
     def model_current(self) -> str:

@@ -1,0 +1,121 @@
+"""Click attribution: a click carrying a served answer's ``request_id`` is credited to its source."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from driftrec.keys import Keys
+
+__all__ = ["Click", "Credit", "parse_click", "attribute", "Attributor", "STRATEGY_FIELD"]
+
+logger = logging.getLogger(__name__)
+
+#: Field of ``P:{r:R}`` holding the answer's strategy; ``#`` can never start an item id.
+STRATEGY_FIELD = "#strategy"
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    request_id: str
+    item_id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """``source`` is None when the click could not be attributed; ``reason`` then says why."""
+
+    click: Click
+    strategy: str | None
+    source: str | None
+    reason: str | None
+
+
+def parse_click(raw: bytes | None) -> Click | None:
+    """The attribution-relevant fields of one clicks-topic message, or None if it has no request_id.
+
+    Full validation is the worker's job (bad events are dead-lettered there); here a message
+    that is not a JSON object with string ``request_id`` and ``item_id`` is simply not counted.
+    """
+    if not raw or b"request_id" not in raw:  # cheap pre-filter: most clicks carry none
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    rid, item, kind = data.get("request_id"), data.get("item_id"), data.get("type")
+    if not isinstance(rid, str) or not isinstance(item, str) or not rid or not item:
+        return None
+    return Click(rid, item, kind if isinstance(kind, str) else "unknown")
+
+
+def attribute(click: Click, served: dict[str, str]) -> Credit:
+    """Credit one click given the answer's stored hash (empty when expired or never written)."""
+    if not served:
+        return Credit(click, None, None, "unknown_request")
+    source = served.get(click.item_id)
+    strategy = served.get(STRATEGY_FIELD, "unknown")
+    if source is None:
+        return Credit(click, strategy, None, "item_not_served")
+    return Credit(click, strategy, source, None)
+
+
+class Attributor:
+    """Reads the clicks topic with its own consumer group and credits clicks via Redis."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, client: aioredis.Redis, keys: Keys,
+                 on_credit: Callable[[Credit], None]) -> None:
+        self.topic = topic
+        self.client = client
+        self.keys = keys
+        self.on_credit = on_credit
+        # "latest": counters live in this process, so a new exporter counts from now on rather
+        # than replaying days of clicks against answers whose keys expired long ago.
+        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                                         auto_offset_reset="latest", enable_auto_commit=True)
+
+    async def credit(self, clicks: Sequence[Click]) -> list[Credit]:
+        if not clicks:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for c in clicks:
+            pipe.hgetall(self.keys.served(c.request_id))
+        rows = await pipe.execute()
+        out = []
+        for click, row in zip(clicks, rows, strict=True):
+            served = {_s(k): _s(v) for k, v in row.items()}
+            out.append(attribute(click, served))
+        return out
+
+    async def run(self) -> None:
+        await self.consumer.start()
+        try:
+            while True:
+                batch = await self.consumer.getmany(timeout_ms=1000, max_records=2000)
+                clicks = [c for recs in batch.values() for c in _clicks(r.value for r in recs)]
+                for credit in await self.credit(clicks):
+                    self.on_credit(credit)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            await self.consumer.stop()
+
+
+def _clicks(values: Iterable[bytes | None]) -> Iterable[Click]:
+    for v in values:
+        c = parse_click(v)
+        if c is not None:
+            yield c
+
+
+def _s(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
