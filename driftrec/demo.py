@@ -23,12 +23,11 @@ logger = logging.getLogger(__name__)
 
 
 def find_movielens() -> Path | None:
-    """../shared/datasets/ml-latest-small/ratings.csv next to the checkout, when present."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        path = base.parent / "shared" / "datasets" / "ml-latest-small" / "ratings.csv"
-        if path.exists():
-            return path
-    return None
+    """ml-latest-small's ratings.csv from the shared data sets, when present."""
+    from driftrec.datasets import shared_datasets_dir
+
+    path = shared_datasets_dir() / "ml-latest-small" / "ratings.csv"
+    return path if path.exists() else None
 
 
 def _get(url: str, timeout: float = 2.0) -> Any:

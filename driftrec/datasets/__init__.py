@@ -13,7 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from driftrec.datasets.base import DatasetError, EventLog, LoadStats, first_line
+from driftrec.datasets.base import (
+    DatasetError,
+    EventLog,
+    LoadStats,
+    first_line,
+    shared_datasets_dir,
+)
 from driftrec.datasets.generic import generic_columns, load_generic_csv
 from driftrec.datasets.movielens import ML100K_LINE, load_movielens
 from driftrec.datasets.retail import NON_PRODUCT_CODES, load_online_retail, load_retailrocket
@@ -29,6 +35,7 @@ __all__ = [
     "load_online_retail",
     "load_retailrocket",
     "load_generic_csv",
+    "shared_datasets_dir",
 ]
 
 logger = logging.getLogger(__name__)

@@ -138,3 +138,21 @@ def data_rows(f: IO[str], delimiter: str, max_rows: int | None) -> Iterable[list
     """CSV rows after the header, at most ``max_rows`` of them when given."""
     reader = csv.reader(f, delimiter=delimiter)
     return reader if max_rows is None else itertools.islice(reader, max_rows)
+
+
+def shared_datasets_dir() -> Path:
+    """Where the real data sets live: ``$DRIFTREC_DATASETS``, else ``../shared/datasets`` beside the checkout.
+
+    The folder is returned even when it does not exist, so callers can name it in their error.
+    """
+    import os
+
+    env = os.environ.get("DRIFTREC_DATASETS")
+    if env:
+        return Path(env)
+    candidates = [Path(__file__).resolve().parents[2].parent / "shared" / "datasets",
+                  Path.cwd().parent / "shared" / "datasets"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return candidates[0]

@@ -18,11 +18,12 @@ from driftrec.datasets import (
     load_movielens,
     load_online_retail,
     load_retailrocket,
+    shared_datasets_dir,
 )
 from driftrec.errors import DriftrecError
 from driftrec.events import validate_event
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+SHARED = shared_datasets_dir()
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
