@@ -70,6 +70,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ReaderMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._labels: dict[object, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,5 +89,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = self._labels.get(route) if route is not None else "unmatched"
+            if endpoint is None:
+                endpoint = self._labels[route] = str(getattr(route, "path", "?")).replace(":path}", "}")
             self.metrics.observe(endpoint, scope["method"], status, time.perf_counter() - started)
