@@ -70,7 +70,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ReaderMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self._labels: dict[object, str] = {}
+        self._labels: dict[int, str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +89,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            endpoint = self._labels.get(route) if route is not None else "unmatched"
+            # Routes are unhashable (they define __eq__); the app's routes live as long as it does.
+            endpoint = self._labels.get(id(route)) if route is not None else "unmatched"
             if endpoint is None:
-                endpoint = self._labels[route] = str(getattr(route, "path", "?")).replace(":path}", "}")
+                endpoint = self._labels[id(route)] = str(getattr(route, "path", "?")).replace(":path}", "}")
             self.metrics.observe(endpoint, scope["method"], status, time.perf_counter() - started)

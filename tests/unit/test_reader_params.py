@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
 from models.blend import BlendWeights
-from online.params import category_param, check_id, float_param, id_list_param, int_param, reject_unknown
+from online.params import (
+    category_param,
+    check_id,
+    float_param,
+    id_list_param,
+    int_param,
+    reject_unknown,
+)
 from online.routes_recs import parse_weights
 
 
