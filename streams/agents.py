@@ -2,10 +2,16 @@
 
 ``concurrency=1`` on purpose: with more, a crash can lose a message (faust issue #606), and one
 writer per partition is what makes a user's state safe to update without locks.
+
+Offsets: ``take_events`` acks a batch's events when the body asks for the next batch (the
+``finally`` after its ``yield``), so Kafka commits only cover batches whose body returned, i.e.
+that Redis accepted. It acks them on an exception too, which is why the body must never raise:
+the processor turns data problems into dead letters and waits out outages itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -17,14 +23,19 @@ from driftrec.keys import Keys
 from driftrec.settings import Settings
 from streams import metrics
 from streams.processor import BatchProcessor, DeadLetter, RawRecord
+from streams.published import FactorCache
 from streams.redis_state import RedisState
 
-__all__ = ["build_worker"]
+__all__ = ["build_worker", "REASON_HEADER", "SOURCE_HEADER"]
 
 logger = logging.getLogger(__name__)
 
+REASON_HEADER = "driftrec-reason"
+SOURCE_HEADER = "driftrec-source"
 
-def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None = None) -> BatchProcessor:
+
+def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None = None,
+                 vectors: bool = True) -> BatchProcessor:
     """Register the clicks agent on ``app``; returns the processor it uses."""
     clicks = app.topic(settings.clicks_topic, value_type=bytes, value_serializer="raw",
                        key_type=bytes, key_serializer="raw", partitions=settings.topic_partitions)
@@ -32,23 +43,30 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                     key_type=bytes, key_serializer="raw", partitions=1)
     client = aioredis.Redis.from_url(settings.redis, socket_timeout=10, socket_connect_timeout=5,
                                      health_check_interval=30)
-    state = RedisState(client, Keys(settings.key_prefix), settings.clicks_topic,
+    keys = Keys(settings.key_prefix)
+    state = RedisState(client, keys, settings.clicks_topic,
                        window=settings.cooc_window, history_len=settings.history_len,
                        neighbours_k=settings.neighbours_k, trending_k=settings.trending_k)
+    factors = FactorCache(client, keys, settings.fold_in_regularization) if vectors else None
 
     async def send_dead_letters(dead: Sequence[DeadLetter]) -> None:
+        # force=True: send now, not attached to the current event (Faust would hold attached
+        # messages until the ack), and wait for the broker's ack before Redis moves the offset.
+        pending = []
         for d in dead:
             rec = d.record
-            await dlq.send(
+            pending.append(await dlq.send(
                 key=None,
                 value=rec.value or b"",
                 headers={
-                    "driftrec-reason": d.reason.encode(),
-                    "driftrec-source": f"{rec.topic}:{rec.partition}:{rec.offset}".encode(),
+                    REASON_HEADER: d.reason.encode(),
+                    SOURCE_HEADER: f"{rec.topic}:{rec.partition}:{rec.offset}".encode(),
                 },
-            )
+                force=True,
+            ))
+        await asyncio.gather(*pending)
 
-    processor = BatchProcessor(settings, state, send_dead_letters)
+    processor = BatchProcessor(settings, state, send_dead_letters, factors)
 
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:
@@ -57,7 +75,14 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                 RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.value)
                 for e in events
             ]
-            outcome = await processor.process(records)
+            try:
+                outcome = await processor.process(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # process() catches everything; this is the last line of defence
+                metrics.UNEXPECTED_ERRORS.inc()
+                logger.critical("batch processing raised; its offsets will be committed", exc_info=True)
+                continue
             logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(records),
                          outcome.applied, outcome.skipped, len(outcome.dead))
 

@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "EVENTS_APPLIED", "EVENTS_SKIPPED", "DEAD_LETTERS", "BATCH_SIZE", "BATCH_SECONDS",
-    "REDIS_RETRIES", "LAST_EVENT_TIME", "REBALANCES",
+    "REDIS_RETRIES", "KAFKA_RETRIES", "LAST_EVENT_TIME", "REBALANCES", "UNEXPECTED_ERRORS",
+    "MODEL_RELOADS",
 ]
 
 EVENTS_APPLIED = Counter("driftrec_worker_events_applied_total", "Click events applied to Redis.")
@@ -23,6 +24,12 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 REDIS_RETRIES = Counter("driftrec_worker_redis_retries_total", "Redis calls retried after an error.")
+KAFKA_RETRIES = Counter("driftrec_worker_kafka_retries_total", "Dead-letter sends retried after a Kafka error.")
+UNEXPECTED_ERRORS = Counter(
+    "driftrec_worker_unexpected_errors_total",
+    "Batches that failed for a reason other than bad data or an outage (a bug); split and retried.",
+)
+MODEL_RELOADS = Counter("driftrec_worker_model_reloads_total", "Published item-factor versions loaded.")
 LAST_EVENT_TIME = Gauge(
     "driftrec_worker_last_applied_event_timestamp_seconds", "Event time of the newest applied event."
 )

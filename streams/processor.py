@@ -1,8 +1,11 @@
 """Turns one micro-batch of raw Kafka records into dead letters and one atomic Redis update.
 
-The agent hands every record here; nothing in this module raises on bad data (a bad event becomes
-a dead letter with its reason) and nothing gives up on Redis (it waits with back-off), because an
-exception escaping a Faust agent acks the batch silently and would lose it.
+The agent hands every record here and :meth:`BatchProcessor.process` never raises (only
+cancellation gets through): an exception escaping a Faust ``take_events`` body still acks the
+batch, and Faust would then commit offsets Redis never saw. So bad data becomes a dead letter
+with its reason, Redis and Kafka outages are waited out with back-off, and anything else (a bug
+one event trips) is isolated by retrying the batch one record at a time and dead-lettering the
+record that still fails.
 """
 
 from __future__ import annotations
@@ -14,18 +17,63 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.exceptions
+from aiokafka.errors import KafkaError
 
 from driftrec.errors import InvalidEventError
-from driftrec.events import TOMBSTONE_TYPE, ClickEvent, parse_event
+from driftrec.events import TOMBSTONE_TYPE, fast_validate
 from driftrec.settings import Settings
 from models.decay import DecayPolicy, EventWeights
-from models.online import EventView, plan_batch
+from models.online import BatchDelta, EventView, plan_batch
 from streams import metrics
-from streams.redis_state import APPLIED, LANDMARK_MOVED, RedisState
+from streams.published import FactorCache, PublishedFactors
+from streams.redis_state import (
+    APPLIED,
+    LANDMARK_MOVED,
+    NO_USER_EXTRA,
+    USER_VECTORS,
+    USER_WEIGHTS,
+    BatchContext,
+    RedisState,
+)
+from streams.vectors import (
+    VectorPlan,
+    applied_events,
+    isgd_partners_to_load,
+    plan_fold_in,
+    plan_isgd,
+)
 
-__all__ = ["RawRecord", "DeadLetter", "BatchProcessor", "BatchOutcome"]
+__all__ = ["RawRecord", "DeadLetter", "BatchProcessor", "BatchOutcome", "Backoff", "is_retryable"]
 
 logger = logging.getLogger(__name__)
+
+# Redis answers that mean "not now" rather than "never": wait and try again.
+_RETRY_REPLIES = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for outages of Redis or Kafka (wait and retry), False for anything else."""
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return str(exc).startswith(_RETRY_REPLIES)
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                      | OSError | KafkaError | asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off between retries: ``initial``, doubling, at most ``maximum`` seconds."""
+
+    initial: float = 0.05
+    maximum: float = 5.0
+
+    def delays(self) -> Callable[[], float]:
+        state = [self.initial / 2]
+
+        def next_delay() -> float:
+            state[0] = min(state[0] * 2, self.maximum)
+            return state[0]
+
+        return next_delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,100 +97,230 @@ class BatchOutcome:
     dead: list[DeadLetter] = field(default_factory=list)
     attempts: int = 0
 
+    def merge(self, other: BatchOutcome) -> None:
+        self.applied += other.applied
+        self.skipped += other.skipped
+        self.dead.extend(other.dead)
+        self.attempts += other.attempts
+
 
 DeadLetterSink = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 
 class BatchProcessor:
-    """Parses, plans and applies micro-batches; shared by the Faust agent and the benchmarks."""
+    """Parses, plans and applies micro-batches; shared by the Faust agent and the benchmarks.
 
-    def __init__(self, settings: Settings, state: RedisState, dead_letters: DeadLetterSink) -> None:
+    Parameters
+    ----------
+    settings : Settings
+        Decay, weights, windows, bounds and vector hyper-parameters.
+    state : RedisState
+        Load and apply against Redis.
+    dead_letters : callable
+        Sends dead letters and returns once the broker has them.
+    factors : FactorCache or None
+        The published model cache; None disables user/item vectors altogether.
+    backoff : Backoff or None
+        Retry policy for outages; default from ``settings.redis_retry_max_s``.
+    """
+
+    def __init__(self, settings: Settings, state: RedisState, dead_letters: DeadLetterSink,
+                 factors: FactorCache | None = None, *, backoff: Backoff | None = None) -> None:
         self.settings = settings
         self.state = state
         self.dead_letters = dead_letters
+        self.factors = factors
+        self.backoff = backoff or Backoff(maximum=settings.redis_retry_max_s)
         self.policy = DecayPolicy(settings.half_life_s)
         self.weights = EventWeights(settings.event_weights)
         self.allowed = settings.event_types
-        self.stopping = False
+        self.applied_total = 0
+        #: Attempts before a record that fails for no known reason is dead-lettered (the
+        #: second while nothing has been applied since start: see :meth:`_failed_alone`).
+        self.poison_after, self.poison_after_cold = 3, 10
 
-    def parse(self, records: Sequence[RawRecord]) -> tuple[list[tuple[RawRecord, ClickEvent]], list[DeadLetter]]:
-        good: list[tuple[RawRecord, ClickEvent]] = []
+    # --- parsing ------------------------------------------------------------------------------
+    def parse(self, records: Sequence[RawRecord]) -> tuple[list[EventView], dict[tuple[int, int], RawRecord], list[DeadLetter]]:
+        """Valid events as views (and their records by (partition, offset)), and dead letters."""
+        views: list[EventView] = []
+        by_pos: dict[tuple[int, int], RawRecord] = {}
         dead: list[DeadLetter] = []
+        allowed = self.allowed
         for rec in records:
             try:
-                event = parse_event(rec.value, self.allowed)  # type: ignore[arg-type]
-                if event.type == TOMBSTONE_TYPE:
-                    raise InvalidEventError("type: forget_user tombstones are not supported by this worker yet")
-                good.append((rec, event))
+                e = fast_validate(rec.value, allowed)  # type: ignore[arg-type]
             except InvalidEventError as exc:
                 dead.append(DeadLetter(rec, exc.reason))
-        return good, dead
+                continue
+            views.append(EventView(e.user_id, e.item_id, e.type, e.timestamp, e.category,
+                                   rec.offset, rec.partition))
+            by_pos[(rec.partition, rec.offset)] = rec
+        return views, by_pos, dead
 
+    # --- the batch ------------------------------------------------------------------------------
     async def process(self, records: Sequence[RawRecord]) -> BatchOutcome:
+        """Apply one batch; returns what happened. Raises nothing but cancellation."""
         started = time.perf_counter()
-        good, dead = self.parse(records)
-        views = [
-            EventView(user=e.user_id, item=e.item_id, type=e.type, t=e.timestamp, category=e.category,
-                      offset=r.offset, partition=r.partition)
-            for r, e in good
-        ]
-        outcome = BatchOutcome()
-        delay = 0.05
-        while True:
-            outcome.attempts += 1
-            try:
-                applied, skipped, fresh_dead = await self._try_apply(views, dead)
-                outcome.applied, outcome.skipped, outcome.dead = applied, skipped, fresh_dead
-                break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                if self.stopping:
-                    raise
-                metrics.REDIS_RETRIES.inc()
-                logger.warning("Redis unavailable (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.redis_retry_max_s)
-        elapsed = time.perf_counter() - started
-        metrics.BATCH_SECONDS.observe(elapsed)
+        try:
+            outcome = await self._process_retrying(records)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not an outage: find the record that trips it
+            metrics.UNEXPECTED_ERRORS.inc()
+            if len(records) == 1:
+                return await self._failed_alone(records[0], exc)
+            logger.error("unexpected %s on a batch of %d records; splitting it: %s",
+                         type(exc).__name__, len(records), exc)
+            half = len(records) // 2  # in order: a record's offset is stored after those before it
+            outcome = await self.process(records[:half])
+            outcome.merge(await self.process(records[half:]))
+            return outcome
+        self.applied_total += outcome.applied
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(records))
         metrics.EVENTS_APPLIED.inc(outcome.applied)
         metrics.EVENTS_SKIPPED.inc(outcome.skipped)
         return outcome
 
-    async def _try_apply(self, views: list[EventView], dead: list[DeadLetter]) -> tuple[int, int, list[DeadLetter]]:
+    async def _failed_alone(self, rec: RawRecord, exc: BaseException) -> BatchOutcome:
+        """One record keeps failing: retry a little, then dead-letter it as a poison record.
+
+        While the worker has applied nothing since it started, the failure may be systematic
+        (a bug or a broken deployment hits every record), so it retries longer before giving
+        the record up: a stalled worker loses nothing, a dead-lettering one loses state.
+        """
+        next_delay = self.backoff.delays()
+        failures = 1
         while True:
-            ctx = await self.state.load(views) if views or dead else None
-            applied_offsets = ctx.applied_offsets if ctx else {}
-            # A record at or below the stored offset was handled before a crash: its dead letter
-            # was already sent, so only newer ones go out again.
-            fresh_dead = [d for d in dead if d.record.offset > applied_offsets.get(d.record.partition, -1)]
-            if not views:
-                if fresh_dead:
-                    await self.dead_letters(fresh_dead)
-                    metrics.DEAD_LETTERS.inc(len(fresh_dead))
-                return 0, 0, fresh_dead
-            assert ctx is not None
-            landmark = ctx.landmark
-            if landmark is None:
-                landmark = await self.state.init_landmark(min(v.t for v in views))
-            if self.policy.needs_rescale(max(v.t for v in views), landmark):
-                await self.state.rescale(self.policy, landmark, max(v.t for v in views))
+            limit = self.poison_after if self.applied_total else self.poison_after_cold
+            if failures >= limit:
+                logger.error("record %s:%d:%d failed %d times (%s); dead-lettering it",
+                             rec.topic, rec.partition, rec.offset, failures, exc, exc_info=exc)
+                return await self._quarantine(rec, exc)
+            await asyncio.sleep(next_delay())
+            try:
+                outcome = await self._process_retrying([rec])
+            except asyncio.CancelledError:
+                raise
+            except Exception as again:
+                exc, failures = again, failures + 1
+                metrics.UNEXPECTED_ERRORS.inc()
                 continue
-            delta = plan_batch(
-                views, ctx.histories, applied_offsets, self.policy, self.weights, landmark,
-                window=self.settings.cooc_window, window_s=self.settings.cooc_window_s,
-                history_len=self.settings.history_len,
-            )
-            if fresh_dead:
-                await self.dead_letters(fresh_dead)
-                metrics.DEAD_LETTERS.inc(len(fresh_dead))
-                dead = []  # sent; a retry of this loop must not send them again
-            if delta.applied == 0 and not delta.offsets:
-                return 0, len(views), fresh_dead
-            result = await self.state.apply(delta, ctx, landmark)
+            self.applied_total += outcome.applied
+            return outcome
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[BatchOutcome]]) -> BatchOutcome:
+        next_delay = self.backoff.delays()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                outcome = await attempt()
+                outcome.attempts = attempts
+                return outcome
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                delay = next_delay()
+                (metrics.KAFKA_RETRIES if isinstance(exc, KafkaError) else metrics.REDIS_RETRIES).inc()
+                logger.warning("outage (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _process_retrying(self, records: Sequence[RawRecord]) -> BatchOutcome:
+        views, by_pos, dead = self.parse(records)
+        sent: set[tuple[int, int]] = set()  # dead letters already sent by an earlier attempt
+        return await self._retrying(lambda: self._attempt(views, by_pos, dead, sent))
+
+    async def _quarantine(self, rec: RawRecord, exc: BaseException) -> BatchOutcome:
+        reason = f"internal: {type(exc).__name__}: {str(exc)[:300]}"
+        dead = [DeadLetter(rec, reason)]
+        try:
+            return await self._retrying(lambda: self._attempt([], {}, dead, set()))
+        except Exception:  # even storing its offset fails: leave it for a replay
+            logger.exception("could not quarantine record %s:%d:%d", rec.topic, rec.partition, rec.offset)
+            return BatchOutcome(dead=dead)
+
+    def _mode(self) -> PublishedFactors | None:
+        return self.factors.model if self.factors is not None else None
+
+    async def _load(self, views: list[EventView], dead: list[DeadLetter]) -> tuple[BatchContext, PublishedFactors | None]:
+        while True:
+            model = self._mode()
+            items = [v.item for v in views if v.type != TOMBSTONE_TYPE]
+            if self.factors is None:
+                extra, items = NO_USER_EXTRA, []
+            elif model is not None:
+                index = model.index
+                extra, items = USER_WEIGHTS, [i for i in items if i not in index]
+            else:
+                extra = USER_VECTORS
+            parts = {v.partition for v in views} | {d.record.partition for d in dead}
+            ctx = await self.state.load((v.user for v in views), parts, user_extra=extra, items=items)
+            if self.factors is None or ctx.model_version == self.factors.version:
+                return ctx, model
+            await self.factors.refresh(ctx.model_version)
+            if self._mode() is model:
+                return ctx, model  # the new version could not be used; go on with what we have
+            metrics.MODEL_RELOADS.inc()
+
+    async def _attempt(self, views: list[EventView], by_pos: dict[tuple[int, int], RawRecord],
+                       dead: list[DeadLetter], sent: set[tuple[int, int]]) -> BatchOutcome:
+        while True:
+            ctx, model = await self._load(views, dead)
+            applied_offsets = ctx.applied_offsets
+            # A record at or below the stored offset was handled before a crash or by a replay:
+            # its dead letter went out then.
+            fresh = [d for d in dead
+                     if d.record.offset > applied_offsets.get(d.record.partition, -1)]
+            landmark: float | None = None
+            vectors: VectorPlan | None = None
+            if views:
+                landmark = ctx.landmark if ctx.landmark is not None else min(v.t for v in views)
+                newest = max(v.t for v in views)
+                if self.policy.needs_rescale(newest, landmark):
+                    await self.state.rescale(self.policy, landmark, newest)
+                    continue
+                s = self.settings
+                delta = plan_batch(views, ctx.histories, applied_offsets, self.policy, self.weights,
+                                   landmark, window=s.cooc_window, window_s=s.cooc_window_s,
+                                   history_len=s.history_len)
+                fresh += [DeadLetter(by_pos[(e.partition, e.offset)], reason) for e, reason in delta.rejected]
+                if delta.applied and self.factors is not None:
+                    vectors = await self._vectors(views, delta, ctx, model, applied_offsets)
+            else:
+                delta = BatchDelta()
+            # Dead letters move the offsets too, so a replay does not send them again.
+            for d in fresh:
+                p, o = d.record.partition, d.record.offset
+                delta.base_offsets.setdefault(p, applied_offsets.get(p, -1))
+                delta.offsets[p] = max(delta.offsets.get(p, -1), o)
+            unsent = [d for d in fresh if (d.record.partition, d.record.offset) not in sent]
+            if unsent:
+                await self.dead_letters(unsent)
+                sent.update((d.record.partition, d.record.offset) for d in unsent)
+                metrics.DEAD_LETTERS.inc(len(unsent))
+            if not delta.offsets:
+                return BatchOutcome(0, len(views), fresh)
+            result = await self.state.apply(delta, ctx, landmark if delta.applied else None, vectors)
             if result == APPLIED:
                 if delta.last_event_time:
                     metrics.LAST_EVENT_TIME.set(delta.last_event_time)
-                return delta.applied, len(views) - delta.applied, fresh_dead
+                return BatchOutcome(delta.applied, len(views) - delta.applied - len(delta.rejected), fresh)
             if result == LANDMARK_MOVED:
                 await asyncio.sleep(0.05)
             logger.info("batch raced another writer or a rescale (result %d); re-planning", result)
+
+    async def _vectors(self, views: list[EventView], delta: BatchDelta, ctx: BatchContext,
+                       model: PublishedFactors | None, applied_offsets: dict[int, int]) -> VectorPlan:
+        s = self.settings
+        if model is not None:
+            tags = {i: tag for i, (_, tag) in ctx.item_vecs.items()}
+            return plan_fold_in(model, delta, ctx.user_weights, ctx.histories, tags, self.policy,
+                                history_len=s.history_len)
+        item_vecs = ctx.item_vecs
+        need = isgd_partners_to_load(delta, item_vecs)
+        if need:
+            item_vecs = {**item_vecs, **await self.state.load_item_vecs(need)}
+        events = applied_events(views, applied_offsets, self.weights)
+        return plan_isgd(events, delta, ctx.user_vecs, item_vecs, k=s.factors,
+                         lr=s.isgd_learning_rate, reg=s.isgd_regularization)

@@ -1,45 +1,78 @@
 """Reads what a micro-batch needs from Redis and applies its aggregated delta in one atomic script.
 
-Two round trips per batch, whatever its size: one pipeline reads the applied offsets, the decay
-landmark and the recent history of every user in the batch; one ``EVALSHA`` of
-``lua/apply_batch.lua`` applies every increment together with the new offsets (effectively once:
-the script refuses a batch whose expected offsets are no longer the stored ones).
+Two round trips per batch, whatever its size: ``lua/load_batch.lua`` reads the applied offsets,
+the decay landmark, the live model version, the recent history of every user in the batch and
+the vectors (or fold-in weights) the batch needs; ``lua/apply_batch.lua`` applies every increment
+and vector together with the new offsets (effectively once: the script refuses a batch whose
+expected offsets are no longer the stored ones). Both payloads are msgpack: doubles travel bit
+for bit and vectors as raw float32 bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from importlib import resources
+from itertools import chain
 from typing import Any
 
-import orjson
+import msgpack
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
-from models.online import BatchDelta, EventView
+from models.online import BatchDelta
+from streams.vectors import VectorPlan
 
-__all__ = ["RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED"]
+__all__ = [
+    "RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
+    "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA",
+]
 
 logger = logging.getLogger(__name__)
 
 APPLIED, STALE_OFFSETS, LANDMARK_MOVED = 1, 0, -1
-_APPLY_LUA = resources.files("streams").joinpath("lua/apply_batch.lua").read_text()
+#: What the load reads per user beside the history: fold-in weights, ISGD vectors, or nothing.
+USER_WEIGHTS, USER_VECTORS, NO_USER_EXTRA = "w", "v", ""
+_LUA = resources.files("streams").joinpath("lua")
+_APPLY_LUA = _LUA.joinpath("apply_batch.lua").read_text()
+_LOAD_LUA = _LUA.joinpath("load_batch.lua").read_text()
 _CATS_KEPT = 32
+# Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
+_pack = msgpack.Packer(use_bin_type=False).pack
+_flat = chain.from_iterable
 
 
 def _num(x: float) -> str:
     return repr(float(x))
 
 
+def _pairs(rows: list[bytes]) -> list[tuple[str, float]]:
+    # ZRANGE ... WITHSCORES from Lua: [member, score, member, score, ...] as bytes.
+    return [(rows[j].decode(), float(rows[j + 1])) for j in range(0, len(rows), 2)]
+
+
+def _vec(row: Any) -> tuple[bytes | None, str | None]:
+    vec, tag = row
+    return (vec or None), (tag.decode() if tag else None)
+
+
 @dataclass(frozen=True)
 class BatchContext:
-    """What Redis knew before the batch: offsets (as stored strings), landmark, histories."""
+    """What Redis knew before the batch."""
 
     stored_offsets: dict[int, str]
     landmark: float | None
     histories: dict[str, list[tuple[str, float]]]
+    landmark_raw: str | None = None
+    model_version: str | None = None
+    #: Forward-decayed ``P:{u}:w`` of each user (loaded for fold-in).
+    user_weights: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    #: Stored ``(vec, model)`` of each user (loaded for ISGD).
+    user_vecs: dict[str, tuple[bytes | None, str | None]] = field(default_factory=dict)
+    #: Stored ``(vec, model)`` of the items asked for.
+    item_vecs: dict[str, tuple[bytes | None, str | None]] = field(default_factory=dict)
 
     @property
     def applied_offsets(self) -> dict[int, int]:
@@ -59,68 +92,111 @@ class RedisState:
         self.neighbours_k = neighbours_k
         self.trending_k = trending_k
         self._apply = client.register_script(_APPLY_LUA)
+        self._load = client.register_script(_LOAD_LUA)
         self.commands_sent = 0  # Redis commands issued, for the benchmark's per-event cost
 
     def _field(self, partition: int) -> str:
         return f"{self.topic}:{partition}"
 
-    async def load(self, events: list[EventView]) -> BatchContext:
-        users = list(dict.fromkeys(e.user for e in events))
-        partitions = sorted({e.partition for e in events})
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.keys.offsets, [self._field(p) for p in partitions])
-        pipe.hget(self.keys.meta, "landmark")
-        for user in users:
-            pipe.zrange(self.keys.user_hist(user), -self.window, -1, withscores=True)
-        res = await pipe.execute()
-        self.commands_sent += len(res)
-        stored = {p: (v.decode() if v is not None else "-1") for p, v in zip(partitions, res[0], strict=True)}
-        landmark = float(res[1]) if res[1] is not None else None
-        histories = {
-            user: [(m.decode(), float(s)) for m, s in rows] for user, rows in zip(users, res[2:], strict=True)
-        }
-        return BatchContext(stored, landmark, histories)
+    async def load(self, users: Iterable[str], partitions: Iterable[int], *,
+                   user_extra: str = NO_USER_EXTRA, items: Iterable[str] = ()) -> BatchContext:
+        """One script call: offsets, landmark, model version, histories and the vectors asked for."""
+        k = self.keys
+        users = list(dict.fromkeys(users))
+        items = list(dict.fromkeys(items))
+        parts = sorted(set(partitions))
+        keys = [k.offsets, k.meta, k.model_current]
+        keys += [k.user_hist(u) for u in users]
+        if user_extra == USER_WEIGHTS:
+            keys += [k.user_items(u) for u in users]
+        elif user_extra == USER_VECTORS:
+            keys += [k.user_vec(u) for u in users]
+        keys += [k.item_vec(i) for i in items]
+        spec = {"f": [self._field(p) for p in parts], "nu": len(users), "w": self.window,
+                "um": user_extra, "ni": len(items)}
+        raw = await self._load(keys=keys, args=[_pack(spec)])
+        self.commands_sent += 1
+        offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
+        stored = {p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)}
+        lm_raw = landmark.decode() if landmark else None
+        ctx = BatchContext(
+            stored_offsets=stored,
+            landmark=float(lm_raw) if lm_raw is not None else None,
+            landmark_raw=lm_raw,
+            model_version=current.decode() if current else None,
+            histories={u: _pairs(rows) for u, rows in zip(users, hists, strict=True)},
+            user_weights=({u: _pairs(rows) for u, rows in zip(users, extra, strict=True)}
+                          if user_extra == USER_WEIGHTS else {}),
+            user_vecs=({u: _vec(row) for u, row in zip(users, extra, strict=True)}
+                       if user_extra == USER_VECTORS else {}),
+            item_vecs={i: _vec(row) for i, row in zip(items, ivecs, strict=True)},
+        )
+        return ctx
 
-    async def apply(self, delta: BatchDelta, ctx: BatchContext, landmark: float) -> int:
-        """Apply ``delta`` if the offsets are still those ``ctx`` saw; returns APPLIED or why not."""
+    async def load_item_vecs(self, items: Iterable[str]) -> dict[str, tuple[bytes | None, str | None]]:
+        """Stored ``(vec, model)`` of more items (new items' co-clicked partners), one script call."""
+        ctx = await self.load((), (), items=items)
+        return ctx.item_vecs
+
+    async def apply(self, delta: BatchDelta, ctx: BatchContext, landmark: float | None,
+                    vectors: VectorPlan | None = None) -> int:
+        """Apply ``delta`` if the offsets are still those ``ctx`` saw; returns APPLIED or why not.
+
+        ``landmark`` None means the batch carries no decayed scores (dead letters only): the
+        script then neither checks nor sets the landmark.
+        """
         k = self.keys
         keys: list[str] = [k.offsets, k.meta]
         ops: list[list[Any]] = []
+        add_key, add_op = keys.append, ops.append
 
-        def op(key: str, kind: str, cap: int, pairs: dict[str, Any]) -> None:
-            keys.append(key)
-            flat: list[str] = []
-            for member, value in pairs.items():
-                flat.append(member)
-                flat.append(_num(value) if kind != "s" else str(value))
-            ops.append([len(keys), kind, cap, flat])
+        def op(key: str, kind: str, cap: int, flat: list[Any]) -> None:
+            add_key(key)
+            add_op([len(keys), kind, cap, flat])
 
         for user in sorted(delta.forgotten):
             for key in (k.user_hist(user), k.user_items(user), k.user_cats(user), k.user_vec(user)):
-                op(key, "d", 0, {})
+                op(key, "d", 0, [])
         if delta.pop:
-            op(k.popularity, "z", 0, delta.pop)
+            op(k.popularity, "z", 0, list(_flat(delta.pop.items())))
         for cat, items in delta.trend.items():
-            op(k.trending(cat), "z", self.trending_k, items)
+            op(k.trending(cat), "z", self.trending_k, list(_flat(items.items())))
+        nbrs_k, hist_len = self.neighbours_k, self.history_len
+        item_nbrs, user_items, user_cats, user_hist = k.item_nbrs, k.user_items, k.user_cats, k.user_hist
         for item, nbrs in delta.cooc.items():
-            op(k.item_nbrs(item), "z", self.neighbours_k, nbrs)
+            op(item_nbrs(item), "z", nbrs_k, list(_flat(nbrs.items())))
         for user, items in delta.user_items.items():
-            op(k.user_items(user), "z", self.history_len, items)
+            op(user_items(user), "z", hist_len, list(_flat(items.items())))
         for user, cats in delta.user_cats.items():
-            op(k.user_cats(user), "z", _CATS_KEPT, cats)
+            op(user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items())))
         for user, hist in delta.hist.items():
-            op(k.user_hist(user), "h", self.history_len, hist)
+            op(user_hist(user), "h", hist_len, [x for m, t in hist.items() for x in (t, m)])
         if delta.item_cat:
-            op(k.item_category, "s", 0, delta.item_cat)
+            op(k.item_category, "s", 0, list(_flat(delta.item_cat.items())))
+        if vectors is not None:
+            tag = vectors.model
+            for user, vec in vectors.users.items():
+                op(k.user_vec(user), "s", 0, ["vec", vec, "model", tag])
+            for item, vec in vectors.items_set.items():
+                op(k.item_vec(item), "s", 0, ["vec", vec, "model", tag])
+            for item, (base, change) in vectors.items_add.items():
+                op(k.item_vec(item), "v", len(base) // 4, [tag, base, change])
+        if landmark is None:
+            lm = ""
+        elif ctx.landmark_raw is not None and ctx.landmark == landmark:
+            lm = ctx.landmark_raw  # compare with exactly what is stored
+        else:
+            lm = _num(landmark)
+        t = delta.last_event_time
         payload = {
             "g": {self._field(p): ctx.stored_offsets.get(p, "-1") for p in delta.offsets},
-            "lm": _num(landmark),
+            "lm": lm,
             "off": {self._field(p): str(o) for p, o in delta.offsets.items()},
-            "t": _num(delta.last_event_time if math.isfinite(delta.last_event_time) else 0.0),
+            "t": _num(t if math.isfinite(t) else 0.0),
             "n": delta.applied,
-            "ops": ops or [[2, "s", 0, []]],  # cjson would encode an empty table as {} not []
+            "ops": ops,
         }
-        result = await self._apply(keys=keys, args=[orjson.dumps(payload)])
+        result = await self._apply(keys=keys, args=[_pack(payload)])
         self.commands_sent += 1
         return int(result[0])
 
@@ -132,6 +208,7 @@ class RedisState:
     async def init_landmark(self, landmark: float) -> float:
         """Set the decay landmark if none is stored yet; return the stored one."""
         await self.client.hsetnx(self.keys.meta, "landmark", _num(landmark))
+        self.commands_sent += 2
         return float(await self.client.hget(self.keys.meta, "landmark"))
 
 
@@ -149,6 +226,7 @@ async def rescale(state: RedisState, factor: float, new_landmark: float) -> int:
     """Multiply every decayed score by ``factor`` and move the landmark (rare: see docs/redis-keys.md).
 
     Writers are fenced by the ``rescaling`` flag in the meta hash, which the apply script honours.
+    Vectors are not decayed and stay as they are.
     """
     client, keys = state.client, state.keys
     await client.hset(keys.meta, "rescaling", "1")

@@ -1,55 +1,107 @@
 -- Applies one aggregated micro-batch atomically, together with the Kafka offsets it covers.
 -- KEYS[1] = offsets hash, KEYS[2] = meta hash, KEYS[3..] = keys the ops refer to (by index).
--- ARGV[1] = JSON {g = {partition = expected stored offset}, lm = landmark string,
---                 off = {partition = new offset}, t = last event time string, n = applied count,
---                 ops = {{key index, op, cap, {member, value, ...}}, ...}}
--- Ops: "z" ZINCRBY each pair then keep the top `cap` by score (cap 0 = unbounded);
---      "h" ZADD GT each (member, time) then keep the newest `cap`;
---      "s" HSET each pair;  "d" DEL the key;  "r" ZREM each member.
--- Values travel as strings so no precision is lost to Lua's number formatting.
--- Returns {1} when applied, {0, partition, stored} when the offset guard failed (another writer
+-- ARGV[1] = msgpack map {g = {field = expected stored offset (string)}, lm = landmark (string;
+--                        '' when the batch holds dead letters only),
+--                        off = {field = new offset (string)}, t = last event time (string),
+--                        n = applied count, ops = {{key index, op, cap, {...}}, ...}}
+-- Ops: "z" add each (member, double) pair to its score (ZINCRBY semantics, see zincr), then keep
+--          the top `cap` by score (0 = unbounded);
+--      "h" ZADD GT the flat (time, member, ...) list, then keep the newest `cap`;
+--      "s" HSET the flat (field, value, ...) list (values may be binary);
+--      "v" add a float32 vector delta: {model, base, delta} with `cap` components. If the hash
+--          already holds a vector of that model, delta is added to it (so concurrent writers'
+--          updates commute); otherwise delta is added to `base`. Stores vec and model.
+--      "d" DEL the key.
+-- msgpack carries doubles bit for bit and bytes as they are, so nothing is lost in transit.
+-- Returns {1} when applied, {0, field, stored} when the offset guard failed (another writer
 -- or a replay got there first), {-1} while the decay landmark differs or a rescale is running.
-local p = cjson.decode(ARGV[1])
+local p = cmsgpack.unpack(ARGV[1])
 for part, expected in pairs(p.g) do
   local cur = redis.call('HGET', KEYS[1], part)
   if (cur or '-1') ~= expected then return {0, part, cur or '-1'} end
 end
-local meta = redis.call('HMGET', KEYS[2], 'landmark', 'rescaling')
-if meta[2] == '1' then return {-1} end
-if meta[1] == false then
-  redis.call('HSET', KEYS[2], 'landmark', p.lm)
-elseif meta[1] ~= p.lm then
-  return {-1}
+if p.lm ~= '' then  -- '' = no decayed scores in this batch (dead letters only)
+  local meta = redis.call('HMGET', KEYS[2], 'landmark', 'rescaling')
+  if meta[2] == '1' then return {-1} end
+  if meta[1] == false then
+    redis.call('HSET', KEYS[2], 'landmark', p.lm)
+  elseif meta[1] ~= p.lm then
+    return {-1}
+  end
 end
+
+local CHUNK = 1000  -- pairs per variadic call: stays far below Lua's C-stack limit for unpack
+local function bounded(key, cap)
+  if cap > 0 then
+    local n = redis.call('ZCARD', key)
+    if n > cap then redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1) end
+  end
+end
+local function variadic(cmd, key, opt, kv)
+  for i = 1, #kv, 2 * CHUNK do
+    local j = math.min(i + 2 * CHUNK - 1, #kv)
+    if opt then
+      redis.call(cmd, key, opt, unpack(kv, i, j))
+    else
+      redis.call(cmd, key, unpack(kv, i, j))
+    end
+  end
+end
+-- ZINCRBY for many members in two calls: ZMSCORE the current scores, add in Lua (the same
+-- double addition ZINCRBY does; scores cross the Lua boundary as %.17g text, exactly), and one
+-- variadic ZADD. One command per pair cost ~5x more.
+local function zincr(key, kv)
+  for i = 1, #kv, 2 * CHUNK do
+    local j = math.min(i + 2 * CHUNK - 1, #kv)
+    local members = {}
+    for x = i, j, 2 do members[#members + 1] = kv[x] end
+    local cur = redis.call('ZMSCORE', key, unpack(members))
+    local args = {}
+    for x = 1, #members do
+      local v = kv[i + 2 * x - 1]
+      local c = cur[x]
+      if c then v = tonumber(c) + v end
+      args[2 * x - 1] = v
+      args[2 * x] = members[x]
+    end
+    redis.call('ZADD', key, unpack(args))
+  end
+end
+local fmts = {}
+
 for _, op in ipairs(p.ops) do
   local key = KEYS[op[1]]
   local kind = op[2]
-  local cap = tonumber(op[3])
+  local cap = op[3]
   local kv = op[4]
   if kind == 'z' then
-    for i = 1, #kv, 2 do redis.call('ZINCRBY', key, kv[i + 1], kv[i]) end
-    if cap > 0 then
-      local n = redis.call('ZCARD', key)
-      if n > cap then redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1) end
-    end
+    if #kv > 0 then zincr(key, kv) end
+    bounded(key, cap)
   elseif kind == 'h' then
-    for i = 1, #kv, 2 do redis.call('ZADD', key, 'GT', kv[i + 1], kv[i]) end
-    if cap > 0 then
-      local n = redis.call('ZCARD', key)
-      if n > cap then redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1) end
-    end
+    if #kv > 0 then variadic('ZADD', key, 'GT', kv) end
+    bounded(key, cap)
   elseif kind == 's' then
-    for i = 1, #kv, 2 do redis.call('HSET', key, kv[i], kv[i + 1]) end
+    if #kv > 0 then variadic('HSET', key, nil, kv) end
+  elseif kind == 'v' then
+    local fmt = fmts[cap]
+    if fmt == nil then fmt = '<' .. string.rep('f', cap); fmts[cap] = fmt end
+    local cur = redis.call('HMGET', key, 'vec', 'model')
+    local base = kv[2]
+    if cur[2] == kv[1] and cur[1] and #cur[1] == 4 * cap then base = cur[1] end
+    local b = {struct.unpack(fmt, base)}
+    local d = {struct.unpack(fmt, kv[3])}
+    for j = 1, cap do b[j] = b[j] + d[j] end
+    redis.call('HSET', key, 'vec', struct.pack(fmt, unpack(b, 1, cap)), 'model', kv[1])
   elseif kind == 'd' then
     redis.call('DEL', key)
-  elseif kind == 'r' then
-    for i = 1, #kv do redis.call('ZREM', key, kv[i]) end
   end
 end
 for part, off in pairs(p.off) do redis.call('HSET', KEYS[1], part, off) end
-local last = redis.call('HGET', KEYS[2], 'last_event_time')
-if last == false or tonumber(p.t) > tonumber(last) then
-  redis.call('HSET', KEYS[2], 'last_event_time', p.t)
+if p.n > 0 then
+  local last = redis.call('HGET', KEYS[2], 'last_event_time')
+  if last == false or tonumber(p.t) > tonumber(last) then
+    redis.call('HSET', KEYS[2], 'last_event_time', p.t)
+  end
+  redis.call('HINCRBY', KEYS[2], 'applied_events', p.n)
 end
-redis.call('HINCRBY', KEYS[2], 'applied_events', p.n)
 return {1}
