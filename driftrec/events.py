@@ -297,7 +297,9 @@ def check_fields(
             and (sid is None or type(sid) is str) and (rid is None or type(rid) is str)
             and (cat is None or (type(cat) is str and 0 < len(cat) <= 64 and "\x00" not in cat))
             and g("properties") is None and typ in allowed_types and typ != TOMBSTONE_TYPE
-            and _COMMON_RE.fullmatch(f"{eid}\n{uid}\n{iid}\n{typ}\n{sid or 'x'}\n{rid or 'x'}")
+            and _COMMON_RE.fullmatch(
+                f"{eid}\n{uid}\n{iid}\n{typ}\n{'x' if sid is None else sid}\n{'x' if rid is None else rid}"
+            )
             and _KNOWN_FIELDS.issuperset(data)
         ):
             return _new_fields(EventFields, (eid, uid, iid, typ, float(ts), sid, rid, cat, None))
