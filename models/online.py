@@ -1,0 +1,409 @@
+"""One micro-batch of clicks as aggregated increments, and an in-memory store that applies them."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from bisect import insort
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
+from typing import Any
+
+from driftrec.events import TOMBSTONE_TYPE
+from models.cooccurrence import similarity, top_k, window_partners
+from models.decay import DecayPolicy, EventWeights
+
+__all__ = ["EventView", "BatchDelta", "plan_batch", "InMemoryState"]
+
+logger = logging.getLogger(__name__)
+
+History = list[tuple[str, float]]
+_ORDER = attrgetter("partition", "offset")
+# Redis orders a ZSET by (score, member); histories and pruning follow the same order everywhere.
+_hist_key = itemgetter(1, 0)
+
+
+@dataclass(slots=True)
+class EventView:
+    """The fields of a validated click the maths needs, plus where it sits in Kafka."""
+
+    user: str
+    item: str
+    type: str
+    t: float
+    category: str | None
+    offset: int
+    partition: int
+
+
+@dataclass(slots=True)
+class BatchDelta:
+    """Everything one micro-batch adds, aggregated per key.
+
+    Decayed values are forward scores relative to ``landmark`` (see :class:`DecayPolicy`);
+    apply them with ``ZINCRBY``. ``hist`` values are event times; apply them with ``ZADD GT``
+    and then trim to the history length. A user in ``forgotten`` sent a ``forget_user``
+    tombstone: delete that user's keys first, then apply the increments listed for the user
+    (they come from events after the tombstone). Item-level aggregates are anonymous and stay.
+    """
+
+    landmark: float = 0.0
+    pop: dict[str, float] = field(default_factory=dict)
+    trend: dict[str, dict[str, float]] = field(default_factory=dict)
+    cooc: dict[str, dict[str, float]] = field(default_factory=dict)
+    user_items: dict[str, dict[str, float]] = field(default_factory=dict)
+    user_cats: dict[str, dict[str, float]] = field(default_factory=dict)
+    hist: dict[str, dict[str, float]] = field(default_factory=dict)
+    item_cat: dict[str, str] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    #: The applied offsets the plan started from, for the partitions in ``offsets``.
+    base_offsets: dict[int, int] = field(default_factory=dict)
+    #: Largest event time applied; 0.0 when nothing was (event times are >= 0).
+    last_event_time: float = 0.0
+    applied: int = 0
+    skipped: int = 0
+    forgotten: set[str] = field(default_factory=set)
+    #: Events with no weight for their type, with the reason; their offsets still count.
+    rejected: list[tuple[EventView, str]] = field(default_factory=list)
+
+
+def _start_history(given: Iterable[tuple[str, float]] | None, keep: int) -> tuple[History, dict[str, float]]:
+    latest: dict[str, float] = {}
+    for item, t in given or ():
+        t = float(t)
+        if t > latest.get(item, -math.inf):
+            latest[item] = t
+    h = sorted(latest.items(), key=_hist_key)[-keep:]
+    return h, dict(h)
+
+
+def plan_batch(
+    events: Sequence[EventView],
+    histories: Mapping[str, Sequence[tuple[str, float]]],
+    applied_offsets: Mapping[int, int],
+    policy: DecayPolicy,
+    weights: EventWeights,
+    landmark: float,
+    *,
+    window: int,
+    window_s: float,
+    history_len: int,
+) -> BatchDelta:
+    """Aggregate one micro-batch into the increments it adds.
+
+    Events are taken in ``(partition, offset)`` order; one whose offset is at or below
+    ``applied_offsets[partition]`` (or a repeat within the batch) was already applied and is
+    skipped, which makes replays effectively-once. Each user's history is updated as the batch
+    goes, so later events of the batch co-occur with earlier ones exactly as if every event had
+    been its own batch. The history follows the Redis ZSET: item → latest time (``ZADD GT``),
+    ordered by ``(time, item)``, bounded to ``history_len``.
+
+    Only the newest ``min(window, history_len)`` entries of a history can ever be a partner, and
+    those depend only on the previous newest entries and the new event (a re-click moves the
+    item to the end; an entry deeper down stays deeper down), so the working history keeps just
+    that many. ``delta.hist`` still lists every item the batch touched; the store trims.
+
+    Parameters
+    ----------
+    events : Sequence[EventView]
+        The batch, in any order.
+    histories : Mapping[str, Sequence[tuple[str, float]]]
+        Stored history per user, ``(item, time)``, in any order; the newest ``window`` entries
+        suffice (Redis: ``ZRANGE hist -window -1 WITHSCORES``). Not modified.
+    applied_offsets : Mapping[int, int]
+        Last applied offset per partition.
+    policy, weights : DecayPolicy, EventWeights
+        Decay and event weights.
+    landmark : float
+        The stored forward-decay landmark. It must not need moving for any event of the batch
+        (check :meth:`DecayPolicy.needs_rescale` with the batch's latest time first).
+    window, window_s : int, float
+        Co-occurrence window (:func:`models.cooccurrence.window_partners`).
+    history_len : int
+        Entries kept in a user's history.
+
+    Raises
+    ------
+    ValueError
+        When an event is too far past ``landmark`` (its forward factor could overflow).
+    """
+    delta = BatchDelta(landmark=landmark)
+    pop, trend, cooc = delta.pop, delta.trend, delta.cooc
+    user_items, user_cats, hist_out = delta.user_items, delta.user_cats, delta.hist
+    item_cat, offsets, base = delta.item_cat, delta.offsets, delta.base_offsets
+    rate, max_exp, exp = policy.rate, policy.max_exponent, math.exp
+    wmap = dict(weights.weights)
+    guard = dict(applied_offsets)
+    keep = min(window, history_len)
+    hists: dict[str, History] = {}
+    latest: dict[str, dict[str, float]] = {}  # user -> item -> time in the working history
+    last, applied, skipped = delta.last_event_time, 0, 0
+
+    for e in sorted(events, key=_ORDER):
+        part, off = e.partition, e.offset
+        done = guard.get(part, -1)
+        if off <= done:
+            skipped += 1
+            continue
+        if part not in base:
+            base[part] = done
+        guard[part] = offsets[part] = off
+        user, typ = e.user, e.type
+        if typ == TOMBSTONE_TYPE:
+            delta.forgotten.add(user)
+            hists[user], latest[user] = [], {}
+            user_items.pop(user, None)
+            user_cats.pop(user, None)
+            hist_out.pop(user, None)
+            applied += 1
+            continue
+        w = wmap.get(typ)
+        if w is None:
+            delta.rejected.append((e, f"type: no weight for event type {typ!r}"))
+            continue
+        t = e.t
+        x = rate * (t - landmark)
+        if x > max_exp:
+            raise ValueError(
+                f"event at t={t} is too far past landmark {landmark}; move the landmark first"
+            )
+        inc = w * exp(x)
+        item = e.item
+
+        pop[item] = pop.get(item, 0.0) + inc
+        row = user_items.get(user)
+        if row is None:
+            row = user_items[user] = {}
+        row[item] = row.get(item, 0.0) + inc
+        cat = e.category
+        if cat is not None:
+            item_cat[item] = cat
+            row = trend.get(cat)
+            if row is None:
+                row = trend[cat] = {}
+            row[item] = row.get(item, 0.0) + inc
+            row = user_cats.get(user)
+            if row is None:
+                row = user_cats[user] = {}
+            row[cat] = row.get(cat, 0.0) + inc
+
+        h = hists.get(user)
+        if h is None:
+            h, latest[user] = _start_history(histories.get(user), keep)
+            hists[user] = h
+        if h:
+            partners = window_partners(h, item, t, window, window_s)
+            if partners:
+                row = cooc.get(item)
+                if row is None:
+                    row = cooc[item] = {}
+                for other in partners:
+                    row[other] = row.get(other, 0.0) + inc
+                    orow = cooc.get(other)
+                    if orow is None:
+                        orow = cooc[other] = {}
+                    orow[item] = orow.get(item, 0.0) + inc
+
+        row = hist_out.get(user)
+        if row is None:
+            row = hist_out[user] = {}
+        if t > row.get(item, -math.inf):
+            row[item] = t
+        times = latest[user]
+        old = times.get(item)
+        if old is None or t > old:  # ZADD GT: an older repeat leaves the entry where it is
+            if old is not None:
+                h.remove((item, old))
+            times[item] = t
+            if not h or t > h[-1][1] or (t == h[-1][1] and item > h[-1][0]):
+                h.append((item, t))
+            else:
+                insort(h, (item, t), key=_hist_key)
+            if len(h) > keep:
+                del times[h.pop(0)[0]]
+        if t > last:
+            last = t
+        applied += 1
+
+    delta.last_event_time, delta.applied, delta.skipped = last, applied, skipped
+    return delta
+
+
+def _add(target: dict[str, float], inc: Mapping[str, float]) -> None:
+    for key, value in inc.items():
+        target[key] = target.get(key, 0.0) + value
+
+
+def _keep_top(row: dict[str, Any], k: int | None) -> None:
+    # What ZREMRANGEBYRANK key 0 -(k+1) keeps: the k largest by (score, member).
+    if k is not None and len(row) > k:
+        for key, _ in heapq.nsmallest(len(row) - k, row.items(), key=_hist_key):
+            del row[key]
+
+
+class InMemoryState:
+    """The store's contents held in dicts: the reference the Redis store must agree with.
+
+    Holds raw forward scores relative to ``landmark``, like Redis. Bounds applied after every
+    batch, as the worker's script does: ``history_len`` entries per history (latest times),
+    ``neighbours_k`` neighbours per item and ``trending_k`` items per trending list, both pruned
+    by raw decayed score, and optionally ``user_items_k`` / ``user_cats_k`` per user. Pruning
+    forgets evidence, so with it the result can depend on how the stream was cut into batches;
+    without it (bounds not reached) it does not.
+    """
+
+    def __init__(
+        self,
+        policy: DecayPolicy,
+        weights: EventWeights,
+        *,
+        window: int,
+        window_s: float,
+        history_len: int,
+        neighbours_k: int,
+        trending_k: int,
+        user_items_k: int | None = None,
+        user_cats_k: int | None = None,
+        landmark: float = 0.0,
+    ) -> None:
+        self.policy, self.weights = policy, weights
+        self.window, self.window_s, self.history_len = window, window_s, history_len
+        self.neighbours_k, self.trending_k = neighbours_k, trending_k
+        self.user_items_k, self.user_cats_k = user_items_k, user_cats_k
+        self.landmark = landmark
+        self.pop: dict[str, float] = {}
+        self.trend: dict[str, dict[str, float]] = {}
+        self.cooc: dict[str, dict[str, float]] = {}
+        self.user_items: dict[str, dict[str, float]] = {}
+        self.user_cats: dict[str, dict[str, float]] = {}
+        self.hist: dict[str, dict[str, float]] = {}
+        self.item_cat: dict[str, str] = {}
+        self.offsets: dict[int, int] = {}
+        self.last_event_time = 0.0
+        self.applied = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> InMemoryState:
+        """Build from a :class:`driftrec.settings.Settings`; keyword overrides win."""
+        kwargs: dict[str, Any] = {
+            "window": settings.cooc_window,
+            "window_s": settings.cooc_window_s,
+            "history_len": settings.history_len,
+            "neighbours_k": settings.neighbours_k,
+            "trending_k": settings.trending_k,
+        }
+        kwargs.update(overrides)
+        return cls(DecayPolicy(settings.half_life_s), EventWeights(settings.event_weights), **kwargs)
+
+    # --- writing ---------------------------------------------------------------------------
+    def history(self, user: str) -> History:
+        """The user's history, ``(item, time)`` ordered by ``(time, item)``, most recent last."""
+        return sorted(self.hist.get(user, {}).items(), key=_hist_key)
+
+    def plan(self, events: Sequence[EventView]) -> BatchDelta:
+        """:func:`plan_batch` against this state, moving the landmark first when needed."""
+        landmark = self.landmark
+        if events:
+            landmark = self.policy.next_landmark(max(e.t for e in events), landmark)
+        keep = min(self.window, self.history_len)
+        hists = {
+            u: heapq.nlargest(keep, self.hist[u].items(), key=_hist_key)
+            for u in {e.user for e in events}
+            if u in self.hist
+        }
+        return plan_batch(
+            events, hists, self.offsets,
+            self.policy, self.weights, landmark,
+            window=self.window, window_s=self.window_s, history_len=self.history_len,
+        )
+
+    def rescale(self, new_landmark: float) -> None:
+        """Move the landmark: multiply every stored score by ``exp(−λ (L' − L))``."""
+        f = self.policy.rescale_factor(self.landmark, new_landmark)
+        for key in self.pop:
+            self.pop[key] *= f
+        for table in (self.trend, self.cooc, self.user_items, self.user_cats):
+            for row in table.values():
+                for key in row:
+                    row[key] *= f
+        self.landmark = new_landmark
+
+    def apply(self, delta: BatchDelta) -> bool:
+        """Apply a planned delta; False (nothing changed) if the offsets moved since planning."""
+        for part in delta.offsets:
+            if self.offsets.get(part, -1) != delta.base_offsets.get(part, -1):
+                return False
+        if delta.landmark < self.landmark:
+            raise ValueError("delta was planned against an older landmark; plan it again")
+        if delta.landmark != self.landmark:
+            self.rescale(delta.landmark)
+        for user in delta.forgotten:
+            for table in (self.user_items, self.user_cats, self.hist):
+                table.pop(user, None)
+        _add(self.pop, delta.pop)
+        for table, inc, k in (
+            (self.trend, delta.trend, self.trending_k),
+            (self.cooc, delta.cooc, self.neighbours_k),
+            (self.user_items, delta.user_items, self.user_items_k),
+            (self.user_cats, delta.user_cats, self.user_cats_k),
+        ):
+            for key, row_inc in inc.items():
+                row = table.setdefault(key, {})
+                _add(row, row_inc)
+                _keep_top(row, k)
+        for user, times in delta.hist.items():
+            row = self.hist.setdefault(user, {})
+            for item, t in times.items():
+                if t > row.get(item, -math.inf):
+                    row[item] = t
+            _keep_top(row, self.history_len)
+        self.item_cat.update(delta.item_cat)
+        self.offsets.update(delta.offsets)
+        self.last_event_time = max(self.last_event_time, delta.last_event_time)
+        self.applied += delta.applied
+        return True
+
+    def process(self, events: Sequence[EventView]) -> BatchDelta:
+        """Plan and apply one batch; returns the delta."""
+        delta = self.plan(events)
+        self.apply(delta)
+        return delta
+
+    # --- reading (values at ``now``, default: the latest event time) -----------------------
+    def value(self, stored: float, now: float | None = None) -> float:
+        """A stored score read at ``now``."""
+        when = self.last_event_time if now is None else now
+        return self.policy.value_at(stored, self.landmark, when)
+
+    def _read(self, scores: Mapping[str, float], n: int, now: float | None) -> list[tuple[str, float]]:
+        return [(key, self.value(s, now)) for key, s in top_k(scores, n)]
+
+    def popular(self, n: int, now: float | None = None) -> list[tuple[str, float]]:
+        """Top ``n`` items by decayed weighted popularity."""
+        return self._read(self.pop, n, now)
+
+    def trending(self, category: str, n: int, now: float | None = None) -> list[tuple[str, float]]:
+        """Top ``n`` items of one category's trending list."""
+        return self._read(self.trend.get(category, {}), n, now)
+
+    def neighbours(self, item: str, n: int, now: float | None = None) -> list[tuple[str, float]]:
+        """Top ``n`` kept neighbours of ``item`` by decayed co-occurrence."""
+        return self._read(self.cooc.get(item, {}), n, now)
+
+    def similar_items(
+        self, item: str, n: int, shrinkage: float, now: float | None = None
+    ) -> list[tuple[str, float]]:
+        """Top ``n`` kept neighbours of ``item`` by shrunk similarity (popularity as norm)."""
+        row = self.cooc.get(item, {})
+        norm_a = self.value(self.pop.get(item, 0.0), now)
+        scores = {
+            b: similarity(self.value(c, now), norm_a, self.value(self.pop.get(b, 0.0), now), shrinkage)
+            for b, c in row.items()
+        }
+        return top_k(scores, n)
+
+    def user_weights(self, user: str, now: float | None = None) -> dict[str, float]:
+        """The user's decayed item weights (the fold-in input)."""
+        return {item: self.value(s, now) for item, s in self.user_items.get(user, {}).items()}
