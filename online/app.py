@@ -45,16 +45,17 @@ def create_store(settings: Settings) -> ReaderStore:
     """A store on ``settings.redis``: a text client for reads, a binary one for model blobs.
 
     Replies are decoded by hiredis; ``surrogateescape`` lets the float32 bytes of a user vector
-    travel through the text client and come back exact. The short socket timeout is what turns
+    travel through the text client and come back exact. RESP2: redis-py 8 converts RESP3 score
+    replies back to the legacy shape by formatting each float to text and parsing it again. The short socket timeout is what turns
     a hung Redis into a degraded answer rather than a hung request.
     """
     timeout = settings.reader_redis_timeout_s
     client = aioredis.Redis.from_url(
-        settings.redis, decode_responses=True, encoding_errors="surrogateescape",
+        settings.redis, decode_responses=True, encoding_errors="surrogateescape", protocol=2,
         socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=256)
     # Model blobs are megabytes: a longer timeout, and bytes as they are.
     blob = aioredis.Redis.from_url(
-        settings.redis, decode_responses=False, socket_timeout=max(timeout, 10.0),
+        settings.redis, decode_responses=False, protocol=2, socket_timeout=max(timeout, 10.0),
         socket_connect_timeout=timeout, max_connections=8)
     return ReaderStore(client, Keys(settings.key_prefix), blob)
 

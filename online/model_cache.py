@@ -82,12 +82,13 @@ def _finite_f32(a: np.ndarray, part: str, ndim: int) -> F32:
 
 @dataclass
 class PublishedModel:
-    """One published version, ready to score a user with one matrix product.
+    """One published version, ready to score a user with one matrix-vector product per source.
 
-    ``stacked`` is ``[Y | W_outᵀ]``, shape ``(n_items, k + h)``: item factors and the TF output
-    layer side by side, so the user-vector scores and the TF logits of one request come from a
-    single product ``stacked @ V`` with ``V`` a ``(k + h, 2)`` block of the user vector and the
-    TF hidden state (:meth:`score`).
+    ``Y @ u`` gives the user-vector scores and ``W_outᵀ h + b`` the TF logits; each product
+    writes into a buffer allocated once per version (the event loop runs one request's maths
+    at a time, and the scores are read before the next await), so a request allocates nothing
+    catalogue-sized but the index array of the top-n selection. Two matrix-vector products
+    measured faster than one ``(n, k + h) @ (k + h, 2)`` product here.
     """
 
     version: str
@@ -97,8 +98,8 @@ class PublishedModel:
     YtY: npt.NDArray[np.float64]
     alpha: float
     reg: float
-    stacked: F32
     tf_hidden: list[tuple[F32, F32]] = field(default_factory=list)  # (W, b) of hidden layers
+    tf_out: F32 | None = None  # W_outᵀ, (n_items, h), C order for a contiguous gemv
     tf_out_bias: F32 | None = None
     pool_ids: list[str] = field(default_factory=list)
     pool_unit: F32 | None = None  # unit-norm user factors of the nearest-user pool
@@ -110,9 +111,13 @@ class PublishedModel:
     def k(self) -> int:
         return int(self.Y.shape[1])
 
+    def __post_init__(self) -> None:
+        self._vec_buf = np.empty(self.Y.shape[0], dtype=np.float32)
+        self._tf_buf = np.empty(self.Y.shape[0], dtype=np.float32)
+
     @property
     def has_tf(self) -> bool:
-        return self.tf_out_bias is not None
+        return self.tf_out is not None
 
     # --- per-request maths --------------------------------------------------------------------
     def user_vector(self, stored: bytes | None, stored_version: str | None, user: str,
@@ -158,26 +163,22 @@ class PublishedModel:
         return h.astype(np.float32)
 
     def score(self, u: F32 | None, h: F32 | None, n: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-        """Top-``n`` items by ``Y u`` and by the TF logits, from one matrix product."""
-        if u is None and h is None:
-            return [], []
-        if h is None or self.tf_out_bias is None:
-            assert u is not None
-            return self._top(self.Y @ u, n), []  # the one catalogue-sized product
-        k = self.k
-        V = np.zeros((self.stacked.shape[1], 2), dtype=np.float32)
+        """Top-``n`` items by ``Y u`` and by the TF logits ``W_outᵀ h + b``."""
+        vec: list[tuple[str, float]] = []
+        tf: list[tuple[str, float]] = []
         if u is not None:
-            V[:k, 0] = u
-        V[k:, 1] = h
-        scores = (self.stacked @ V).T  # (2, n_items): the one catalogue-sized product
-        vec = self._top(scores[0], n) if u is not None else []
-        row = scores[1]
-        row += self.tf_out_bias
-        # Logits can be negative and blend keeps positive scores only: shift by the lowest
-        # candidate's logit, which keeps the order (all a softmax needs).
-        top = self._top(row, n)
-        floor = top[-1][1] if top else 0.0
-        return vec, [(i, s - floor + 1e-6) for i, s in top]
+            np.dot(self.Y, np.asarray(u, dtype=np.float32), out=self._vec_buf)
+            vec = self._top(self._vec_buf, n)
+        if h is not None and self.tf_out is not None and self.tf_out_bias is not None:
+            row = self._tf_buf
+            np.dot(self.tf_out, np.asarray(h, dtype=np.float32), out=row)
+            row += self.tf_out_bias
+            # Logits can be negative and blend keeps positive scores only: shift by the lowest
+            # candidate's logit, which keeps the order (all a softmax needs).
+            top = self._top(row, n)
+            floor = top[-1][1] if top else 0.0
+            tf = [(i, s - floor + 1e-6) for i, s in top]
+        return vec, tf
 
     def _top(self, row: npt.NDArray[np.float32], n: int) -> list[tuple[str, float]]:
         m = row.shape[0]
@@ -242,7 +243,7 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
     reg = _scalar(parts.get("regularization"), "regularization", default_reg)
     hidden: list[tuple[F32, F32]] = []
     out_bias: F32 | None = None
-    stacked = Y
+    out_t: F32 | None = None
     n_layers_raw = parts.get("tf_n_layers")
     if n_layers_raw is not None:
         n_layers = int(decode_array(n_layers_raw, "tf_n_layers").ravel()[0])
@@ -261,11 +262,11 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
             raise ModelError("TF layer shapes do not chain from n_items to n_items")
         hidden = list(zip(ws[:-1], bs[:-1], strict=True))
         out_bias = bs[-1]
-        stacked = np.ascontiguousarray(np.hstack([Y, ws[-1].T]), dtype=np.float32)
+        out_t = np.ascontiguousarray(ws[-1].T, dtype=np.float32)
     model = PublishedModel(
         version=version, item_ids=item_ids, item_index=item_index, Y=Y,
-        YtY=Y.astype(np.float64).T @ Y.astype(np.float64), alpha=alpha, reg=reg, stacked=stacked,
-        tf_hidden=hidden, tf_out_bias=out_bias,
+        YtY=Y.astype(np.float64).T @ Y.astype(np.float64), alpha=alpha, reg=reg,
+        tf_hidden=hidden, tf_out=out_t, tf_out_bias=out_bias,
     )
     if parts.get("user_factors") is not None:
         user_ids = decode_ids(parts.get("user_ids"), "user_ids")

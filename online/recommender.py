@@ -112,7 +112,7 @@ class Recommender:
 
         nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
         nbrs, theirs = await self.store.read_expansion(
-            nbr_items, s.neighbours_k, [v for v, _ in similar], _PER_SIMILAR_USER)
+            nbr_items, min(s.neighbours_k, s.reader_neighbours), [v for v, _ in similar], _PER_SIMILAR_USER)
         neighbours = {i: [(j, c * f) for j, c in rows] for i, rows in nbrs.items()}
         wanted_norms = set(nbr_items)
         for rows in nbrs.values():

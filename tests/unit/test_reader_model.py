@@ -75,8 +75,9 @@ def test_tf_logits_match_the_numpy_forward_pass_of_the_trainer() -> None:
     # Shifted to stay positive, differences kept.
     assert tf[0][1] - tf[1][1] == pytest.approx(float(np.sort(logits)[-1] - np.sort(logits)[-2]), abs=1e-4)
     assert all(s > 0 for _, s in tf)
-    # The stacked product gives the same vector scores as Y @ u alone.
+    # Scoring both sources gives the same vector scores as Y @ u alone.
     assert [i for i, _ in vec] == [i for i, _ in m.score(u, None, 7)[0]]
+    assert m.score(None, h, 7)[1] == tf
 
 
 def test_user_vector_prefers_the_stored_one_then_batch_then_fold_in() -> None:

@@ -1,0 +1,338 @@
+"""Reader benchmark: wrk on loopback against ``driftrec serve`` over a populated private Redis.
+
+Fills a private ``redis-server`` (a free port, no persistence) directly with the key layout of
+``docs/redis-keys.md``: 10k items in 20 categories, 50k users with histories, decayed weights,
+category tastes and factor vectors, item neighbours, popularity, trending, and a published model
+version (ALS-like item and user factors plus TF next-item arrays). Then starts one reader
+process and drives ``GET /v1/recommendations/{random user}`` with wrk (installed with apt-get
+when missing) and writes ``benchmarks/results/reader.json``.
+
+    .venv/bin/python benchmarks/reader.py [--concurrency 8] [--duration 20] [--sweep 4,8,16,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from driftrec.keys import Keys  # noqa: E402
+
+logger = logging.getLogger("benchmarks.reader")
+
+PREFIX = "bench"
+VERSION = "bench-v1"
+K = 32
+TF_HIDDEN = 64
+N_CATS = 20
+
+WRK_LUA = r"""
+math.randomseed(7)
+local users = tonumber(os.getenv("BENCH_USERS") or "50000")
+request = function()
+  return wrk.format("GET", "/v1/recommendations/u" .. math.random(0, users - 1) .. "?n=10")
+end
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH_JSON {\"p50_us\": %d, \"p99_us\": %d, \"p999_us\": %d, \"max_us\": %d, " ..
+    "\"requests\": %d, \"duration_us\": %d, \"non2xx\": %d, \"connect\": %d, \"read\": %d, \"write\": %d, \"timeout\": %d}\n",
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max,
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    """wrk from Debian; installed here so a fresh machine gets it."""
+    path = shutil.which("wrk")
+    if path:
+        return path
+    logger.info("installing wrk with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, check=True)
+    path = shutil.which("wrk")
+    if not path:
+        raise SystemExit("wrk could not be installed")
+    return path
+
+
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[str, Any]:
+    """Fill Redis with a plausible shop state in the worker's key layout."""
+    rng = np.random.default_rng(seed)
+    keys = Keys(PREFIX)
+    t0 = 1.7e9
+    landmark, now = t0, t0 + 86400.0
+    items = [f"i{j}" for j in range(n_items)]
+    cats = [f"c{j % N_CATS}" for j in range(n_items)]
+    # Zipf-like popularity: a few items take most clicks, as in a shop.
+    pop = (1.0 / np.arange(1, n_items + 1) ** 0.8) * 5000.0
+    rng.shuffle(pop)
+    p = rng.permutation(n_items)
+    prob = pop / pop.sum()
+    started = time.perf_counter()
+
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.meta, mapping={"landmark": repr(landmark), "last_event_time": repr(now)})
+    pipe.zadd(keys.popularity, dict(zip(items, pop.tolist(), strict=True)))
+    for c in range(N_CATS):
+        idx = np.arange(c, n_items, N_CATS)
+        top = idx[np.argsort(-pop[idx])[:500]]
+        pipe.zadd(keys.trending(f"c{c}"), {items[j]: float(pop[j]) for j in top})
+    for start in range(0, n_items, 2000):
+        pipe.hset(keys.item_category, mapping=dict(zip(items[start:start + 2000], cats[start:start + 2000], strict=True)))
+    pipe.execute()
+
+    # Neighbours: 50 per item, mostly from the same category, co-occurrence below popularity.
+    for start in range(0, n_items, 500):
+        pipe = r.pipeline(transaction=False)
+        for j in range(start, min(start + 500, n_items)):
+            same = rng.integers(0, n_items // N_CATS, size=35) * N_CATS + (j % N_CATS)
+            other = rng.choice(n_items, size=15, p=prob)
+            nb = {items[x]: float(min(pop[j], pop[x]) * rng.uniform(0.05, 0.5))
+                  for x in np.concatenate([same, other]) if x != j and x < n_items}
+            pipe.zadd(keys.item_nbrs(items[j]), nb)
+        pipe.execute()
+
+    Y = (rng.normal(size=(n_items, K)) * 0.3).astype(np.float32)
+    U = (rng.normal(size=(n_users, K)) * 0.3).astype(np.float32)
+    for start in range(0, n_users, 1000):
+        pipe = r.pipeline(transaction=False)
+        for u in range(start, min(start + 1000, n_users)):
+            user = f"u{u}"
+            n_hist = int(rng.integers(5, 40))
+            chosen = np.unique(rng.choice(n_items, size=n_hist, p=prob))
+            times = now - rng.uniform(0, 20 * 86400.0, size=chosen.size)
+            weights = rng.choice([1.0, 3.0, 5.0], size=chosen.size) * np.exp(
+                (times - landmark) * np.log(2) / (7 * 86400.0))
+            pipe.zadd(keys.user_hist(user), {items[j]: float(t) for j, t in zip(chosen, times, strict=True)})
+            pipe.zadd(keys.user_items(user), {items[j]: float(w) for j, w in zip(chosen, weights, strict=True)})
+            cw: dict[str, float] = {}
+            for j, w in zip(chosen, weights, strict=True):
+                cw[cats[j]] = cw.get(cats[j], 0.0) + float(w)
+            pipe.zadd(keys.user_cats(user), cw)
+            pipe.hset(keys.user_vec(user), mapping={"vec": U[u].tobytes(), "model": VERSION})
+        pipe.execute()
+
+    dims = [n_items, TF_HIDDEN, n_items]
+    pipe = r.pipeline(transaction=False)
+    blob = keys.model_blob
+    pipe.set(blob(VERSION, "item_ids"), "\n".join(items))
+    pipe.set(blob(VERSION, "item_factors"), npy(Y))
+    pipe.set(blob(VERSION, "user_ids"), "\n".join(f"u{u}" for u in range(n_users)))
+    pipe.set(blob(VERSION, "user_factors"), npy(U))
+    pipe.set(blob(VERSION, "alpha"), npy(np.array([1.0])))
+    pipe.set(blob(VERSION, "regularization"), npy(np.array([0.1])))
+    pipe.set(blob(VERSION, "tf_n_layers"), npy(np.array([2], np.int32)))
+    for i in range(2):
+        pipe.set(blob(VERSION, f"tf_layer{i}_weight"),
+                 npy((rng.normal(size=(dims[i], dims[i + 1])) * 0.1).astype(np.float32)))
+        pipe.set(blob(VERSION, f"tf_layer{i}_bias"), npy(np.zeros(dims[i + 1], np.float32)))
+    pipe.set(keys.model_current, VERSION)
+    pipe.execute()
+    info = r.info("memory")
+    return {"items": n_items, "users": n_users, "categories": N_CATS, "factors": K,
+            "tf_hidden": TF_HIDDEN, "keys": r.dbsize(), "redis_used_mb": round(info["used_memory"] / 2**20, 1),
+            "fill_s": round(time.perf_counter() - started, 1)}
+
+
+def wait_ready(port: int, version: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("reader exited during start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                body = json.loads(resp.read())
+                if body.get("model_version") == version:
+                    return
+            # The model loads on the first request that sees its version.
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/recommendations/u0", timeout=5).read()
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"reader not ready with model {version} after {timeout}s")
+
+
+def run_wrk(wrk: str, port: int, concurrency: int, duration: int, script: Path, users: int) -> dict[str, Any]:
+    cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "2s", "-s", str(script),
+           f"http://127.0.0.1:{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_USERS": str(users)},
+                         check=True).stdout
+    match = re.search(r"BENCH_JSON (\{.*\})", out)
+    if not match:
+        raise SystemExit(f"unexpected wrk output:\n{out}")
+    raw = json.loads(match.group(1))
+    seconds = raw["duration_us"] / 1e6
+    errors = raw["non2xx"] + raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    return {
+        "req_per_s": round(raw["requests"] / seconds, 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 3),
+        "p99_ms": round(raw["p99_us"] / 1000, 3),
+        "p999_ms": round(raw["p999_us"] / 1000, 3),
+        "max_ms": round(raw["max_us"] / 1000, 3),
+        "errors": errors,
+        "concurrency": concurrency,
+        "n": raw["requests"],
+        "duration_s": round(seconds, 2),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "online", "benchmarks/reader.py"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--sweep", default="", help="Extra concurrencies to measure, comma-separated.")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
+    ap.add_argument("--redis-port", type=int, default=0,
+                    help="Use this running Redis (filled once, reused while it holds the data) "
+                         "instead of a private one.")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    wrk = ensure_wrk()
+    work = Path(tempfile.mkdtemp(prefix="driftrec-bench-"))
+    rport, hport = args.redis_port or free_port(), free_port()
+    redis_proc = None
+    if not args.redis_port:
+        redis_proc = subprocess.Popen(
+            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    reader: subprocess.Popen[bytes] | None = None
+    try:
+        r = redis.Redis(port=rport)
+        for _ in range(50):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        filled = r.get(f"{PREFIX}:bench-filled")
+        if filled is not None and json.loads(filled)[:2] == [args.items, args.users]:
+            data = json.loads(filled)[2]
+        else:
+            logger.info("filling Redis on port %d", rport)
+            for key in r.scan_iter(match=f"{PREFIX}:*", count=5000):
+                r.delete(key)
+            data = populate(r, args.items, args.users)
+            r.set(f"{PREFIX}:bench-filled", json.dumps([args.items, args.users, data]))
+        logger.info("data: %s", data)
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{rport}/0", "DRIFTREC_KEY_PREFIX": PREFIX,
+               "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+        log = open(work / "reader.log", "wb")
+        reader = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "serve", "--port", str(hport)],
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_ready(hport, VERSION, 60, reader)
+        script = work / "recs.lua"
+        script.write_text(WRK_LUA)
+        logger.info("warming up")
+        run_wrk(wrk, hport, args.concurrency, 3, script, args.users)
+        cpu0, load0 = cpu_seconds(reader.pid), load_average()
+        result = run_wrk(wrk, hport, args.concurrency, args.duration, script, args.users)
+        # CPU the reader spent per request: what its throughput on one free core would be.
+        result["reader_cpu_ms_per_request"] = round((cpu_seconds(reader.pid) - cpu0) * 1000 / max(result["n"], 1), 3)
+        result["load_average_before"] = load0
+        result["load_average_after"] = load_average()
+        logger.info("c=%d: %s", args.concurrency, result)
+        sweep = []
+        for c in [int(x) for x in args.sweep.split(",") if x]:
+            one = run_wrk(wrk, hport, c, max(5, args.duration // 2), script, args.users)
+            logger.info("c=%d: %s", c, one)
+            sweep.append(one)
+        body = {
+            **result,
+            "endpoint": "GET /v1/recommendations/{random of the users}?n=10",
+            "target": "p99 <= 5 ms at >= 2000 req/s per reader process",
+            "met": result["p99_ms"] <= 5.0 and result["req_per_s"] >= 2000 and result["errors"] == 0,
+            "machine": machine(),
+            "commit": commit(),
+            "load_generator": "wrk -t1 (closed loop) on loopback, same machine",
+            "data": data,
+            "sweep": sweep,
+            "command": "python benchmarks/reader.py " + " ".join(sys.argv[1:]),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(body, indent=2) + "\n")
+        print(json.dumps(body, indent=2))
+    finally:
+        if reader is not None:
+            reader.send_signal(signal.SIGTERM)
+            try:
+                reader.wait(10)
+            except subprocess.TimeoutExpired:
+                reader.kill()
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
