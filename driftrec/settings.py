@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     reader_blend_weights: dict[str, float] = Field(
         default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending); unset = models.blend defaults.")
     reader_recent_items: int = Field(default=8, ge=1, description="Recent items whose neighbours the reader reads per request.")
-    reader_similar_users: int = Field(default=10, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
-    reader_similar_users_pool: int = Field(default=20000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
+    reader_neighbours: int = Field(default=20, ge=1, description="Strongest neighbours read per recent item.")
+    reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
+    reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
     reader_snapshot_interval_s: float = Field(default=2.0, gt=0, description="Refresh period of the in-memory trending snapshot (degraded mode, norms).")
     reader_snapshot_items: int = Field(default=20000, ge=1, description="Most popular items kept in the in-memory snapshot.")
     reader_redis_timeout_s: float = Field(default=0.5, gt=0, description="Reader's Redis socket timeout; past it the answer is degraded.")
