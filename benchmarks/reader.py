@@ -101,7 +101,6 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
     # Zipf-like popularity: a few items take most clicks, as in a shop.
     pop = (1.0 / np.arange(1, n_items + 1) ** 0.8) * 5000.0
     rng.shuffle(pop)
-    p = rng.permutation(n_items)
     prob = pop / pop.sum()
     started = time.perf_counter()
 

@@ -56,7 +56,7 @@ def pairs(flat: Sequence[str]) -> Pairs:
     here: redis-py's own callbacks cost several times more per member on the hot path.
     """
     it = iter(flat)
-    return [(m, float(s)) for m, s in zip(it, it)]
+    return [(m, float(s)) for m, s in zip(it, it, strict=False)]
 
 
 def _float(x: str | bytes | None) -> float | None:
