@@ -97,8 +97,8 @@ class Attributor:
         return out
 
     async def run(self) -> None:
-        await self.consumer.start()
         try:
+            await self.consumer.start()
             while True:
                 batch = await self.consumer.getmany(timeout_ms=1000, max_records=2000)
                 clicks = [c for recs in batch.values() for c in _clicks(r.value for r in recs)]

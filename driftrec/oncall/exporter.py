@@ -105,12 +105,16 @@ class Exporter:
         started = time.perf_counter()
         try:
             if self._collector is None:
-                collector = LagCollector(s.bootstrap, groups=list(self.config.groups), topics=[s.clicks_topic],
+                # The attribution consumer is watched too: its lag is how late the click counts are.
+                groups = list(self.config.groups) + ([self.attribution_group] if self.config.attribution else [])
+                collector = LagCollector(s.bootstrap, groups=list(dict.fromkeys(groups)), topics=[s.clicks_topic],
                                          extra_topics=[s.dead_letter_topic], timeout_s=5.0)
                 await collector.start()
                 self._collector = collector
             snap = await self._collector.collect()
         except LagError as exc:
+            if self.health.get("kafka", {}).get("status") != "down":
+                logger.warning("broker collection failing: %s", exc)
             self.metrics.scrape_ok.set(0)
             self._set_health("kafka", "down", str(exc)[:300])
             if self._collector is not None:

@@ -197,7 +197,10 @@ class LagCollector:
         infos = {g: GroupInfo(g, "Dead", 0) for g in groups}
         if not groups:
             return infos
-        for response in await self._admin.describe_consumer_groups(groups):
+        # One group per request: aiokafka 0.14 decodes a DescribeGroups v3 answer with the v2
+        # schema (no authorized_operations), which only holds while the answer has one group.
+        responses = await asyncio.gather(*(self._admin.describe_consumer_groups([g]) for g in groups))
+        for response in (r for rs in responses for r in rs):
             for desc in response.to_object()["groups"]:
                 if desc["error_code"]:
                     continue
