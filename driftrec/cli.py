@@ -189,8 +189,8 @@ def lag(
     host: Annotated[str, typer.Option(help="Exporter bind address.")] = "127.0.0.1",
     group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Extra consumer group to watch.")] = None,
     all_groups: Annotated[bool, typer.Option("--all", help="Table: every group the broker lists.")] = False,
-    reader_url: Annotated[Optional[str], typer.Option(help="Reader base URL (canary, health).")] = None,
-    worker_metrics_url: Annotated[Optional[str], typer.Option(help="Worker /metrics URL (health).")] = None,
+    reader_url: Annotated[Optional[str], typer.Option(help="Reader base URL (canary, health); 'none' = no reader.")] = None,
+    worker_metrics_url: Annotated[Optional[str], typer.Option(help="Worker /metrics URL (health); 'none' = group membership only.")] = None,
     canary: Annotated[bool, typer.Option(help="Run the freshness canary (with --serve).")] = True,
     attribution: Annotated[bool, typer.Option(help="Count clicks per recommendation source (with --serve).")] = True,
 ) -> None:
@@ -225,8 +225,10 @@ def lag(
     from driftrec.oncall.exporter import Exporter, ExporterConfig
     from driftrec.oncall.web import create_app as create_exporter_app
 
-    reader = reader_url or f"http://127.0.0.1:{s.reader_port}"
-    worker_url = worker_metrics_url or f"http://127.0.0.1:{s.worker_metrics_port}/metrics"
+    # "none" leaves a component out (no reader deployed: the canary reads Redis, no reader health).
+    reader = None if reader_url == "none" else reader_url or f"http://127.0.0.1:{s.reader_port}"
+    worker_url = None if worker_metrics_url == "none" else (
+        worker_metrics_url or f"http://127.0.0.1:{s.worker_metrics_port}/metrics")
     config = ExporterConfig(groups=groups, reader_url=reader, worker_metrics_url=worker_url,
                             canary=canary, attribution=attribution)
     uvicorn.run(create_exporter_app(Exporter(s, config)), host=host, port=port or s.exporter_port,
