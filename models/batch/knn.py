@@ -197,6 +197,7 @@ class UserKNNModel(BatchModel):
         self.weighting = Weighting()
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
         self.history = sp.csr_matrix((0, 0), dtype=np.float32)
+        self._weighted_history: sp.csr_matrix | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -209,6 +210,7 @@ class UserKNNModel(BatchModel):
         x = as_interactions(interactions)
         self.weighting = Weighting.fit(self.weighting_kind, x)
         w = self.weighting.apply(x)
+        self._weighted_history = w
         self.similarity = topk_cosine(
             w, w, self.neighbours, shrink=self.shrink, self_rows=np.arange(w.shape[0])
         )
@@ -220,10 +222,10 @@ class UserKNNModel(BatchModel):
         return np.asarray((self.similarity[user_rows] @ self.history).todense())
 
     def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        if self._weighted_history is None:  # built once per fitted/loaded model
+            self._weighted_history = self.weighting.apply(self.history)
         w = self.weighting.apply(history)
-        sims = topk_cosine(
-            w, self.weighting.apply(self.history), self.neighbours, shrink=self.shrink
-        )
+        sims = topk_cosine(w, self._weighted_history, self.neighbours, shrink=self.shrink)
         return np.asarray((sims @ self.history).todense())
 
     def _export(self) -> dict[str, np.ndarray]:
