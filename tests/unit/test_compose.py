@@ -46,3 +46,40 @@ def test_healthchecks_and_ports() -> None:
         assert services[name]["healthcheck"]["test"], name
     assert "8000:8000" in services["reader"]["ports"]
     assert "9092:9092" in services["kafka"]["ports"]
+
+
+def test_oncall_services_scrape_what_compose_runs() -> None:
+    """exporter, prometheus and grafana: mounts exist, scrape targets are compose services and ports."""
+    root = COMPOSE.parent
+    services = _compose()["services"]
+    assert {"exporter", "prometheus", "grafana"} <= set(services)
+    exporter = services["exporter"]
+    assert exporter["command"][:3] == ["driftrec", "lag", "--serve"]
+    assert "9308:9308" in exporter["ports"]
+    assert exporter["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert exporter["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert exporter["healthcheck"]["test"]
+    # The exporter reaches the reader and the worker by their compose names.
+    cmd = exporter["command"]
+    assert cmd[cmd.index("--reader-url") + 1] == "http://reader:8000"
+    assert cmd[cmd.index("--worker-metrics-url") + 1] == "http://worker:9108/metrics"
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            src = volume.split(":")[0]
+            if src.startswith("./"):
+                assert (root / src).exists(), volume
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+
+    prom = yaml.safe_load((root / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prom["scrape_configs"]}
+    assert set(targets) == {"driftrec-worker", "driftrec-reader", "driftrec-exporter"}
+    for job, target in targets.items():
+        host, port = target.split(":")
+        svc = services[host]
+        assert any(str(p).split(":")[-1] == port for p in svc.get("ports", [])), (job, target)
+    assert all((root / "deploy/prometheus" / f).exists() for f in prom["rule_files"])
+
+    ds = yaml.safe_load((root / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    (source,) = ds["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
