@@ -7,7 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "EVENTS_APPLIED", "EVENTS_SKIPPED", "DEAD_LETTERS", "BATCH_SIZE", "BATCH_SECONDS",
     "REDIS_RETRIES", "KAFKA_RETRIES", "LAST_EVENT_TIME", "REBALANCES", "UNEXPECTED_ERRORS",
-    "MODEL_RELOADS",
+    "MODEL_RELOADS", "REDIS_APPLY_SECONDS", "MODEL_VERSION",
 ]
 
 EVENTS_APPLIED = Counter("driftrec_worker_events_applied_total", "Click events applied to Redis.")
@@ -34,3 +34,11 @@ LAST_EVENT_TIME = Gauge(
     "driftrec_worker_last_applied_event_timestamp_seconds", "Event time of the newest applied event."
 )
 REBALANCES = Counter("driftrec_worker_rebalances_total", "Consumer-group rebalances seen.")
+# Added for the on-call dashboards; the write path observes them (see docs/runbook.md).
+REDIS_APPLY_SECONDS = Histogram(
+    "driftrec_worker_redis_apply_seconds", "Round trip of one batch's Redis apply script.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+MODEL_VERSION = Gauge(
+    "driftrec_worker_model_version", "1 for the published model version the worker folds in against.", ["version"]
+)
