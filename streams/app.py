@@ -24,6 +24,10 @@ def create_app(settings: Settings) -> faust.App:
         web_router_enabled=False,
         web_graph_enabled=False,
         producer_acks=-1,
+        # A worker killed without leaving its group holds its partitions until the session times
+        # out: keep that short so a restart resumes in seconds, not Faust's default minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         broker_commit_every=2000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),

@@ -1,18 +1,21 @@
 """The published batch model as the worker sees it: item factors cached per version, reloaded on change.
 
-Format (the contract with the trainer, written down in ``docs/redis-keys.md``)::
+Format (the contract with the trainer and the reader, in ``docs/redis-keys.md`` and
+``online/model_cache.py``; every part a Redis STRING, arrays as :func:`numpy.save` bytes)::
 
-    P:{m}:current                 STRING  live version id
-    P:{m}:v:<version>:item_factors STRING  little-endian float32, row-major (n_items, factors)
-    P:{m}:v:<version>:item_ids     STRING  UTF-8 item ids joined by "\\n", in row order
-    P:{m}:v:<version>:meta         HASH    factors, n_items, alpha, regularization, kind
+    P:{m}:current                    live version id
+    P:{m}:v:<version>:item_ids       UTF-8 item ids, one per line (or a .npy unicode array)
+    P:{m}:v:<version>:item_factors   .npy float32 (n_items, k)
+    P:{m}:v:<version>:alpha          .npy (1,) fold-in confidence scale (optional, default 1)
+    P:{m}:v:<version>:regularization .npy (1,) fold-in L2 (optional, default the setting)
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,13 +25,15 @@ import redis.asyncio as aioredis
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
 
-__all__ = ["PublishedFactors", "FactorCache", "pack_factors", "unpack_factors", "ISGD_MODEL"]
+__all__ = ["PublishedFactors", "FactorCache", "pack_factors", "unpack_factors", "ISGD_MODEL", "PARTS"]
 
 logger = logging.getLogger(__name__)
 
 #: Model tag of vectors learnt online by ISGD (no published model); never a published version.
 ISGD_MODEL = "isgd"
 _RETRY_BAD_VERSION_S = 30.0
+#: The parts of a version the worker reads (a TF model's parts are the reader's business).
+PARTS = ("item_ids", "item_factors", "alpha", "regularization")
 
 
 @dataclass(frozen=True)
@@ -53,40 +58,59 @@ class PublishedFactors:
         return int(self.Y.shape[1])
 
 
-def pack_factors(ids: Sequence[str], Y: npt.ArrayLike, *, alpha: float, regularization: float,
-                 kind: str = "als") -> dict[str, bytes | dict[str, str]]:
-    """The parts a trainer writes for one version: ``{"item_factors", "item_ids", "meta"}``."""
-    arr = np.ascontiguousarray(Y, dtype="<f4")
+def _npy(a: npt.ArrayLike) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _array(raw: bytes | None, part: str, version: str) -> np.ndarray:
+    if raw is None:
+        raise ModelError(f"model {version!r}: part {part!r} is missing")
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelError(f"model {version!r}: part {part!r} is not a .npy array: {exc}") from None
+
+
+def pack_factors(ids: Sequence[str], Y: npt.ArrayLike, *, alpha: float,
+                 regularization: float) -> dict[str, bytes]:
+    """The parts a trainer writes for one version (``item_ids``, ``item_factors``, ...)."""
+    arr = np.ascontiguousarray(Y, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] != len(ids):
         raise ModelError("item factors must be (len(ids), factors)")
     if any("\n" in i for i in ids):
         raise ModelError("item ids must not contain newlines")
-    meta = {"factors": str(arr.shape[1]), "n_items": str(arr.shape[0]), "alpha": repr(float(alpha)),
-            "regularization": repr(float(regularization)), "kind": kind}
-    return {"item_factors": arr.tobytes(), "item_ids": "\n".join(ids).encode(), "meta": meta}
+    return {"item_ids": "\n".join(ids).encode(), "item_factors": _npy(arr),
+            "alpha": _npy([float(alpha)]), "regularization": _npy([float(regularization)])}
 
 
-def unpack_factors(version: str, factors: bytes | None, ids: bytes | None,
-                   meta: dict[bytes, bytes], default_reg: float) -> PublishedFactors:
+def unpack_factors(version: str, parts: Mapping[str, bytes | None], default_reg: float) -> PublishedFactors:
     """Decode and check one version's parts; :class:`ModelError` when they do not fit together."""
-    if factors is None or ids is None or not meta:
-        raise ModelError(f"model {version!r}: item_factors, item_ids or meta is missing")
-    m = {k.decode(): v.decode() for k, v in meta.items()}
-    try:
-        k, n = int(m["factors"]), int(m["n_items"])
-        alpha = float(m.get("alpha", "1.0"))
-        reg = float(m.get("regularization", repr(default_reg)))
-    except (KeyError, ValueError) as exc:
-        raise ModelError(f"model {version!r}: bad meta {m!r}") from exc
-    names = tuple(ids.decode().split("\n")) if n else ()
-    if k < 1 or len(factors) != 4 * n * k or len(names) != n:
-        raise ModelError(f"model {version!r}: {len(factors)} factor bytes and {len(names)} ids "
-                         f"do not fit {n} items x {k} factors")
-    Y = np.frombuffer(factors, dtype="<f4").reshape(n, k).astype(np.float32)
+    raw_ids = parts.get("item_ids")
+    if raw_ids is None:
+        raise ModelError(f"model {version!r}: part 'item_ids' is missing")
+    if raw_ids.startswith(b"\x93NUMPY"):
+        names = tuple(str(x) for x in _array(raw_ids, "item_ids", version).ravel())
+    else:
+        try:
+            text = raw_ids.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelError(f"model {version!r}: item_ids is not UTF-8") from None
+        names = tuple(text.split("\n")) if text else ()
+    Y = _array(parts.get("item_factors"), "item_factors", version)
+    if Y.dtype.kind not in "fiu" or Y.ndim != 2 or Y.shape[0] != len(names) or Y.shape[1] < 1:
+        raise ModelError(f"model {version!r}: item_factors {Y.dtype} {Y.shape} do not fit {len(names)} ids")
+    Y = np.ascontiguousarray(Y, dtype=np.float32)
+    alpha, reg = 1.0, default_reg
+    if parts.get("alpha") is not None:
+        alpha = float(_array(parts["alpha"], "alpha", version).ravel()[0])
+    if parts.get("regularization") is not None:
+        reg = float(_array(parts["regularization"], "regularization", version).ravel()[0])
     if not np.all(np.isfinite(Y)) or not (alpha > 0 and reg >= 0):
         raise ModelError(f"model {version!r}: non-finite factors or bad alpha/regularization")
     Y64 = Y.astype(np.float64)
-    Yz = np.vstack([Y64, np.zeros((1, k))])
+    Yz = np.vstack([Y64, np.zeros((1, Y.shape[1]))])
     return PublishedFactors(version, names, {name: i for i, name in enumerate(names)}, Y, Yz,
                             Y64.T @ Y64, alpha, reg)
 
@@ -118,14 +142,12 @@ class FactorCache:
         failed_at = self._bad.get(version)
         if failed_at is not None and time.monotonic() - failed_at < _RETRY_BAD_VERSION_S:
             return
-        k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        pipe.get(k.model_blob(version, "item_factors"))
-        pipe.get(k.model_blob(version, "item_ids"))
-        pipe.hgetall(k.model_blob(version, "meta"))
-        factors, ids, meta = await pipe.execute()
+        for part in PARTS:
+            pipe.get(self.keys.model_blob(version, part))
+        parts = dict(zip(PARTS, await pipe.execute(), strict=True))
         try:
-            self.model = unpack_factors(version, factors, ids, meta, self.default_reg)
+            self.model = unpack_factors(version, parts, self.default_reg)
         except ModelError as exc:
             self._bad[version] = time.monotonic()
             logger.error("cannot use published model: %s; keeping %s", exc,

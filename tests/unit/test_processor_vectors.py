@@ -33,8 +33,7 @@ def _model(n: int = 6, k: int = 4, alpha: float = 2.0, reg: float = 0.3):  # typ
     rng = np.random.default_rng(1)
     ids = [f"m{j}" for j in range(n)]
     parts = pack_factors(ids, rng.normal(0, 0.5, (n, k)), alpha=alpha, regularization=reg)
-    meta = {a.encode(): b.encode() for a, b in parts["meta"].items()}  # type: ignore[union-attr]
-    return unpack_factors("v1", parts["item_factors"], parts["item_ids"], meta, 0.1)  # type: ignore[arg-type]
+    return unpack_factors("v1", parts, 0.1)
 
 
 def _ev(user: str, item: str, t: float, off: int, part: int = 0, typ: str = "view") -> EventView:
@@ -142,12 +141,11 @@ def test_published_factors_round_trip_and_corruption() -> None:
     assert m.ids == ("m0", "m1", "m2") and m.factors == 2 and m.alpha == 2.0
     np.testing.assert_allclose(m.YtY, m.Y.astype(np.float64).T @ m.Y.astype(np.float64))
     parts = pack_factors(["a", "b"], np.ones((2, 2)), alpha=1.0, regularization=0.1)
-    meta = {a.encode(): b.encode() for a, b in parts["meta"].items()}  # type: ignore[union-attr]
-    with pytest.raises(ModelError):
-        unpack_factors("v", parts["item_factors"][:-1], parts["item_ids"], meta, 0.1)  # type: ignore[index, arg-type]
-    with pytest.raises(ModelError):
-        unpack_factors("v", parts["item_factors"], b"a", meta, 0.1)  # type: ignore[arg-type]
-    with pytest.raises(ModelError):
-        unpack_factors("v", None, None, {}, 0.1)
+    for broken in ({**parts, "item_factors": parts["item_factors"][:-4]}, {**parts, "item_ids": b"a"},
+                   {**parts, "item_factors": None}, {}, {**parts, "alpha": b"junk"}):
+        with pytest.raises(ModelError):
+            unpack_factors("v", broken, 0.1)
+    defaults = unpack_factors("v", {"item_ids": parts["item_ids"], "item_factors": parts["item_factors"]}, 0.7)
+    assert (defaults.alpha, defaults.regularization) == (1.0, 0.7)
     with pytest.raises(ModelError):
         pack_factors(["a\nb"], np.ones((1, 2)), alpha=1.0, regularization=0.1)
