@@ -110,11 +110,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
             yield
         finally:
             if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+                await snapshot.stop(task)
             await sink.close()
             await store.aclose()
 

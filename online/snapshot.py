@@ -58,6 +58,7 @@ class TrendingSnapshot:
         self._asked: OrderedDict[str, None] = OrderedDict()
         self.refreshed_at: float | None = None  # wall clock of the last good refresh
         self.failures = 0
+        self._running = False
 
     # --- upkeep ------------------------------------------------------------------------------
     def note_category(self, category: str) -> None:
@@ -82,8 +83,9 @@ class TrendingSnapshot:
         self.refreshed_at = time.time()
 
     async def run(self) -> None:
-        """Refresh forever (the app's lifespan runs this as a task and cancels it)."""
-        while True:
+        """Refresh until :meth:`stop` (the app's lifespan runs this as a task)."""
+        self._running = True
+        while self._running:
             try:
                 await self.refresh()
             except asyncio.CancelledError:
@@ -91,7 +93,23 @@ class TrendingSnapshot:
             except Exception as exc:  # Redis down: keep serving the last snapshot
                 self.failures += 1
                 logger.debug("snapshot refresh failed: %s", exc)
+                # redis-py can turn a cancellation that lands mid-read into a connection error;
+                # a task asked to stop must stop all the same.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
             await asyncio.sleep(self.interval_s)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop the :meth:`run` task and wait for it (bounded)."""
+        self._running = False
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 2.0)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            pass
+        except Exception as exc:  # it was stopping anyway
+            logger.debug("snapshot task ended with %s", exc)
 
     @property
     def age_s(self) -> float | None:
