@@ -106,7 +106,7 @@ class TrendingSnapshot:
         task.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(task), 2.0)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
+        except (TimeoutError, asyncio.CancelledError):
             pass
         except Exception as exc:  # it was stopping anyway
             logger.debug("snapshot task ended with %s", exc)
