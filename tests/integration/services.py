@@ -58,18 +58,19 @@ def provide_services() -> Iterator[Settings]:
         return
     from driftrec.stack import LocalStack
 
-    home = ROOT / ".driftrec-test"
+    # A fresh broker per session, in a folder of its own: stale data from an earlier run must not
+    # leak into this one, and two runs side by side must not stop each other's services.
+    home = ROOT / ".driftrec-test" / f"run-{os.getpid()}"
+    shutil.rmtree(home, ignore_errors=True)
     base = load_settings(home=home, kafka_port=free_port(), kafka_controller_port=free_port(),
                          redis_port=free_port())
-    # A fresh broker per session: stale data from an earlier run must not leak into this one.
     stack = LocalStack(base)
-    stack.down()
-    shutil.rmtree(home, ignore_errors=True)
     stack.up()
     try:
         yield load_settings(kafka_bootstrap_servers=base.bootstrap, redis_url=base.redis, home=home)
     finally:
         stack.down()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class Proc:
