@@ -126,6 +126,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         lifespan=lifespan,
     )
+    # An API, not a site: a trailing slash is a 404 JSON error, not a body-less redirect.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.store = store
     app.state.models = models

@@ -125,7 +125,7 @@ def test_kafka_down_is_a_503() -> None:
 
 def test_routing_errors_are_json() -> None:
     app = app_with(ListSink())
-    for method, url, status in [("GET", "/nope", 404), ("PUT", "/v1/events", 405),
+    for method, url, status in [("GET", "/nope", 404), ("PUT", "/v1/events", 405), ("GET", "/v1/trending/", 404),
                                 ("GET", "/v1/recommendations/a%20b", 400),
                                 ("DELETE", "/v1/users/%7Bx%7D", 400)]:
         r = call(app, method, url)

@@ -1,0 +1,193 @@
+"""Every endpoint fuzzed against a real Redis: only JSON 4xx for bad input, never a 500, and every
+key the reader touches (seen by Redis MONITOR) is one of the layout's keys with a valid id."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import strategies as st
+
+from driftrec.keys import Keys
+from driftrec.settings import Settings
+from online.app import create_app
+from online.params import ID_PATTERN
+from tests.integration.test_reader_support import ListSink, reference_state, shop_events, write_state
+
+pytestmark = pytest.mark.integration
+
+_ID = ID_PATTERN.strip("^$")
+_NO_KEY = {"PING", "CLIENT", "HELLO", "SELECT", "INFO", "MONITOR", "AUTH", "QUIT", "COMMAND"}
+
+
+class Harness:
+    """One reader app on one event loop, shared by every example (building apps is slow)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sink = ListSink()
+        self.app = create_app(settings, sink=self.sink, refresh_snapshot=False)
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self.loop.run_until_complete(self._lifespan.__aenter__())
+        self.loop.run_until_complete(self.app.state.snapshot.refresh())
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
+                                        base_url="http://reader")
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        return self.loop.run_until_complete(self.client.request(method, url, **kw))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.run_until_complete(self._lifespan.__aexit__(None, None, None))
+        self.loop.close()
+
+
+class KeyWatch:
+    """Collects the keys of every command Redis executes while it runs (MONITOR)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.commands: list[list[str]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self) -> None:
+        with self.client.monitor() as m:
+            self._ready.set()
+            while not self._stop.is_set():
+                # The raw line: redis-py's next_command() joins the arguments with spaces.
+                line = m.connection.read_response()
+                self.commands.append(_split(line.split("] ", 1)[1] if "] " in line else ""))
+
+    def stop(self) -> None:
+        self._stop.set()
+        poke = redis.Redis(**{k: v for k, v in self.client.connection_pool.connection_kwargs.items()
+                              if k in ("host", "port", "db", "password")})
+        poke.ping()  # one more command so the monitor loop wakes up and sees the stop flag
+        poke.close()
+        self._thread.join(5)
+
+
+def _split(line: str) -> list[str]:
+    # MONITOR quotes each argument ("ZREVRANGE" "key" "0" ...) and escapes every byte that is
+    # not printable ASCII as \xHH: undo that to get the argument's exact text back.
+    return [a.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+            for a in re.findall(r'"((?:[^"\\]|\\.)*)"', line)]
+
+
+@pytest.fixture()
+def harness(settings: Settings) -> Iterator[Harness]:
+    client = redis.Redis.from_url(settings.redis)
+    write_state(client, Keys(settings.key_prefix), reference_state(settings, shop_events(300)))
+    client.close()
+    h = Harness(settings)
+    yield h
+    h.close()
+
+
+def _check(r: httpx.Response) -> None:
+    assert r.status_code < 500, (r.request.method, str(r.request.url), r.status_code, r.text[:300])
+    body = orjson.loads(r.content) if r.headers.get("content-type", "").startswith("application/json") else None
+    if r.request.url.path != "/metrics":
+        assert body is not None, (str(r.request.url), r.headers.get("content-type"), r.text[:200])
+    if r.status_code >= 400 and body is not None:
+        assert ("error" in body and "detail" in body) or "errors" in body, body
+
+
+ids = st.one_of(
+    st.text(max_size=140),
+    st.text(alphabet="abc019._:@/+-{}*?[] %\\\x00\n", max_size=40),
+    st.sampled_from(["u1", "i1", "..", "../../etc", "%7B", "x}:hist", "{g}", "a" * 128, "a" * 129, "*"]),
+)
+params = st.dictionaries(
+    st.one_of(st.sampled_from(["n", "exclude", "category", "strategy", "weights", "context"]), st.text(max_size=10)),
+    st.one_of(st.text(max_size=60), st.integers(-10**12, 10**12).map(str),
+              st.sampled_from(["10", "0", "101", "nan", "item_item:1", "tf:-1,trending:x", ",,,", "blend"])),
+    max_size=4,
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+event_like = st.fixed_dictionaries(
+    {"event_id": ids, "user_id": ids, "item_id": ids,
+     "type": st.sampled_from(["view", "purchase", "add_to_cart", "forget_user", "", "VIEW", "x" * 40]),
+     "timestamp": st.one_of(st.floats(allow_nan=False), st.integers(-2**63, 2**63 - 1), st.text(max_size=30))},
+    optional={"category": st.one_of(st.text(max_size=70), st.integers(-2**63, 2**63 - 1)), "session_id": ids,
+              "request_id": ids, "properties": json_values, "extra": json_values},
+)
+bodies = st.one_of(
+    st.binary(max_size=300),
+    # What orjson cannot produce but a client can send.
+    st.sampled_from([b'{"timestamp": 1e400}', b'[' + b'9' * 400 + b']', b'{"events": NaN}', b'[[[[[[[[[[]]]]]]]]]]',
+                     b'{"event_id":"e","user_id":"u","item_id":"i","type":"view","timestamp":' + b'9' * 40 + b'}',
+                     b'\xff\xfe{}', b'{"a":' * 2000 + b'1' + b'}' * 2000]),
+    json_values.map(orjson.dumps),
+    event_like.map(orjson.dumps),
+    st.lists(event_like, max_size=8).map(orjson.dumps),
+    st.lists(event_like, max_size=3).map(lambda evs: orjson.dumps({"events": evs})),
+)
+HS = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                       HealthCheck.too_slow])
+
+
+def test_fuzz_reads_only_json_4xx_and_ids_stay_in_their_keys(settings: Settings, harness: Harness) -> None:
+    watch = KeyWatch(settings.redis)
+
+    @HS
+    @given(which=st.sampled_from(["recs", "similar", "history", "trending", "raw"]), id_=ids, q=params,
+           raw_path=st.text(max_size=60))
+    def one(which: str, id_: str, q: dict[str, str], raw_path: str) -> None:
+        seg = quote(id_, safe="")
+        url = {"recs": f"/v1/recommendations/{seg}", "similar": f"/v1/items/{seg}/similar",
+               "history": f"/v1/users/{seg}/history", "trending": "/v1/trending",
+               "raw": "/" + quote(raw_path, safe="/%?=&")}[which]
+        _check(harness.request("GET", url, params=q))
+
+    try:
+        one()
+    finally:
+        watch.stop()
+    prefix = settings.key_prefix
+    grammar = re.compile(
+        rf"^{prefix}:(\{{u:{_ID}\}}:(hist|w|cats|vec)|\{{i:{_ID}\}}:(nbr|vec)"
+        rf"|\{{g\}}:(pop|icat|meta|trend:[^\x00-\x1f\x7f]{{1,64}})|\{{m\}}:(current|v:.+))$")
+    touched = [c for c in watch.commands if c and c[0].upper() not in _NO_KEY and len(c) > 1
+               and c[1].startswith(prefix + ":")]
+    assert touched, "the monitor saw no reader command"
+    bad = [c[:2] for c in touched if not grammar.match(c[1])]
+    assert not bad, bad[:10]
+    # The reader only reads: no write command ever carried one of its keys.
+    writes = {c[0].upper() for c in touched} - {"ZREVRANGE", "HMGET", "HGET", "GET", "ZMSCORE"}
+    assert not writes, writes
+
+
+def test_fuzz_writes_only_json_4xx(settings: Settings, harness: Harness) -> None:
+    @HS
+    @given(body=bodies, ctype=st.sampled_from(["application/json", "text/plain", "", "application/json; charset=utf-8"]),
+           delete_id=ids)
+    def one(body: bytes, ctype: str, delete_id: str) -> None:
+        headers = {"content-type": ctype} if ctype else {}
+        r = harness.request("POST", "/v1/events", content=body, headers=headers)
+        _check(r)
+        if r.status_code in (202, 422) and "accepted" in r.json():
+            assert r.json()["accepted"] + r.json()["rejected"] >= 1
+        _check(harness.request("DELETE", f"/v1/users/{quote(delete_id, safe='')}"))
+
+    one()
+    for event in harness.sink.events:  # whatever was accepted is a valid, non-tombstone event...
+        assert re.fullmatch(_ID, event.user_id) and re.fullmatch(_ID, event.event_id)
+        assert event.type != "forget_user" or event.item_id == ""
