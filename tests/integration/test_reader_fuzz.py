@@ -14,14 +14,20 @@ import httpx
 import orjson
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from online.app import create_app
 from online.params import ID_PATTERN
-from tests.integration.test_reader_support import ListSink, reference_state, shop_events, write_state
+from tests.integration.test_reader_support import (
+    ListSink,
+    reference_state,
+    shop_events,
+    write_state,
+)
 
 pytestmark = pytest.mark.integration
 
