@@ -43,7 +43,7 @@ class Keys:
         return f"{self.prefix}:{{i:{item}}}:nbr"
 
     def item_vec(self, item: str) -> str:
-        """STRING float32 bytes: the item's online (ISGD / cold-start) factor vector."""
+        """HASH {vec: float32 bytes, model: "isgd" or version}: online / cold-start item vector."""
         return f"{self.prefix}:{{i:{item}}}:vec"
 
     # --- global ---------------------------------------------------------------------------

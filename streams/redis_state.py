@@ -105,16 +105,16 @@ class RedisState:
         users = list(dict.fromkeys(users))
         items = list(dict.fromkeys(items))
         parts = sorted(set(partitions))
-        keys = [k.offsets, k.meta, k.model_current]
-        keys += [k.user_hist(u) for u in users]
         if user_extra == USER_WEIGHTS:
-            keys += [k.user_items(u) for u in users]
+            user_keys = [k.user_items(u) for u in users]
         elif user_extra == USER_VECTORS:
-            keys += [k.user_vec(u) for u in users]
-        keys += [k.item_vec(i) for i in items]
-        spec = {"f": [self._field(p) for p in parts], "nu": len(users), "w": self.window,
-                "um": user_extra, "ni": len(items)}
-        raw = await self._load(keys=keys, args=[_pack(spec)])
+            user_keys = [k.user_vec(u) for u in users]
+        else:
+            user_keys = []
+        spec = {"f": [self._field(p) for p in parts], "w": self.window, "um": user_extra,
+                "hk": [k.user_hist(u) for u in users], "uk": user_keys,
+                "ik": [k.item_vec(i) for i in items]}
+        raw = await self._load(keys=[k.offsets, k.meta, k.model_current], args=[_pack(spec)])
         self.commands_sent += 1
         offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
         stored = {p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)}
@@ -146,7 +146,7 @@ class RedisState:
         script then neither checks nor sets the landmark.
         """
         k = self.keys
-        keys: list[str] = [k.offsets, k.meta]
+        keys: list[str] = []  # the keys the ops write, shipped inside the payload
         ops: list[list[Any]] = []
         add_key, add_op = keys.append, ops.append
 
@@ -194,9 +194,10 @@ class RedisState:
             "off": {self._field(p): str(o) for p, o in delta.offsets.items()},
             "t": _num(t if math.isfinite(t) else 0.0),
             "n": delta.applied,
+            "k": keys,
             "ops": ops,
         }
-        result = await self._apply(keys=keys, args=[_pack(payload)])
+        result = await self._apply(keys=[k.offsets, k.meta], args=[_pack(payload)])
         self.commands_sent += 1
         return int(result[0])
 

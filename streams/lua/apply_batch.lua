@@ -1,9 +1,12 @@
 -- Applies one aggregated micro-batch atomically, together with the Kafka offsets it covers.
--- KEYS[1] = offsets hash, KEYS[2] = meta hash, KEYS[3..] = keys the ops refer to (by index).
+-- KEYS[1] = offsets hash, KEYS[2] = meta hash. The keys the ops write travel in the payload
+-- (`k`, referred to by index): declaring thousands of KEYS costs the client more than the whole
+-- msgpack payload. The script already spans many hash slots, so it is for a single Redis node.
 -- ARGV[1] = msgpack map {g = {field = expected stored offset (string)}, lm = landmark (string;
 --                        '' when the batch holds dead letters only),
 --                        off = {field = new offset (string)}, t = last event time (string),
---                        n = applied count, ops = {{key index, op, cap, {...}}, ...}}
+--                        n = applied count, k = {key, ...},
+--                        ops = {{index into k, op, cap, {...}}, ...}}
 -- Ops: "z" add each (member, double) pair to its score (ZINCRBY semantics, see zincr), then keep
 --          the top `cap` by score (0 = unbounded);
 --      "h" ZADD GT the flat (time, member, ...) list, then keep the newest `cap`;
@@ -70,7 +73,7 @@ end
 local fmts = {}
 
 for _, op in ipairs(p.ops) do
-  local key = KEYS[op[1]]
+  local key = p.k[op[1]]
   local kind = op[2]
   local cap = op[3]
   local kv = op[4]

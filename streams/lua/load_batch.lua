@@ -1,11 +1,10 @@
 -- Reads everything one micro-batch needs, in one round trip and one consistent snapshot.
--- KEYS[1] = offsets hash, KEYS[2] = meta hash, KEYS[3] = model "current" string, then
---   nu user history ZSETs, then nu user keys of the kind `um` names (none when um = ''),
---   then ni item vector hashes.
--- ARGV[1] = msgpack {f = {offset fields}, nu = users, w = history window, um = 'w' | 'v' | '',
---                    ni = items}
---   um = 'w': ZRANGE 0 -1 WITHSCORES of each user's weights (fold-in);
---   um = 'v': HMGET vec model of each user's vector (ISGD).
+-- KEYS[1] = offsets hash, KEYS[2] = meta hash, KEYS[3] = model "current" string.
+-- ARGV[1] = msgpack {f = {offset fields}, w = history window, um = 'w' | 'v' | '',
+--                    hk = {user history ZSET, ...}, uk = {user key, ...}, ik = {item vector hash, ...}}
+--   um = 'w': uk are the users' weight ZSETs, read whole (fold-in);
+--   um = 'v': uk are the users' vector hashes, HMGET vec model (ISGD).
+-- Key names travel in the payload, not KEYS (cheaper for the client; single Redis node only).
 -- Returns msgpack {offsets (HMGET), landmark, current, hists, user extras, item vectors};
 -- a missing value is false.
 local a = cmsgpack.unpack(ARGV[1])
@@ -14,24 +13,15 @@ if #a.f > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.f)) end
 local landmark = redis.call('HGET', KEYS[2], 'landmark')
 local current = redis.call('GET', KEYS[3])
 local hists, extra, items = {}, {}, {}
-local pos = 4
-for u = 1, a.nu do
-  hists[u] = redis.call('ZRANGE', KEYS[pos], -a.w, -1, 'WITHSCORES')
-  pos = pos + 1
+for u, key in ipairs(a.hk) do
+  hists[u] = redis.call('ZRANGE', key, -a.w, -1, 'WITHSCORES')
 end
 if a.um == 'w' then
-  for u = 1, a.nu do
-    extra[u] = redis.call('ZRANGE', KEYS[pos], 0, -1, 'WITHSCORES')
-    pos = pos + 1
-  end
+  for u, key in ipairs(a.uk) do extra[u] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES') end
 elseif a.um == 'v' then
-  for u = 1, a.nu do
-    extra[u] = redis.call('HMGET', KEYS[pos], 'vec', 'model')
-    pos = pos + 1
-  end
+  for u, key in ipairs(a.uk) do extra[u] = redis.call('HMGET', key, 'vec', 'model') end
 end
-for i = 1, a.ni do
-  items[i] = redis.call('HMGET', KEYS[pos], 'vec', 'model')
-  pos = pos + 1
+for i, key in ipairs(a.ik) do
+  items[i] = redis.call('HMGET', key, 'vec', 'model')
 end
 return cmsgpack.pack({offsets, landmark, current, hists, extra, items})

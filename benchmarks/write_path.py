@@ -1,0 +1,359 @@
+"""Write-path throughput: simulator clicks through real Kafka -> `driftrec worker` -> Redis.
+
+Usage: python benchmarks/write_path.py [--events 200000] [--model] [--profile]
+
+Uses KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when both are set, else starts the embedded local stack
+on free ports (under .driftrec-bench/). Steps, all on the same topic in the same run:
+
+1. publish ``--events`` simulator clicks (JSON, keyed by user) to a fresh topic;
+2. raw baseline: a plain aiokafka consumer reads the topic and decodes every value with orjson;
+3. the worker: one ``driftrec worker`` process (every update on: popularity, trending, item-item,
+   user weights/categories/history, user and item vectors) consumes the topic from the start;
+   its rate is taken from Redis' applied-event counter between 2% and 100% of the events
+   (start-up excluded);
+4. the batch processor alone, in this process, on the same records (no Kafka, no Faust), and
+   optionally (``--profile``) again under cProfile: ``benchmarks/results/write_path_profile.txt``;
+5. the ceiling Faust sets: a Faust worker built like ours whose agent only decodes the events.
+
+``--model`` publishes random item factors first, so users are folded in (ALS) instead of ISGD.
+Writes ``benchmarks/results/write_path.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from driftrec.kafka_admin import ensure_topics  # noqa: E402
+from driftrec.keys import Keys  # noqa: E402
+from driftrec.settings import Settings, load_settings  # noqa: E402
+from driftrec.simulator import ShopSimulator  # noqa: E402
+from streams.published import pack_factors  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def services() -> Iterator[Settings]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
+        yield load_settings()
+        return
+    from driftrec.stack import LocalStack
+
+    home = ROOT / ".driftrec-bench"
+    base = load_settings(home=home, kafka_port=_free_port(), kafka_controller_port=_free_port(),
+                         redis_port=_free_port())
+    stack = LocalStack(base)
+    stack.down()
+    shutil.rmtree(home, ignore_errors=True)
+    stack.up()
+    try:
+        yield load_settings(kafka_bootstrap_servers=base.bootstrap, redis_url=base.redis, home=home)
+    finally:
+        stack.down()
+
+
+async def publish(s: Settings, events: list[dict[str, Any]]) -> list[tuple[int, int, bytes]]:
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(s.clicks_topic, orjson.dumps(e), key=e["user_id"].encode())
+                   for e in events]
+        await producer.flush()
+        metas = [await f for f in futures]
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset, orjson.dumps(e)) for m, e in zip(metas, events, strict=True)]
+
+
+async def raw_consume(s: Settings, n: int) -> tuple[float, int]:
+    """Seconds for a plain aiokafka consumer to read and orjson-decode ``n`` records."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.clicks_topic, p) for p in range(s.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen, loads = 0, orjson.loads
+        started = time.perf_counter()
+        while seen < n:
+            for rows in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for rec in rows:
+                    loads(rec.value)
+                seen += len(rows)
+        return time.perf_counter() - started, seen
+    finally:
+        await consumer.stop()
+
+
+def _rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _commandstats(r: redis.Redis) -> dict[str, int]:
+    return {k: int(v["calls"]) for k, v in r.info("commandstats").items()}
+
+
+def run_worker(s: Settings, n: int) -> dict[str, Any]:
+    r = redis.Redis.from_url(s.redis)
+    meta = Keys(s.key_prefix).meta
+    before = _commandstats(r)
+    env = dict(os.environ)
+    env.update(s.to_env())
+    log = open(RESULTS / "write_path_worker.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "worker"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    samples: list[tuple[float, int]] = []
+    peak = 0.0
+    try:
+        deadline = time.monotonic() + 1800
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker died; see {log.name}")
+            applied = int(r.hget(meta, "applied_events") or 0)
+            samples.append((time.perf_counter(), applied))
+            peak = max(peak, _rss_peak_mb(proc.pid))
+            if applied >= n or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    after = _commandstats(r)
+    start = next(i for i, (_, a) in enumerate(samples) if a >= n * 0.02)
+    t0, a0 = samples[start]
+    t1, a1 = samples[-1]
+    calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    scripts = calls.get("cmdstat_evalsha", 0) + calls.get("cmdstat_eval", 0)
+    return {
+        "events": a1, "measured_events": a1 - a0, "seconds": round(t1 - t0, 3),
+        "events_per_s": round((a1 - a0) / (t1 - t0), 1),
+        # Every command Redis executed, the ones the scripts run included (INFO commandstats).
+        "redis_commands_per_event": round(sum(v for k, v in calls.items() if not k.startswith(
+            ("cmdstat_info", "cmdstat_config"))) / a1, 2),
+        "redis_round_trips_per_event": round(scripts / a1, 5),
+        "redis_commands_by_type": {k.removeprefix("cmdstat_"): v for k, v in sorted(
+            calls.items(), key=lambda kv: -kv[1]) if v},
+        "peak_rss_mb": round(peak, 1),
+    }
+
+
+async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], suffix: str,
+                          profile: bool) -> dict[str, Any]:
+    """The batch processor alone (no Kafka, no Faust) on a fresh prefix, optionally under cProfile."""
+    import redis.asyncio as aioredis
+
+    from streams.processor import BatchProcessor, RawRecord
+    from streams.published import FactorCache
+    from streams.redis_state import RedisState
+
+    worker_keys = Keys(s.key_prefix)
+    s = s.model_copy(update={"key_prefix": s.key_prefix + suffix})
+    keys = Keys(s.key_prefix)
+    client = aioredis.Redis.from_url(s.redis)
+    version = await client.get(worker_keys.model_current)
+    if version is not None:  # the same model as the worker run
+        for part in ("item_ids", "item_factors", "alpha", "regularization"):
+            await client.set(keys.model_blob(version.decode(), part),
+                             await client.get(worker_keys.model_blob(version.decode(), part)))
+        await client.set(keys.model_current, version)
+    state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
+                       neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+
+    async def sink(dead: Any) -> None:
+        pass
+
+    proc = BatchProcessor(s, state, sink, FactorCache(client, keys, s.fold_in_regularization))
+    raws = [RawRecord(s.clicks_topic, p, o, v) for p, o, v in sorted(records)]
+    # Batches as the worker gets them: a slice of the stream across partitions.
+    by_time = sorted(raws, key=lambda r: (r.offset, r.partition))
+    prof = cProfile.Profile()
+    started = time.perf_counter()
+    if profile:
+        prof.enable()
+    for i in range(0, len(by_time), s.batch_max_events):
+        await proc.process(by_time[i: i + s.batch_max_events])
+    took = time.perf_counter() - started
+    if profile:
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+        (RESULTS / "write_path_profile.txt").write_text(out.getvalue())
+    await client.aclose()
+    return {"events": len(raws), "seconds": round(took, 3), "events_per_s": round(len(raws) / took, 1),
+            "redis_round_trips": state.commands_sent}
+
+
+def faust_ceiling(s: Settings, n: int) -> float:
+    """Events/s of a Faust worker whose take_events agent only decodes (this file, --noop-agent)."""
+    env = dict(os.environ)
+    env.update(s.to_env())
+    out = subprocess.run([sys.executable, __file__, "--noop-agent", str(n)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    found = re.search(r"NOOP ([0-9.]+)", out.stdout + out.stderr)  # Faust logs what agents print
+    if found:
+        return float(found.group(1))
+    raise SystemExit(f"no-op Faust worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
+
+def noop_agent(n: int) -> None:
+    """A Faust app like the worker's whose agent does nothing but orjson-decode (the ceiling)."""
+    from faust.worker import Worker
+
+    from streams.app import create_app
+
+    s = load_settings()
+    app = create_app(s.model_copy(update={"consumer_group": s.consumer_group + "-noop"}))
+    topic = app.topic(s.clicks_topic, value_type=bytes, value_serializer="raw", key_type=bytes,
+                      key_serializer="raw")
+    state: dict[str, float] = {"n": 0}
+
+    @app.agent(topic, concurrency=1, name="noop")
+    async def noop(stream: Any) -> None:
+        async for events in stream.take_events(s.batch_max_events, within=s.batch_max_wait_s):
+            if "t0" not in state and state["n"] >= n * 0.02:
+                state["t0"], state["n0"] = time.perf_counter(), state["n"]
+            for e in events:
+                orjson.loads(e.message.value)
+            state["n"] += len(events)
+            if state["n"] >= n:
+                print(f"NOOP {(state['n'] - state['n0']) / (time.perf_counter() - state['t0']):.1f}", flush=True)
+                os._exit(0)
+
+    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--users", type=int, default=5000)
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
+    ap.add_argument("--profile", action="store_true", help="also profile the processor alone")
+    ap.add_argument("--out", type=Path, default=RESULTS / "write_path.json")
+    ap.add_argument("--noop-agent", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.noop_agent:
+        sys.argv = [sys.argv[0], "worker"]
+        noop_agent(args.noop_agent)
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = _machine()
+    sim = ShopSimulator(n_users=args.users, n_items=args.items, n_categories=20, seed=7)
+    events = list(sim.events(args.events))
+    with services() as base:
+        tag = uuid.uuid4().hex[:8]
+        s = base.model_copy(update={
+            "clicks_topic": f"bench-{tag}.clicks", "dead_letter_topic": f"bench-{tag}.dlq",
+            "consumer_group": f"bench-{tag}", "key_prefix": f"bench{tag}",
+            "worker_web_port": _free_port(), "worker_metrics_port": _free_port(),
+        })
+        ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
+        mode = "isgd"
+        if args.model:
+            rng = np.random.default_rng(0)
+            ids = list(sim.item_ids)
+            r = redis.Redis.from_url(s.redis)
+            for part, blob in pack_factors(ids, rng.normal(0, 0.1, (len(ids), s.factors)), alpha=1.0,
+                                           regularization=s.fold_in_regularization).items():
+                r.set(Keys(s.key_prefix).model_blob("bench", part), blob)
+            r.set(Keys(s.key_prefix).model_current, "bench")
+            mode = "fold-in"
+        print(f"publishing {len(events):,} events ...", flush=True)
+        records = asyncio.run(publish(s, events))
+        print("raw consume ...", flush=True)
+        raw_s, raw_n = asyncio.run(raw_consume(s, len(events)))
+        print(f"raw: {raw_n / raw_s:,.0f} events/s; worker ({mode}) ...", flush=True)
+        worker = run_worker(s, len(events))
+        print(f"worker: {worker['events_per_s']:,.0f} events/s", flush=True)
+        result: dict[str, Any] = {
+            "events": worker["events"],
+            "seconds": worker["seconds"],
+            "events_per_s": worker["events_per_s"],
+            "raw_consume_events_per_s": round(raw_n / raw_s, 1),
+            "ratio": round(worker["events_per_s"] / (raw_n / raw_s), 4),
+            "redis_commands_per_event": worker["redis_commands_per_event"],
+            "peak_rss_mb": worker["peak_rss_mb"],
+            "machine": machine,
+            "commit": _git_commit(),
+            "vectors": mode,
+            "measured_events": worker["measured_events"],
+            "redis_round_trips_per_event": worker["redis_round_trips_per_event"],
+            "redis_commands_by_type": worker["redis_commands_by_type"],
+            "settings": {k: getattr(s, k) for k in ("batch_max_events", "batch_max_wait_s", "topic_partitions",
+                                                    "cooc_window", "history_len", "neighbours_k", "factors")},
+            "simulator": {"users": args.users, "items": args.items, "categories": 20, "seed": 7},
+        }
+        print("processor alone ...", flush=True)
+        result["processor_only"] = asyncio.run(processor_alone(s, records, "-alone", profile=False))
+        print(f"processor alone: {result['processor_only']['events_per_s']:,.0f} events/s; "
+              "Faust no-op agent ...", flush=True)
+        result["faust_noop_agent_events_per_s"] = faust_ceiling(s, len(events))
+        print(f"Faust no-op: {result['faust_noop_agent_events_per_s']:,.0f} events/s", flush=True)
+        if args.profile:
+            print("processor alone, profiled ...", flush=True)
+            result["processor_only_profiled"] = asyncio.run(processor_alone(s, records, "-prof", profile=True))
+        result["machine"]["load_avg_at_end"] = os.getloadavg()
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("events", "seconds", "events_per_s", "raw_consume_events_per_s",
+                                             "ratio", "redis_commands_per_event", "peak_rss_mb")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
