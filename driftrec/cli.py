@@ -235,6 +235,50 @@ def lag(
                 log_level="warning", access_log=False)
 
 
+@app.command()
+def train(
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="als | ease | svd | itemknn | userknn | tf | pop (repeat; default: als and tf).")] = None,
+    every: Annotated[Optional[str], typer.Option(help="Retrain on a timer, e.g. 1h or 30m (default: once).")] = None,
+    publish: Annotated[Optional[bool], typer.Option("--publish/--no-publish", help="Publish to Redis (default: when als is trained).")] = None,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Publish only if not worse than the live model on the newest events.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice (same log + seed = same model).")] = 0,
+    from_file: Annotated[Optional[Path], typer.Option(help="Train on a data file (load_any layouts) instead of the clicks topic.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Hyperparameter MODEL.NAME=VALUE (repeat), e.g. als.factors=64.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also save the trained models (.npz) and their ids here.")] = None,
+    activate: Annotated[Optional[str], typer.Option(help="Only switch the live model to this existing version (rollback).")] = None,
+) -> None:
+    """Train batch models from the click log and publish them to the online path."""
+    _logging()
+    from driftrec.errors import DriftrecError
+    from driftrec.training.runner import TrainConfig, make_publisher, parse_params, train_once
+
+    s = _settings()
+    try:
+        if activate is not None:
+            old = make_publisher(s).activate(activate)
+            typer.echo(f"live model: {activate} (was {old})")
+            raise typer.Exit(0)
+        config = TrainConfig(models=tuple(model or ("als", "tf")), params=parse_params(param or []),
+                             seed=seed, publish=publish, gate=gate, from_file=from_file, out_dir=out,
+                             progress=True)
+        if every is None:
+            train_once(s, config, echo=typer.echo)
+            raise typer.Exit(0)
+        import signal
+        import threading
+
+        from driftrec.training.schedule import parse_interval, run_every
+
+        interval = parse_interval(every)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        run_every(interval, lambda: train_once(s, config, echo=typer.echo), stop)
+    except DriftrecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()
 

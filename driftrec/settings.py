@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     canary_item_id: str = Field(default="driftrec-canary-item", description="Item the canary clicks; readers should never recommend it.")
     canary_interval_s: float = Field(default=5.0, gt=0, description="Seconds between two freshness-canary clicks.")
 
+    # --- trainer (driftrec train: click log -> batch models -> published version) ---------
+    model_grace_s: float = Field(default=3600.0, ge=0, description="Seconds a replaced model version stays in Redis before the trainer deletes it.")
+    gate_metric: str = Field(default="ndcg", pattern="^(ndcg|hr)$", description="Gate metric on the newest events: ndcg (nDCG@k) or hr (hit rate@k).")
+    gate_k: int = Field(default=10, ge=1, description="Cut-off k of the gate metric.")
+    gate_margin: float = Field(default=0.0, ge=0, description="A candidate may score this much below the live model and still be published.")
+    gate_holdout_fraction: float = Field(default=0.1, gt=0, lt=1, description="Newest share of the log's events held out to compare candidate and live model.")
+    gate_min_users: int = Field(default=20, ge=1, description="Fewest holdout users with history before the gate trusts its comparison.")
+
     @field_validator("event_weights")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
