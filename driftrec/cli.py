@@ -239,7 +239,7 @@ def lag(
 def train(
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="als | ease | svd | itemknn | userknn | tf | pop (repeat; default: als and tf).")] = None,
     every: Annotated[Optional[str], typer.Option(help="Retrain on a timer, e.g. 1h or 30m (default: once).")] = None,
-    publish: Annotated[Optional[bool], typer.Option("--publish/--no-publish", help="Publish to Redis (default: when als is trained).")] = None,
+    publish: Annotated[Optional[bool], typer.Option("--publish/--no-publish", help="Publish to Redis (default: when als is trained from the topic; with --from-file only if asked).")] = None,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Publish only if not worse than the live model on the newest events.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of every random choice (same log + seed = same model).")] = 0,
     from_file: Annotated[Optional[Path], typer.Option(help="Train on a data file (load_any layouts) instead of the clicks topic.")] = None,

@@ -49,7 +49,7 @@ class TrainConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     seed: int = 0
-    #: None: publish when ALS is among the models.
+    #: None: publish when ALS is among the models and the log is the topic (not --from-file).
     publish: bool | None = None
     gate: bool = True
     from_file: Path | None = None
@@ -168,7 +168,10 @@ def train_once(settings: Settings, config: TrainConfig, *, echo: Callable[[str],
     """
     started = time.perf_counter()
     recipe = _recipe(config)
-    publish = ("als" in recipe) if config.publish is None else config.publish
+    if config.publish is None:
+        publish = "als" in recipe and config.from_file is None
+    else:
+        publish = config.publish
     if publish and "als" not in recipe:
         raise ModelError("publishing needs the als model (it supplies item_factors); add "
                          "--model als or pass --no-publish")

@@ -83,3 +83,21 @@ def test_oncall_services_scrape_what_compose_runs() -> None:
     ds = yaml.safe_load((root / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     (source,) = ds["datasources"]
     assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+
+
+def test_trainer_retrains_hourly_from_the_same_kafka_and_redis() -> None:
+    services = _compose()["services"]
+    trainer = services["trainer"]
+    assert trainer["command"] == ["driftrec", "train", "--every", "1h"]
+    assert trainer["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert trainer["environment"]["REDIS_URL"] == services["worker"]["environment"]["REDIS_URL"]
+    for dep in ("kafka", "redis"):
+        assert trainer["depends_on"][dep]["condition"] == "service_healthy"
+    assert trainer["restart"] == "unless-stopped"
+    # the clicks topic is the trainer's log: the broker must keep it
+    assert services["kafka"]["environment"]["KAFKA_LOG_RETENTION_HOURS"] == "-1"
+    from driftrec.cli import app
+    from typer.testing import CliRunner
+
+    help_text = CliRunner().invoke(app, ["train", "--help"]).output
+    assert "--every" in help_text and "--publish" in help_text
