@@ -27,6 +27,7 @@ from online.metrics import MetricsMiddleware, ReaderMetrics
 from online.model_cache import ModelCache
 from online.openapi import openapi_document
 from online.recommender import Recommender
+from online.resp import RespPool
 from online.routes_events import event_routes
 from online.routes_ops import ops_routes
 from online.routes_recs import recommendation_routes
@@ -57,7 +58,7 @@ def create_store(settings: Settings) -> ReaderStore:
     blob = aioredis.Redis.from_url(
         settings.redis, decode_responses=False, protocol=2, socket_timeout=max(timeout, 10.0),
         socket_connect_timeout=timeout, max_connections=8)
-    return ReaderStore(client, Keys(settings.key_prefix), blob)
+    return ReaderStore(client, Keys(settings.key_prefix), blob, RespPool.from_url(settings.redis, timeout))
 
 
 def configured_weights(settings: Settings) -> BlendWeights:

@@ -11,10 +11,12 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
+from online.resp import RespPool
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
 
@@ -87,37 +89,55 @@ class ReaderStore:
     """What the reader reads; every method is one Redis round trip.
 
     ``client`` decodes replies to ``str`` (hiredis does it in C); ``blob_client`` returns bytes,
-    for the binary parts: user vectors and published model arrays.
+    for published model arrays. ``fast`` (a :class:`online.resp.RespPool` on the same server),
+    when given, carries the per-request pipelines; without it they go through ``client``.
+    Either way every command is sent raw and its reply parsed here.
     """
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, blob_client: aioredis.Redis | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, blob_client: aioredis.Redis | None = None,
+                 fast: RespPool | None = None) -> None:
         self.client = client
         self.blob_client = blob_client if blob_client is not None else client
+        self.fast = fast
         self.keys = keys
 
+    async def _run(self, commands: list[list[Any]]) -> list[Any]:
+        if self.fast is not None:
+            return await self.fast.execute(commands)
+        pipe = self.client.pipeline(transaction=False)
+        for cmd in commands:
+            pipe.execute_command(*cmd)
+        return list(await pipe.execute())
+
     async def ping(self) -> bool:
-        return bool(await self.client.ping())
+        (pong,) = await self._run([["PING"]])
+        return bool(pong)
 
     async def aclose(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
         await self.client.aclose()
         if self.blob_client is not self.client:
             await self.blob_client.aclose()
+
+    def _meta_cmd(self) -> list[Any]:
+        return ["HMGET", self.keys.meta, "landmark", "last_event_time"]
 
     async def read_user(self, user: str, trend_key: str, trend_n: int) -> UserReads:
         """Meta, live model version, history, decayed weights, vector, trending: one pipeline.
 
         The vector's float32 bytes arrive as text decoded with ``surrogateescape`` (see
-        :func:`online.app.create_app`), which turns back into the exact bytes.
+        :func:`online.app.create_store`), which turns back into the exact bytes.
         """
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k.meta, ["landmark", "last_event_time"])
-        pipe.get(k.model_current)
-        pipe.execute_command("ZREVRANGE", k.user_hist(user), 0, -1, "WITHSCORES")
-        pipe.execute_command("ZREVRANGE", k.user_items(user), 0, -1, "WITHSCORES")
-        pipe.execute_command("ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES")
-        pipe.hmget(k.user_vec(user), ["vec", "model"])
-        meta, version, hist, weights, trending, (vec, vec_version) = await pipe.execute()
+        meta, version, hist, weights, trending, (vec, vec_version) = await self._run([
+            self._meta_cmd(),
+            ["GET", k.model_current],
+            ["ZREVRANGE", k.user_hist(user), 0, -1, "WITHSCORES"],
+            ["ZREVRANGE", k.user_items(user), 0, -1, "WITHSCORES"],
+            ["ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES"],
+            ["HMGET", k.user_vec(user), "vec", "model"],
+        ])
         raw = vec.encode("utf-8", "surrogateescape") if isinstance(vec, str) else vec
         return UserReads(Meta.parse(meta), version, pairs(hist), pairs(weights), raw, vec_version,
                          pairs(trending))
@@ -128,12 +148,9 @@ class ReaderStore:
         if not items and not users:
             return {}, {}
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for item in items:
-            pipe.execute_command("ZREVRANGE", k.item_nbrs(item), 0, k_neighbours - 1, "WITHSCORES")
-        for user in users:
-            pipe.execute_command("ZREVRANGE", k.user_items(user), 0, per_user - 1, "WITHSCORES")
-        res = await pipe.execute()
+        cmds = [["ZREVRANGE", k.item_nbrs(i), 0, k_neighbours - 1, "WITHSCORES"] for i in items]
+        cmds += [["ZREVRANGE", k.user_items(u), 0, per_user - 1, "WITHSCORES"] for u in users]
+        res = await self._run(cmds)
         nbrs = {i: pairs(r) for i, r in zip(items, res[: len(items)], strict=True)}
         theirs = {u: pairs(r) for u, r in zip(users, res[len(items):], strict=True)}
         return nbrs, theirs
@@ -142,57 +159,51 @@ class ReaderStore:
         """Category of each item that has one."""
         if not items:
             return {}
-        cats = await self.client.hmget(self.keys.item_category, list(items))
+        (cats,) = await self._run([["HMGET", self.keys.item_category, *items]])
         return {i: str(c) for i, c in zip(items, cats, strict=True) if c is not None}
 
     async def read_item(self, item: str, k_neighbours: int) -> tuple[Meta, str | None, Pairs, str | None]:
         """Meta, live model version, the item's neighbours and its category: one pipeline."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k.meta, ["landmark", "last_event_time"])
-        pipe.get(k.model_current)
-        pipe.execute_command("ZREVRANGE", k.item_nbrs(item), 0, k_neighbours - 1, "WITHSCORES")
-        pipe.hget(k.item_category, item)
-        meta, version, nbrs, cat = await pipe.execute()
+        meta, version, nbrs, cat = await self._run([
+            self._meta_cmd(),
+            ["GET", k.model_current],
+            ["ZREVRANGE", k.item_nbrs(item), 0, k_neighbours - 1, "WITHSCORES"],
+            ["HGET", k.item_category, item],
+        ])
         return Meta.parse(meta), version, pairs(nbrs), cat
 
     async def scores_and_trending(self, items: Sequence[str], trend_key: str, trend_n: int) -> tuple[dict[str, float], Pairs]:
         """Stored popularity of ``items`` and a trending list: one pipeline."""
-        pipe = self.client.pipeline(transaction=False)
-        if items:
-            pipe.zmscore(self.keys.popularity, list(items))
-        pipe.execute_command("ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES")
-        res = await pipe.execute()
-        pops = res[0] if items else []
-        norms = {i: float(p) for i, p in zip(items, pops, strict=True) if p is not None}
-        return norms, pairs(res[-1])
+        pops, top = await self._run([
+            ["ZMSCORE", self.keys.popularity, *items],
+            ["ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES"],
+        ])
+        norms = {i: v for i, p in zip(items, pops, strict=True) if (v := _float(p)) is not None}
+        return norms, pairs(top)
 
     async def trending(self, trend_key: str, n: int) -> tuple[Meta, Pairs]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.keys.meta, ["landmark", "last_event_time"])
-        pipe.execute_command("ZREVRANGE", trend_key, 0, n - 1, "WITHSCORES")
-        meta, top = await pipe.execute()
+        meta, top = await self._run([self._meta_cmd(), ["ZREVRANGE", trend_key, 0, n - 1, "WITHSCORES"]])
         return Meta.parse(meta), pairs(top)
 
     async def history(self, user: str, n: int) -> tuple[Meta, Pairs, Pairs]:
         """Meta, the newest ``n`` history entries (item, time) and the category tastes."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k.meta, ["landmark", "last_event_time"])
-        pipe.execute_command("ZREVRANGE", k.user_hist(user), 0, n - 1, "WITHSCORES")
-        pipe.execute_command("ZREVRANGE", k.user_cats(user), 0, -1, "WITHSCORES")
-        meta, hist, cats = await pipe.execute()
+        meta, hist, cats = await self._run([
+            self._meta_cmd(),
+            ["ZREVRANGE", k.user_hist(user), 0, n - 1, "WITHSCORES"],
+            ["ZREVRANGE", k.user_cats(user), 0, -1, "WITHSCORES"],
+        ])
         return Meta.parse(meta), pairs(hist), pairs(cats)
 
     async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int) -> tuple[Meta, Pairs, dict[str, Pairs]]:
         """What the in-memory snapshot keeps: meta, the top popular items, per-category lists."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k.meta, ["landmark", "last_event_time"])
-        pipe.execute_command("ZREVRANGE", k.popularity, 0, n_items - 1, "WITHSCORES")
-        for cat in categories:
-            pipe.execute_command("ZREVRANGE", k.trending(cat), 0, per_category - 1, "WITHSCORES")
-        meta, pop, *lists = await pipe.execute()
+        meta, pop, *lists = await self._run([
+            self._meta_cmd(),
+            ["ZREVRANGE", k.popularity, 0, n_items - 1, "WITHSCORES"],
+            *(["ZREVRANGE", k.trending(c), 0, per_category - 1, "WITHSCORES"] for c in categories),
+        ])
         return Meta.parse(meta), pairs(pop), {c: pairs(v) for c, v in zip(categories, lists, strict=True)}
 
     async def model_parts(self, version: str, parts: Sequence[str]) -> dict[str, bytes | None]:

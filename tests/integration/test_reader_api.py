@@ -74,9 +74,12 @@ def same(a: list[tuple[str, float, str, str]], b: list[tuple[str, float, str, st
         x[1] == pytest.approx(y[1], rel=1e-9) for x, y in zip(a, b, strict=True))
 
 
-async def test_recommendations_equal_blend_on_the_reference_state(rsettings: Settings, state: InMemoryState) -> None:
+@pytest.mark.parametrize("redis_py_only", [False, True], ids=["resp-pool", "redis-py"])
+async def test_recommendations_equal_blend_on_the_reference_state(rsettings: Settings, state: InMemoryState,
+                                                                  redis_py_only: bool) -> None:
     users = sorted(state.hist)[:12]
-    async with reader(rsettings) as (_, client):
+    async with reader(rsettings, redis_py_only=redis_py_only) as (app, client):
+        assert (app.state.store.fast is None) == redis_py_only
         ids = set()
         for user in users:
             r = await client.get(f"/v1/recommendations/{user}", params={"n": 8})

@@ -23,7 +23,7 @@ from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from models.online import EventView, InMemoryState
-from online.app import create_app
+from online.app import create_app, create_store
 from online.errors import Unavailable
 
 __all__ = ["shop_events", "reference_state", "write_state", "reader", "ListSink", "npy", "publish_model"]
@@ -93,9 +93,16 @@ class ListSink:
 
 
 @asynccontextmanager
-async def reader(settings: Settings, *, sink: Any = None, refresh: bool = False) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    """The reader app in-process (lifespan run) and an HTTP client on it."""
-    app = create_app(settings, sink=sink if sink is not None else ListSink(), refresh_snapshot=refresh)
+async def reader(settings: Settings, *, sink: Any = None, refresh: bool = False,
+                 redis_py_only: bool = False) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The reader app in-process (lifespan run) and an HTTP client on it.
+
+    ``redis_py_only`` leaves out the raw RESP pool, as for URLs it does not handle (TLS, cluster).
+    """
+    store = create_store(settings)
+    if redis_py_only:
+        store.fast = None
+    app = create_app(settings, store, sink=sink if sink is not None else ListSink(), refresh_snapshot=refresh)
     async with app.router.lifespan_context(app):
         await app.state.snapshot.refresh()
         transport = httpx.ASGITransport(app=app)
