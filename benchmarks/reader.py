@@ -49,8 +49,11 @@ N_CATS = 20
 WRK_LUA = r"""
 math.randomseed(7)
 local users = tonumber(os.getenv("BENCH_USERS") or "50000")
+local items = tonumber(os.getenv("BENCH_ITEMS") or "10000")
+local path = os.getenv("BENCH_PATH") or "/v1/recommendations/u{u}?n=10"
 request = function()
-  return wrk.format("GET", "/v1/recommendations/u" .. math.random(0, users - 1) .. "?n=10")
+  local p = path:gsub("{u}", tostring(math.random(0, users - 1))):gsub("{i}", tostring(math.random(0, items - 1)))
+  return wrk.format("GET", p)
 end
 done = function(summary, latency, requests)
   io.write(string.format("BENCH_JSON {\"p50_us\": %d, \"p99_us\": %d, \"p999_us\": %d, \"max_us\": %d, " ..
@@ -186,11 +189,22 @@ def wait_ready(port: int, version: str, timeout: float, proc: subprocess.Popen[b
     raise SystemExit(f"reader not ready with model {version} after {timeout}s")
 
 
-def run_wrk(wrk: str, port: int, concurrency: int, duration: int, script: Path, users: int) -> dict[str, Any]:
+MAIN_PATH = "/v1/recommendations/u{u}?n=10"
+#: Other endpoints and single sources, to show what each part of the blend costs.
+VARIANTS = {
+    "recommendations, item_item only": "/v1/recommendations/u{u}?n=10&strategy=item_item",
+    "recommendations, no similar users / TF": "/v1/recommendations/u{u}?n=10&weights=similar_users:0,tf:0",
+    "similar items": "/v1/items/i{i}/similar?n=10",
+    "trending": "/v1/trending?n=10",
+}
+
+
+def run_wrk(wrk: str, port: int, concurrency: int, duration: int, script: Path, users: int,
+            items: int = 10_000, path: str = MAIN_PATH) -> dict[str, Any]:
     cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "2s", "-s", str(script),
            f"http://127.0.0.1:{port}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_USERS": str(users)},
-                         check=True).stdout
+    env = {**os.environ, "BENCH_USERS": str(users), "BENCH_ITEMS": str(items), "BENCH_PATH": path}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     match = re.search(r"BENCH_JSON (\{.*\})", out)
     if not match:
         raise SystemExit(f"unexpected wrk output:\n{out}")
@@ -250,6 +264,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--sweep", default="", help="Extra concurrencies to measure, comma-separated.")
+    ap.add_argument("--variants", action="store_true", help="Also measure the other endpoints and single sources.")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
     ap.add_argument("--redis-port", type=int, default=0,
                     help="Use this running Redis (filled once, reused while it holds the data) "
@@ -292,9 +307,9 @@ def main() -> None:
         script = work / "recs.lua"
         script.write_text(WRK_LUA)
         logger.info("warming up")
-        run_wrk(wrk, hport, args.concurrency, 3, script, args.users)
+        run_wrk(wrk, hport, args.concurrency, 3, script, args.users, args.items)
         cpu0, load0 = cpu_seconds(reader.pid), load_average()
-        result = run_wrk(wrk, hport, args.concurrency, args.duration, script, args.users)
+        result = run_wrk(wrk, hport, args.concurrency, args.duration, script, args.users, args.items)
         # CPU the reader spent per request: what its throughput on one free core would be.
         result["reader_cpu_ms_per_request"] = round((cpu_seconds(reader.pid) - cpu0) * 1000 / max(result["n"], 1), 3)
         result["load_average_before"] = load0
@@ -302,9 +317,18 @@ def main() -> None:
         logger.info("c=%d: %s", args.concurrency, result)
         sweep = []
         for c in [int(x) for x in args.sweep.split(",") if x]:
-            one = run_wrk(wrk, hport, c, max(5, args.duration // 2), script, args.users)
+            one = run_wrk(wrk, hport, c, max(5, args.duration // 2), script, args.users, args.items)
             logger.info("c=%d: %s", c, one)
             sweep.append(one)
+        variants = {}
+        for name, path in (VARIANTS.items() if args.variants else ()):
+            cpu0 = cpu_seconds(reader.pid)
+            one = run_wrk(wrk, hport, args.concurrency, max(5, args.duration // 2), script, args.users,
+                          args.items, path)
+            one["reader_cpu_ms_per_request"] = round((cpu_seconds(reader.pid) - cpu0) * 1000 / max(one["n"], 1), 3)
+            one["path"] = path
+            logger.info("%s: %s", name, one)
+            variants[name] = one
         body = {
             **result,
             "endpoint": "GET /v1/recommendations/{random of the users}?n=10",
@@ -315,6 +339,7 @@ def main() -> None:
             "load_generator": "wrk -t1 (closed loop) on loopback, same machine",
             "data": data,
             "sweep": sweep,
+            "variants": variants,
             "command": "python benchmarks/reader.py " + " ".join(sys.argv[1:]),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
