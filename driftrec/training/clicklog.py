@@ -217,6 +217,23 @@ def read_topic(settings: Settings, *, progress: bool = False, topic: str | None 
     return log
 
 
+async def _partitions(bootstrap: str, topic: str, timeout_s: float) -> list[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        metas = await asyncio.wait_for(admin.describe_topics([topic]), timeout_s)
+    except Exception as exc:
+        raise ModelError(f"cannot describe topic {topic!r} at {bootstrap}: {exc!r}") from exc
+    finally:
+        await admin.close()
+    found = [m for m in metas if m.get("topic") == topic and m.get("error_code", 0) == 0]
+    if not found or not found[0].get("partitions"):
+        raise ModelError(f"topic {topic!r} does not exist: nothing to train on")
+    return sorted(int(p["partition"]) for p in found[0]["partitions"])
+
+
 async def _read_topic(bootstrap: str, topic: str, builder: ClickLogBuilder, progress: bool,
                       timeout_s: float) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -232,9 +249,7 @@ async def _read_topic(bootstrap: str, topic: str, builder: ClickLogBuilder, prog
         await consumer.stop()
         raise ModelError(f"cannot reach Kafka at {bootstrap}: {exc!r}") from exc
     try:
-        if topic not in await consumer.topics():
-            raise ModelError(f"topic {topic!r} does not exist: nothing to train on")
-        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        parts = await _partitions(bootstrap, topic, timeout_s)
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)
