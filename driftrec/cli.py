@@ -80,6 +80,12 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 @app.command()
 def serve(host: Optional[str] = None, port: Optional[int] = None) -> None:
     """Run the reader (Starlette + uvicorn)."""
+    import os
+
+    # Before numpy loads: the reader's products are one user against the catalogue, where BLAS
+    # threads only fight the event loop for the core; a reader scales by running more processes.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     import uvicorn
 
     from online.app import create_app
