@@ -35,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -136,7 +137,7 @@ def run_worker(s: Settings, n: int) -> dict[str, Any]:
     before = _commandstats(r)
     env = dict(os.environ)
     env.update(s.to_env())
-    log = open(RESULTS / "write_path_worker.log", "wb")  # noqa: SIM115
+    log = open(Path(tempfile.gettempdir()) / "driftrec-bench-worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "worker"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []

@@ -72,7 +72,7 @@ def _check_id(value: Any, name: str) -> str:
 
 def _check_item(v: Any) -> str:
     if v == "":
-        return v  # type: ignore[no-any-return]  # only legal for tombstones; checked in validate_event
+        return v  # only legal for tombstones; checked in validate_event
     return _check_id(v, "item_id")
 
 
@@ -288,7 +288,8 @@ def check_fields(
     """:func:`validate_event` without pydantic: same checks, same reasons, a tuple back."""
     if type(data) is dict:
         g = data.get
-        eid, uid, iid, typ, ts = g("event_id"), g("user_id"), g("item_id"), g("type"), g("timestamp")
+        ts: Any = g("timestamp")
+        eid, uid, iid, typ = g("event_id"), g("user_id"), g("item_id"), g("type")
         sid, rid, cat = g("session_id"), g("request_id"), g("category")
         tt = type(ts)
         if (

@@ -6,7 +6,10 @@ writer per partition is what makes a user's state safe to update without locks.
 Offsets: ``take_events`` acks a batch's events when the body asks for the next batch (the
 ``finally`` after its ``yield``), so Kafka commits only cover batches whose body returned, i.e.
 that Redis accepted. It acks them on an exception too, which is why the body must never raise:
-the processor turns data problems into dead letters and waits out outages itself.
+the processor turns data problems into dead letters and waits out outages itself. On a graceful
+stop or a rebalance Faust waits for the unacked batch to be acked (``Consumer.wait_empty``), so a
+batch stuck on a Redis outage holds the stop rather than being committed unapplied; a ``kill -9``
+commits nothing, and the offsets Redis stores make the replay that follows skip what was applied.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
 
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_s):
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+                settings.batch_max_events, within=settings.batch_max_wait_s):
             records = [
                 RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.value)
                 for e in events
@@ -86,7 +90,7 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
             logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(records),
                          outcome.applied, outcome.skipped, len(outcome.dead))
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def on_rebalance(sender: object, **kwargs: object) -> None:
         metrics.REBALANCES.inc()
 

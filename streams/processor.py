@@ -148,7 +148,7 @@ class BatchProcessor:
         allowed = self.allowed
         for rec in records:
             try:
-                e = fast_validate(rec.value, allowed)  # type: ignore[arg-type]
+                e = fast_validate(rec.value, allowed)
             except InvalidEventError as exc:
                 dead.append(DeadLetter(rec, exc.reason))
                 continue

@@ -210,7 +210,8 @@ class RedisState:
         """Set the decay landmark if none is stored yet; return the stored one."""
         await self.client.hsetnx(self.keys.meta, "landmark", _num(landmark))
         self.commands_sent += 2
-        return float(await self.client.hget(self.keys.meta, "landmark"))
+        stored = await self.client.hget(self.keys.meta, "landmark")
+        return float(stored if stored is not None else landmark)
 
 
 async def _scan_decayed(client: aioredis.Redis, keys: Keys) -> list[str]:

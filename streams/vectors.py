@@ -298,7 +298,7 @@ def _start_item(item: str, delta: BatchDelta, item_vecs: Mapping[str, tuple[byte
                 stored: Any, k: int, seed: int) -> F64:
     v = stored(item_vecs, item)
     if v is not None:
-        return v  # type: ignore[no-any-return]
+        return v
     borrowed = [(stored(item_vecs, o), w) for o, w in delta.cooc.get(item, {}).items()]
     got = [(vec, w) for vec, w in borrowed if vec is not None and w > 0]
     if got:
@@ -306,4 +306,4 @@ def _start_item(item: str, delta: BatchDelta, item_vecs: Mapping[str, tuple[byte
         v = cold_item_vector(np.stack([vec for vec, _ in got]), w / w.max())
     else:
         v = init_vector(f"i:{item}", k, seed)
-    return v.astype(np.float32).astype(np.float64)  # type: ignore[no-any-return]  # the base travels as float32
+    return v.astype(np.float32).astype(np.float64)  # the base travels as float32
