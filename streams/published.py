@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
+from streams import metrics
 
 __all__ = ["PublishedFactors", "FactorCache", "pack_factors", "unpack_factors", "ISGD_MODEL", "PARTS"]
 
@@ -135,6 +136,8 @@ class FactorCache:
         """Make ``self.model`` follow ``version`` (what ``P:{m}:current`` holds now)."""
         self.version = version
         if version is None:
+            if self.model is not None:
+                metrics.MODEL_VERSION.clear()
             self.model = None  # unpublished: back to ISGD
             return
         if self.model is not None and self.model.version == version:
@@ -155,6 +158,8 @@ class FactorCache:
             return
         self._bad.pop(version, None)
         self.reloads += 1
+        metrics.MODEL_VERSION.clear()  # one series: the version folded against now
+        metrics.MODEL_VERSION.labels(version=version).set(1)
         logger.info("item factors of model %s loaded: %d items x %d factors", version,
                     len(self.model.ids), self.model.factors)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
 from models.online import BatchDelta
+from streams import metrics
 from streams.vectors import VectorPlan
 
 __all__ = [
@@ -197,7 +199,9 @@ class RedisState:
             "k": keys,
             "ops": ops,
         }
+        started = time.perf_counter()
         result = await self._apply(keys=[k.offsets, k.meta], args=[_pack(payload)])
+        metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - started)
         self.commands_sent += 1
         return int(result[0])
 
