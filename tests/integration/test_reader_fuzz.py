@@ -61,7 +61,7 @@ class KeyWatch:
     """Collects the keys of every command Redis executes while it runs (MONITOR)."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
         self.commands: list[list[str]] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -74,7 +74,10 @@ class KeyWatch:
             self._ready.set()
             while not self._stop.is_set():
                 # The raw line: redis-py's next_command() joins the arguments with spaces.
-                line = m.connection.read_response()
+                try:
+                    line = m.connection.read_response()
+                except redis.exceptions.TimeoutError:
+                    continue  # a quiet moment on a loaded machine, not the end of the watch
                 self.commands.append(_split(line.split("] ", 1)[1] if "] " in line else ""))
 
     def stop(self) -> None:
