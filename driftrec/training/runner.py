@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from driftrec.errors import ModelError
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.training.clicklog import ClickLog, LogStats, read_file, read_topic
-from driftrec.training.gate import GateDecision, decide, evaluate, make_holdout
+from driftrec.training.gate import GateDecision, SourceScore, decide, evaluate, make_holdout
 from driftrec.training.matrix import Interactions, build_interactions
 from driftrec.training.publish import PUBLISHABLE, Publisher, check_parts, pack_models
 from models.batch import MODELS, BatchModel, create_model
@@ -147,7 +147,7 @@ def _pack(models: Mapping[str, BatchModel], data: Interactions, manifest: Mappin
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds")
 
 
 def _read(settings: Settings, config: TrainConfig) -> ClickLog:
@@ -227,24 +227,28 @@ def _gate(settings: Settings, config: TrainConfig, log: ClickLog, policy: DecayP
           recipe: Mapping[str, Mapping[str, Any]], publisher: Publisher, live: str | None,
           echo: Callable[[str], None]) -> tuple[GateDecision, dict[str, Any]]:
     """Compare the recipe, trained up to the holdout cut, with the live version on the holdout."""
-    kw = {"metric": settings.gate_metric, "k": settings.gate_k, "margin": settings.gate_margin,
-          "min_users": settings.gate_min_users}
+    def verdict(cand: Mapping[str, SourceScore], live_scores: Mapping[str, SourceScore] | None,
+                users: int, note: str | None = None) -> GateDecision:
+        return decide(cand, live_scores, users=users, metric=settings.gate_metric, k=settings.gate_k,
+                      margin=settings.gate_margin, min_users=settings.gate_min_users, live_note=note)
+
     if live is None:
-        return decide({}, None, users=0, **kw), {}
+        return verdict({}, None, 0), {}
     try:
         live_model = publisher.load(live)
     except ModelError as exc:
         # The reader keeps serving what it had; a good new version is the way out.
-        return decide({}, None, users=0, live_note=f"live model {live!r} cannot be read ({exc})", **kw), {}
+        return verdict({}, None, 0, f"live model {live!r} cannot be read ({exc})"), {}
     until = (publisher.manifest(live) or {}).get("trained_until")
     holdout = make_holdout(log, policy, fraction=settings.gate_holdout_fraction,
                            history_len=settings.history_len,
                            not_before=float(until) if isinstance(until, int | float) else None)
-    info = {"cut": holdout.cut, "holdout_events": holdout.events, "holdout_users": len(holdout.users)}
+    info: dict[str, Any] = {"cut": holdout.cut, "holdout_events": holdout.events,
+                            "holdout_users": len(holdout.users)}
     echo(f"gate holdout: {holdout.events} events after {_iso(holdout.cut) if holdout.cut > 0 else '-'}, "
          f"{len(holdout.users)} users with history")
     if len(holdout.users) < settings.gate_min_users:
-        return decide({}, {}, users=len(holdout.users), **kw), info
+        return verdict({}, {}, len(holdout.users)), info
     data = build_interactions(holdout.train, policy)
     models, seconds = _fit(recipe, data, config.seed, config.progress, echo, "gate candidate ")
     parts = _pack(models, data, {"gate_candidate": True})
@@ -253,7 +257,7 @@ def _gate(settings: Settings, config: TrainConfig, log: ClickLog, policy: DecayP
     cand_scores = evaluate(candidate, holdout, settings.gate_k)
     live_scores = evaluate(live_model, holdout, settings.gate_k)
     info["candidate_fit_seconds"] = {m: round(s, 3) for m, s in seconds.items()}
-    return decide(cand_scores, live_scores, users=len(holdout.users), **kw), info
+    return verdict(cand_scores, live_scores, len(holdout.users)), info
 
 
 def _save(models: Mapping[str, BatchModel], data: Interactions, out: Path, echo: Callable[[str], None]) -> None:

@@ -22,7 +22,13 @@ from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import events_to_log, read_topic
 from driftrec.training.matrix import build_interactions
-from driftrec.training.publish import MANIFEST, Publisher, gate_log_key, npy, pack_models, versions_key
+from driftrec.training.publish import (
+    MANIFEST,
+    gate_log_key,
+    npy,
+    pack_models,
+    versions_key,
+)
 from driftrec.training.runner import TrainConfig, make_publisher, train_once
 from models.batch import create_model
 from models.decay import DecayPolicy

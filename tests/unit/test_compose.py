@@ -96,8 +96,9 @@ def test_trainer_retrains_hourly_from_the_same_kafka_and_redis() -> None:
     assert trainer["restart"] == "unless-stopped"
     # the clicks topic is the trainer's log: the broker must keep it
     assert services["kafka"]["environment"]["KAFKA_LOG_RETENTION_HOURS"] == "-1"
-    from driftrec.cli import app
     from typer.testing import CliRunner
+
+    from driftrec.cli import app
 
     help_text = CliRunner().invoke(app, ["train", "--help"]).output
     assert "--every" in help_text and "--publish" in help_text
