@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = Field(default=0.05, gt=0, description="Longest a micro-batch waits to fill.")
     worker_web_port: int = Field(default=6066, description="Faust web port (bound to 127.0.0.1).")
     worker_metrics_port: int = Field(default=9108, description="Prometheus port of the worker.")
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", description="Bind address of the worker's metrics (0.0.0.0 in containers)."
+    )
     redis_retry_max_s: float = Field(default=5.0, gt=0, description="Longest back-off between Redis retries.")
 
     # --- model maths ----------------------------------------------------------------------

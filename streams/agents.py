@@ -97,6 +97,6 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
     if metrics_port:
         @app.task
         async def serve_metrics() -> None:
-            start_http_server(metrics_port, addr="127.0.0.1")
+            start_http_server(metrics_port, addr=settings.worker_metrics_host)
 
     return processor
