@@ -164,7 +164,8 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
                 items = [it["item_id"] for it in recs["items"]]
                 changed = last.get(user) not in (None, items)
                 changes += changed
-                print(f"  user {user:>6}: {', '.join(items) or '(nothing yet)'}{'   <- changed' if changed else ''}",
+                why = f"  [#1 {recs['items'][0]['reason']}]" if recs["items"] else ""
+                print(f"  user {user:>6}: {', '.join(items) or '(nothing yet)'}{why}{'   <- changed' if changed else ''}",
                       flush=True)
                 last[user] = items
             if finished:
