@@ -198,8 +198,9 @@ def read_file(path: str | Path, settings: Settings, *, progress: bool = False) -
     for line, ev in enumerate(tqdm(events, total=len(events), unit="ev", desc="reading",
                                    disable=not progress)):
         builder.add_dict(ev, 0, line)
-    for reason, count in events.stats.dropped.items():
+    for reason, count in events.stats.dropped.items():  # rows the loader could not use
         builder.stats.bad[f"loader:{reason}"] += count
+        builder.stats.messages += count
     log = builder.finish()
     log.stats.read_seconds = time.perf_counter() - started
     return log

@@ -71,6 +71,7 @@ def _csv(path: Path, rows: int) -> Path:
     for n in range(rows):
         kind = ("view", "view", "add_to_cart", "purchase")[n % 4]
         lines.append(f"u{n % 23},i{(n * 7) % 41 + (n % 23) % 3 * 41},{kind},{1_700_000_000 + 60 * n}")
+    lines.append("bad user,i1,view,1700000000")  # dropped by the loader, counted by the trainer
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -83,6 +84,7 @@ def test_offline_run_from_a_file_prints_sizes_and_times_and_saves(tmp_path: Path
     text = "\n".join(out)
     assert report.version is None and report.gate is None  # from a file: published only if asked
     assert report.log.accepted == 600 and report.shape[0] == 23
+    assert report.log.messages == 601 and dict(report.log.bad) == {"loader:bad_id": 1}
     assert "600 events -> 23 users x" in text
     for name in ("als", "pop", "itemknn"):
         assert f"{name}: trained in" in text and report.fit_seconds[name] >= 0
