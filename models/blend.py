@@ -14,8 +14,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from models.cooccurrence import similarity
-
 __all__ = ["BlendWeights", "Candidates", "Scored", "blend", "SOURCES"]
 
 logger = logging.getLogger(__name__)
@@ -74,22 +72,38 @@ class Scored:
 
 
 def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float], dict[str, str]]:
-    """Σ over recent items r of weight(r) · sim(r, j), and the recent item that gave most to j."""
+    """Σ over recent items r of weight(r) · sim(r, j), and the recent item that gave most to j.
+
+    ``sim`` is :func:`models.cooccurrence.similarity`, inlined with each item's square-root norm
+    computed once (the same floating-point operations, so the same values): this loop runs
+    ``recent × neighbours`` times per request.
+    """
     scores: dict[str, float] = {}
     best: dict[str, tuple[float, str]] = {}
     top_weight = max((w for _, w in c.recent), default=0.0)
     if top_weight <= 0:
         return scores, {}
+    norms, sqrt = c.norms, math.sqrt
+    roots: dict[str, float] = {}
     for r, w in c.recent:
-        norm_r = c.norms.get(r, 0.0)
+        root_r = sqrt(norms.get(r, 0.0))
         rel = w / top_weight
         for j, co in c.neighbours.get(r, ()):
-            s = rel * similarity(co, norm_r, c.norms.get(j, 0.0), shrinkage)
+            root_j = roots.get(j)
+            if root_j is None:
+                root_j = roots[j] = sqrt(norms.get(j, 0.0))
+            den = root_r * root_j + shrinkage
+            s = rel * (co / den) if den > 0 else 0.0
             if s <= 0:
                 continue
-            scores[j] = scores.get(j, 0.0) + s
-            if s > best.get(j, (0.0, ""))[0]:
+            prev = scores.get(j)
+            if prev is None:
+                scores[j] = s
                 best[j] = (s, r)
+            else:
+                scores[j] = prev + s
+                if s > best[j][0]:
+                    best[j] = (s, r)
     return scores, {j: r for j, (_, r) in best.items()}
 
 
@@ -107,14 +121,12 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
     Trending also fills the list when the other sources have fewer than ``n`` candidates, so a
     cold user still gets ``n`` items.
     """
-    ii, because = item_item_scores(c, shrinkage)
-    sources = {
-        "item_item": _normalised(ii),
-        "user_vector": _normalised(c.vector_scores),
-        "tf": _normalised(c.tf_scores),
-        "similar_users": _normalised(c.similar_users),
-        "trending": _normalised(c.trending),
-    }
+    # A source with weight 0 adds nothing, so it is not computed (trending still back-fills).
+    ii, because = item_item_scores(c, shrinkage) if weights.item_item > 0 else ({}, {})
+    raw = {"item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
+           "similar_users": c.similar_users, "trending": c.trending}
+    sources = {name: _normalised(pairs) if name == "trending" or getattr(weights, name) > 0 else {}
+               for name, pairs in raw.items()}
     total: dict[str, float] = {}
     top_part: dict[str, tuple[float, str]] = {}
     for name, scores in sources.items():

@@ -1,0 +1,312 @@
+"""``driftrec evaluate``: prequential evaluation on the live code path, and the offline protocol."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from driftrec.settings import Settings
+from models.blend import SOURCES, BlendWeights
+from models.decay import EventWeights
+from models.online import EventView
+from models.prequential import (
+    PrequentialResult,
+    Recommender,
+    event_views,
+    run_prequential,
+    scored_mask,
+)
+
+__all__ = [
+    "PrequentialOptions",
+    "BASELINES",
+    "load_stream",
+    "build_methods",
+    "prequential",
+    "summarise",
+    "offline",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The methods the live recommender is compared against (the hourly batch is the better of two).
+BASELINES = ("popularity", "static_als", "hourly_batch", "raw_cooccurrence", "isgd")
+_ONE = {name: 0.0 for name in SOURCES}
+
+
+@dataclass(frozen=True)
+class PrequentialOptions:
+    """How one prequential run is cut, sampled and which models it trains.
+
+    ``max_windows`` thins the scored half to that many evenly spaced windows of ``window_s``
+    seconds (all scorable events inside a kept window are scored): the hourly batch baseline
+    must refit once per kept hour, which bounds the run's cost. ``None`` scores every event.
+    """
+
+    k: int = 10
+    batch_size: int = 1
+    bulk_size: int = 1000
+    window_s: float = 3600.0
+    max_windows: int | None = 150
+    max_events: int | None = None
+    hourly_period_s: float = 3600.0
+    hourly_both: bool = False
+    als: dict[str, Any] = field(default_factory=lambda: {
+        "factors": 64, "regularization": 0.05, "alpha": 1.0, "iterations": 15})
+    itemknn: dict[str, Any] = field(default_factory=lambda: {"neighbours": 100, "shrink": 0.0})
+    tf: bool = True
+    tf_params: dict[str, Any] = field(default_factory=lambda: {"epochs": 30})
+    seed: int = 0
+    n_windows: int = 10
+    progress: bool = True
+
+
+def load_stream(dataset: str | Path, max_events: int | None = None) -> tuple[str, list[EventView]]:
+    """The time-ordered events of a data set: a file or folder (any layout ``load_any`` knows),
+    a name under the shared data-set folder, or ``simulator`` (a shop whose tastes all drift at
+    the middle of the stream)."""
+    if str(dataset).startswith("simulator"):
+        from driftrec.simulator import ShopSimulator
+
+        n = max_events or 60_000
+        sim = ShopSimulator(n_users=800, n_items=3000, n_categories=12, seed=7, drift_every_s=None,
+                            drift_at=1_700_000_000.0 + 0.0)
+        # Place the drift at the middle of the stream: the event rate is known in advance.
+        mid = 1_700_000_000.0 + 0.5 * n / sim.expected_event_rate()
+        sim = ShopSimulator(n_users=800, n_items=3000, n_categories=12, seed=7, drift_every_s=None,
+                            drift_at=mid)
+        return "simulator", event_views(sim.events(n))
+    from driftrec.datasets import load_any
+    from driftrec.datasets.base import shared_datasets_dir
+
+    p = Path(dataset)
+    if not p.exists():
+        p = shared_datasets_dir() / str(dataset)
+    log = load_any(p)
+    events = list(log)
+    if max_events is not None:
+        events = events[:max_events]
+    return log.dataset, event_views(events)
+
+
+def _publish(settings: Settings, warm: Any, options: PrequentialOptions) -> tuple[Any, Any, Any]:
+    """Train ALS (and the TF next-items network) on the warm-up and publish them as one version."""
+    from driftrec.live_eval import LiveModel, publish_parts
+    from models.batch.registry import create_model
+
+    x = warm.matrix()
+    als = create_model("als", **options.als).fit(x, seed=options.seed)
+    users = [u for u, _ in sorted(warm.users.items(), key=lambda kv: kv[1])]
+    tf_w: list[np.ndarray] = []
+    tf_b: list[np.ndarray] = []
+    if options.tf:
+        tf = create_model("tf", **options.tf_params).fit(x, seed=options.seed)
+        tf_w, tf_b = tf.weights, tf.biases  # type: ignore[attr-defined]
+    parts = publish_parts(warm.item_names, als.item_factors, alpha=options.als.get("alpha", 1.0),
+                          regularization=options.als.get("regularization", 0.05),
+                          user_ids=users, user_factors=als.user_factors, tf_weights=tf_w, tf_biases=tf_b)
+    return als, LiveModel("eval-warmup", parts, settings), parts
+
+
+def choose_hourly_model(warm: Sequence[EventView], settings: Settings, options: PrequentialOptions,
+                        holdout: float = 0.1) -> dict[str, Any]:
+    """Pick the hourly batch model on the warm-up alone: ALS or item-kNN.
+
+    Both are fitted on the warm-up's first ``1 - holdout`` of events; each known user's list is
+    then held fixed (seen items removed) over the remaining events, and the model whose lists
+    hit more of those users' first-time items wins — the hourly protocol with one refit.
+    """
+    from models.baselines import Interactions, top_unseen
+    from models.batch.registry import create_model
+
+    cut = int(len(warm) * (1 - holdout))
+    data = Interactions(EventWeights(settings.event_weights))
+    data.add(warm[:cut])
+    x = data.matrix()
+    seen = {(e.user, e.item) for e in warm[:cut]}
+    asks: list[EventView] = []
+    for e in warm[cut:]:
+        if (e.user, e.item) not in seen and e.user in data.users:
+            asks.append(e)
+        seen.add((e.user, e.item))
+    result: dict[str, Any] = {"holdout_events": len(asks)}
+    for kind, params in (("als", options.als), ("itemknn", options.itemknn)):
+        model = create_model(kind, **params).fit(x, seed=options.seed)
+        rows = sorted({data.users[e.user] for e in asks})
+        scores = dict(zip(rows, np.asarray(model._score_users(np.asarray(rows, dtype=np.int64))), strict=True)) if rows else {}
+        hits, mine = 0, {}
+        for e in asks:
+            r = data.users[e.user]
+            s = scores[r].astype(np.float64)
+            s[x.indices[x.indptr[r]:x.indptr[r + 1]]] = -np.inf
+            met = mine.setdefault(e.user, set())
+            hits += e.item in top_unseen(s, data.item_names, options.k, met, data.items)
+            met.add(e.item)
+        result[kind] = hits / len(asks) if asks else 0.0
+    result["chosen"] = "als" if result["als"] > result["itemknn"] else "itemknn"
+    return result
+
+
+def build_methods(settings: Settings, events: Sequence[EventView], start: int,
+                  options: PrequentialOptions, weights: BlendWeights | None = None,
+                  scored: np.ndarray | None = None, hourly: Sequence[str] = ("als", "itemknn"),
+                  ) -> dict[str, Recommender]:
+    """Every compared method, the batch ones trained on ``events[:start]`` only.
+
+    ``scored`` (the scored-event flags) tells the hourly batch who will ask in which hour, so it
+    can score them together; ``hourly`` names the hourly models to run.
+    """
+    from driftrec.live_eval import LiveRecommender
+    from models.baselines import (
+        HourlyBatchRecommender,
+        Interactions,
+        ISGDRecommender,
+        PopularityRecommender,
+        RawCooccurrenceRecommender,
+        StaticModelRecommender,
+    )
+    from models.batch.registry import create_model
+
+    ew = EventWeights(settings.event_weights)
+    warm = Interactions(ew)
+    warm.add(events[:start])
+    als, model, _ = _publish(settings, warm, options)
+    store = {"window": settings.cooc_window, "window_s": settings.cooc_window_s,
+             "history_len": settings.history_len, "neighbours_k": settings.neighbours_k,
+             "trending_k": settings.trending_k}
+    live = LiveRecommender(settings, weights, model, publish_offset=events[start].offset if start < len(events) else 0)
+    schedule: dict[float, set[str]] = {}
+    if scored is not None:
+        period = options.hourly_period_s
+        for i in np.flatnonzero(scored):
+            schedule.setdefault(float(np.floor(events[i].t / period) * period), set()).add(events[i].user)
+    methods: dict[str, Recommender] = {
+        "popularity": PopularityRecommender(ew),
+        "static_als": StaticModelRecommender(als, warm),
+    }
+    for kind in hourly:
+        params = options.als if kind == "als" else options.itemknn
+        methods[f"hourly_{kind}"] = HourlyBatchRecommender(
+            lambda kind=kind, params=params: create_model(kind, **params), ew,  # type: ignore[misc]
+            options.hourly_period_s, options.seed, schedule)
+    methods.update({
+        "raw_cooccurrence": RawCooccurrenceRecommender.create(list(settings.event_weights), **store),
+        "isgd": ISGDRecommender(settings.factors, settings.isgd_learning_rate,
+                                settings.isgd_regularization, options.seed),
+        "live": live,
+    })
+    for source in SOURCES:
+        if source == "tf" and not options.tf:
+            continue
+        methods[f"live_{source}"] = live.view(BlendWeights(**{**_ONE, source: 1.0}))
+    return methods
+
+
+def summarise(result: PrequentialResult, n_windows: int = 10) -> dict[str, Any]:
+    """Metrics per method, the hourly batch as the better of its two models, and the ratios."""
+    metrics = result.summary()
+    hourly = [m for m in ("hourly_als", "hourly_itemknn") if m in metrics]
+    out: dict[str, Any] = {"methods": metrics}
+    if hourly:
+        best = max(hourly, key=lambda m: (metrics[m]["hr10"], metrics[m]["ndcg10"]))
+        metrics["hourly_batch"] = {**metrics[best], "model": best}  # type: ignore[dict-item]
+    base = {m: metrics[m]["hr10"] for m in BASELINES if m in metrics}
+    live = metrics.get("live", {}).get("hr10", 0.0)
+    if base:
+        best_base = max(base, key=lambda m: base[m])
+        out["best_baseline"] = best_base
+        out["live_vs_best_baseline"] = live / base[best_base] if base[best_base] > 0 else None
+    if "hourly_batch" in metrics:
+        hb = metrics["hourly_batch"]["hr10"]
+        out["live_vs_hourly_batch"] = live / hb if hb > 0 else None
+    out["hr10"] = {m: v["hr10"] for m, v in metrics.items()}
+    out["ndcg10"] = {m: v["ndcg10"] for m, v in metrics.items()}
+    mids, per = result.windows(n_windows)
+    out["windows"] = {"t": mids.tolist(), "hr10": {m: v.tolist() for m, v in per.items()}}
+    return out
+
+
+def prequential(dataset: str | Path, settings: Settings, options: PrequentialOptions,
+                weights: BlendWeights | None = None,
+                log: Callable[[str], Any] = logger.info) -> dict[str, Any]:
+    """Run the prequential protocol on one data set; returns the report section for it."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    name, events = load_stream(dataset, options.max_events)
+    start = len(events) // 2
+    mask = scored_mask(events, start, window_s=options.window_s, max_windows=options.max_windows)
+    log(f"{name}: {len(events)} events, warm-up {start}, scored {int(mask.sum())}")
+    t1 = time.perf_counter()
+    choice = choose_hourly_model(events[:start], settings, options)
+    log(f"{name}: hourly model on the warm-up: ALS {choice['als']:.4f}, item-kNN {choice['itemknn']:.4f}"
+        f" -> {choice['chosen']}")
+    # item-kNN is always replayed (cheap: rows of the asking users only); ALS, which must be
+    # refitted whole every scored hour, only when the warm-up prefers it.
+    hourly = ("als", "itemknn") if options.hourly_both or choice["chosen"] == "als" else ("itemknn",)
+    methods = build_methods(settings, events, start, options, weights, mask, hourly)
+    t2 = time.perf_counter()
+    with tqdm(total=len(events), unit="ev", desc=f"prequential {name}", disable=not options.progress,
+              mininterval=2.0) as bar:
+        result = run_prequential(events, methods, mask, k=options.k, batch_size=options.batch_size,
+                                 bulk_size=options.bulk_size, progress=bar.update)
+    t3 = time.perf_counter()
+    report = summarise(result, options.n_windows)
+    report.update({
+        "dataset": name, "events": len(events), "warmup_events": start, "scored_events": result.scored,
+        "scored_windows": int(np.unique(np.floor(result.times / options.window_s)).size),
+        "hourly_selection": choice,
+        "hourly_refits": {m: getattr(methods[m], "fits", 0) for m in methods if m.startswith("hourly_")},
+        "options": asdict(options),
+        "blend_weights": asdict(getattr(methods["live"], "weights", BlendWeights())),
+        "seconds": {"load": t1 - t0, "train_warmup": t2 - t1, "replay": t3 - t2},
+    })
+    return report
+
+
+def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn", "userknn", "svd", "ease"),
+            params: dict[str, dict[str, Any]] | None = None, k: int = 10, seed: int = 42,
+            split: str = "stratified", log: Callable[[str], Any] = logger.info) -> dict[str, Any]:
+    """The offline protocol on a ratings file (ml-latest ``ratings.csv`` or ML-100k ``u.data``).
+
+    ``split="stratified"``: per-user random 75/25 split (Microsoft Recommenders'
+    ``python_stratified_split``), every rating a binary interaction; ``split="time"``: each
+    user's earliest 75 % train. Returns precision/recall/NDCG/MAP at ``k``, coverage and
+    popularity bias per model.
+    """
+    from models.batch.registry import create_model
+    from models.offline import (
+        encode_ids,
+        evaluate_model,
+        load_ratings_table,
+        stratified_split,
+        time_split,
+        to_csr,
+    )
+
+    p = Path(path)
+    if p.is_dir():
+        p = next(f for f in (p / "ratings.csv", p / "u.data") if f.is_file())
+    users, items, _ratings, ts = load_ratings_table(p)
+    u, _ = encode_ids(users)
+    i, item_ids = encode_ids(items)
+    shape = (int(u.max()) + 1, item_ids.size)
+    mask = stratified_split(u, 0.75, seed) if split == "stratified" else time_split(u, ts, 0.75)
+    train, test = to_csr(u[mask], i[mask], shape), to_csr(u[~mask], i[~mask], shape)
+    out: dict[str, Any] = {"file": str(p), "split": split, "k": k, "users": shape[0],
+                           "items": shape[1], "train": int(train.nnz), "test": int(test.nnz), "models": {}}
+    for name in models:
+        t = time.perf_counter()
+        model = create_model(name, **(params or {}).get(name, {})).fit(train, seed=seed)
+        fit_s = time.perf_counter() - t
+        m = evaluate_model(model, train, test, k)
+        m.update({"fit_s": fit_s, "params": model.params()})
+        out["models"][name] = m
+        log(f"offline {split} {name}: P@{k} {m['precision']:.4f} nDCG@{k} {m['ndcg']:.4f} ({fit_s:.1f}s)")
+    return out

@@ -1,0 +1,264 @@
+"""The live recommender in-process: the worker's updates on an InMemoryState, the reader's reads, blend().
+
+The evaluation must score exactly what production serves. So this module calls the worker's
+maths (:meth:`models.online.InMemoryState.plan` / ``apply`` — the reference of the Lua
+script — and :func:`streams.vectors.plan_fold_in` for user vectors), holds the published model
+in the reader's own class (:class:`online.model_cache.PublishedModel`), gathers
+:class:`models.blend.Candidates` the way ``online.recommender.Recommender._for_user`` reads
+Redis, and ranks with :func:`models.blend.blend`. Only the I/O is replaced by dict reads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import logging
+import math
+from collections.abc import Sequence, Set
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from driftrec.settings import Settings
+from models.blend import BlendWeights, Candidates, blend
+from models.online import EventView, InMemoryState
+
+__all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
+
+logger = logging.getLogger(__name__)
+
+#: What ``online.recommender`` reads per similar user and at most from a trending list.
+_PER_SIMILAR_USER = 10
+_MAX_TRENDING_READ = 1000
+_CATS_KEPT = 32  # streams.redis_state keeps this many categories per user
+
+
+def _npy(a: npt.ArrayLike) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def publish_parts(item_ids: Sequence[str], item_factors: npt.ArrayLike, *, alpha: float,
+                  regularization: float, user_ids: Sequence[str] | None = None,
+                  user_factors: npt.ArrayLike | None = None,
+                  tf_weights: Sequence[np.ndarray] = (), tf_biases: Sequence[np.ndarray] = ()) -> dict[str, bytes]:
+    """The ``P:{m}:v:<version>:<part>`` blobs of one model, as ``online/model_cache.py`` documents."""
+    parts = {
+        "item_ids": "\n".join(item_ids).encode(),
+        "item_factors": _npy(np.asarray(item_factors, np.float32)),
+        "alpha": _npy([float(alpha)]),
+        "regularization": _npy([float(regularization)]),
+    }
+    if user_ids is not None and user_factors is not None:
+        parts["user_ids"] = "\n".join(user_ids).encode()
+        parts["user_factors"] = _npy(np.asarray(user_factors, np.float32))
+    if tf_weights:
+        parts["tf_n_layers"] = _npy([len(tf_weights)])
+        for i, (w, b) in enumerate(zip(tf_weights, tf_biases, strict=True)):
+            parts[f"tf_layer{i}_weight"] = _npy(np.asarray(w, np.float32))
+            parts[f"tf_layer{i}_bias"] = _npy(np.asarray(b, np.float32))
+    return parts
+
+
+class LiveModel:
+    """One published version, decoded by the worker's and by the reader's own loaders."""
+
+    def __init__(self, version: str, parts: dict[str, bytes], settings: Settings) -> None:
+        from online.model_cache import PARTS, build_model
+        from streams.published import unpack_factors
+
+        self.version = version
+        self.parts = parts
+        self.worker = unpack_factors(version, parts, settings.fold_in_regularization)
+        head = {p: parts.get(p) for p in PARTS}
+        tf = {p: v for p, v in parts.items() if p.startswith("tf_layer")}
+        self.reader = build_model(version, head, tf, default_reg=settings.fold_in_regularization,
+                                  pool_size=settings.reader_similar_users_pool)
+
+
+def new_state(settings: Settings, **overrides: object) -> InMemoryState:
+    """An InMemoryState bounded as the worker bounds Redis (``streams.redis_state``)."""
+    kw: dict[str, object] = {"user_items_k": settings.history_len, "user_cats_k": _CATS_KEPT}
+    kw.update(overrides)
+    return InMemoryState.from_settings(settings, **kw)
+
+
+def _zrevrange(row: dict[str, float], n: int) -> list[tuple[str, float]]:
+    """ZREVRANGE 0 n-1 WITHSCORES: score descending, ties by member descending."""
+    if n >= len(row):
+        return sorted(row.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+    return heapq.nlargest(n, row.items(), key=lambda kv: (kv[1], kv[0]))
+
+
+class _TopCache:
+    """Top ``size`` entries of a growing score map, kept up to date from the keys each batch touched.
+
+    Exact because applying a batch only raises the stored scores of the keys it touches (forward
+    decay adds positive increments); a landmark move rescales every score alike but is treated
+    as a full recomputation anyway, as is any read deeper than ``size``.
+    """
+
+    def __init__(self, scores: dict[str, float], size: int) -> None:
+        self.scores, self.size = scores, size
+        self.top: list[tuple[str, float]] | None = None
+
+    def touched(self, keys: Set[str] | Sequence[str]) -> None:
+        if self.top is None:
+            return
+        merged = dict(self.top)
+        for k in keys:
+            if k in self.scores:
+                merged[k] = self.scores[k]
+        self.top = heapq.nlargest(self.size, merged.items(), key=lambda kv: (kv[1], kv[0]))
+
+    def reset(self) -> None:
+        self.top = None
+
+    def read(self, n: int) -> list[tuple[str, float]]:
+        if n > self.size:
+            return _zrevrange(self.scores, n)
+        if self.top is None:
+            self.top = _zrevrange(self.scores, self.size)
+        return self.top[:n]
+
+
+@dataclass
+class _Reads:
+    """What one request read, decayed to ``now`` (the reader's ``UserReads`` plus expansions)."""
+
+    candidates: Candidates
+    excluded: set[str]
+
+
+class LiveRecommender:
+    """The production recommender on in-memory state, fed and read as the worker and reader do.
+
+    Parameters
+    ----------
+    settings : Settings
+        Decay, bounds and the reader's read sizes (``reader_recent_items``, ...).
+    weights : BlendWeights
+        The blend weights (``view`` gives other weights on the same state).
+    model : LiveModel, optional
+        The published model; without one the vector, TF and similar-user sources are empty
+        (the worker would be running ISGD, whose vectors the reader does not score).
+    publish_offset : int
+        Stream offset from which the model counts as published: the worker folds users in
+        only from then on (before, it ran ISGD, whose vectors the reader ignores, so a user
+        not seen since is served the model's own training vector).
+    """
+
+    def __init__(self, settings: Settings, weights: BlendWeights | None = None,
+                 model: LiveModel | None = None, state: InMemoryState | None = None,
+                 publish_offset: int = 0) -> None:
+        self.settings = settings
+        self.publish_offset = publish_offset
+        self.weights = weights or BlendWeights().with_overrides(settings.reader_blend_weights)
+        self.model = model
+        self.state = state or new_state(settings)
+        self.vectors: dict[str, bytes] = {}
+        self.vector_versions: dict[str, str] = {}
+        self._top = _TopCache(self.state.pop, _MAX_TRENDING_READ)
+        self._cache: tuple[tuple[str, int, int], _Reads] | None = None
+
+    # --- the write path ------------------------------------------------------------------------
+    def update(self, events: Sequence[EventView]) -> None:
+        """Apply one micro-batch as the worker does: plan, fold users in, apply."""
+        st = self.state
+        if not events:
+            return
+        landmark = st.policy.next_landmark(max(e.t for e in events), st.landmark)
+        if landmark != st.landmark:  # the worker rescales before it plans (streams/processor.py)
+            st.rescale(landmark)
+            self._top.reset()
+        delta = st.plan(events)
+        if self.model is not None and delta.hist and events[-1].offset >= self.publish_offset:
+            from streams.vectors import plan_fold_in
+
+            users = delta.hist.keys()
+            stored = {u: list(st.user_items.get(u, {}).items()) for u in users}
+            hists = {u: list(st.hist.get(u, {}).items()) for u in users}
+            plan = plan_fold_in(self.model.worker, delta, stored, hists, {}, st.policy,
+                                history_len=st.history_len)
+            for u, vec in plan.users.items():
+                self.vectors[u], self.vector_versions[u] = vec, plan.model
+        st.apply(delta)
+        self._top.touched(delta.pop.keys())
+
+    # --- the read path -------------------------------------------------------------------------
+    def view(self, weights: BlendWeights) -> LiveView:
+        return LiveView(self, weights)
+
+    def recommend(self, user: str, n: int, exclude: Set[str], now: float) -> list[str]:
+        return self.rank(user, n, exclude, self.weights)
+
+    def rank(self, user: str, n: int, exclude: Set[str], weights: BlendWeights) -> list[str]:
+        r = self.read(user, n, exclude)
+        return [s.item for s in blend(r.candidates, n, exclude=r.excluded, weights=weights,
+                                      shrinkage=self.settings.similarity_shrinkage)]
+
+    def read(self, user: str, n: int, exclude: Set[str]) -> _Reads:
+        """Every source's candidates, as ``online.recommender`` reads them with all sources on.
+
+        A source whose weight is 0 contributes nothing to :func:`blend` (trending only
+        back-fills), so the candidates read once serve every view of this state.
+        """
+        key = (user, self.state.applied, len(exclude))
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        from online.recommender import _similar_user_scores
+
+        s, st = self.settings, self.state
+        f = math.exp(-st.policy.rate * (st.last_event_time - st.landmark))
+        excluded = set(exclude)
+        trend_n = min(n + len(excluded) + s.history_len, _MAX_TRENDING_READ)
+        hist = st.hist.get(user, {})
+        excluded |= set(hist)
+        decayed = [(i, v * f) for i, v in _zrevrange(st.user_items.get(user, {}), s.history_len) if v > 0]
+        if not decayed and hist:  # as the reader: recency stands in for missing weights
+            t_now = st.last_event_time
+            decayed = [(i, st.policy.decayed_weight(1.0, t, t_now))
+                       for i, t in sorted(hist.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+        recent = decayed[: s.reader_recent_items]
+        want = n + len(excluded)
+        vec_scores: list[tuple[str, float]] = []
+        tf_scores: list[tuple[str, float]] = []
+        similar: list[tuple[str, float]] = []
+        model = self.model.reader if self.model is not None else None
+        if model is not None and (decayed or user in self.vectors):
+            u = model.user_vector(self.vectors.get(user), self.vector_versions.get(user), user, decayed)
+            h = model.tf_hidden_state(decayed)
+            vec_scores, tf_scores = model.score(u, h, want)
+            if u is not None and s.reader_similar_users > 0:
+                similar = model.nearest_users(u, user, s.reader_similar_users)
+        k_nbrs = min(s.neighbours_k, s.reader_neighbours)
+        neighbours = {i: [(j, c * f) for j, c in _zrevrange(st.cooc.get(i, {}), k_nbrs)] for i, _ in recent}
+        theirs = {v: _zrevrange(st.user_items.get(v, {}), _PER_SIMILAR_USER) for v, _ in similar}
+        wanted = {i for i, _ in recent}
+        for rows in neighbours.values():
+            wanted.update(j for j, _ in rows)
+        norms = {i: st.pop.get(i, 0.0) * f for i in wanted}
+        cands = Candidates(
+            recent=recent, neighbours=neighbours, norms=norms, vector_scores=vec_scores,
+            tf_scores=tf_scores, similar_users=_similar_user_scores(similar, theirs),
+            trending=[(i, v * f) for i, v in self._top.read(trend_n)], trending_label=None,
+        )
+        reads = _Reads(cands, excluded)
+        self._cache = (key, reads)
+        return reads
+
+
+class LiveView:
+    """The live recommender under other blend weights (e.g. one source alone); no state of its own."""
+
+    def __init__(self, live: LiveRecommender, weights: BlendWeights) -> None:
+        self.live = live
+        self.weights = weights
+
+    def update(self, events: Sequence[EventView]) -> None:
+        return None  # the LiveRecommender it views is fed by the loop
+
+    def recommend(self, user: str, n: int, exclude: Set[str], now: float) -> list[str]:
+        return self.live.rank(user, n, exclude, self.weights)
