@@ -40,5 +40,8 @@ stop: ## Stop the local Kafka and Redis
 bench: install ## Write-path benchmark (writes benchmarks/results/write_path.json)
 	$(PY) benchmarks/write_path.py
 
+chaos: install ## Chaos suite: kill -9 worker/Redis, stop Kafka during a 100k replay + poison flood (benchmarks/results/chaos.json)
+	$(PY) benchmarks/chaos.py
+
 clean: stop ## Stop the stack and remove its data
 	rm -rf .driftrec .driftrec-test

@@ -78,9 +78,16 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(redis.exceptions.ConnectionError(f"connection to Redis lost: {exc}"))
 
     def send(self, payload: bytes, n: int, waiter: asyncio.Future[list[Any]]) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
+        if self.broken:
+            raise redis.exceptions.ConnectionError("connection to Redis is closed")
         self.expected, self.replies, self.waiter = n, [], waiter
-        self.transport.write(payload)
+        try:
+            transport.write(payload)
+        except RuntimeError as exc:  # uvloop raises on a write to a handle Redis already closed
+            self.broken = True
+            raise redis.exceptions.ConnectionError(f"connection to Redis lost: {exc}") from None
 
     def close(self) -> None:
         self.broken = True
@@ -168,7 +175,14 @@ class RespPool:
     async def execute(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send ``commands`` as one pipeline; their raw replies in order."""
         idle = self._idle
-        conn = idle.pop() if idle else await self._connect()
+        conn = None
+        while idle and conn is None:  # a Redis restart leaves idle connections that are closed
+            conn = idle.pop()
+            if conn.broken:
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = await self._connect()
         try:
             return await self._roundtrip(conn, commands)
         finally:

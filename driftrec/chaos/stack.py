@@ -1,0 +1,179 @@
+"""Services of one chaos run alone (own folder, own ports), so killing them hurts nobody else.
+
+:class:`PrivateStack` is a :class:`driftrec.stack.LocalStack` (Kafka KRaft + Redis with AOF
+``everysec``) under a unique home on free ports; :class:`PrivateRedis` is a Redis server only,
+with the same persistence, for tests that share the suite's broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from driftrec.errors import StackError
+from driftrec.settings import Settings, load_settings
+
+__all__ = ["PrivateStack", "PrivateRedis", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except (ProcessLookupError, OSError):
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _ping(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return False
+
+
+class PrivateStack:
+    """Kafka + Redis of one run under ``home``; the settings of its clients in :attr:`settings`."""
+
+    def __init__(self, home: Path) -> None:
+        from driftrec.stack import LocalStack
+
+        self.home = Path(home)
+        self.base = load_settings(home=self.home, kafka_port=free_port(), kafka_controller_port=free_port(),
+                                  redis_port=free_port())
+        self.stack = LocalStack(self.base)
+        self.settings = load_settings(kafka_bootstrap_servers=self.base.bootstrap,
+                                      redis_url=self.base.redis, home=self.home)
+
+    def up(self, timeout_s: float = 180.0) -> None:
+        self.stack.up(timeout_s)
+
+    def down(self) -> None:
+        for pid in (self.kafka_pid, self.redis_pid):  # a frozen service ignores SIGTERM
+            if _alive(pid):
+                os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
+        self.stack.down()
+
+    @property
+    def redis_pid(self) -> int | None:
+        return _read(self.stack.redis_dir / "redis.pid")
+
+    @property
+    def kafka_pid(self) -> int | None:
+        return _read(self.stack.kafka_dir / "kafka.pid")
+
+    # --- faults ---------------------------------------------------------------------------
+    def kill9_redis(self) -> None:
+        pid = self.redis_pid
+        if not _alive(pid):
+            raise StackError("Redis is not running")
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        _wait_gone(pid, 10)  # type: ignore[arg-type]
+
+    def start_redis(self, timeout_s: float = 60.0) -> None:
+        """Start Redis again (it replays its AOF) and wait until it answers."""
+        self.stack.up(timeout_s)
+
+    def stop_kafka(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the broker (controlled shutdown) and wait for it to exit; SIGKILL if it hangs."""
+        pid = self.kafka_pid
+        if not _alive(pid):
+            raise StackError("Kafka is not running")
+        os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
+        if not _wait_gone(pid, timeout_s):  # type: ignore[arg-type]
+            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+            _wait_gone(pid, 10)  # type: ignore[arg-type]
+
+    def start_kafka(self, timeout_s: float = 180.0) -> None:
+        self.stack.up(timeout_s)
+
+    def freeze_kafka(self, frozen: bool) -> None:
+        os.kill(self.kafka_pid, signal.SIGSTOP if frozen else signal.SIGCONT)  # type: ignore[arg-type]
+
+
+def _read(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class PrivateRedis:
+    """A ``redis-server`` with the local stack's persistence (AOF everysec) in ``workdir``."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _ping(self.url):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise StackError(f"private redis-server on {self.port} did not start")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def settings_for(base: Settings, **update: object) -> Settings:
+    """``base`` with ``update`` applied (a frozen settings object's copy)."""
+    return base.model_copy(update=update)
