@@ -33,7 +33,7 @@ from driftrec.settings import Settings
 from models.online import EventView, InMemoryState
 
 __all__ = ["TopicRecord", "read_topic", "views_of", "build_oracle", "RedisSnapshot", "read_redis",
-           "compare", "Comparison", "last_offsets", "duplicate_ids", "popularity_total"]
+           "compare", "Comparison", "snapshot_of", "last_offsets", "duplicate_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,13 +230,26 @@ def _overlap(rows_a: dict[str, dict[str, float]], rows_b: dict[str, dict[str, fl
             if rel_diffs else None}
 
 
-def compare(snap: RedisSnapshot, oracle: InMemoryState, settings: Settings, *, rel_tol: float = 1e-9,
-            last_offsets: Mapping[int, int] | None = None) -> Comparison:
-    """Compare a Redis snapshot with the oracle (see the module docstring for what is exact).
+def snapshot_of(oracle: InMemoryState) -> RedisSnapshot:
+    """What Redis would hold if the oracle were the store (same shapes as :func:`read_redis`)."""
+    return RedisSnapshot(pop=dict(oracle.pop), trend={k: dict(v) for k, v in oracle.trend.items()},
+                         item_cat=dict(oracle.item_cat), offsets=dict(oracle.offsets),
+                         meta={"applied_events": str(oracle.applied)},
+                         hist={k: dict(v) for k, v in oracle.hist.items()},
+                         user_items={k: dict(v) for k, v in oracle.user_items.items()},
+                         user_cats={k: dict(v) for k, v in oracle.user_cats.items()},
+                         cooc={k: dict(v) for k, v in oracle.cooc.items()})
+
+
+def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings: Settings, *,
+            rel_tol: float = 1e-9, last_offsets: Mapping[int, int] | None = None) -> Comparison:
+    """Compare a Redis snapshot with the oracle, or with another run's snapshot (see the module
+    docstring for what is exact).
 
     ``last_offsets`` (partition -> offset of the topic's last record) is what the stored offsets
     must equal when the topic also holds dead letters, whose offsets the oracle never sees.
     """
+    ref = oracle if isinstance(oracle, RedisSnapshot) else snapshot_of(oracle)
     mism: Counter[str] = Counter()
     ex: list[str] = []
 
@@ -245,59 +258,54 @@ def compare(snap: RedisSnapshot, oracle: InMemoryState, settings: Settings, *, r
         if len(ex) < 50:
             ex.append(f"{what}:{key}")
 
-    if snap.applied != oracle.applied:
-        bad("applied_events", f"{snap.applied}!={oracle.applied}")
-    want_offsets = dict(last_offsets) if last_offsets is not None else oracle.offsets
+    if snap.applied != ref.applied:
+        bad("applied_events", f"{snap.applied}!={ref.applied}")
+    want_offsets = dict(last_offsets) if last_offsets is not None else ref.offsets
     if snap.offsets != want_offsets:
         bad("offsets", f"{snap.offsets}!={want_offsets}")
-    for item in snap.pop.keys() | oracle.pop.keys():
-        if item not in snap.pop or item not in oracle.pop or not math.isclose(
-                snap.pop[item], oracle.pop[item], rel_tol=rel_tol):
+    for item in snap.pop.keys() | ref.pop.keys():
+        if item not in snap.pop or item not in ref.pop or not math.isclose(
+                snap.pop[item], ref.pop[item], rel_tol=rel_tol):
             bad("pop", item)
-    if snap.item_cat != oracle.item_cat:
+    if snap.item_cat != ref.item_cat:
         bad("item_cat", "table")
     pruned_trend = []
-    for cat in snap.trend.keys() | oracle.trend.keys():
-        row = oracle.trend.get(cat, {})
-        if len(row) >= settings.trending_k:
+    for cat in snap.trend.keys() | ref.trend.keys():
+        a, b = snap.trend.get(cat, {}), ref.trend.get(cat, {})
+        if len(a) >= settings.trending_k or len(b) >= settings.trending_k:
             pruned_trend.append(cat)
-        elif not _same(snap.trend.get(cat, {}), row, rel_tol):
+        elif not _same(a, b, rel_tol):
             bad("trend", cat)
-    for user in snap.hist.keys() | oracle.hist.keys():
-        if snap.hist.get(user) != oracle.hist.get(user):  # event times: exact
+    for user in snap.hist.keys() | ref.hist.keys():
+        if snap.hist.get(user) != ref.hist.get(user):  # event times: exact
             bad("hist", user)
-    for user in snap.user_cats.keys() | oracle.user_cats.keys():
-        if not _same(snap.user_cats.get(user, {}), oracle.user_cats.get(user, {}), rel_tol):
+    for user in snap.user_cats.keys() | ref.user_cats.keys():
+        if not _same(snap.user_cats.get(user, {}), ref.user_cats.get(user, {}), rel_tol):
             bad("user_cats", user)
     capped_users, capped_items = [], []
-    for user in snap.user_items.keys() | oracle.user_items.keys():
-        a, b = snap.user_items.get(user, {}), oracle.user_items.get(user, {})
+    for user in snap.user_items.keys() | ref.user_items.keys():
+        a, b = snap.user_items.get(user, {}), ref.user_items.get(user, {})
         if len(a) >= settings.history_len or len(b) >= settings.history_len:
             capped_users.append(user)
         elif not _same(a, b, rel_tol):
             bad("user_weights", user)
-    for item in snap.cooc.keys() | oracle.cooc.keys():
-        a, b = snap.cooc.get(item, {}), oracle.cooc.get(item, {})
+    for item in snap.cooc.keys() | ref.cooc.keys():
+        a, b = snap.cooc.get(item, {}), ref.cooc.get(item, {})
         if len(a) >= settings.neighbours_k or len(b) >= settings.neighbours_k:
             capped_items.append(item)
         elif not _same(a, b, rel_tol):
             bad("neighbours", item)
     pruned = {
-        "user_weights_at_cap": _overlap(snap.user_items, oracle.user_items, capped_users, settings.history_len),
-        "neighbours_at_cap": _overlap(snap.cooc, oracle.cooc, capped_items, settings.neighbours_k),
-        "trending_at_cap": _overlap(snap.trend, oracle.trend, pruned_trend, settings.trending_k),
+        "user_weights_at_cap": _overlap(snap.user_items, ref.user_items, capped_users, settings.history_len),
+        "neighbours_at_cap": _overlap(snap.cooc, ref.cooc, capped_items, settings.neighbours_k),
+        "trending_at_cap": _overlap(snap.trend, ref.trend, pruned_trend, settings.trending_k),
     }
-    counts = {"users": len(oracle.hist), "items": len(oracle.pop), "categories": len(oracle.trend),
-              "users_weights_exact": len(oracle.user_items) - len(capped_users),
+    counts = {"users": len(ref.hist), "items": len(ref.pop), "categories": len(ref.trend),
+              "users_weights_exact": len(ref.user_items) - len(capped_users),
               "users_weights_at_cap": len(capped_users),
-              "neighbour_lists_exact": len(oracle.cooc) - len(capped_items),
+              "neighbour_lists_exact": len(ref.cooc) - len(capped_items),
               "neighbour_lists_at_cap": len(capped_items)}
     return Comparison(not mism, dict(mism), ex, pruned, counts)
-
-
-def popularity_total(scores: Mapping[str, float]) -> float:
-    """Sum of stored popularity: every applied event adds its forward weight once."""
-    return math.fsum(scores.values())
 
 
 def last_offsets(records: Iterable[TopicRecord]) -> dict[int, int]:

@@ -10,7 +10,7 @@ import pytest
 import redis.exceptions
 
 from driftrec.chaos.fuzz import FAMILIES, bad_events, is_rejected
-from driftrec.chaos.state import RedisSnapshot, compare
+from driftrec.chaos.state import compare, snapshot_of
 from driftrec.settings import Settings
 from models.online import EventView, InMemoryState
 from online.resp import RespPool, _Connection
@@ -50,13 +50,7 @@ def test_compare_finds_a_lost_event_and_tolerates_a_pruned_list_differing() -> N
     s = Settings(neighbours_k=3, history_len=50, trending_k=500)
     evs = [EventView("u1", f"i{j}", "view", 100.0 + j, "c", j, 0) for j in range(6)]
     oracle = _oracle(evs)
-    snap = RedisSnapshot(pop=dict(oracle.pop), trend={k: dict(v) for k, v in oracle.trend.items()},
-                         item_cat=dict(oracle.item_cat), offsets=dict(oracle.offsets),
-                         meta={"applied_events": str(oracle.applied)},
-                         hist={k: dict(v) for k, v in oracle.hist.items()},
-                         user_items={k: dict(v) for k, v in oracle.user_items.items()},
-                         user_cats={k: dict(v) for k, v in oracle.user_cats.items()},
-                         cooc={k: dict(v) for k, v in oracle.cooc.items()})
+    snap = snapshot_of(oracle)
     assert compare(snap, oracle, s).equal
     capped = next(k for k, v in oracle.cooc.items() if len(v) >= 3)
     snap.cooc[capped] = {m: v * 1.5 for m, v in snap.cooc[capped].items()}  # batch-dependent: not exact
