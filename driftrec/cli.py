@@ -285,6 +285,54 @@ def train(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="Data file or folder (MovieLens ratings.csv / u.data, Online Retail, RetailRocket, user,item,type,timestamp CSV), a folder name under the shared data sets, or 'simulator'.")],
+    protocol: Annotated[str, typer.Option(help="prequential | offline")] = "prequential",
+    max_windows: Annotated[Optional[int], typer.Option(help="Prequential: score this many evenly spaced hours of the second half (0 = every event).")] = 150,
+    max_events: Annotated[Optional[int], typer.Option(help="Prequential: use only the first N events.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prequential: events per micro-batch around scored events.")] = 1,
+    no_tf: Annotated[bool, typer.Option("--no-tf", help="Prequential: do not train the TF next-items model.")] = False,
+    hourly_both: Annotated[bool, typer.Option(help="Prequential: replay hourly ALS even when item-kNN wins on the warm-up.")] = False,
+    weights: Annotated[Optional[str], typer.Option(help='Prequential: blend weights as JSON, e.g. {"item_item": 1, "trending": 0.3}.')] = None,
+    split: Annotated[str, typer.Option(help="Offline: stratified | time")] = "stratified",
+    model: Annotated[Optional[list[str]], typer.Option(help="Offline: batch model (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the report as JSON here.")] = None,
+) -> None:
+    """Evaluate: prequential (test-then-train on the live code path) or offline (75/25 splits)."""
+    import json
+
+    from driftrec.errors import DriftrecError
+
+    _logging()
+    try:
+        if protocol == "prequential":
+            from driftrec.evaluate import PrequentialOptions, prequential
+            from models.blend import BlendWeights
+
+            opts = PrequentialOptions(max_windows=max_windows or None, max_events=max_events,
+                                      batch_size=batch_size, tf=not no_tf, hourly_both=hourly_both)
+            w = BlendWeights().with_overrides(json.loads(weights)) if weights else None
+            report = prequential(dataset, _settings(), opts, w, log=typer.echo)
+            for name, m in report["methods"].items():
+                typer.echo(f"{name:20s} HR@10 {m['hr10']:.4f}  NDCG@10 {m['ndcg10']:.4f}  MRR@10 {m['mrr10']:.4f}")
+            typer.echo(f"live / hourly batch: {report.get('live_vs_hourly_batch')}; live / best baseline "
+                       f"({report.get('best_baseline')}): {report.get('live_vs_best_baseline')}")
+        elif protocol == "offline":
+            from driftrec.evaluate import offline
+
+            kw = {"models": tuple(model)} if model else {}
+            report = offline(dataset, split=split, log=typer.echo, **kw)
+        else:
+            raise typer.BadParameter("protocol must be prequential or offline")
+    except DriftrecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1, default=str))
+        typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     app()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,15 @@ BASELINES = ("popularity", "static_als", "hourly_batch", "raw_cooccurrence", "is
 _ONE = {name: 0.0 for name in SOURCES}
 
 
+#: Batch configurations tried on the warm-up (ALS: from coarse to the offline benchmark's best).
+ALS_GRID: tuple[dict[str, Any], ...] = (
+    {"factors": 64, "regularization": 0.05, "alpha": 1.0, "iterations": 15},
+    {"factors": 64, "regularization": 10.0, "alpha": 1.0, "iterations": 15},
+    {"factors": 128, "regularization": 20.0, "alpha": 2.0, "iterations": 15},
+)
+KNN_GRID: tuple[dict[str, Any], ...] = ({"neighbours": 100, "shrink": 0.0}, {"neighbours": 100, "shrink": 10.0})
+
+
 @dataclass(frozen=True)
 class PrequentialOptions:
     """How one prequential run is cut, sampled and which models it trains.
@@ -57,9 +66,10 @@ class PrequentialOptions:
     max_events: int | None = None
     hourly_period_s: float = 3600.0
     hourly_both: bool = False
-    als: dict[str, Any] = field(default_factory=lambda: {
-        "factors": 64, "regularization": 0.05, "alpha": 1.0, "iterations": 15})
-    itemknn: dict[str, Any] = field(default_factory=lambda: {"neighbours": 100, "shrink": 0.0})
+    als: dict[str, Any] = field(default_factory=lambda: dict(ALS_GRID[0]))
+    itemknn: dict[str, Any] = field(default_factory=lambda: dict(KNN_GRID[0]))
+    als_grid: tuple[dict[str, Any], ...] = ALS_GRID
+    itemknn_grid: tuple[dict[str, Any], ...] = KNN_GRID
     tf: bool = True
     tf_params: dict[str, Any] = field(default_factory=lambda: {"epochs": 30})
     seed: int = 0
@@ -114,13 +124,15 @@ def _publish(settings: Settings, warm: Any, options: PrequentialOptions) -> tupl
     return als, LiveModel("eval-warmup", parts, settings), parts
 
 
-def choose_hourly_model(warm: Sequence[EventView], settings: Settings, options: PrequentialOptions,
-                        holdout: float = 0.1) -> dict[str, Any]:
-    """Pick the hourly batch model on the warm-up alone: ALS or item-kNN.
+def tune_batch_models(warm: Sequence[EventView], settings: Settings, options: PrequentialOptions,
+                      holdout: float = 0.1) -> dict[str, Any]:
+    """Choose ALS and item-kNN hyperparameters, and the hourly model, on the warm-up alone.
 
-    Both are fitted on the warm-up's first ``1 - holdout`` of events; each known user's list is
-    then held fixed (seen items removed) over the remaining events, and the model whose lists
-    hit more of those users' first-time items wins — the hourly protocol with one refit.
+    Every configuration is fitted on the warm-up's first ``1 - holdout`` of events; each known
+    user's list is then held fixed (seen items removed) over the remaining events, and the
+    configuration whose lists hit most of those users' first-time items wins — the hourly
+    protocol with a single refit. The better of the best ALS and the best item-kNN becomes the
+    hourly batch model.
     """
     from models.baselines import Interactions, top_unseen
     from models.batch.registry import create_model
@@ -135,22 +147,29 @@ def choose_hourly_model(warm: Sequence[EventView], settings: Settings, options: 
         if (e.user, e.item) not in seen and e.user in data.users:
             asks.append(e)
         seen.add((e.user, e.item))
-    result: dict[str, Any] = {"holdout_events": len(asks)}
-    for kind, params in (("als", options.als), ("itemknn", options.itemknn)):
+    rows = sorted({data.users[e.user] for e in asks})
+
+    def hit_rate(kind: str, params: dict[str, Any]) -> float:
+        if not asks:
+            return 0.0
         model = create_model(kind, **params).fit(x, seed=options.seed)
-        rows = sorted({data.users[e.user] for e in asks})
-        scores = dict(zip(rows, np.asarray(model._score_users(np.asarray(rows, dtype=np.int64))), strict=True)) if rows else {}
-        hits, mine = 0, {}
+        scores = dict(zip(rows, np.asarray(model._score_users(np.asarray(rows, dtype=np.int64))), strict=True))
+        hits, met = 0, {}
         for e in asks:
             r = data.users[e.user]
             s = scores[r].astype(np.float64)
             s[x.indices[x.indptr[r]:x.indptr[r + 1]]] = -np.inf
-            met = mine.setdefault(e.user, set())
-            hits += e.item in top_unseen(s, data.item_names, options.k, met, data.items)
-            met.add(e.item)
-        result[kind] = hits / len(asks) if asks else 0.0
-    result["chosen"] = "als" if result["als"] > result["itemknn"] else "itemknn"
-    return result
+            mine = met.setdefault(e.user, set())
+            hits += e.item in top_unseen(s, data.item_names, options.k, mine, data.items)
+            mine.add(e.item)
+        return hits / len(asks)
+
+    tried = {kind: [{"params": p, "hr10": hit_rate(kind, p)} for p in grid]
+             for kind, grid in (("als", options.als_grid), ("itemknn", options.itemknn_grid))}
+    best = {kind: max(runs, key=lambda r: r["hr10"]) for kind, runs in tried.items()}
+    chosen = "als" if best["als"]["hr10"] > best["itemknn"]["hr10"] else "itemknn"
+    return {"holdout_events": len(asks), "tried": tried, "als": best["als"]["params"],
+            "itemknn": best["itemknn"]["params"], "hourly": chosen}
 
 
 def build_methods(settings: Settings, events: Sequence[EventView], start: int,
@@ -244,12 +263,12 @@ def prequential(dataset: str | Path, settings: Settings, options: PrequentialOpt
     mask = scored_mask(events, start, window_s=options.window_s, max_windows=options.max_windows)
     log(f"{name}: {len(events)} events, warm-up {start}, scored {int(mask.sum())}")
     t1 = time.perf_counter()
-    choice = choose_hourly_model(events[:start], settings, options)
-    log(f"{name}: hourly model on the warm-up: ALS {choice['als']:.4f}, item-kNN {choice['itemknn']:.4f}"
-        f" -> {choice['chosen']}")
+    choice = tune_batch_models(events[:start], settings, options)
+    log(f"{name}: on the warm-up: ALS {choice['als']}, item-kNN {choice['itemknn']}, hourly {choice['hourly']}")
+    options = replace(options, als=choice["als"], itemknn=choice["itemknn"])
     # item-kNN is always replayed (cheap: rows of the asking users only); ALS, which must be
     # refitted whole every scored hour, only when the warm-up prefers it.
-    hourly = ("als", "itemknn") if options.hourly_both or choice["chosen"] == "als" else ("itemknn",)
+    hourly = ("als", "itemknn") if options.hourly_both or choice["hourly"] == "als" else ("itemknn",)
     methods = build_methods(settings, events, start, options, weights, mask, hourly)
     t2 = time.perf_counter()
     with tqdm(total=len(events), unit="ev", desc=f"prequential {name}", disable=not options.progress,
@@ -261,13 +280,31 @@ def prequential(dataset: str | Path, settings: Settings, options: PrequentialOpt
     report.update({
         "dataset": name, "events": len(events), "warmup_events": start, "scored_events": result.scored,
         "scored_windows": int(np.unique(np.floor(result.times / options.window_s)).size),
-        "hourly_selection": choice,
+        "batch_tuning": choice,
         "hourly_refits": {m: getattr(methods[m], "fits", 0) for m in methods if m.startswith("hourly_")},
         "options": asdict(options),
         "blend_weights": asdict(getattr(methods["live"], "weights", BlendWeights())),
         "seconds": {"load": t1 - t0, "train_warmup": t2 - t1, "replay": t3 - t2},
     })
     return report
+
+
+def _table(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Path]:
+    """(users, items, timestamps, file) of a ratings file, or of any event log ``load_any`` reads."""
+    from driftrec.datasets import detect_layout, load_any
+    from driftrec.datasets.base import shared_datasets_dir
+    from models.offline import load_ratings_table
+
+    p = Path(path)
+    if not p.exists():
+        p = shared_datasets_dir() / str(path)
+    layout, f = detect_layout(p)
+    if layout == "movielens":
+        users, items, _ratings, ts = load_ratings_table(f)
+        return users, items, ts, f
+    rows = [(e["user_id"], e["item_id"], e["timestamp"]) for e in load_any(f)]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+            np.array([r[2] for r in rows], dtype=np.float64), f)
 
 
 def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn", "userknn", "svd", "ease"),
@@ -281,19 +318,9 @@ def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn
     popularity bias per model.
     """
     from models.batch.registry import create_model
-    from models.offline import (
-        encode_ids,
-        evaluate_model,
-        load_ratings_table,
-        stratified_split,
-        time_split,
-        to_csr,
-    )
+    from models.offline import encode_ids, evaluate_model, stratified_split, time_split, to_csr
 
-    p = Path(path)
-    if p.is_dir():
-        p = next(f for f in (p / "ratings.csv", p / "u.data") if f.is_file())
-    users, items, _ratings, ts = load_ratings_table(p)
+    users, items, ts, p = _table(path)
     u, _ = encode_ids(users)
     i, item_ids = encode_ids(items)
     shape = (int(u.max()) + 1, item_ids.size)

@@ -191,6 +191,16 @@ class LiveRecommender:
     def view(self, weights: BlendWeights) -> LiveView:
         return LiveView(self, weights)
 
+    def reader(self, settings: Settings, weights: BlendWeights | None = None) -> LiveRecommender:
+        """Another reader of this recommender's state (other read settings; no writes of its own).
+
+        Only read-side settings may differ (``reader_*``, ``similarity_shrinkage``); the state,
+        the user vectors and the trending cache stay this recommender's.
+        """
+        other = _Reader(settings, weights or self.weights, self.model, self.state, self.publish_offset)
+        other.vectors, other.vector_versions, other._top = self.vectors, self.vector_versions, self._top
+        return other
+
     def recommend(self, user: str, n: int, exclude: Set[str], now: float) -> list[str]:
         return self.rank(user, n, exclude, self.weights)
 
@@ -248,6 +258,11 @@ class LiveRecommender:
         reads = _Reads(cands, excluded)
         self._cache = (key, reads)
         return reads
+
+
+class _Reader(LiveRecommender):
+    def update(self, events: Sequence[EventView]) -> None:
+        return None  # the recommender whose state it reads is fed by the loop
 
 
 class LiveView:
