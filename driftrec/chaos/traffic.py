@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,14 +48,17 @@ class PublishStats:
         return self.finished - self.started
 
 
-async def publish_steady(settings: Settings, rows: Sequence[Row], rate: float, *,
+async def publish_steady(settings: Settings, rows: Iterable[Row], rate: float, *,
                          stats: PublishStats | None = None, request_timeout_s: float = 300.0,
-                         topic: str | None = None) -> PublishStats:
+                         topic: str | None = None, record_positions: bool = True,
+                         max_seconds: float | None = None) -> PublishStats:
     """Send ``rows`` to the clicks topic at ``rate`` per second; wait for every ack.
 
     A row that fails after the producer's own retries is counted in ``failed`` and not sent
     again: sending it again could duplicate it, and a chaos run must not hide its losses.
     ``stats`` (given or new) is updated as it goes, so another task can watch ``sent``.
+    ``rows`` may be a generator (a soak does not hold its million events); ``max_seconds``
+    stops sending after that long; ``record_positions=False`` keeps no per-row offsets.
     """
     st = stats if stats is not None else PublishStats()
     ms = int(request_timeout_s * 1000)
@@ -64,25 +67,36 @@ async def publish_steady(settings: Settings, rows: Sequence[Row], rate: float, *
                                 retry_backoff_ms=200, metadata_max_age_ms=10_000)
     await producer.start()
     topic = topic or settings.clicks_topic
-    futures: list[asyncio.Future[Any]] = []
+    pending: list[asyncio.Future[Any]] = []
     st.started = time.monotonic()
+
+    def settle(done: list[Any]) -> None:
+        for res in done:
+            if isinstance(res, BaseException):
+                st.failed += 1
+                if record_positions:
+                    st.positions.append((-1, -1))
+            else:
+                st.acked += 1
+                if record_positions:
+                    st.positions.append((res.partition, res.offset))
+
     try:
         for key, value in rows:
-            futures.append(await producer.send(topic, value, key=key))
+            pending.append(await producer.send(topic, value, key=key))
             st.sent += 1
-            ahead = st.sent / rate - (time.monotonic() - st.started)
+            if not record_positions and len(pending) >= 50_000:  # bound what is held
+                settle(await asyncio.gather(*pending, return_exceptions=True))
+                pending = []
+            elapsed = time.monotonic() - st.started
+            if max_seconds is not None and elapsed > max_seconds:
+                break
+            ahead = st.sent / rate - elapsed
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        settle(await asyncio.gather(*pending, return_exceptions=True))
     finally:
         await producer.stop()
-    for res in results:
-        if isinstance(res, BaseException):
-            st.failed += 1
-            st.positions.append((-1, -1))
-        else:
-            st.acked += 1
-            st.positions.append((res.partition, res.offset))
     st.finished = time.monotonic()
     return st
 
