@@ -11,13 +11,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
+from driftrec.redis_conn import async_client
 from driftrec.settings import Settings
 from models.blend import BlendWeights
 from models.decay import DecayPolicy
@@ -48,14 +48,16 @@ def create_store(settings: Settings) -> ReaderStore:
     Replies are decoded by hiredis; ``surrogateescape`` lets the float32 bytes of a user vector
     travel through the text client and come back exact. RESP2: redis-py 8 converts RESP3 score
     replies back to the legacy shape by formatting each float to text and parsing it again. The short socket timeout is what turns
-    a hung Redis into a degraded answer rather than a hung request.
+    a hung Redis into a degraded answer rather than a hung request. A ``redis+cluster://`` URL
+    gives cluster clients (``driftrec.redis_conn``); every read of one request is then routed
+    per key by the cluster pipeline.
     """
     timeout = settings.reader_redis_timeout_s
-    client = aioredis.Redis.from_url(
+    client = async_client(
         settings.redis, decode_responses=True, encoding_errors="surrogateescape", protocol=2,
         socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=256)
     # Model blobs are megabytes: a longer timeout, and bytes as they are.
-    blob = aioredis.Redis.from_url(
+    blob = async_client(
         settings.redis, decode_responses=False, protocol=2, socket_timeout=max(timeout, 10.0),
         socket_connect_timeout=timeout, max_connections=8)
     return ReaderStore(client, Keys(settings.key_prefix), blob, RespPool.from_url(settings.redis, timeout))

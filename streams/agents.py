@@ -19,12 +19,13 @@ import logging
 from collections.abc import Sequence
 
 import faust
-import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
 from driftrec.keys import Keys
+from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
 from streams import metrics
+from streams.cluster_state import ClusterRedisState
 from streams.processor import BatchProcessor, DeadLetter, RawRecord
 from streams.published import FactorCache
 from streams.redis_state import RedisState
@@ -44,10 +45,12 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                        key_type=bytes, key_serializer="raw", partitions=settings.topic_partitions)
     dlq = app.topic(settings.dead_letter_topic, value_type=bytes, value_serializer="raw",
                     key_type=bytes, key_serializer="raw", partitions=1)
-    client = aioredis.Redis.from_url(settings.redis, socket_timeout=10, socket_connect_timeout=5,
-                                     health_check_interval=30)
+    client = async_client(settings.redis, socket_timeout=10, socket_connect_timeout=5,
+                          health_check_interval=30)
     keys = Keys(settings.key_prefix)
-    state = RedisState(client, keys, settings.clicks_topic,
+    # On Redis Cluster each batch is applied per hash slot (streams/cluster_state.py).
+    state_type = ClusterRedisState if is_cluster_url(settings.redis) else RedisState
+    state = state_type(client, keys, settings.clicks_topic,
                        window=settings.cooc_window, history_len=settings.history_len,
                        neighbours_k=settings.neighbours_k, trending_k=settings.trending_k)
     factors = FactorCache(client, keys, settings.fold_in_regularization) if vectors else None

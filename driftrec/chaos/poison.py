@@ -12,8 +12,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from driftrec.chaos.fuzz import bad_events
 from driftrec.chaos.procs import Child
 from driftrec.chaos.scenario import ChaosConfig, run_settings, sim_rows
@@ -27,6 +25,7 @@ from driftrec.chaos.state import (
 )
 from driftrec.chaos.traffic import PublishStats, Row, publish_steady
 from driftrec.keys import Keys
+from driftrec.redis_conn import sync_client
 from driftrec.settings import Settings
 from streams.agents import REASON_HEADER, SOURCE_HEADER
 
@@ -52,7 +51,7 @@ def run_poison(base: Settings, logs: Path, *, good: int = 20_000, bad: int = 10_
     families = Counter(ev.family for ev in poison)
     worker = Child(s, ["worker"], logs / "poison-worker.log").start()
     stats = PublishStats()
-    client = redis.Redis.from_url(s.redis)
+    client = sync_client(s.redis)
     keys = Keys(s.key_prefix)
     started = time.monotonic()
     try:

@@ -28,6 +28,7 @@ from driftrec.chaos.state import (
 from driftrec.chaos.traffic import PublishStats, publish_steady
 from driftrec.keys import Keys
 from driftrec.oncall.lag import LagCollector, LagError
+from driftrec.redis_conn import sync_client
 from driftrec.settings import Settings
 
 __all__ = ["run_scale", "MODES"]
@@ -62,7 +63,7 @@ def _one_run(topic_settings: Settings, mode: str, ends: dict[int, int], n_events
     tag = uuid.uuid4().hex[:6]
     s = topic_settings.model_copy(update={"consumer_group": f"scale-{tag}", "key_prefix": f"scale{tag}"})
     keys = Keys(s.key_prefix)
-    client = redis.Redis.from_url(s.redis)
+    client = sync_client(s.redis)
     workers = [Child(s.model_copy(update={"worker_web_port": free_port(), "worker_metrics_port": free_port()}),
                      ["worker"], logs / f"scale-{mode}-{i}.log").start() for i in range(workers_n)]
     samples: list[tuple[float, int]] = []

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import redis
-import redis.asyncio as aioredis
 
 from driftrec.chaos.procs import Child, wait_http
 from driftrec.chaos.stack import free_port
@@ -35,6 +34,7 @@ from driftrec.chaos.state import (
 from driftrec.chaos.traffic import PublishStats, ReaderPoller, Row, publish_steady, wait_zero_lag
 from driftrec.kafka_admin import ensure_topics
 from driftrec.keys import Keys
+from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from models.factors import fold_in
@@ -145,7 +145,7 @@ class _Watch:
     could not reach the broker at start-up) is started again 2 s later, as systemd would."""
 
     def __init__(self, settings: Settings, worker: Child) -> None:
-        self.client = aioredis.Redis.from_url(settings.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.client = async_client(settings.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.meta = Keys(settings.key_prefix).meta
         self.worker = worker
         self.applied = 0
@@ -249,7 +249,7 @@ def run_chaos(services: Services, cfg: ChaosConfig, logs: Path) -> dict[str, Any
     s = run_settings(services.settings, **cfg.settings_update)
     keys = Keys(s.key_prefix)
     sim, rows = sim_rows(cfg)
-    client = redis.Redis.from_url(s.redis)
+    client = sync_client(s.redis)
     model_items, Y = publish_model(client, keys, sim) if cfg.model else ([], np.zeros((0, 0)))
     worker = Child(s, ["worker"], logs / "chaos-worker.log").start()
     reader = Child(s, ["serve"], logs / "chaos-reader.log").start()

@@ -20,7 +20,7 @@ import redis
 from driftrec.errors import StackError
 from driftrec.settings import Settings, load_settings
 
-__all__ = ["PrivateStack", "PrivateRedis", "free_port"]
+__all__ = ["PrivateStack", "PrivateRedis", "LocalRedisCluster", "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +177,84 @@ class PrivateRedis:
 def settings_for(base: Settings, **update: object) -> Settings:
     """``base`` with ``update`` applied (a frozen settings object's copy)."""
     return base.model_copy(update=update)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20000, 55500)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise StackError("no free port pair for a cluster node")
+
+
+class LocalRedisCluster:
+    """``n`` ``redis-server --cluster-enabled yes`` nodes on free ports in ``workdir``, joined with
+    ``redis-cli --cluster create ... --cluster-replicas 0`` (every node a primary)."""
+
+    def __init__(self, workdir: Path, n: int = 3) -> None:
+        self.workdir = Path(workdir)
+        self.ports = [_cluster_port() for _ in range(n)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """The cluster URL driftrec takes (every node as a seed)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        for port in self.ports:
+            d = self.workdir / str(port)
+            d.mkdir(parents=True, exist_ok=True)
+            self.procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "5000", "--appendonly", "no", "--save", "",
+                 "--logfile", str(d / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + timeout_s
+        for port in self.ports:
+            while not _ping(f"redis://127.0.0.1:{port}/0"):
+                if time.monotonic() > deadline:
+                    raise StackError(f"cluster node {port} did not start")
+                time.sleep(0.05)
+        create = subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=timeout_s)
+        if create.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
+        while True:  # every node must see every slot covered before clients use it
+            states = []
+            for port in self.ports:
+                client = redis.Redis(port=port, socket_timeout=1.0)
+                try:
+                    states.append(client.cluster("info").get("cluster_state"))
+                finally:
+                    client.close()
+            if all(s == "ok" for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"cluster not ok: {states}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -1,0 +1,314 @@
+"""The worker's Redis state on Redis Cluster: each micro-batch split per hash slot, once per slot.
+
+A batch's keys span thousands of slots, and a Lua script may only touch keys of one slot, so
+the single-node pair of scripts (``load_batch.lua``, ``apply_batch.lua``) becomes:
+
+1. **load**: one cluster pipeline (the client sends each node its commands in parallel) reads the
+   offsets, the in-flight marks, the landmark, the live model version, the batch users'
+   histories and the vectors or weights the batch needs. A batch of these partitions left in
+   flight by a crash is finished first (step 5 from its write-ahead copy).
+2. **plan**: as on one node (:class:`streams.processor.BatchProcessor`, unchanged).
+3. **begin** (``cluster_begin.lua``, slot of ``{g}``): the offsets still those the load saw, no
+   other batch of these partitions in flight, the landmark unchanged; then the batch's
+   write-ahead copy (every slot group's payload) is stored and its partitions marked in flight.
+4. **groups** (``apply_slot.lua``): one script call per slot, all pipelined; each checks and
+   moves a guard hash ``P:{<slot tag>}:applied`` stored under a tag of that slot, so replaying
+   the copy applies each group at most once.
+5. **finish** (``cluster_finish.lua``, slot of ``{g}``): offsets, event counter, drop the copy.
+
+Because the copy holds the plan made from the state before the batch, a crash anywhere ends at
+exactly the state of one clean pass; a crash between 3 and 5 is finished by the next load (of
+any worker). Cluster-wide errors (a node down, slots moving) surface as ``ConnectionError``,
+which the processor waits out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib import resources
+from itertools import chain
+from typing import Any
+
+import msgpack
+import redis.exceptions
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from driftrec.keys import Keys
+from models.online import BatchDelta
+from streams.redis_state import (
+    APPLIED,
+    LANDMARK_MOVED,
+    NO_USER_EXTRA,
+    STALE_OFFSETS,
+    USER_VECTORS,
+    USER_WEIGHTS,
+    BatchContext,
+    RedisState,
+    _pairs,
+    _vec,
+)
+from streams.redis_state import rescale as rescale_keys
+from streams.vectors import VectorPlan
+
+__all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_key"]
+
+logger = logging.getLogger(__name__)
+
+_LUA = resources.files("streams").joinpath("lua")
+_SLOT_LUA = _LUA.joinpath("apply_slot.lua").read_text()
+_BEGIN_LUA = _LUA.joinpath("cluster_begin.lua").read_text()
+_FINISH_LUA = _LUA.joinpath("cluster_finish.lua").read_text()
+_CATS_KEPT = 32
+_pack = msgpack.Packer(use_bin_type=False).pack  # Redis' cmsgpack knows the old raw types only
+_flat = chain.from_iterable
+
+
+@lru_cache(maxsize=1)
+def _slot_tags() -> tuple[str, ...]:
+    """For every slot, the first short tag ``s<n>`` that hashes to it (found once, ~0.2 s)."""
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    missing, n = REDIS_CLUSTER_HASH_SLOTS, 0
+    while missing:
+        tag = f"s{n}"
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def slot_tag(slot: int) -> str:
+    return _slot_tags()[slot]
+
+
+def guard_key(keys: Keys, slot: int) -> str:
+    """HASH ``<topic>:<partition>`` -> end offset of the last batch applied to this slot."""
+    return f"{keys.prefix}:{{{slot_tag(slot)}}}:applied"
+
+
+def inflight_key(keys: Keys) -> str:
+    """HASH ``<topic>:<partition>`` -> id of the batch being applied to that partition."""
+    return f"{keys.prefix}:{{g}}:inflight"
+
+
+def wal_key(keys: Keys, batch_id: str) -> str:
+    """STRING: the write-ahead copy of one batch in flight."""
+    return f"{keys.prefix}:{{g}}:wal:{batch_id}"
+
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+def _cluster_errors(exc: BaseException) -> BaseException:
+    # A node down or slots without an owner is an outage the processor must wait out, not a bad
+    # record; anything else (a bug such as a cross-slot call) stays what it is.
+    if isinstance(exc, redis.exceptions.ClusterError | redis.exceptions.SlotNotCoveredError):
+        return redis.exceptions.ConnectionError(f"Redis Cluster unavailable: {exc}")
+    return exc
+
+
+class ClusterRedisState(RedisState):
+    """:class:`RedisState` for a :class:`redis.asyncio.RedisCluster` client (same interface)."""
+
+    def __init__(self, client: Any, keys: Keys, topic: str, *, window: int, history_len: int,
+                 neighbours_k: int, trending_k: int) -> None:
+        super().__init__(client, keys, topic, window=window, history_len=history_len,
+                         neighbours_k=neighbours_k, trending_k=trending_k)
+        self._slot = client.register_script(_SLOT_LUA)
+        self._begin = client.register_script(_BEGIN_LUA)
+        self._finish = client.register_script(_FINISH_LUA)
+        self._gkeys = [keys.offsets, keys.meta, inflight_key(keys)]
+        self.recovered = 0  # batches finished from a write-ahead copy
+
+    async def _run(self, fn: Any) -> Any:
+        try:
+            return await fn()
+        except Exception as exc:
+            raise _cluster_errors(exc) from exc
+
+    async def _scripts(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script many times in a cluster pipeline (loading it where a node lacks it)."""
+        async def go() -> list[Any]:
+            for attempt in (1, 2):
+                pipe = self.client.pipeline(transaction=False)
+                for keys, args in calls:  # ClusterPipeline.evalsha is blocked; the raw command is routed
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                res = await pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in res):
+                    await self.client.script_load(script.script)  # every primary: a node restarted
+                    continue
+                for r in res:
+                    if isinstance(r, Exception):
+                        raise r
+                return list(res)
+            raise AssertionError("unreachable")
+        self.commands_sent += len(calls)
+        return await self._run(go)
+
+    # --- load -----------------------------------------------------------------------------
+    async def load(self, users: Iterable[str], partitions: Iterable[int], *,
+                   user_extra: str = NO_USER_EXTRA, items: Iterable[str] = ()) -> BatchContext:
+        k = self.keys
+        users = list(dict.fromkeys(users))
+        items = list(dict.fromkeys(items))
+        parts = sorted(set(partitions))
+        fields = [self._field(p) for p in parts]
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            if fields:
+                pipe.execute_command("HMGET", k.offsets, *fields)
+                pipe.execute_command("HMGET", inflight_key(k), *fields)
+            pipe.execute_command("HGET", k.meta, "landmark")
+            pipe.execute_command("GET", k.model_current)
+            for u in users:
+                pipe.execute_command("ZRANGE", k.user_hist(u), -self.window, -1, "WITHSCORES")
+            if user_extra == USER_WEIGHTS:
+                for u in users:
+                    pipe.execute_command("ZRANGE", k.user_items(u), 0, -1, "WITHSCORES")
+            elif user_extra == USER_VECTORS:
+                for u in users:
+                    pipe.execute_command("HMGET", k.user_vec(u), "vec", "model")
+            for i in items:
+                pipe.execute_command("HMGET", k.item_vec(i), "vec", "model")
+            res = await self._run(pipe.execute)
+            self.commands_sent += len(res)
+            offs, busy = (res[0], res[1]) if fields else ([], [])
+            rest = res[2:] if fields else res
+            pending = {b.decode() for b in busy if b}
+            if not pending:
+                break
+            for batch_id in sorted(pending):
+                await self._recover(batch_id)
+        landmark, current = rest[0], rest[1]
+        rows = rest[2:]
+        hists, rows = rows[: len(users)], rows[len(users):]
+        extra: list[Any] = []
+        if user_extra in (USER_WEIGHTS, USER_VECTORS):
+            extra, rows = rows[: len(users)], rows[len(users):]
+        lm_raw = landmark.decode() if landmark else None
+        return BatchContext(
+            stored_offsets={p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)},
+            landmark=float(lm_raw) if lm_raw is not None else None,
+            landmark_raw=lm_raw,
+            model_version=current.decode() if current else None,
+            histories={u: _pairs(r) for u, r in zip(users, hists, strict=True)},
+            user_weights=({u: _pairs(r) for u, r in zip(users, extra, strict=True)}
+                          if user_extra == USER_WEIGHTS else {}),
+            user_vecs=({u: _vec(r) for u, r in zip(users, extra, strict=True)}
+                       if user_extra == USER_VECTORS else {}),
+            item_vecs={i: _vec(r) for i, r in zip(items, rows, strict=True)},
+        )
+
+    # --- apply ----------------------------------------------------------------------------
+    def _ops(self, delta: BatchDelta, vectors: VectorPlan | None) -> list[tuple[str, str, int, list[Any]]]:
+        """(key, op, cap, flat args) of every write, as ``RedisState.apply`` builds them."""
+        k = self.keys
+        out: list[tuple[str, str, int, list[Any]]] = []
+        add = out.append
+        for user in sorted(delta.forgotten):
+            for key in (k.user_hist(user), k.user_items(user), k.user_cats(user), k.user_vec(user)):
+                add((key, "d", 0, []))
+        if delta.pop:
+            add((k.popularity, "z", 0, list(_flat(delta.pop.items()))))
+        for cat, row in delta.trend.items():
+            add((k.trending(cat), "z", self.trending_k, list(_flat(row.items()))))
+        for item, nbrs in delta.cooc.items():
+            add((k.item_nbrs(item), "z", self.neighbours_k, list(_flat(nbrs.items()))))
+        for user, row in delta.user_items.items():
+            add((k.user_items(user), "z", self.history_len, list(_flat(row.items()))))
+        for user, cats in delta.user_cats.items():
+            add((k.user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items()))))
+        for user, hist in delta.hist.items():
+            add((k.user_hist(user), "h", self.history_len, [x for m, t in hist.items() for x in (t, m)]))
+        if delta.item_cat:
+            add((k.item_category, "s", 0, list(_flat(delta.item_cat.items()))))
+        if vectors is not None:
+            tag = vectors.model
+            for user, vec in vectors.users.items():
+                add((k.user_vec(user), "s", 0, ["vec", vec, "model", tag]))
+            for item, vec in vectors.items_set.items():
+                add((k.item_vec(item), "s", 0, ["vec", vec, "model", tag]))
+            for item, (base, change) in vectors.items_add.items():
+                add((k.item_vec(item), "v", len(base) // 4, [tag, base, change]))
+        return out
+
+    def _groups(self, ops: list[tuple[str, str, int, list[Any]]], ends: dict[str, str]) -> list[tuple[str, bytes]]:
+        """One (guard key, payload) per slot; ops keep their order inside a slot."""
+        by_slot: dict[int, tuple[list[str], list[list[Any]]]] = {}
+        for key, kind, cap, flat in ops:
+            slot = key_slot(key.encode())
+            names, rows = by_slot.setdefault(slot, ([], []))
+            names.append(key)
+            rows.append([len(names), kind, cap, flat])
+        return [(guard_key(self.keys, slot), _pack({"e": ends, "k": names, "ops": rows}))
+                for slot, (names, rows) in sorted(by_slot.items())]
+
+    async def apply(self, delta: BatchDelta, ctx: BatchContext, landmark: float | None,
+                    vectors: VectorPlan | None = None) -> int:
+        """Begin (write-ahead copy), every slot group, finish; returns APPLIED or why not."""
+        if landmark is None:
+            lm = ""
+        elif ctx.landmark_raw is not None and ctx.landmark == landmark:
+            lm = ctx.landmark_raw
+        else:
+            lm = _num(landmark)
+        ends = {self._field(p): str(o) for p, o in delta.offsets.items()}
+        t = delta.last_event_time
+        batch_id = uuid.uuid4().hex
+        finish = {"id": batch_id, "off": ends, "t": _num(t if math.isfinite(t) else 0.0), "n": delta.applied}
+        groups = self._groups(self._ops(delta, vectors), ends)
+        copy = _pack({"groups": groups, "finish": finish})
+        expected = {self._field(p): ctx.stored_offsets.get(p, "-1") for p in delta.offsets}
+        wal = wal_key(self.keys, batch_id)
+        (res,) = await self._scripts(self._begin, [(
+            [*self._gkeys, wal], [_pack({"g": expected, "lm": lm, "id": batch_id}), copy])])
+        code = int(res[0])
+        if code == -1:
+            return LANDMARK_MOVED
+        if code != 1:
+            return STALE_OFFSETS  # moved, or another batch in flight: the next load finishes it
+        await self._complete(batch_id, groups, finish)
+        return APPLIED
+
+    async def _complete(self, batch_id: str, groups: list[tuple[str, bytes]], finish: dict[str, Any]) -> None:
+        if groups:
+            await self._scripts(self._slot, [([g], [payload]) for g, payload in groups])
+        await self._scripts(self._finish, [([*self._gkeys, wal_key(self.keys, batch_id)], [_pack(finish)])])
+
+    async def _recover(self, batch_id: str) -> None:
+        """Finish a batch a crash left in flight, from its write-ahead copy."""
+        raw = await self._run(lambda: self.client.get(wal_key(self.keys, batch_id)))
+        if raw is None:  # finished meanwhile, or a copy lost with its node: nothing to replay
+            logger.warning("batch %s is in flight but has no write-ahead copy", batch_id)
+            return
+        copy = msgpack.unpackb(raw, raw=True)  # payloads are binary: keep every string as bytes
+        groups = [(g.decode(), payload) for g, payload in copy[b"groups"]]
+        await self._complete(batch_id, groups, copy[b"finish"])
+        self.recovered += 1
+        logger.info("finished batch %s from its write-ahead copy (%d slot groups)", batch_id, len(groups))
+
+    async def load_item_vecs(self, items: Iterable[str]) -> dict[str, tuple[bytes | None, str | None]]:
+        items = list(dict.fromkeys(items))
+        if not items:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for i in items:
+            pipe.execute_command("HMGET", self.keys.item_vec(i), "vec", "model")
+        res = await self._run(pipe.execute)
+        self.commands_sent += len(items)
+        return {i: _vec(r) for i, r in zip(items, res, strict=True)}
+
+    async def rescale(self, policy: Any, old_landmark: float, t: float) -> None:
+        """Fence new batches, finish those in flight, then rescale every node's decayed keys."""
+        await self._run(lambda: self.client.hset(self.keys.meta, "rescaling", "1"))
+        busy = await self._run(lambda: self.client.hgetall(inflight_key(self.keys)))
+        for batch_id in sorted({v.decode() for v in busy.values()}):
+            await self._recover(batch_id)
+        new_landmark = float(math.floor(t))
+        await rescale_keys(self, policy.rescale_factor(old_landmark, new_landmark), new_landmark)

@@ -1,0 +1,83 @@
+-- Redis Cluster: applies the part of one micro-batch whose keys share one hash slot, once.
+-- KEYS[1] = the slot's guard hash P:{<slot tag>}:applied: "<topic>:<partition>" -> the end
+--           offset of the last batch whose updates to this slot are in. Every key of the
+--           payload hashes to KEYS[1]'s slot (streams/cluster_state.py groups them so).
+-- ARGV[1] = msgpack {e = {field = the batch's end offset (string)}, k = {key, ...},
+--                    ops = {{index into k, op, cap, {...}}, ...}}
+-- The ops are apply_batch.lua's ("z", "h", "s", "v", "d"; see there) and must stay in step.
+-- Effectively once per slot group: a batch is replayed from its write-ahead copy after a crash,
+-- so a group may arrive twice; the guard already at or past the batch's end offset means it is
+-- in, and nothing happens. A batch's partitions are written together, so checking them all
+-- agrees with checking one.
+-- Returns 1 when applied, 0 when it already was.
+local p = cmsgpack.unpack(ARGV[1])
+for part, off in pairs(p.e) do
+  local cur = redis.call('HGET', KEYS[1], part)
+  if cur and tonumber(cur) >= tonumber(off) then return 0 end
+end
+
+local CHUNK = 1000
+local function bounded(key, cap)
+  if cap > 0 then
+    local n = redis.call('ZCARD', key)
+    if n > cap then redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1) end
+  end
+end
+local function variadic(cmd, key, opt, kv)
+  for i = 1, #kv, 2 * CHUNK do
+    local j = math.min(i + 2 * CHUNK - 1, #kv)
+    if opt then
+      redis.call(cmd, key, opt, unpack(kv, i, j))
+    else
+      redis.call(cmd, key, unpack(kv, i, j))
+    end
+  end
+end
+local function zincr(key, kv)
+  for i = 1, #kv, 2 * CHUNK do
+    local j = math.min(i + 2 * CHUNK - 1, #kv)
+    local members = {}
+    for x = i, j, 2 do members[#members + 1] = kv[x] end
+    local cur = redis.call('ZMSCORE', key, unpack(members))
+    local args = {}
+    for x = 1, #members do
+      local v = kv[i + 2 * x - 1]
+      local c = cur[x]
+      if c then v = tonumber(c) + v end
+      args[2 * x - 1] = v
+      args[2 * x] = members[x]
+    end
+    redis.call('ZADD', key, unpack(args))
+  end
+end
+local fmts = {}
+
+for _, op in ipairs(p.ops) do
+  local key = p.k[op[1]]
+  local kind = op[2]
+  local cap = op[3]
+  local kv = op[4]
+  if kind == 'z' then
+    if #kv > 0 then zincr(key, kv) end
+    bounded(key, cap)
+  elseif kind == 'h' then
+    if #kv > 0 then variadic('ZADD', key, 'GT', kv) end
+    bounded(key, cap)
+  elseif kind == 's' then
+    if #kv > 0 then variadic('HSET', key, nil, kv) end
+  elseif kind == 'v' then
+    local fmt = fmts[cap]
+    if fmt == nil then fmt = '<' .. string.rep('f', cap); fmts[cap] = fmt end
+    local cur = redis.call('HMGET', key, 'vec', 'model')
+    local base = kv[2]
+    if cur[2] == kv[1] and cur[1] and #cur[1] == 4 * cap then base = cur[1] end
+    local b = {struct.unpack(fmt, base)}
+    local d = {struct.unpack(fmt, kv[3])}
+    for j = 1, cap do b[j] = b[j] + d[j] end
+    redis.call('HSET', key, 'vec', struct.pack(fmt, unpack(b, 1, cap)), 'model', kv[1])
+  elseif kind == 'd' then
+    redis.call('DEL', key)
+  end
+end
+for part, off in pairs(p.e) do redis.call('HSET', KEYS[1], part, off) end
+return 1
