@@ -85,13 +85,11 @@ def load_stream(dataset: str | Path, max_events: int | None = None) -> tuple[str
         from driftrec.simulator import ShopSimulator
 
         n = max_events or 60_000
-        sim = ShopSimulator(n_users=800, n_items=3000, n_categories=12, seed=7, drift_every_s=None,
-                            drift_at=1_700_000_000.0 + 0.0)
-        # Place the drift at the middle of the stream: the event rate is known in advance.
-        mid = 1_700_000_000.0 + 0.5 * n / sim.expected_event_rate()
-        sim = ShopSimulator(n_users=800, n_items=3000, n_categories=12, seed=7, drift_every_s=None,
-                            drift_at=mid)
-        return "simulator", event_views(sim.events(n))
+        shape = {"n_users": 800, "n_items": 3000, "n_categories": 12, "seed": 7, "drift_every_s": None}
+        t0 = 1_700_000_000.0
+        # Every shopper's taste moves at the middle of the stream (the rate is known in advance).
+        mid = t0 + 0.5 * n / ShopSimulator(**shape, start_time=t0).expected_event_rate
+        return "simulator", event_views(ShopSimulator(**shape, start_time=t0, drift_at=mid).events(n))
     from driftrec.datasets import load_any
     from driftrec.datasets.base import shared_datasets_dir
 
