@@ -14,7 +14,10 @@ Runs on a stack of its own (Kafka KRaft + Redis with AOF everysec, unique folder
    ``--kafka-down`` seconds after the stop began. Then: seconds from the last fault's end to
    zero consumer lag (the lag collector of ``driftrec lag``), and the final Redis state against
    the in-process oracle fed the topic's records in offset order.
-2. Poison flood: ``--poison`` fuzzed bad events mixed into ``--poison-good`` good ones; worker
+2. AOF rollback (``--aof-rollback N``, a separate 30,000-event run): Redis is killed and its
+   AOF loses the last N applied scripts before the restart, as an OS crash with ``appendfsync
+   everysec`` would; whether the worker re-applies them is what the result shows.
+3. Poison flood: ``--poison`` fuzzed bad events mixed into ``--poison-good`` good ones; worker
    crashes, dead letters and their reasons, the good events' state against the oracle.
 
 Writes ``--out`` (JSON).
@@ -50,6 +53,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--items", type=int, default=5000)
     ap.add_argument("--no-model", action="store_true", help="no published model: ISGD vectors")
+    ap.add_argument("--aof-rollback", type=int, default=20,
+                    help="then a separate run whose Redis loses its last N applied scripts (0 = skip)")
     ap.add_argument("--keep", action="store_true", help="keep the stack's folder (logs, data)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chaos.json")
     args = ap.parse_args()
@@ -67,6 +72,14 @@ def main() -> None:
                           faults=(Fault("worker_kill9", 0.3), Fault("redis_kill9", 0.5, 1.0),
                                   Fault("worker_kill9", 0.7), Fault("kafka_stop", 0.85, args.kafka_down)))
         result = run_chaos(stack, cfg, home / "logs")
+        if args.aof_rollback:
+            # What the kill -9 above cannot show: an OS crash loses up to a second of AOF.
+            rb = ChaosConfig(events=30_000, rate=args.rate, users=args.users, items=args.items,
+                             model=False, faults=(Fault("redis_rollback", 0.5, float(args.aof_rollback)),))
+            r = run_chaos(stack, rb, home / "logs")
+            result["aof_rollback_experiment"] = {k: r[k] for k in (
+                "events", "faults", "applied_events_counter", "lost_events", "double_applied_events",
+                "state_equal_to_oracle", "seconds_to_zero_lag")} | {"comparison": r["comparison"]["mismatches"]}
         if args.poison:
             result["poison_flood"] = run_poison(stack.settings, home / "logs", good=args.poison_good,
                                                 bad=args.poison)

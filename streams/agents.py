@@ -26,6 +26,7 @@ from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
 from streams import metrics
 from streams.cluster_state import ClusterRedisState
+from streams.gapfill import KafkaGapFiller
 from streams.processor import BatchProcessor, DeadLetter, RawRecord
 from streams.published import FactorCache
 from streams.redis_state import RedisState
@@ -72,7 +73,8 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
             ))
         await asyncio.gather(*pending)
 
-    processor = BatchProcessor(settings, state, send_dead_letters, factors)
+    processor = BatchProcessor(settings, state, send_dead_letters, factors,
+                               gaps=KafkaGapFiller(settings.bootstrap, settings.clicks_topic))
 
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import redis.exceptions
 from aiokafka.errors import KafkaError
@@ -25,6 +26,7 @@ from driftrec.settings import Settings
 from models.decay import DecayPolicy, EventWeights
 from models.online import BatchDelta, EventView, plan_batch
 from streams import metrics
+from streams.gapfill import KafkaGapFiller, find_gaps
 from streams.published import FactorCache, PublishedFactors
 from streams.redis_state import (
     APPLIED,
@@ -125,8 +127,13 @@ class BatchProcessor:
     """
 
     def __init__(self, settings: Settings, state: RedisState, dead_letters: DeadLetterSink,
-                 factors: FactorCache | None = None, *, backoff: Backoff | None = None) -> None:
+                 factors: FactorCache | None = None, *, backoff: Backoff | None = None,
+                 gaps: KafkaGapFiller | None = None) -> None:
         self.settings = settings
+        self.gaps = gaps  # reads back records a Redis rollback lost (streams/gapfill.py)
+        #: Partition -> last offset this process saw Redis accept; Redis storing less later means
+        #: it lost acknowledged writes (checked at every batch, whatever its partitions).
+        self.seen: dict[int, int] = {}
         self.state = state
         self.dead_letters = dead_letters
         self.factors = factors
@@ -255,6 +262,8 @@ class BatchProcessor:
             else:
                 extra = USER_VECTORS
             parts = {v.partition for v in views} | {d.record.partition for d in dead}
+            if self.gaps is not None:
+                parts |= set(self.seen)
             ctx = await self.state.load((v.user for v in views), parts, user_extra=extra, items=items)
             if self.factors is None or ctx.model_version == self.factors.version:
                 return ctx, model
@@ -268,6 +277,8 @@ class BatchProcessor:
         while True:
             ctx, model = await self._load(views, dead)
             applied_offsets = ctx.applied_offsets
+            if self.gaps is not None and await self._fill_gaps(views, by_pos, dead, applied_offsets):
+                continue  # records Redis lost were read back from Kafka: load and plan them too
             # A record at or below the stored offset was handled before a crash or by a replay:
             # its dead letter went out then.
             fresh = [d for d in dead
@@ -303,12 +314,29 @@ class BatchProcessor:
                 return BatchOutcome(0, len(views), fresh)
             result = await self.state.apply(delta, ctx, landmark if delta.applied else None, vectors)
             if result == APPLIED:
+                for p, o in delta.offsets.items():
+                    self.seen[p] = max(self.seen.get(p, -1), o)
                 if delta.last_event_time:
                     metrics.LAST_EVENT_TIME.set(delta.last_event_time)
                 return BatchOutcome(delta.applied, len(views) - delta.applied - len(delta.rejected), fresh)
             if result == LANDMARK_MOVED:
                 await asyncio.sleep(0.05)
             logger.info("batch raced another writer or a rescale (result %d); re-planning", result)
+
+    async def _fill_gaps(self, views: list[EventView], by_pos: dict[tuple[int, int], RawRecord],
+                         dead: list[DeadLetter], applied: dict[int, int]) -> bool:
+        """Add the records between Redis' offsets and the batch's first ones; True if any."""
+        assert self.gaps is not None
+        holes = find_gaps(chain(by_pos, ((d.record.partition, d.record.offset) for d in dead),
+                                ((p, o + 1) for p, o in self.seen.items())),
+                          applied, self.gaps.max_records)
+        rows = await self.gaps.fetch(holes)
+        more_views, more_pos, more_dead = self.parse(
+            [RawRecord(self.settings.clicks_topic, p, o, v) for p, o, v in rows])
+        views.extend(more_views)
+        by_pos.update(more_pos)
+        dead.extend(more_dead)
+        return bool(rows)
 
     async def _vectors(self, views: list[EventView], delta: BatchDelta, ctx: BatchContext,
                        model: PublishedFactors | None, applied_offsets: dict[int, int]) -> VectorPlan:

@@ -59,8 +59,9 @@ class Services(Protocol):
 
 @dataclass(frozen=True)
 class Fault:
-    """``worker_kill9`` / ``redis_kill9`` fire at a share ``at`` of the events applied, ``kafka_stop``
-    at a share of the events published; ``hold_s`` is how long the service stays down."""
+    """``worker_kill9`` / ``redis_kill9`` / ``redis_rollback`` fire at a share ``at`` of the events
+    applied, ``kafka_stop`` at a share of the events published; ``hold_s`` is how long the service
+    stays down (for ``redis_rollback``: how many applied scripts the AOF loses)."""
 
     kind: str
     at: float
@@ -182,6 +183,13 @@ async def _inject(f: Fault, services: Services, worker: Child, watch: _Watch, t0
         await asyncio.to_thread(services.start_redis)
         rec["applied_after_restart"] = await watch.poll(wait_s=10.0)
         # Reads just before the kill are a lower bound of what Redis had acknowledged.
+        if rec["applied_before"] is not None and rec["applied_after_restart"] is not None:
+            rec["applied_lost_by_restart"] = max(0, rec["applied_before"] - rec["applied_after_restart"])
+    elif f.kind == "redis_rollback":  # an OS crash: the last second of the AOF never hit the disk
+        await asyncio.to_thread(services.kill9_redis)
+        rec["aof_bytes_dropped"] = await asyncio.to_thread(services.drop_aof_tail, int(f.hold_s))  # type: ignore[attr-defined]
+        await asyncio.to_thread(services.start_redis)
+        rec["applied_after_restart"] = await watch.poll(wait_s=10.0)
         if rec["applied_before"] is not None and rec["applied_after_restart"] is not None:
             rec["applied_lost_by_restart"] = max(0, rec["applied_before"] - rec["applied_after_restart"])
     elif f.kind == "kafka_stop":

@@ -20,7 +20,7 @@ import redis
 from driftrec.errors import StackError
 from driftrec.settings import Settings, load_settings
 
-__all__ = ["PrivateStack", "PrivateRedis", "LocalRedisCluster", "free_port"]
+__all__ = ["PrivateStack", "PrivateRedis", "LocalRedisCluster", "free_port", "drop_aof_tail"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ class PrivateStack:
         """Start Redis again (it replays its AOF) and wait until it answers."""
         self.stack.up(timeout_s)
 
+    def drop_aof_tail(self, transactions: int) -> int:
+        """Cut the last ``transactions`` MULTI/EXEC blocks (one per applied script) off the AOF
+        of a stopped Redis: what an OS crash loses with ``appendfsync everysec``."""
+        return drop_aof_tail(self.stack.redis_dir, transactions)
+
     def stop_kafka(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the broker (controlled shutdown) and wait for it to exit; SIGKILL if it hangs."""
         pid = self.kafka_pid
@@ -117,6 +122,26 @@ class PrivateStack:
 
     def freeze_kafka(self, frozen: bool) -> None:
         os.kill(self.kafka_pid, signal.SIGSTOP if frozen else signal.SIGCONT)  # type: ignore[arg-type]
+
+
+def drop_aof_tail(redis_dir: Path, transactions: int) -> int:
+    """Truncate the newest incremental AOF before its last ``transactions`` MULTI blocks; returns
+    the bytes dropped. Scripts reach the AOF as their effects wrapped in MULTI/EXEC."""
+    incr = sorted((redis_dir / "appendonlydir").glob("*.incr.aof"), key=lambda p: p.stat().st_mtime)
+    if not incr:
+        raise StackError(f"no incremental AOF under {redis_dir}")
+    path = incr[-1]
+    data = path.read_bytes()
+    marker = b"*1\r\n$5\r\nMULTI\r\n"
+    cut = len(data)
+    for _ in range(transactions):
+        at = data.rfind(marker, 0, cut)
+        if at < 0:
+            break
+        cut = at
+    with open(path, "r+b") as fh:
+        fh.truncate(cut)
+    return len(data) - cut
 
 
 def _read(path: Path) -> int | None:

@@ -100,3 +100,13 @@ def test_the_pool_drops_idle_connections_that_were_lost() -> None:
         assert pool._idle == []
 
     asyncio.run(go())
+
+
+def test_a_batch_beyond_the_stored_offsets_is_a_gap_to_read_back() -> None:
+    from streams.gapfill import find_gaps
+
+    positions = [(0, 120), (0, 121), (1, 50), (2, 10), (3, 7)]
+    stored = {0: 99, 1: 49, 2: -1}  # 3: Redis never saw the partition
+    assert find_gaps(positions, stored, max_records=1000) == {0: (100, 120)}
+    assert find_gaps(positions, stored, max_records=10) == {}  # too large: logged, not filled
+    assert find_gaps([(0, 100)], {0: 99}, 1000) == {}
