@@ -34,7 +34,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec.chaos.memory import memory_per_owner, redis_memory_info  # noqa: E402
+from driftrec.chaos.memory import encoding_what_if, memory_per_owner, redis_memory_info  # noqa: E402
 from driftrec.chaos.procs import Child, commit, machine, rss_mb, wait_http  # noqa: E402
 from driftrec.chaos.scenario import run_settings  # noqa: E402
 from driftrec.chaos.stack import PrivateStack  # noqa: E402
@@ -125,6 +125,8 @@ def main() -> None:
         users = [u for u in sim.user_ids if client.exists(keys.user_hist(u))]
         items = [k.decode() for k in client.zrange(keys.popularity, 0, -1)]
         mem = memory_per_owner(client, keys, users, items, history_len=s.history_len)
+        at_cap = [u for u in users[:5000] if int(client.zcard(keys.user_hist(u))) >= s.history_len]
+        what_if = encoding_what_if(client, keys, at_cap)
         info = redis_memory_info(client)
         client.close()
     finally:
@@ -144,6 +146,7 @@ def main() -> None:
         "worker_rss": stability(w, args.warmup), "reader_rss": stability(rd, args.warmup),
         "reader": poller.summary(),
         "redis_memory": {**mem, **info, "users": len(users), "items": len(items)},
+        "users_at_history_cap_what_if": what_if,
         "targets": {"bytes_per_user_max": 2048, "bytes_per_item_max": 4096,
                     "per_user_met": per_user <= 2048, "per_item_met": per_item <= 4096,
                     "per_user_at_cap_met": (mem["bytes_per_user_at_history_cap"] or {}).get("mean", 0) <= 2048},
@@ -159,6 +162,7 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("events", "stopped_early", "applied_events_per_s", "worker_rss",
                                              "reader_rss", "targets")}, indent=2))
     print(json.dumps({k: mem[k] for k in ("bytes_per_user", "bytes_per_user_at_history_cap", "bytes_per_item")}))
+    print(json.dumps(what_if))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import redis
 
 from driftrec.keys import Keys
 
-__all__ = ["memory_per_owner", "redis_memory_info"]
+__all__ = ["memory_per_owner", "redis_memory_info", "encoding_what_if"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +103,41 @@ def memory_per_owner(client: redis.Redis, keys: Keys, users: list[str], items: l
         "bytes_per_item_key": {p: _stats([float(x) for x in v if x]) for p, v in item_part.items()},
         "global_share_per_item_bytes": round(share, 1), "items_in_popularity": n_items,
     }
+
+
+def encoding_what_if(client: redis.Redis, keys: Keys, users: list[str], *, sample: int = 100,
+                     seed: int = 1) -> dict[str, Any]:
+    """Bytes of users' ``hist`` + ``w`` if stored otherwise, rebuilt from their real contents
+    under a scratch name: scores as they are; event times as integer milliseconds or seconds;
+    weights rounded to 7 significant digits (float32's precision); 30 entries instead of 50."""
+    rng = random.Random(seed)
+    us = rng.sample(users, min(sample, len(users)))
+    scratch = f"{keys.prefix}:{{whatif}}:"
+    totals: dict[str, list[int]] = {k: [] for k in ("as_stored", "hist_int_ms", "hist_int_s",
+                                                    "w_7_digits", "both_compact", "both_compact_30")}
+    for u in us:
+        hist = client.zrange(keys.user_hist(u), 0, -1, withscores=True)
+        w = client.zrange(keys.user_items(u), 0, -1, withscores=True)
+        if not hist or not w:
+            continue
+        variants = {
+            "h": {m: s for m, s in hist}, "h_ms": {m: int(round(s * 1000)) for m, s in hist},
+            "h_s": {m: int(s) for m, s in hist}, "w": {m: s for m, s in w},
+            "w7": {m: float(f"{s:.7g}") for m, s in w},
+            "h_ms30": {m: int(round(s * 1000)) for m, s in hist[-30:]},
+            "w730": {m: float(f"{s:.7g}") for m, s in w[-30:]},
+        }
+        size = {}
+        for name, members in variants.items():
+            client.delete(scratch + name)
+            client.zadd(scratch + name, members)
+            size[name] = int(client.execute_command("MEMORY", "USAGE", scratch + name, "SAMPLES", "0"))
+            client.delete(scratch + name)
+        totals["as_stored"].append(size["h"] + size["w"])
+        totals["hist_int_ms"].append(size["h_ms"] + size["w"])
+        totals["hist_int_s"].append(size["h_s"] + size["w"])
+        totals["w_7_digits"].append(size["h"] + size["w7"])
+        totals["both_compact"].append(size["h_ms"] + size["w7"])
+        totals["both_compact_30"].append(size["h_ms30"] + size["w730"])
+    return {"users": len(totals["as_stored"]),
+            "hist_plus_w_bytes_mean": {k: round(statistics.fmean(v), 1) for k, v in totals.items() if v}}
