@@ -85,7 +85,8 @@ def load_stream(dataset: str | Path, max_events: int | None = None) -> tuple[str
         from driftrec.simulator import ShopSimulator
 
         n = max_events or 60_000
-        shape = {"n_users": 800, "n_items": 3000, "n_categories": 12, "seed": 7, "drift_every_s": None}
+        shape: dict[str, Any] = {"n_users": 800, "n_items": 3000, "n_categories": 12, "seed": 7,
+                                 "drift_every_s": None}
         t0 = 1_700_000_000.0
         # Every shopper's taste moves at the middle of the stream (the rate is known in advance).
         mid = t0 + 0.5 * n / ShopSimulator(**shape, start_time=t0).expected_event_rate
@@ -109,7 +110,9 @@ def _publish(settings: Settings, warm: Any, options: PrequentialOptions) -> tupl
     from models.batch.registry import create_model
 
     x = warm.matrix()
-    als = create_model("als", **options.als).fit(x, seed=options.seed)
+    from models.batch.als import ALSModel
+
+    als = ALSModel(**options.als).fit(x, seed=options.seed)
     users = [u for u, _ in sorted(warm.users.items(), key=lambda kv: kv[1])]
     tf_w: list[np.ndarray] = []
     tf_b: list[np.ndarray] = []
@@ -152,7 +155,7 @@ def tune_batch_models(warm: Sequence[EventView], settings: Settings, options: Pr
             return 0.0
         model = create_model(kind, **params).fit(x, seed=options.seed)
         scores = dict(zip(rows, np.asarray(model._score_users(np.asarray(rows, dtype=np.int64))), strict=True))
-        hits, met = 0, {}
+        hits, met = 0, dict[str, set[str]]()
         for e in asks:
             r = data.users[e.user]
             s = scores[r].astype(np.float64)
@@ -162,10 +165,10 @@ def tune_batch_models(warm: Sequence[EventView], settings: Settings, options: Pr
             mine.add(e.item)
         return hits / len(asks)
 
-    tried = {kind: [{"params": p, "hr10": hit_rate(kind, p)} for p in grid]
+    tried: dict[str, list[dict[str, Any]]] = {kind: [{"params": p, "hr10": hit_rate(kind, p)} for p in grid]
              for kind, grid in (("als", options.als_grid), ("itemknn", options.itemknn_grid))}
-    best = {kind: max(runs, key=lambda r: r["hr10"]) for kind, runs in tried.items()}
-    chosen = "als" if best["als"]["hr10"] > best["itemknn"]["hr10"] else "itemknn"
+    best = {kind: max(runs, key=lambda r: float(r["hr10"])) for kind, runs in tried.items()}
+    chosen = "als" if float(best["als"]["hr10"]) > float(best["itemknn"]["hr10"]) else "itemknn"
     return {"holdout_events": len(asks), "tried": tried, "als": best["als"]["params"],
             "itemknn": best["itemknn"]["params"], "hourly": chosen}
 
@@ -202,7 +205,8 @@ def build_methods(settings: Settings, events: Sequence[EventView], start: int,
     if scored is not None:
         period = options.hourly_period_s
         for i in np.flatnonzero(scored):
-            schedule.setdefault(float(np.floor(events[i].t / period) * period), set()).add(events[i].user)
+            e = events[int(i)]
+            schedule.setdefault(float(np.floor(e.t / period) * period), set()).add(e.user)
     methods: dict[str, Recommender] = {
         "popularity": PopularityRecommender(ew),
         "static_als": StaticModelRecommender(als, warm),
@@ -225,7 +229,37 @@ def build_methods(settings: Settings, events: Sequence[EventView], start: int,
     return methods
 
 
-def summarise(result: PrequentialResult, n_windows: int = 10) -> dict[str, Any]:
+def _ratio_intervals(result: PrequentialResult, out: dict[str, Any], window_s: float,
+                     draws: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """95 % bootstrap intervals of the two ratios, resampling whole scored windows (hours).
+
+    Events of one hour are not independent (one shopper's session), so the hours are the unit
+    resampled; both methods are scored on the same resampled events (a paired comparison).
+    """
+    if result.scored == 0:
+        return {}
+    win = np.floor(result.times / window_s)
+    _, cluster = np.unique(win, return_inverse=True)
+    n = int(cluster.max()) + 1
+    hits = {m: np.bincount(cluster, weights=(r > 0).astype(float), minlength=n) for m, r in result.ranks.items()}
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)  # window weights per draw
+    live = w @ hits["live"] if "live" in hits else None
+    found: dict[str, list[float]] = {}
+    pairs = {"live_vs_hourly_batch": out.get("methods", {}).get("hourly_batch", {}).get("model"),
+             "live_vs_best_baseline": out.get("best_baseline")}
+    if pairs["live_vs_best_baseline"] == "hourly_batch":
+        pairs["live_vs_best_baseline"] = pairs["live_vs_hourly_batch"]
+    for key, base in pairs.items():
+        if live is None or base not in hits:
+            continue
+        other = w @ hits[base]
+        ratio = np.divide(live, other, out=np.full(draws, np.inf), where=other > 0)
+        found[key] = [float(np.quantile(ratio, q, method="inverted_cdf")) for q in (0.025, 0.975)]
+    return found
+
+
+def summarise(result: PrequentialResult, n_windows: int = 10, window_s: float = 3600.0) -> dict[str, Any]:
     """Metrics per method, the hourly batch as the better of its two models, and the ratios."""
     metrics = result.summary()
     hourly = [m for m in ("hourly_als", "hourly_itemknn") if m in metrics]
@@ -242,6 +276,7 @@ def summarise(result: PrequentialResult, n_windows: int = 10) -> dict[str, Any]:
     if "hourly_batch" in metrics:
         hb = metrics["hourly_batch"]["hr10"]
         out["live_vs_hourly_batch"] = live / hb if hb > 0 else None
+    out["ci95"] = _ratio_intervals(result, out, window_s)
     out["hr10"] = {m: v["hr10"] for m, v in metrics.items()}
     out["ndcg10"] = {m: v["ndcg10"] for m, v in metrics.items()}
     mids, per = result.windows(n_windows)
@@ -274,7 +309,7 @@ def prequential(dataset: str | Path, settings: Settings, options: PrequentialOpt
         result = run_prequential(events, methods, mask, k=options.k, batch_size=options.batch_size,
                                  bulk_size=options.bulk_size, progress=bar.update)
     t3 = time.perf_counter()
-    report = summarise(result, options.n_windows)
+    report = summarise(result, options.n_windows, options.window_s)
     report.update({
         "dataset": name, "events": len(events), "warmup_events": start, "scored_events": result.scored,
         "scored_windows": int(np.unique(np.floor(result.times / options.window_s)).size),
@@ -330,7 +365,7 @@ def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn
         t = time.perf_counter()
         model = create_model(name, **(params or {}).get(name, {})).fit(train, seed=seed)
         fit_s = time.perf_counter() - t
-        m = evaluate_model(model, train, test, k)
+        m: dict[str, Any] = dict(evaluate_model(model, train, test, k))
         m.update({"fit_s": fit_s, "params": model.params()})
         out["models"][name] = m
         log(f"offline {split} {name}: P@{k} {m['precision']:.4f} nDCG@{k} {m['ndcg']:.4f} ({fit_s:.1f}s)")

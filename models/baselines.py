@@ -312,14 +312,13 @@ class ISGDRecommender:
 
     def update(self, events: Sequence[EventView]) -> None:
         for e in events:
-            u = self.user_vecs.get(e.user)
-            if u is None:
-                u = init_vector(f"u:{e.user}", self.k, self.seed)
+            stored = self.user_vecs.get(e.user)
+            u: npt.NDArray[np.floating] = init_vector(f"u:{e.user}", self.k, self.seed) if stored is None else stored
             i = self._item(e.item)
-            v = self.item_vecs[i]
+            v: npt.NDArray[np.floating] = self.item_vecs[i]
             for _ in range(self.epochs):
                 u, v = isgd_update(u, v, self.lr, self.reg)
-            self.user_vecs[e.user], self.item_vecs[i] = u, v
+            self.user_vecs[e.user], self.item_vecs[i] = np.asarray(u, np.float64), v
 
     def recommend(self, user: str, n: int, exclude: Set[str], now: float) -> list[str]:
         u = self.user_vecs.get(user)

@@ -123,7 +123,7 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
     """
     # A source with weight 0 adds nothing, so it is not computed (trending still back-fills).
     ii, because = item_item_scores(c, shrinkage) if weights.item_item > 0 else ({}, {})
-    raw = {"item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
+    raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {"item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
            "similar_users": c.similar_users, "trending": c.trending}
     sources = {name: _normalised(pairs) if name == "trending" or getattr(weights, name) > 0 else {}
                for name, pairs in raw.items()}

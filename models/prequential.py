@@ -112,7 +112,7 @@ def scored_mask(
         mask[i] = i >= start
     if window_s is not None and max_windows is not None:
         idx = np.flatnonzero(mask)
-        win = np.floor(np.fromiter((events[i].t for i in idx), float, idx.size) / window_s)
+        win = np.floor(np.array([events[int(i)].t for i in idx], dtype=np.float64) / window_s)
         distinct = np.unique(win)
         if distinct.size > max_windows:
             picks = np.linspace(0, distinct.size - 1, max_windows).round().astype(int)
@@ -239,6 +239,6 @@ def run_prequential(
         if progress is not None:
             progress(len(batch))
         lo = hi
-    times = np.array([events[i].t for i in index], dtype=np.float64)
+    times = np.array([events[int(i)].t for i in index], dtype=np.float64)
     return PrequentialResult(methods=names, k=k, index=index.astype(np.int64), times=times,
                              ranks=ranks, applied=len(events), batch_size=batch_size)
