@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--items", type=int, default=5000)
+    ap.add_argument("--reader-requests", type=int, default=2000,
+                    help="then reader and Redis CPU per recommendation on the one-worker state")
     ap.add_argument("--unbounded", action="store_true", help="bounds no run reaches: every key exact")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = ap.parse_args()
@@ -48,7 +50,7 @@ def main() -> None:
     update = {"neighbours_k": 100_000, "trending_k": 100_000, "history_len": 100_000} if args.unbounded else {}
     try:
         result = run_scale(stack.settings, home / "logs", events=args.events, users=args.users,
-                           items=args.items, settings_update=update)
+                           items=args.items, settings_update=update, reader_requests=args.reader_requests)
     finally:
         stack.down()
         shutil.rmtree(home / "kafka", ignore_errors=True)

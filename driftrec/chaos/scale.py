@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +43,17 @@ MODES: dict[str, tuple[int, str | None]] = {
 }
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _offsets(client: redis.Redis, keys: Keys) -> dict[int, int]:
     raw: dict[bytes, bytes] = client.hgetall(keys.offsets)  # type: ignore[assignment]
     return {int(k.decode().rsplit(":", 1)[1]): int(v) for k, v in raw.items()}
@@ -69,6 +81,8 @@ def _one_run(topic_settings: Settings, mode: str, ends: dict[int, int], n_events
     samples: list[tuple[float, int]] = []
     max_members = max_assigned_to_group = 0
     left_at: float | None = None
+    redis_cpu0 = redis_cpu_s(client)
+    worker_cpu = 0.0
     started = time.monotonic()
     try:
         while True:
@@ -89,9 +103,11 @@ def _one_run(topic_settings: Settings, mode: str, ends: dict[int, int], n_events
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"{mode}: not done after {timeout_s}s: {stored} vs {ends}")
             time.sleep(0.1)
+        worker_cpu = sum(cpu_s(w.pid) for w in workers if w.alive())
     finally:
         for w in workers:
             w.stop()
+    redis_cpu = redis_cpu_s(client) - redis_cpu0
     first = next((i for i, (_, a) in enumerate(samples) if a >= 0.05 * n_events), 0)
     (t0, a0), (t1, a1) = samples[first], samples[-1]
     result = {
@@ -100,15 +116,47 @@ def _one_run(topic_settings: Settings, mode: str, ends: dict[int, int], n_events
         "events_per_s_after_5pct": round((a1 - a0) / (t1 - t0), 1) if t1 > t0 else None,
         "max_group_members_seen": max_members if workers_n == 2 else 1,
         "unexpected_exits": [c for w in workers for c in w.unexpected_exits],
+        # CPU per event, start-up included: what a capacity plan scales (leave=kill9 loses a worker's).
+        "worker_cpu_ms_per_1000_events": round(worker_cpu * 1e6 / n_events, 1) if not leave else None,
+        "redis_cpu_ms_per_1000_events": round(redis_cpu * 1e6 / n_events, 1),
     }
     snap = read_redis(client, keys)
     client.close()
     return result, s, snap
 
 
+def _reader_cost(s: Settings, logs: Path, views: list[Any], n: int) -> dict[str, Any]:
+    """Reader and Redis CPU per ``GET /v1/recommendations/<user>?n=10`` on the state just built."""
+    import random
+    import urllib.request
+
+    from driftrec.chaos.procs import wait_http
+
+    s = s.model_copy(update={"reader_port": free_port()})
+    client = sync_client(s.redis)
+    reader = Child(s, ["serve"], logs / "scale-reader.log").start()
+    users = sorted({v.user for v in views})
+    rng = random.Random(0)
+    try:
+        wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
+        for _ in range(50):  # warm-up: model cache, snapshot, connections
+            urllib.request.urlopen(f"http://127.0.0.1:{s.reader_port}/v1/recommendations/{rng.choice(users)}?n=10").read()
+        r0, c0, t0 = redis_cpu_s(client), cpu_s(reader.pid), time.monotonic()
+        for _ in range(n):
+            urllib.request.urlopen(f"http://127.0.0.1:{s.reader_port}/v1/recommendations/{rng.choice(users)}?n=10").read()
+        r1, c1, t1 = redis_cpu_s(client), cpu_s(reader.pid), time.monotonic()
+    finally:
+        reader.stop()
+        client.close()
+    return {"requests": n, "sequential_req_per_s": round(n / (t1 - t0), 1),
+            "reader_cpu_ms_per_request": round((c1 - c0) * 1000 / n, 3),
+            "redis_cpu_us_per_request": round((r1 - r0) * 1e6 / n, 1)}
+
+
 def run_scale(base: Settings, logs: Path, *, events: int = 60_000, users: int = 2000, items: int = 5000,
               seed: int = 13, modes: tuple[str, ...] = tuple(MODES), leave_at: float = 0.4,
-              timeout_s: float = 600.0, settings_update: dict[str, Any] | None = None) -> dict[str, Any]:
+              timeout_s: float = 600.0, settings_update: dict[str, Any] | None = None,
+              reader_requests: int = 0) -> dict[str, Any]:
     """Publish ``events`` once; run every mode on them; compare states (see module docstring)."""
     s = run_settings(base, **(settings_update or {}))
     cfg = ChaosConfig(events=events, users=users, items=items, seed=seed)
@@ -134,5 +182,7 @@ def run_scale(base: Settings, logs: Path, *, events: int = 60_000, users: int = 
             result[f"state_equal_to_{modes[0]}"] = vs.equal
             result[f"vs_{modes[0]}"] = vs.as_dict()
         out["runs"][mode] = result
+        if mode == modes[0] and reader_requests:
+            out["reader_cost"] = _reader_cost(run_s, logs, views, reader_requests)
         logger.info("scale %s: %s", mode, {k: v for k, v in result.items() if "comparison" not in k and "vs_" not in k})
     return out
