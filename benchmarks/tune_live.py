@@ -88,7 +88,8 @@ def main() -> None:
     def save(stage: str, summary: dict[str, dict[str, float]]) -> str:
         report["stages"][stage] = summary
         out.write_text(json.dumps(report, indent=1, sort_keys=True))
-        best = max((k for k in summary if k != "raw_cooccurrence"), key=lambda k: summary[k]["hr10"])
+        # "feed" is the state's own recommender with the default weights: already a candidate.
+        best = max((k for k in summary if k not in ("raw_cooccurrence", "feed")), key=lambda k: summary[k]["hr10"])
         print(f"{stage}: best {best} HR@10 {summary[best]['hr10']:.4f} "
               f"(raw co-occurrence {summary['raw_cooccurrence']['hr10']:.4f})", flush=True)
         return best
