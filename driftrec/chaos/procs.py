@@ -56,7 +56,9 @@ class Child:
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log, "ab") as out:
             out.write(f"\n==== start {self.starts} of {' '.join(self.args)} at {time.time():.3f}\n".encode())
-            self.proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", *self.args], cwd=ROOT,
+            # In the log's folder: Faust makes a "<group>-data" folder in its working directory.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+            self.proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", *self.args], cwd=self.log.parent,
                                          env=env, stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
         return self
