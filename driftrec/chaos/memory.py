@@ -116,11 +116,11 @@ def encoding_what_if(client: redis.Redis, keys: Keys, users: list[str], *, sampl
     totals: dict[str, list[int]] = {k: [] for k in ("as_stored", "hist_int_ms", "hist_int_s",
                                                     "w_7_digits", "both_compact", "both_compact_30")}
     for u in us:
-        hist = client.zrange(keys.user_hist(u), 0, -1, withscores=True)
-        w = client.zrange(keys.user_items(u), 0, -1, withscores=True)
+        hist: list[tuple[bytes, float]] = client.zrange(keys.user_hist(u), 0, -1, withscores=True)  # type: ignore[assignment]
+        w: list[tuple[bytes, float]] = client.zrange(keys.user_items(u), 0, -1, withscores=True)  # type: ignore[assignment]
         if not hist or not w:
             continue
-        variants = {
+        variants: dict[str, dict[bytes, float]] = {
             "h": {m: s for m, s in hist}, "h_ms": {m: int(round(s * 1000)) for m, s in hist},
             "h_s": {m: int(s) for m, s in hist}, "w": {m: s for m, s in w},
             "w7": {m: float(f"{s:.7g}") for m, s in w},
