@@ -111,9 +111,10 @@ def plot(report: dict[str, Any], out: Path) -> list[str]:
         from datetime import datetime
 
         x = [datetime.fromtimestamp(t, tz=UTC) for t in w["t"]]
-        for method, ys in sorted(w["hr10"].items()):
+        colours = plt.get_cmap("tab20").colors
+        for k, (method, ys) in enumerate(sorted(w["hr10"].items())):
             live = method == "live"
-            ax.plot(x, ys, marker="o" if live else ".", lw=2.5 if live else 1.0,
+            ax.plot(x, ys, marker="o" if live else ".", lw=2.5 if live else 1.0, color=colours[k % 20],
                     ls="-" if method.startswith("live") else "--", label=method)
         ax.set_title(f"{name}: HR@10 per time window (scored half, {d['scored_events']} events)")
         ax.set_ylabel("HR@10")
@@ -206,7 +207,13 @@ def main() -> None:
     ap.add_argument("--no-tf", action="store_true")
     ap.add_argument("--no-tuned", dest="tuned", action="store_false", help="ignore tuning_<dataset>.json")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--replot", action="store_true", help="only redraw plots and Markdown from evaluation.json")
     args = ap.parse_args()
+    if args.replot:
+        report = json.loads((args.out / "evaluation.json").read_text())
+        plots = plot(report, args.out)
+        (args.out / "evaluation.md").write_text(markdown(report, plots))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("models.batch.als").setLevel(logging.WARNING)
     t0 = time.perf_counter()
