@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -60,15 +59,6 @@ def parse_weights(query: Mapping[str, str], base: BlendWeights) -> BlendWeights:
     return weights
 
 
-_PENDING: set[asyncio.Task[None]] = set()
-
-
-def _settle(task: asyncio.Task[None]) -> None:
-    _PENDING.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.debug("attribution write failed: %s", task.exception())
-
-
 def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endpoint: str) -> dict[str, object]:
     if answer.degraded:
         metrics.degraded.labels(endpoint).inc()
@@ -105,13 +95,6 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics) -> list[Rout
                                     context=context)
         body = _body(answer, {"user_id": user, "strategy": q.get("strategy", "blend")}, metrics,
                      "recommendations")
-        if answer.items and not answer.degraded:
-            # Recorded after the answer is built and off its path: a failed write loses attribution
-            # of this one answer, never the answer itself.
-            task = asyncio.get_running_loop().create_task(rec.store.record_served(
-                str(body["request_id"]), str(body["strategy"]), {x.item: x.source for x in answer.items}))
-            _PENDING.add(task)
-            task.add_done_callback(_settle)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
 
     async def similar(request: Request) -> Response:

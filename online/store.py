@@ -101,15 +101,6 @@ class ReaderStore:
         self.fast = fast
         self.keys = keys
 
-    async def record_served(self, request_id: str, strategy: str, sources: dict[str, str],
-                            ttl_s: int = 3600) -> None:
-        """Write ``P:{r:R}`` (item -> source, ``#strategy``) so clicks can be attributed (docs/redis-keys.md)."""
-        key = self.keys.served(request_id)
-        flat: list[Any] = ["HSET", key, "#strategy", strategy]
-        for item, source in sources.items():
-            flat += [item, source]
-        await self._run([flat, ["EXPIRE", key, ttl_s]])
-
     async def _run(self, commands: list[list[Any]]) -> list[Any]:
         if self.fast is not None:
             return await self.fast.execute(commands)

@@ -202,24 +202,3 @@ async def test_published_model_is_served_switched_and_a_corrupt_one_ignored(rset
             assert app.state.models.failures >= 1 and app.state.models.version == "v2"
     finally:
         client.close()
-
-
-async def test_answer_is_recorded_for_click_attribution(rsettings: Settings, state: InMemoryState) -> None:
-    user = max(state.hist, key=lambda u: len(state.hist[u]))
-    async with reader(rsettings) as (_, client):
-        body = (await client.get(f"/v1/recommendations/{user}", params={"n": 5})).json()
-        rid = body["request_id"]
-        rds = redis.Redis.from_url(rsettings.redis, decode_responses=True)
-        key = Keys(rsettings.key_prefix).served(rid)
-        try:
-            async def recorded() -> bool:
-                return bool(rds.exists(key))
-
-            await wait_for(recorded, timeout=5)
-            served = rds.hgetall(key)
-            ttl = rds.ttl(key)
-        finally:
-            rds.close()
-    assert served.pop("#strategy") == "blend"
-    assert served == {x["item_id"]: x["source"] for x in body["items"]}
-    assert 0 < ttl <= 3600
