@@ -163,7 +163,7 @@ pos = st.floats(0.0, 1e6, allow_nan=False)
 @settings(max_examples=200, deadline=None)
 @given(recent=st.lists(st.tuples(items, pos), max_size=5, unique_by=lambda p: p[0]),
        nbrs=st.dictionaries(items, st.lists(st.tuples(items, pos), max_size=6), max_size=8),
-       norms=st.dictionaries(items, pos, max_size=8), shrinkage=st.floats(0.0, 50.0))
+       norms=st.dictionaries(items, pos, max_size=8), shrinkage=st.one_of(st.just(0.0), st.floats(1e-3, 50.0)))
 def test_item_item_scores_equal_the_definition(recent, nbrs, norms, shrinkage) -> None:  # type: ignore[no-untyped-def]
     c = Candidates(recent=recent, neighbours=nbrs, norms=norms)
     assert item_item_scores(c, shrinkage) == _reference(c, shrinkage)
