@@ -172,7 +172,7 @@ def run_scale(base: Settings, logs: Path, *, events: int = 60_000, users: int = 
         result, run_s, snap = _one_run(s, mode, ends, events, logs, leave_at, timeout_s)
         oracle = build_oracle(run_s, views, float(snap.meta.get("landmark", min(v.t for v in views))))
         cmp = compare(snap, oracle, run_s, last_offsets=last_offsets(records))
-        result.update({"applied_events_counter": snap.applied,
+        result.update({"landmark": snap.meta.get("landmark"), "applied_events_counter": snap.applied,
                        "lost_events": max(0, len(views) - snap.applied),
                        "double_applied_events": max(0, snap.applied - len(views)),
                        "state_equal_to_oracle": cmp.equal, "oracle_comparison": cmp.as_dict()})
