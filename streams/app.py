@@ -14,6 +14,8 @@ def create_app(settings: Settings) -> faust.App:
         settings.consumer_group,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",  # our state lives in Redis; Faust keeps no tables
+        # Faust writes an (empty) "<id>-data" folder; keep it under driftrec's home, not the cwd.
+        datadir=str(settings.home / "faust" / "{conf.name}-data"),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
