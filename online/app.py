@@ -32,6 +32,7 @@ from online.routes_events import event_routes
 from online.routes_ops import ops_routes
 from online.routes_recs import recommendation_routes
 from online.routes_users import user_routes
+from online.served import ServedRecorder
 from online.snapshot import TrendingSnapshot
 from online.store import ReaderStore
 
@@ -40,6 +41,7 @@ __all__ = ["create_app", "create_store", "configured_weights"]
 logger = logging.getLogger(__name__)
 
 _FIRST_SNAPSHOT_WAIT_S = 2.0
+_FIRST_MODEL_WAIT_S = 10.0
 
 
 def create_store(settings: Settings) -> ReaderStore:
@@ -96,12 +98,15 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                 per_category=min(settings.trending_k, 500),
                                 interval_s=settings.reader_snapshot_interval_s)
     rec = Recommender(settings, store, models, snapshot, configured_weights(settings))
+    recorder = ServedRecorder(store.execute, store.keys, metrics.count_served)
     metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
     openapi = openapi_document(api_keys=bool(settings.api_keys), history_len=settings.history_len)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = None
+        recorder.start()
+        await _first_model(store, models)
         if refresh_snapshot:
             # A first snapshot before serving, if Redis answers soon; never block start-up on it.
             try:
@@ -114,11 +119,12 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
         finally:
             if task is not None:
                 await snapshot.stop(task)
+            await recorder.stop()
             await sink.close()
             await store.aclose()
 
     routes: list[Route] = [
-        *recommendation_routes(rec, metrics),
+        *recommendation_routes(rec, metrics, recorder),
         *user_routes(settings, store, sink, metrics),
         *event_routes(settings, sink, metrics),
         *ops_routes(store, models, snapshot, metrics, openapi),
@@ -138,4 +144,20 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     app.state.recommender = rec
     app.state.metrics = metrics
     app.state.sink = sink
+    app.state.recorder = recorder
     return app
+
+
+async def _first_model(store: ReaderStore, models: ModelCache) -> None:
+    """Load the live model before serving, if Redis names one soon (never blocks start-up long).
+
+    Without it the first answers of a fresh reader come without the model while it loads in
+    the background; a load that fails or takes too long is left to the per-request path.
+    """
+    try:
+        version = await asyncio.wait_for(store.model_version(), _FIRST_SNAPSHOT_WAIT_S)
+        models.observe(version)
+        await asyncio.wait_for(asyncio.shield(models.wait()), _FIRST_MODEL_WAIT_S)
+    except Exception as exc:
+        logger.warning("no model loaded at start-up (%s: %s); loading on the first requests",
+                       type(exc).__name__, exc)

@@ -33,6 +33,9 @@ class ReaderMetrics:
                                        "that contributed most to them.", ["source"], registry=r)
         self.events = Counter("driftrec_reader_ingested_events", "Events POSTed, by outcome.",
                               ["outcome"], registry=r)
+        self.served_records = Counter("driftrec_reader_served_records", "Answers recorded for click "
+                                      "attribution (P:{r:R}), by outcome: written, dropped_full (queue "
+                                      "bound), dropped_error (Redis did not take them).", ["outcome"], registry=r)
         self.forgets = Counter("driftrec_reader_forget_requests", "forget_user tombstones produced.", registry=r)
         self.model_loads = Gauge("driftrec_reader_model_loads", "Model versions loaded since start.", registry=r)
         self.snapshot_age = Gauge("driftrec_reader_snapshot_age_seconds",
@@ -49,6 +52,10 @@ class ReaderMetrics:
             self._children[key] = child
         child[0].inc()
         child[1].observe(seconds)
+
+    def count_served(self, outcome: str, n: int) -> None:
+        """Records of served answers by outcome (:class:`online.served.ServedRecorder`)."""
+        self.served_records.labels(outcome).inc(n)
 
     def watch(self, snapshot_age: Callable[[], float | None], model_version: Callable[[], str | None],
               loads: Callable[[], int]) -> None:

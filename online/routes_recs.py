@@ -17,8 +17,9 @@ from online.http import json_response
 from online.metrics import ReaderMetrics
 from online.params import category_param, check_id, id_list_param, int_param, reject_unknown
 from online.recommender import Answer, Recommender
+from online.served import ServedRecorder
 
-__all__ = ["recommendation_routes", "STRATEGIES", "parse_weights"]
+__all__ = ["recommendation_routes", "STRATEGIES", "SIMILAR_STRATEGY", "parse_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ _REC_PARAMS = frozenset({"n", "exclude", "category", "strategy", "weights", "con
 _SIMILAR_PARAMS = frozenset({"n", "category"})
 _TRENDING_PARAMS = frozenset({"n", "category", "exclude"})
 MAX_N = 100
+#: ``#strategy`` of a similar-items answer's record (recommendations record their ``strategy=``).
+SIMILAR_STRATEGY = "similar_items"
 
 
 def parse_weights(query: Mapping[str, str], base: BlendWeights) -> BlendWeights:
@@ -79,8 +82,15 @@ def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endp
     }
 
 
-def recommendation_routes(rec: Recommender, metrics: ReaderMetrics) -> list[Route]:
+def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
+                          recorder: ServedRecorder | None = None) -> list[Route]:
     base = rec.weights
+
+    def record(body: dict[str, object], strategy: str, answer: Answer) -> None:
+        # Queued after the answer is built; written by the recorder's task, never on this path.
+        # A degraded answer is not recorded: Redis is what is missing.
+        if recorder is not None and not answer.degraded:
+            recorder.record(str(body["request_id"]), strategy, answer.items)
 
     async def recommendations(request: Request) -> Response:
         q = request.query_params
@@ -93,8 +103,9 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics) -> list[Rout
         weights = parse_weights(q, base)
         answer = await rec.for_user(user, n, exclude=exclude, category=category, weights=weights,
                                     context=context)
-        body = _body(answer, {"user_id": user, "strategy": q.get("strategy", "blend")}, metrics,
-                     "recommendations")
+        strategy = q.get("strategy", "blend")
+        body = _body(answer, {"user_id": user, "strategy": strategy}, metrics, "recommendations")
+        record(body, strategy, answer)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
 
     async def similar(request: Request) -> Response:
@@ -104,6 +115,7 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics) -> list[Rout
         n = int_param(q, "n", 10, 1, MAX_N)
         answer = await rec.similar(item, n, category_param(q))
         body = _body(answer, {"item_id": item}, metrics, "similar")
+        record(body, SIMILAR_STRATEGY, answer)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
 
     async def trending(request: Request) -> Response:

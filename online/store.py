@@ -109,6 +109,10 @@ class ReaderStore:
             pipe.execute_command(*cmd)
         return list(await pipe.execute())
 
+    async def execute(self, commands: list[list[Any]]) -> list[Any]:
+        """Send raw ``commands`` as one pipeline (writers off the request path use it)."""
+        return await self._run(commands)
+
     async def ping(self) -> bool:
         (pong,) = await self._run([["PING"]])
         return bool(pong)
@@ -119,6 +123,11 @@ class ReaderStore:
         await self.client.aclose()
         if self.blob_client is not self.client:
             await self.blob_client.aclose()
+
+    async def model_version(self) -> str | None:
+        """The live model version (``P:{m}:current``), or None."""
+        (version,) = await self._run([["GET", self.keys.model_current]])
+        return str(version) if version is not None else None
 
     def _meta_cmd(self) -> list[Any]:
         return ["HMGET", self.keys.meta, "landmark", "last_event_time"]

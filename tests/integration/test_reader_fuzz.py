@@ -1,5 +1,6 @@
 """Every endpoint fuzzed against a real Redis: only JSON 4xx for bad input, never a 500, and every
-key the reader touches (seen by Redis MONITOR) is one of the layout's keys with a valid id."""
+key the reader touches (seen by Redis MONITOR) is one of the layout's keys with a valid id; the
+only writes are the records of served answers (``P:{r:R}``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 
 from driftrec.keys import Keys
 from driftrec.settings import Settings
+from models.blend import SOURCES
 from online.app import create_app
+from online.routes_recs import SIMILAR_STRATEGY, STRATEGIES
 from online.params import ID_PATTERN
 from tests.integration.test_reader_support import (
     ListSink,
@@ -50,6 +53,10 @@ class Harness:
 
     def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         return self.loop.run_until_complete(self.client.request(method, url, **kw))
+
+    def flush(self) -> None:
+        """Write the queued answer records now (they are written off the request path)."""
+        self.loop.run_until_complete(self.app.state.recorder.flush())
 
     def close(self) -> None:
         self.loop.run_until_complete(self.client.aclose())
@@ -153,7 +160,7 @@ HS = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthChe
                                                                        HealthCheck.too_slow])
 
 
-def test_fuzz_reads_only_json_4xx_and_ids_stay_in_their_keys(settings: Settings, harness: Harness) -> None:
+def test_fuzz_json_4xx_ids_stay_in_their_keys_and_only_answers_are_recorded(settings: Settings, harness: Harness) -> None:
     watch = KeyWatch(settings.redis)
 
     @HS
@@ -168,20 +175,36 @@ def test_fuzz_reads_only_json_4xx_and_ids_stay_in_their_keys(settings: Settings,
 
     try:
         one()
+        harness.flush()
     finally:
         watch.stop()
     prefix = settings.key_prefix
     grammar = re.compile(
         rf"^{prefix}:(\{{u:{_ID}\}}:(hist|w|cats|vec)|\{{i:{_ID}\}}:(nbr|vec)"
         rf"|\{{g\}}:(pop|icat|meta|trend:[^\x00-\x1f\x7f]{{1,64}})|\{{m\}}:(current|v:.+))$")
+    # The one key the reader writes: the record of an answer, named by the request id it made.
+    served = re.compile(rf"^{prefix}:\{{r:[0-9a-f]{{32}}\}}$")
     touched = [c for c in watch.commands if c and c[0].upper() not in _NO_KEY and len(c) > 1
                and c[1].startswith(prefix + ":")]
     assert touched, "the monitor saw no reader command"
-    bad = [c[:2] for c in touched if not grammar.match(c[1])]
+    reads = [c for c in touched if c[0].upper() in {"ZREVRANGE", "HMGET", "HGET", "GET", "ZMSCORE"}]
+    writes = [c for c in touched if c not in reads]
+    bad = [c[:2] for c in reads if not grammar.match(c[1])]
     assert not bad, bad[:10]
-    # The reader only reads: no write command ever carried one of its keys.
-    writes = {c[0].upper() for c in touched} - {"ZREVRANGE", "HMGET", "HGET", "GET", "ZMSCORE"}
-    assert not writes, writes
+    # Writes: only HSET + EXPIRE of answer records, whose fields are served items (valid ids)
+    # and their sources, plus the strategy; nothing else the fuzzer sent is ever written.
+    assert writes, "no answer was recorded"
+    assert {c[0].upper() for c in writes} == {"HSET", "EXPIRE"}, {c[0] for c in writes}
+    bad = [c[:2] for c in writes if not served.match(c[1])]
+    assert not bad, bad[:10]
+    for c in writes:
+        if c[0].upper() == "EXPIRE":
+            assert c[2:] == ["3600"], c
+            continue
+        fields = dict(zip(c[2::2], c[3::2], strict=True))
+        assert fields.pop("#strategy") in {*STRATEGIES, SIMILAR_STRATEGY}, c
+        assert fields and all(re.fullmatch(_ID, i) for i in fields), c
+        assert set(fields.values()) <= set(SOURCES), c
 
 
 def test_fuzz_writes_only_json_4xx(settings: Settings, harness: Harness) -> None:

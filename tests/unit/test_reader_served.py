@@ -1,0 +1,100 @@
+"""The served-answer recorder: batched HSET + EXPIRE pipelines, bounded queue, drops counted, never raises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import redis.exceptions
+
+from driftrec.keys import Keys
+from driftrec.oncall.attribution import STRATEGY_FIELD
+from models.blend import Scored
+from online.served import STRATEGY_FIELD as READER_FIELD
+from online.served import ServedRecorder
+
+
+def _items(*pairs: tuple[str, str]) -> list[Scored]:
+    return [Scored(i, 1.0, s, "why") for i, s in pairs]
+
+
+class FakeRedis:
+    """Records the pipelines it is sent; fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.pipelines: list[list[list[Any]]] = []
+        self.down = False
+
+    async def run(self, commands: list[list[Any]]) -> list[Any]:
+        await asyncio.sleep(0)
+        if self.down:
+            raise redis.exceptions.ConnectionError("down")
+        self.pipelines.append(commands)
+        return [1] * len(commands)
+
+
+def test_the_exporter_reads_the_field_the_reader_writes() -> None:
+    assert READER_FIELD == STRATEGY_FIELD
+
+
+def test_records_are_written_in_pipelines_of_hset_and_expire() -> None:
+    async def go() -> tuple[FakeRedis, Counter[str]]:
+        fake, counts = FakeRedis(), Counter[str]()
+        rec = ServedRecorder(fake.run, Keys("p"), lambda o, n: counts.update({o: n}), max_batch=2)
+        rec.start()
+        rec.record("r1", "blend", _items(("a", "item_item"), ("b", "trending")))
+        rec.record("r2", "similar_items", _items(("c", "user_vector")))
+        rec.record("r3", "tf", _items(("d", "tf")))
+        rec.record("r4", "blend", [])  # nothing served, nothing recorded
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if counts["written"] == 3:
+                break
+        await rec.stop()
+        return fake, counts
+
+    fake, counts = asyncio.run(go())
+    assert counts == {"written": 3}
+    # Three records queued before the writer woke: two pipelines of at most two records each.
+    assert [len(p) for p in fake.pipelines] == [4, 2]
+    cmds = [c for p in fake.pipelines for c in p]
+    assert cmds[0] == ["HSET", "p:{r:r1}", "#strategy", "blend", "a", "item_item", "b", "trending"]
+    assert cmds[1] == ["EXPIRE", "p:{r:r1}", 3600]
+    assert cmds[2] == ["HSET", "p:{r:r2}", "#strategy", "similar_items", "c", "user_vector"]
+    assert cmds[4][:2] == ["HSET", "p:{r:r3}"] and cmds[5] == ["EXPIRE", "p:{r:r3}", 3600]
+
+
+def test_redis_down_drops_records_with_a_count_and_the_queue_stays_bounded() -> None:
+    async def go() -> tuple[FakeRedis, Counter[str], int]:
+        fake, counts = FakeRedis(), Counter[str]()
+        fake.down = True
+        rec = ServedRecorder(fake.run, Keys("p"), lambda o, n: counts.update({o: n}), max_queue=5, max_batch=3)
+        rec.start()
+        rec.record("r0", "blend", _items(("a", "trending")))
+        await asyncio.sleep(0.05)  # the writer tried, failed and backs off
+        for k in range(1, 9):  # recording never raises, whatever Redis does
+            rec.record(f"r{k}", "blend", _items(("a", "trending")))
+        queued = len(rec)
+        fake.down = False
+        await rec.stop()  # writes what is left
+        return fake, counts, queued
+
+    fake, counts, queued = asyncio.run(go())
+    assert queued == 5
+    assert counts == {"dropped_error": 1, "dropped_full": 3, "written": 5}
+    assert sum(len(p) for p in fake.pipelines) == 2 * 5
+
+
+def test_stop_counts_what_it_could_not_write() -> None:
+    async def go() -> Counter[str]:
+        fake, counts = FakeRedis(), Counter[str]()
+        fake.down = True
+        rec = ServedRecorder(fake.run, Keys("p"), lambda o, n: counts.update({o: n}))
+        rec.record("r1", "blend", _items(("a", "trending")))
+        rec.record("r2", "blend", _items(("b", "trending")))
+        await rec.stop(timeout=0.5)
+        return counts
+
+    counts = asyncio.run(go())
+    assert counts == {"dropped_error": 2}
