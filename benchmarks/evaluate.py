@@ -86,7 +86,8 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     report["tuned_on_warmup"] = tuned
     report["settings"] = {k: getattr(settings, k) for k in (
         "half_life_s", "cooc_window", "cooc_window_s", "history_len", "neighbours_k", "similarity_shrinkage",
-        "reader_recent_items", "reader_neighbours", "reader_similar_users", "event_weights")}
+        "reader_recent_items", "reader_recent_order", "reader_neighbours", "reader_similar_users",
+        "event_weights")}
     report["targets"] = {k: {"target": v, "value": report.get(k), "met": (report.get(k) or 0) >= v}
                          for k, v in TARGETS.items()}
     if not args.no_offline and dataset != "simulator":

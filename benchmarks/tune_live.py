@@ -15,6 +15,8 @@ import argparse
 import itertools
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,14 @@ WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=RESULTS.parent.parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def weights_of(spec: dict[str, float]) -> BlendWeights:
     return BlendWeights(**{**{s: 0.0 for s in SOURCES}, **spec})
 
@@ -59,6 +69,8 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=150)
     ap.add_argument("--half-lives", default="7,90,365,1095", help="days")
     ap.add_argument("--windows", default="5,10", help="co-occurrence windows (items)")
+    ap.add_argument("--reuse-write", action="store_true",
+                    help="take stage 1 (half-life, window) from the existing tuning_<dataset>.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
@@ -75,7 +87,8 @@ def main() -> None:
     choice = tune_batch_models(events[:start], base, PrequentialOptions())
     _, model, _ = _publish(base, warm, PrequentialOptions(tf=False, als=choice["als"]))
     report: dict[str, Any] = {"dataset": name, "tuning_events": len(events), "scored": int(mask.sum()),
-                              "als": choice["als"], "stages": {}}
+                              "als": choice["als"], "stages": {}, "commit": _commit(),
+                              "command": "python benchmarks/tune_live.py " + " ".join(sys.argv[1:])}
     out = RESULTS / f"tuning_{name}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     store = {"window": base.cooc_window, "window_s": base.cooc_window_s, "history_len": base.history_len,
@@ -95,28 +108,38 @@ def main() -> None:
         return best
 
     # Stage 1: write-path settings (decay, co-occurrence window), default reads, two blends.
-    methods: dict[str, Any] = {"raw_cooccurrence": raw()}
-    for hl, win in itertools.product(args.half_lives.split(","), args.windows.split(",")):
-        s = base.model_copy(update={"half_life_s": float(hl) * DAY, "cooc_window": int(win)})
-        live = LiveRecommender(s, BlendWeights(), model, publish_offset=offset)
-        methods[f"{hl},{win}|default"] = live
-        methods[f"{hl},{win}|ii1_uv.5_tr.3"] = live.view(weights_of(WEIGHTS["ii1_uv.5_tr.3"]))
-    best = save("write", replay(events, start, mask, methods, "stage 1: decay, window"))
-    hl, win = best.split("|")[0].split(",")
-    write = {"half_life_s": float(hl) * DAY, "cooc_window": int(win)}
+    if args.reuse_write:  # stage 1 of an earlier run of this script on the same warm-up
+        earlier = json.loads(out.read_text())
+        report["stages"]["write"] = earlier["stages"]["write"]
+        report["write_stage_from_commit"] = earlier.get("commit", "unknown")
+        write = {k: earlier["best"]["settings"][k] for k in ("half_life_s", "cooc_window")}
+        print(f"write: reused {write}", flush=True)
+    else:
+        methods: dict[str, Any] = {"raw_cooccurrence": raw()}
+        for hl, win in itertools.product(args.half_lives.split(","), args.windows.split(",")):
+            s = base.model_copy(update={"half_life_s": float(hl) * DAY, "cooc_window": int(win)})
+            live = LiveRecommender(s, BlendWeights(), model, publish_offset=offset)
+            methods[f"{hl},{win}|default"] = live
+            methods[f"{hl},{win}|ii1_uv.5_tr.3"] = live.view(weights_of(WEIGHTS["ii1_uv.5_tr.3"]))
+        best = save("write", replay(events, start, mask, methods, "stage 1: decay, window"))
+        hl, win = best.split("|")[0].split(",")
+        write = {"half_life_s": float(hl) * DAY, "cooc_window": int(win)}
 
     # Stage 2: read-path settings on that write path, two blends.
     s = base.model_copy(update=write)
     live = LiveRecommender(s, BlendWeights(), model, publish_offset=offset)
     methods = {"raw_cooccurrence": raw(), "feed": live}
-    for recent, nbrs, shrink in ((8, 20, 5.0), (20, 20, 5.0), (8, 50, 5.0), (20, 50, 5.0), (8, 20, 1.0), (8, 20, 20.0)):
+    grid = [(r, n, 5.0, o) for o in ("time", "weight") for r, n in ((8, 20), (20, 20), (8, 50), (20, 50))]
+    grid += [(8, 20, 1.0, "time"), (8, 20, 20.0, "time")]
+    for recent, nbrs, shrink, order in grid:
         reader = live.reader(s.model_copy(update={"reader_recent_items": recent, "reader_neighbours": nbrs,
-                                                 "similarity_shrinkage": shrink}))
+                                                 "similarity_shrinkage": shrink, "reader_recent_order": order}))
         for wname in ("default", "ii1_uv.5_tr.3"):
-            methods[f"{recent},{nbrs},{shrink:g}|{wname}"] = reader.view(weights_of(WEIGHTS[wname]))
+            methods[f"{recent},{nbrs},{shrink:g},{order}|{wname}"] = reader.view(weights_of(WEIGHTS[wname]))
     best = save("read", replay(events, start, mask, methods, "stage 2: reads"))
-    r, n, sh = best.split("|")[0].split(",")
-    read = {"reader_recent_items": int(r), "reader_neighbours": int(n), "similarity_shrinkage": float(sh)}
+    r, n, sh, order = best.split("|")[0].split(",")
+    read = {"reader_recent_items": int(r), "reader_neighbours": int(n), "similarity_shrinkage": float(sh),
+            "reader_recent_order": order}
 
     # Stage 3: blend weights on that write and read path.
     s = base.model_copy(update={**write, **read})

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, blend
+from models.blend import BlendWeights, Candidates, blend, recent_items
 from models.online import EventView, InMemoryState
 
 __all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
@@ -227,11 +227,11 @@ class LiveRecommender:
         hist = st.hist.get(user, {})
         excluded |= set(hist)
         decayed = [(i, v * f) for i, v in _zrevrange(st.user_items.get(user, {}), s.history_len) if v > 0]
+        newest = sorted(hist.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)  # as ZREVRANGE
         if not decayed and hist:  # as the reader: recency stands in for missing weights
             t_now = st.last_event_time
-            decayed = [(i, st.policy.decayed_weight(1.0, t, t_now))
-                       for i, t in sorted(hist.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
-        recent = decayed[: s.reader_recent_items]
+            decayed = [(i, st.policy.decayed_weight(1.0, t, t_now)) for i, t in newest]
+        recent = recent_items(decayed, [i for i, _ in newest], s.reader_recent_items, s.reader_recent_order)
         want = n + len(excluded)
         vec_scores: list[tuple[str, float]] = []
         tf_scores: list[tuple[str, float]] = []

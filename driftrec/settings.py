@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,8 @@ class Settings(BaseSettings):
     reader_blend_weights: dict[str, float] = Field(
         default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending); unset = models.blend defaults.")
     reader_recent_items: int = Field(default=8, ge=1, description="Recent items whose neighbours the reader reads per request.")
+    reader_recent_order: Literal["time", "weight"] = Field(
+        default="time", description="Which recent items feed item-item: the last clicked ('time') or the strongest decayed weights ('weight').")
     reader_neighbours: int = Field(default=20, ge=1, description="Strongest neighbours read per recent item.")
     reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
     reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["BlendWeights", "Candidates", "Scored", "blend", "SOURCES"]
+__all__ = ["BlendWeights", "Candidates", "Scored", "blend", "recent_items", "SOURCES"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,48 @@ class Scored:
     score: float
     source: str
     reason: str
+
+
+def recent_items(decayed: Sequence[tuple[str, float]], newest_first: Sequence[str], k: int,
+                 order: str = "time") -> list[tuple[str, float]]:
+    """The ``k`` recent items whose neighbours feed the item-item source, with their weights.
+
+    Parameters
+    ----------
+    decayed : (item, decayed weight) of the user's items, strongest first.
+    newest_first : the user's items by their last click, newest first (the history).
+    k : how many to keep.
+    order : ``"time"`` keeps the ``k`` items clicked last (topped up with the strongest of the
+        rest when fewer have a weight); ``"weight"`` keeps the ``k`` strongest.
+
+    Notes
+    -----
+    Each item keeps its decayed weight either way; only the choice of items differs. With a
+    long half-life, a session's burst of clicks seconds apart decays to nearly equal weights,
+    so "strongest" cannot tell the item clicked last from the first one, while "last clicked"
+    follows where the shopper is now (tuned on the warm-up half, benchmarks/tune_live.py).
+    """
+    if order == "weight":
+        return list(decayed[:k])
+    if order != "time":
+        raise ValueError(f"unknown recent-items order {order!r}: use 'time' or 'weight'")
+    weight = dict(decayed)
+    out: list[tuple[str, float]] = []
+    taken: set[str] = set()
+    for item in newest_first:
+        if len(out) == k:
+            return out
+        w = weight.get(item)
+        if w is not None and item not in taken:
+            out.append((item, w))
+            taken.add(item)
+    for item, w in decayed:
+        if len(out) == k:
+            break
+        if item not in taken:
+            out.append((item, w))
+            taken.add(item)
+    return out
 
 
 def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float], dict[str, str]]:

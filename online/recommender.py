@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import redis.exceptions
 
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, Scored, blend
+from models.blend import BlendWeights, Candidates, Scored, blend, recent_items
 from models.decay import DecayPolicy
 from online.model_cache import ModelCache
 from online.snapshot import TrendingSnapshot
@@ -95,7 +95,8 @@ class Recommender:
             top = decayed[0][1] if decayed else 1.0
             ctx = set(context)
             decayed = [(i, top) for i in context] + [p for p in decayed if p[0] not in ctx]
-        recent = decayed[: s.reader_recent_items]
+        newest = [*context, *(i for i, _ in r.history)]  # session context is newer than the stream
+        recent = recent_items(decayed, newest, s.reader_recent_items, s.reader_recent_order)
         want = n + len(excluded)
 
         vec_scores: Pairs = []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +11,7 @@ import pytest
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
 from tests.integration.conftest import ARTIFACTS
+from tests.integration.debian import debian_tool
 from tests.integration.services import free_port, wait_http
 
 pytestmark = pytest.mark.integration
@@ -25,16 +23,8 @@ _ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium; installed with apt-get when missing and we are root (never a skip)."""
-    if not os.path.exists(_CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):
-            subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL)
-            if os.path.exists(_CHROMIUM):
-                break
-    assert os.path.exists(_CHROMIUM), "chromium missing: apt-get install chromium"
-    return _CHROMIUM
+    """Debian's chromium (never a skip)."""
+    return debian_tool(_CHROMIUM, "chromium", recommends=True)  # fonts come as recommends
 
 
 @pytest.fixture()
