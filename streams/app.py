@@ -10,6 +10,7 @@ __all__ = ["create_app"]
 
 
 def create_app(settings: Settings) -> faust.App:
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     return faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.bootstrap}",
