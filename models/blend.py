@@ -9,14 +9,17 @@ the same ``now``, so both run exactly this code.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["BlendWeights", "Candidates", "Scored", "blend", "recent_items", "SOURCES"]
 
 logger = logging.getLogger(__name__)
+
+_INF = math.inf
 
 #: Source names, as used in weights, metrics and the ``source`` of each answer.
 SOURCES = ("item_item", "user_vector", "tf", "similar_users", "trending")
@@ -120,11 +123,16 @@ def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float],
     computed once (the same floating-point operations, so the same values): this loop runs
     ``recent × neighbours`` times per request.
     """
+    scores = _item_item_totals(c, shrinkage)
+    return scores, _strongest_recent(c, shrinkage, scores.keys())
+
+
+def _item_item_totals(c: Candidates, shrinkage: float) -> dict[str, float]:
+    """The scores of :func:`item_item_scores` (the sums, in the same order of terms)."""
     scores: dict[str, float] = {}
-    best: dict[str, tuple[float, str]] = {}
     top_weight = max((w for _, w in c.recent), default=0.0)
     if top_weight <= 0:
-        return scores, {}
+        return scores
     norms, sqrt = c.norms, math.sqrt
     roots: dict[str, float] = {}
     for r, w in c.recent:
@@ -139,21 +147,56 @@ def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float],
             if s <= 0:
                 continue
             prev = scores.get(j)
-            if prev is None:
-                scores[j] = s
+            scores[j] = s if prev is None else prev + s
+    return scores
+
+
+def _strongest_recent(c: Candidates, shrinkage: float, items: Iterable[str]) -> dict[str, str]:
+    """For each of ``items``, the recent item whose term of :func:`_item_item_totals` is largest
+    (the first one on ties). Asked for the few items an answer shows, not for every candidate."""
+    wanted = set(items)
+    best: dict[str, tuple[float, str]] = {}
+    top_weight = max((w for _, w in c.recent), default=0.0)
+    if top_weight <= 0 or not wanted:
+        return {}
+    norms, sqrt = c.norms, math.sqrt
+    for r, w in c.recent:
+        root_r = sqrt(norms.get(r, 0.0))
+        rel = w / top_weight
+        for j, co in c.neighbours.get(r, ()):
+            if j not in wanted:
+                continue
+            den = root_r * sqrt(norms.get(j, 0.0)) + shrinkage
+            s = rel * (co / den) if den > 0 else 0.0
+            if s > 0 and (j not in best or s > best[j][0]):
                 best[j] = (s, r)
-            else:
-                scores[j] = prev + s
-                if s > best[j][0]:
-                    best[j] = (s, r)
-    return scores, {j: r for j, (_, r) in best.items()}
+    return {j: r for j, (_, r) in best.items()}
 
 
 def _normalised(pairs: Mapping[str, float] | Sequence[tuple[str, float]]) -> dict[str, float]:
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
-    d = {i: s for i, s in items if s > 0 and math.isfinite(s)}
+    d = {i: s for i, s in items if 0.0 < s < _INF}  # positive and finite (NaN fails both)
     top = max(d.values(), default=0.0)
     return {i: s / top for i, s in d.items()} if top > 0 else {}
+
+
+def _top_n(total: dict[str, float], n: int) -> list[tuple[str, float]]:
+    """``sorted(total.items(), key=(-score, item))[:n]``, sorting only the items that can make it.
+
+    Every item of the first ``n`` scores at least the ``n``-th largest score, so sorting the
+    items at or above it (ties included) gives the same first ``n``: a request's few hundred
+    candidates are filtered at C speed instead of each going through the sort key.
+    """
+    if len(total) > n > 0:
+        floor = heapq.nlargest(n, total.values())[-1]
+        pool = [kv for kv in total.items() if kv[1] >= floor]
+    else:
+        pool = list(total.items())
+    return sorted(pool, key=_rank_key)[:n]
+
+
+def _rank_key(kv: tuple[str, float]) -> tuple[float, str]:
+    return -kv[1], kv[0]
 
 
 def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozenset(),
@@ -164,35 +207,40 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
     cold user still gets ``n`` items.
     """
     # A source with weight 0 adds nothing, so it is not computed (trending still back-fills).
-    ii, because = item_item_scores(c, shrinkage) if weights.item_item > 0 else ({}, {})
-    raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {"item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
-           "similar_users": c.similar_users, "trending": c.trending}
-    sources = {name: _normalised(pairs) if name == "trending" or getattr(weights, name) > 0 else {}
-               for name, pairs in raw.items()}
+    ii = _item_item_totals(c, shrinkage) if weights.item_item > 0 else {}
+    raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {
+        "item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
+        "similar_users": c.similar_users, "trending": c.trending}
+    # (source, weight, item -> normalised score) of the sources that count, in SOURCES order.
+    weighted = [(name, w, _normalised(pairs)) for name, pairs in raw.items() if (w := getattr(weights, name)) > 0]
     total: dict[str, float] = {}
-    top_part: dict[str, tuple[float, str]] = {}
-    for name, scores in sources.items():
-        w = getattr(weights, name)
-        if w <= 0:
-            continue
+    for _, w, scores in weighted:
+        # Sum of w · s over the sources, added in SOURCES order.
         for item, s in scores.items():
             if item in exclude:
                 continue
-            part = w * s
-            total[item] = total.get(item, 0.0) + part
-            if part > top_part.get(item, (-1.0, ""))[0]:
-                top_part[item] = (part, name)
+            if item in total:
+                total[item] += w * s
+            else:
+                total[item] = w * s
     if weights.trending <= 0:  # still back-fill a short list from trending, with a tiny score
-        for item, s in sources["trending"].items():
+        for item, s in _normalised(c.trending).items():
             if item not in exclude and item not in total:
                 total[item] = 1e-9 * s
-                top_part[item] = (0.0, "trending")
-    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    out = []
+    ranked = _top_n(total, n)
+    # The source that gave an item its largest part (the first on ties) names its reason; it is
+    # worked out for the n items shown only. An item no weighted source has is a back-fill.
+    shown = []
     for item, score in ranked:
-        source = top_part[item][1]
-        out.append(Scored(item, score, source, _reason(source, item, because, c.trending_label)))
-    return out
+        best, source = -1.0, "trending"
+        for name, w, scores in weighted:
+            s = scores.get(item)
+            if s is not None and w * s > best:
+                best, source = w * s, name
+        shown.append((item, score, source))
+    because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"))
+    return [Scored(item, score, source, _reason(source, item, because, c.trending_label))
+            for item, score, source in shown]
 
 
 def _reason(source: str, item: str, because: Mapping[str, str], label: str | None) -> str:

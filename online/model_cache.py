@@ -190,7 +190,7 @@ class PublishedModel:
             part = np.arange(m)
         order = part[np.argsort(-row[part], kind="stable")]
         ids = self.item_ids
-        return [(ids[j], float(row[j])) for j in order.tolist()]
+        return list(zip([ids[j] for j in order.tolist()], row[order].tolist()))
 
     def nearest_users(self, u: F32, user: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` pool users with the highest cosine to ``u`` (the user itself left out)."""
@@ -204,7 +204,8 @@ class PublishedModel:
         take = min(n + 1, m)
         part = np.argpartition(sims, m - take)[m - take:]
         order = part[np.argsort(-sims[part], kind="stable")]
-        out = [(self.pool_ids[j], float(sims[j])) for j in order.tolist()]
+        pool_ids = self.pool_ids
+        out = list(zip([pool_ids[j] for j in order.tolist()], sims[order].tolist()))
         return [(v, s) for v, s in out if v != user and s > 0][:n]
 
     def item_neighbours(self, item: str, n: int) -> list[tuple[str, float]]:

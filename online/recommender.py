@@ -118,7 +118,7 @@ class Recommender:
         wanted_norms = set(nbr_items)
         for rows in nbrs.values():
             wanted_norms.update(j for j, _ in rows)
-        norms = {i: v * f for i, v in self.snapshot.norms(wanted_norms, r.meta.landmark).items()}
+        norms = self.snapshot.norms(wanted_norms, r.meta.landmark, f)
         cands = Candidates(
             recent=recent, neighbours=neighbours, norms=norms, vector_scores=vec_scores,
             tf_scores=tf_scores, similar_users=_similar_user_scores(similar, theirs),

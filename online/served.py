@@ -28,7 +28,7 @@ STRATEGY_FIELD = "#strategy"
 SERVED_TTL_S = 3600
 # Under load, wait this long after the first record of a batch so that the records of the
 # requests in flight share its round trip; an idle reader writes a record within this delay.
-_LINGER_S = 0.002
+_LINGER_S = 0.01
 # After a failed write, a quiet pause: a Redis that is down is not hammered by the writer (the
 # records meanwhile queue up to the bound, then are dropped and counted).
 _BACKOFF_S = 0.5

@@ -51,12 +51,15 @@ class Meta:
         return math.exp(-rate * (self.now - self.landmark))
 
 
-def pairs(flat: Sequence[str]) -> Pairs:
-    """``[member, score, member, score, ...]`` (a raw RESP2 WITHSCORES reply) as pairs.
+def pairs(flat: Sequence[Any]) -> Pairs:
+    """A raw WITHSCORES reply as pairs: RESP2's ``[member, score, member, score, ...]`` with the
+    scores as text, or RESP3's ``[[member, score], ...]`` with the scores already floats.
 
     Sorted-set reads go through ``execute_command`` with no response callback and are paired
     here: redis-py's own callbacks cost several times more per member on the hot path.
     """
+    if flat and isinstance(flat[0], list):
+        return [(m, s) for m, s in flat]
     it = iter(flat)
     return [(m, float(s)) for m, s in zip(it, it, strict=False)]
 
