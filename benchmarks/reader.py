@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driftrec.keys import Keys  # noqa: E402
+from driftrec.userstate import encode_state, pack_vector  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader")
 
@@ -140,13 +141,14 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
             times = now - rng.uniform(0, 20 * 86400.0, size=chosen.size)
             weights = rng.choice([1.0, 3.0, 5.0], size=chosen.size) * np.exp(
                 (times - landmark) * np.log(2) / (7 * 86400.0))
-            pipe.zadd(keys.user_hist(user), {items[j]: float(t) for j, t in zip(chosen, times, strict=True)})
-            pipe.zadd(keys.user_items(user), {items[j]: float(w) for j, w in zip(chosen, weights, strict=True)})
+            pipe.hset(keys.user_state(user), mapping=encode_state(  # type: ignore[arg-type]
+                {items[j]: float(t) for j, t in zip(chosen, times, strict=True)},
+                {items[j]: float(w) for j, w in zip(chosen, weights, strict=True)}))
             cw: dict[str, float] = {}
             for j, w in zip(chosen, weights, strict=True):
                 cw[cats[j]] = cw.get(cats[j], 0.0) + float(w)
             pipe.zadd(keys.user_cats(user), cw)
-            pipe.hset(keys.user_vec(user), mapping={"vec": U[u].tobytes(), "model": VERSION})
+            pipe.set(keys.user_vec(user), pack_vector(U[u].tobytes(), VERSION))
         pipe.execute()
 
     dims = [n_items, TF_HIDDEN, n_items]

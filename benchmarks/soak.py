@@ -34,7 +34,12 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec.chaos.memory import encoding_what_if, memory_per_owner, redis_memory_info  # noqa: E402
+from driftrec.chaos.memory import (  # noqa: E402
+    encoding_what_if,
+    history_sizes,
+    memory_per_owner,
+    redis_memory_info,
+)
 from driftrec.chaos.procs import Child, commit, machine, rss_mb, wait_http  # noqa: E402
 from driftrec.chaos.scenario import run_settings  # noqa: E402
 from driftrec.chaos.stack import PrivateStack  # noqa: E402
@@ -122,10 +127,11 @@ def main() -> None:
         crashed = {"worker": worker.unexpected_exits, "reader": reader.unexpected_exits}
         worker.stop()
         reader.stop()
-        users = [u for u in sim.user_ids if client.exists(keys.user_hist(u))]
+        users = [u for u in sim.user_ids if client.exists(keys.user_state(u))]
         items = [k.decode() for k in client.zrange(keys.popularity, 0, -1)]
         mem = memory_per_owner(client, keys, users, items, history_len=s.history_len)
-        at_cap = [u for u in users[:5000] if int(client.zcard(keys.user_hist(u))) >= s.history_len]
+        at_cap = [u for u, n in zip(users[:5000], history_sizes(client, keys, users[:5000]), strict=True)
+                  if n >= s.history_len]
         what_if = encoding_what_if(client, keys, at_cap)
         info = redis_memory_info(client)
         client.close()

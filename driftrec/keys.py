@@ -21,20 +21,17 @@ class Keys:
     prefix: str = "dr"
 
     # --- one user -------------------------------------------------------------------------
-    def user_hist(self, user: str) -> str:
-        """ZSET item -> last event time: the bounded recent history (seen-filter, session)."""
-        return f"{self.prefix}:{{u:{user}}}:hist"
-
-    def user_items(self, user: str) -> str:
-        """ZSET item -> forward-decayed interaction weight (fold-in input)."""
-        return f"{self.prefix}:{{u:{user}}}:w"
+    def user_state(self, user: str) -> str:
+        """HASH item -> 16 bytes (last event time, forward-decayed weight): the bounded recent
+        history (seen-filter, session) and the fold-in weights in one key (driftrec.userstate)."""
+        return f"{self.prefix}:{{u:{user}}}:iw"
 
     def user_cats(self, user: str) -> str:
         """ZSET category -> forward-decayed weight (taste over categories)."""
         return f"{self.prefix}:{{u:{user}}}:cats"
 
     def user_vec(self, user: str) -> str:
-        """HASH {vec: float32 bytes, model: version}: the user's factor vector."""
+        """STRING ``<model version or isgd> NUL <float32 bytes>``: the user's factor vector."""
         return f"{self.prefix}:{{u:{user}}}:vec"
 
     # --- one item -------------------------------------------------------------------------
@@ -43,7 +40,7 @@ class Keys:
         return f"{self.prefix}:{{i:{item}}}:nbr"
 
     def item_vec(self, item: str) -> str:
-        """HASH {vec: float32 bytes, model: "isgd" or version}: online / cold-start item vector."""
+        """STRING ``<"isgd" or version> NUL <float32 bytes>``: online / cold-start item vector."""
         return f"{self.prefix}:{{i:{item}}}:vec"
 
     # --- global ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from driftrec.events import TOMBSTONE_TYPE
 from models.cooccurrence import similarity, top_k, window_partners
 from models.decay import DecayPolicy, EventWeights
 
-__all__ = ["EventView", "BatchDelta", "plan_batch", "InMemoryState"]
+__all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +241,52 @@ def _keep_top(row: dict[str, Any], k: int | None) -> None:
     if k is not None and len(row) > k:
         for key, _ in heapq.nsmallest(len(row) - k, row.items(), key=_hist_key):
             del row[key]
+
+
+def merge_user_items(
+    times: Mapping[str, float],
+    weights: Mapping[str, float],
+    delta: BatchDelta,
+    user: str,
+    history_len: int,
+    items_k: int | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One user's history and weights after ``delta``, as :meth:`InMemoryState.apply` makes them.
+
+    Parameters
+    ----------
+    times, weights : Mapping[str, float]
+        The user's whole stored history (item → last event time) and forward weights before
+        the batch. Not modified.
+    delta : BatchDelta
+        The planned batch; a user in ``delta.forgotten`` starts from nothing.
+    user : str
+        Whose entries to merge.
+    history_len : int
+        Newest entries kept in the history (by ``(time, item)``).
+    items_k : int or None
+        Strongest weights kept (by ``(weight, item)``); None keeps every one.
+
+    Returns
+    -------
+    tuple[dict[str, float], dict[str, float]]
+        The new ``(times, weights)``. Bounds are applied only to a half the batch touched, as
+        the store does.
+    """
+    forgotten = user in delta.forgotten
+    new_times = {} if forgotten else dict(times)
+    new_weights = {} if forgotten else dict(weights)
+    inc = delta.user_items.get(user)
+    if inc is not None:
+        _add(new_weights, inc)
+        _keep_top(new_weights, items_k)
+    hist = delta.hist.get(user)
+    if hist is not None:
+        for item, t in hist.items():
+            if t > new_times.get(item, -math.inf):
+                new_times[item] = t
+        _keep_top(new_times, history_len)
+    return new_times, new_weights
 
 
 class InMemoryState:

@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
+from driftrec.userstate import decode_fields, newest, strongest, unpack_vector
 from online.resp import RespPool
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
@@ -142,16 +143,16 @@ class ReaderStore:
         :func:`online.app.create_store`), which turns back into the exact bytes.
         """
         k = self.keys
-        meta, version, hist, weights, trending, (vec, vec_version) = await self._run([
+        meta, version, state, trending, vec = await self._run([
             self._meta_cmd(),
             ["GET", k.model_current],
-            ["ZREVRANGE", k.user_hist(user), 0, -1, "WITHSCORES"],
-            ["ZREVRANGE", k.user_items(user), 0, -1, "WITHSCORES"],
+            ["HGETALL", k.user_state(user)],
             ["ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES"],
-            ["HMGET", k.user_vec(user), "vec", "model"],
+            ["GET", k.user_vec(user)],
         ])
-        raw = vec.encode("utf-8", "surrogateescape") if isinstance(vec, str) else vec
-        return UserReads(Meta.parse(meta), version, pairs(hist), pairs(weights), raw, vec_version,
+        raw, vec_version = unpack_vector(vec)  # "<model>\0<float32 bytes>": driftrec/userstate.py
+        times, weights = decode_fields(state)  # 16-byte entries: driftrec/userstate.py
+        return UserReads(Meta.parse(meta), version, newest(times), strongest(weights), raw, vec_version,
                          pairs(trending))
 
     async def read_expansion(self, items: Sequence[str], k_neighbours: int, users: Sequence[str],
@@ -161,10 +162,10 @@ class ReaderStore:
             return {}, {}
         k = self.keys
         cmds = [["ZREVRANGE", k.item_nbrs(i), 0, k_neighbours - 1, "WITHSCORES"] for i in items]
-        cmds += [["ZREVRANGE", k.user_items(u), 0, per_user - 1, "WITHSCORES"] for u in users]
+        cmds += [["HGETALL", k.user_state(u)] for u in users]
         res = await self._run(cmds)
         nbrs = {i: pairs(r) for i, r in zip(items, res[: len(items)], strict=True)}
-        theirs = {u: pairs(r) for u, r in zip(users, res[len(items):], strict=True)}
+        theirs = {u: strongest(decode_fields(r)[1], per_user) for u, r in zip(users, res[len(items):], strict=True)}
         return nbrs, theirs
 
     async def item_categories(self, items: Sequence[str]) -> dict[str, str]:
@@ -201,12 +202,12 @@ class ReaderStore:
     async def history(self, user: str, n: int) -> tuple[Meta, Pairs, Pairs]:
         """Meta, the newest ``n`` history entries (item, time) and the category tastes."""
         k = self.keys
-        meta, hist, cats = await self._run([
+        meta, state, cats = await self._run([
             self._meta_cmd(),
-            ["ZREVRANGE", k.user_hist(user), 0, n - 1, "WITHSCORES"],
+            ["HGETALL", k.user_state(user)],
             ["ZREVRANGE", k.user_cats(user), 0, -1, "WITHSCORES"],
         ])
-        return Meta.parse(meta), pairs(hist), pairs(cats)
+        return Meta.parse(meta), newest(decode_fields(state)[0], n), pairs(cats)
 
     async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int) -> tuple[Meta, Pairs, dict[str, Pairs]]:
         """What the in-memory snapshot keeps: meta, the top popular items, per-category lists."""

@@ -38,6 +38,7 @@ import redis.exceptions
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from driftrec.keys import Keys
+from driftrec.userstate import pack_vector, split_state
 from models.online import BatchDelta
 from streams.redis_state import (
     APPLIED,
@@ -45,11 +46,10 @@ from streams.redis_state import (
     NO_USER_EXTRA,
     STALE_OFFSETS,
     USER_VECTORS,
-    USER_WEIGHTS,
     BatchContext,
     RedisState,
-    _pairs,
     _vec,
+    user_item_ops,
 )
 from streams.redis_state import rescale as rescale_keys
 from streams.vectors import VectorPlan
@@ -167,15 +167,12 @@ class ClusterRedisState(RedisState):
             pipe.execute_command("HGET", k.meta, "landmark")
             pipe.execute_command("GET", k.model_current)
             for u in users:
-                pipe.execute_command("ZRANGE", k.user_hist(u), -self.window, -1, "WITHSCORES")
-            if user_extra == USER_WEIGHTS:
+                pipe.execute_command("HGETALL", k.user_state(u))
+            if user_extra == USER_VECTORS:
                 for u in users:
-                    pipe.execute_command("ZRANGE", k.user_items(u), 0, -1, "WITHSCORES")
-            elif user_extra == USER_VECTORS:
-                for u in users:
-                    pipe.execute_command("HMGET", k.user_vec(u), "vec", "model")
+                    pipe.execute_command("GET", k.user_vec(u))
             for i in items:
-                pipe.execute_command("HMGET", k.item_vec(i), "vec", "model")
+                pipe.execute_command("GET", k.item_vec(i))
             res = await self._run(pipe.execute)
             self.commands_sent += len(res)
             offs, busy = (res[0], res[1]) if fields else ([], [])
@@ -189,30 +186,31 @@ class ClusterRedisState(RedisState):
         rows = rest[2:]
         hists, rows = rows[: len(users)], rows[len(users):]
         extra: list[Any] = []
-        if user_extra in (USER_WEIGHTS, USER_VECTORS):
+        if user_extra == USER_VECTORS:
             extra, rows = rows[: len(users)], rows[len(users):]
         lm_raw = landmark.decode() if landmark else None
+        states = [split_state(r) for r in hists]
         return BatchContext(
             stored_offsets={p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)},
             landmark=float(lm_raw) if lm_raw is not None else None,
             landmark_raw=lm_raw,
             model_version=current.decode() if current else None,
-            histories={u: _pairs(r) for u, r in zip(users, hists, strict=True)},
-            user_weights=({u: _pairs(r) for u, r in zip(users, extra, strict=True)}
-                          if user_extra == USER_WEIGHTS else {}),
+            histories={u: st[0] for u, st in zip(users, states, strict=True)},
+            user_weights={u: st[1] for u, st in zip(users, states, strict=True)},
             user_vecs=({u: _vec(r) for u, r in zip(users, extra, strict=True)}
                        if user_extra == USER_VECTORS else {}),
             item_vecs={i: _vec(r) for i, r in zip(items, rows, strict=True)},
         )
 
     # --- apply ----------------------------------------------------------------------------
-    def _ops(self, delta: BatchDelta, vectors: VectorPlan | None) -> list[tuple[str, str, int, list[Any]]]:
+    def _ops(self, delta: BatchDelta, ctx: BatchContext,
+             vectors: VectorPlan | None) -> list[tuple[str, str, int, list[Any]]]:
         """(key, op, cap, flat args) of every write, as ``RedisState.apply`` builds them."""
         k = self.keys
         out: list[tuple[str, str, int, list[Any]]] = []
         add = out.append
         for user in sorted(delta.forgotten):
-            for key in (k.user_hist(user), k.user_items(user), k.user_cats(user), k.user_vec(user)):
+            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user)):
                 add((key, "d", 0, []))
         if delta.pop:
             add((k.popularity, "z", 0, list(_flat(delta.pop.items()))))
@@ -220,20 +218,18 @@ class ClusterRedisState(RedisState):
             add((k.trending(cat), "z", self.trending_k, list(_flat(row.items()))))
         for item, nbrs in delta.cooc.items():
             add((k.item_nbrs(item), "z", self.neighbours_k, list(_flat(nbrs.items()))))
-        for user, row in delta.user_items.items():
-            add((k.user_items(user), "z", self.history_len, list(_flat(row.items()))))
         for user, cats in delta.user_cats.items():
             add((k.user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items()))))
-        for user, hist in delta.hist.items():
-            add((k.user_hist(user), "h", self.history_len, [x for m, t in hist.items() for x in (t, m)]))
+        for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len):
+            add((key, kind, 0, flat))
         if delta.item_cat:
             add((k.item_category, "s", 0, list(_flat(delta.item_cat.items()))))
         if vectors is not None:
             tag = vectors.model
             for user, vec in vectors.users.items():
-                add((k.user_vec(user), "s", 0, ["vec", vec, "model", tag]))
+                add((k.user_vec(user), "t", 0, [pack_vector(vec, tag)]))
             for item, vec in vectors.items_set.items():
-                add((k.item_vec(item), "s", 0, ["vec", vec, "model", tag]))
+                add((k.item_vec(item), "t", 0, [pack_vector(vec, tag)]))
             for item, (base, change) in vectors.items_add.items():
                 add((k.item_vec(item), "v", len(base) // 4, [tag, base, change]))
         return out
@@ -262,7 +258,7 @@ class ClusterRedisState(RedisState):
         t = delta.last_event_time
         batch_id = uuid.uuid4().hex
         finish = {"id": batch_id, "off": ends, "t": _num(t if math.isfinite(t) else 0.0), "n": delta.applied}
-        groups = self._groups(self._ops(delta, vectors), ends)
+        groups = self._groups(self._ops(delta, ctx, vectors), ends)
         copy = _pack({"groups": groups, "finish": finish})
         expected = {self._field(p): ctx.stored_offsets.get(p, "-1") for p in delta.offsets}
         wal = wal_key(self.keys, batch_id)
@@ -299,7 +295,7 @@ class ClusterRedisState(RedisState):
             return {}
         pipe = self.client.pipeline(transaction=False)
         for i in items:
-            pipe.execute_command("HMGET", self.keys.item_vec(i), "vec", "model")
+            pipe.execute_command("GET", self.keys.item_vec(i))
         res = await self._run(pipe.execute)
         self.commands_sent += len(items)
         return {i: _vec(r) for i, r in zip(items, res, strict=True)}

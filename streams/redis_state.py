@@ -1,11 +1,13 @@
 """Reads what a micro-batch needs from Redis and applies its aggregated delta in one atomic script.
 
 Two round trips per batch, whatever its size: ``lua/load_batch.lua`` reads the applied offsets,
-the decay landmark, the live model version, the recent history of every user in the batch and
-the vectors (or fold-in weights) the batch needs; ``lua/apply_batch.lua`` applies every increment
+the decay landmark, the live model version, the item HASH (history and fold-in weights) of every
+user in the batch and the vectors the batch needs; ``lua/apply_batch.lua`` applies every increment
 and vector together with the new offsets (effectively once: the script refuses a batch whose
-expected offsets are no longer the stored ones). Both payloads are msgpack: doubles travel bit
-for bit and vectors as raw float32 bytes.
+expected offsets are no longer the stored ones). A user's item HASH has one writer (its
+partition), so the worker merges the batch into what it loaded and writes back only the changed
+entries (:func:`user_item_ops`). Both payloads are msgpack: doubles travel bit for bit and
+vectors as raw float32 bytes.
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ import msgpack
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
-from models.online import BatchDelta
+from driftrec.userstate import decode_fields, pack_entry, pack_vector, split_state, unpack_vector
+from models.online import BatchDelta, merge_user_items
 from streams import metrics
 from streams.vectors import VectorPlan
 
 __all__ = [
     "RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
-    "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA",
+    "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA", "user_item_ops",
 ]
 
 logger = logging.getLogger(__name__)
 
 APPLIED, STALE_OFFSETS, LANDMARK_MOVED = 1, 0, -1
-#: What the load reads per user beside the history: fold-in weights, ISGD vectors, or nothing.
+#: What the load reads per user beside the item HASH (which holds the fold-in weights too):
+#: ISGD vectors, or nothing (``USER_WEIGHTS`` reads nothing more).
 USER_WEIGHTS, USER_VECTORS, NO_USER_EXTRA = "w", "v", ""
 _LUA = resources.files("streams").joinpath("lua")
 _APPLY_LUA = _LUA.joinpath("apply_batch.lua").read_text()
@@ -50,14 +54,8 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-def _pairs(rows: list[bytes]) -> list[tuple[str, float]]:
-    # ZRANGE ... WITHSCORES from Lua: [member, score, member, score, ...] as bytes.
-    return [(rows[j].decode(), float(rows[j + 1])) for j in range(0, len(rows), 2)]
-
-
-def _vec(row: Any) -> tuple[bytes | None, str | None]:
-    vec, tag = row
-    return (vec or None), (tag.decode() if tag else None)
+def _vec(raw: Any) -> tuple[bytes | None, str | None]:
+    return unpack_vector(raw)
 
 
 @dataclass(frozen=True)
@@ -66,10 +64,11 @@ class BatchContext:
 
     stored_offsets: dict[int, str]
     landmark: float | None
+    #: Each user's whole stored history ``(item, time)``, in no particular order.
     histories: dict[str, list[tuple[str, float]]]
     landmark_raw: str | None = None
     model_version: str | None = None
-    #: Forward-decayed ``P:{u}:w`` of each user (loaded for fold-in).
+    #: Each user's stored forward weights ``(item, weight)`` (fold-in input; the merge base).
     user_weights: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     #: Stored ``(vec, model)`` of each user (loaded for ISGD).
     user_vecs: dict[str, tuple[bytes | None, str | None]] = field(default_factory=dict)
@@ -79,6 +78,35 @@ class BatchContext:
     @property
     def applied_offsets(self) -> dict[int, int]:
         return {p: int(v) for p, v in self.stored_offsets.items()}
+
+
+def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext,
+                  history_len: int) -> list[tuple[str, str, list[Any]]]:
+    """``(key, op, flat args)``: the writes that turn each batch user's stored item HASH into
+    its merge with ``delta`` (:func:`models.online.merge_user_items`): ``"s"`` HSET of the
+    changed entries, ``"x"`` HDEL of the entries both bounds dropped. A forgotten user's key is
+    deleted first (by the caller's ``"d"``), so everything it has after the batch is written.
+    """
+    out: list[tuple[str, str, list[Any]]] = []
+    hists, weights = ctx.histories, ctx.user_weights
+    for user in sorted(delta.hist.keys() | delta.user_items.keys()):
+        old_t = dict(hists.get(user, ()))
+        old_w = dict(weights.get(user, ()))
+        new_t, new_w = merge_user_items(old_t, old_w, delta, user, history_len, history_len)
+        if user in delta.forgotten:
+            old_t, old_w = {}, {}
+        changed: list[Any] = []
+        for item in sorted(new_t.keys() | new_w.keys()):
+            t, w = new_t.get(item), new_w.get(item)
+            if item not in old_t and item not in old_w or old_t.get(item) != t or old_w.get(item) != w:
+                changed += (item, pack_entry(t, w))
+        gone = sorted((old_t.keys() | old_w.keys()) - new_t.keys() - new_w.keys())
+        key = keys.user_state(user)
+        if changed:
+            out.append((key, "s", changed))
+        if gone:
+            out.append((key, "x", gone))
+    return out
 
 
 class RedisState:
@@ -107,28 +135,23 @@ class RedisState:
         users = list(dict.fromkeys(users))
         items = list(dict.fromkeys(items))
         parts = sorted(set(partitions))
-        if user_extra == USER_WEIGHTS:
-            user_keys = [k.user_items(u) for u in users]
-        elif user_extra == USER_VECTORS:
-            user_keys = [k.user_vec(u) for u in users]
-        else:
-            user_keys = []
-        spec = {"f": [self._field(p) for p in parts], "w": self.window, "um": user_extra,
-                "hk": [k.user_hist(u) for u in users], "uk": user_keys,
+        user_keys = [k.user_vec(u) for u in users] if user_extra == USER_VECTORS else []
+        spec = {"f": [self._field(p) for p in parts], "um": user_extra if user_keys else "",
+                "hk": [k.user_state(u) for u in users], "uk": user_keys,
                 "ik": [k.item_vec(i) for i in items]}
         raw = await self._load(keys=[k.offsets, k.meta, k.model_current], args=[_pack(spec)])
         self.commands_sent += 1
         offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
         stored = {p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)}
         lm_raw = landmark.decode() if landmark else None
+        states = [split_state(rows) for rows in hists]
         ctx = BatchContext(
             stored_offsets=stored,
             landmark=float(lm_raw) if lm_raw is not None else None,
             landmark_raw=lm_raw,
             model_version=current.decode() if current else None,
-            histories={u: _pairs(rows) for u, rows in zip(users, hists, strict=True)},
-            user_weights=({u: _pairs(rows) for u, rows in zip(users, extra, strict=True)}
-                          if user_extra == USER_WEIGHTS else {}),
+            histories={u: st[0] for u, st in zip(users, states, strict=True)},
+            user_weights={u: st[1] for u, st in zip(users, states, strict=True)},
             user_vecs=({u: _vec(row) for u, row in zip(users, extra, strict=True)}
                        if user_extra == USER_VECTORS else {}),
             item_vecs={i: _vec(row) for i, row in zip(items, ivecs, strict=True)},
@@ -157,30 +180,27 @@ class RedisState:
             add_op([len(keys), kind, cap, flat])
 
         for user in sorted(delta.forgotten):
-            for key in (k.user_hist(user), k.user_items(user), k.user_cats(user), k.user_vec(user)):
+            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user)):
                 op(key, "d", 0, [])
         if delta.pop:
             op(k.popularity, "z", 0, list(_flat(delta.pop.items())))
         for cat, items in delta.trend.items():
             op(k.trending(cat), "z", self.trending_k, list(_flat(items.items())))
-        nbrs_k, hist_len = self.neighbours_k, self.history_len
-        item_nbrs, user_items, user_cats, user_hist = k.item_nbrs, k.user_items, k.user_cats, k.user_hist
+        nbrs_k, item_nbrs, user_cats = self.neighbours_k, k.item_nbrs, k.user_cats
         for item, nbrs in delta.cooc.items():
             op(item_nbrs(item), "z", nbrs_k, list(_flat(nbrs.items())))
-        for user, items in delta.user_items.items():
-            op(user_items(user), "z", hist_len, list(_flat(items.items())))
         for user, cats in delta.user_cats.items():
             op(user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items())))
-        for user, hist in delta.hist.items():
-            op(user_hist(user), "h", hist_len, [x for m, t in hist.items() for x in (t, m)])
+        for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len):
+            op(key, kind, 0, flat)
         if delta.item_cat:
             op(k.item_category, "s", 0, list(_flat(delta.item_cat.items())))
         if vectors is not None:
             tag = vectors.model
             for user, vec in vectors.users.items():
-                op(k.user_vec(user), "s", 0, ["vec", vec, "model", tag])
+                op(k.user_vec(user), "t", 0, [pack_vector(vec, tag)])
             for item, vec in vectors.items_set.items():
-                op(k.item_vec(item), "s", 0, ["vec", vec, "model", tag])
+                op(k.item_vec(item), "t", 0, [pack_vector(vec, tag)])
             for item, (base, change) in vectors.items_add.items():
                 op(k.item_vec(item), "v", len(base) // 4, [tag, base, change])
         if landmark is None:
@@ -218,14 +238,32 @@ class RedisState:
         return float(stored if stored is not None else landmark)
 
 
-async def _scan_decayed(client: aioredis.Redis, keys: Keys) -> list[str]:
-    """Every forward-decayed sorted set under the prefix (histories hold times, not scores)."""
+async def _scan(client: aioredis.Redis, match: str, kind: str) -> list[str]:
     found: list[str] = []
-    async for raw in client.scan_iter(match=keys.pattern(), count=1000, _type="zset"):
-        name = raw.decode() if isinstance(raw, bytes) else raw
-        if not name.endswith(":hist"):
-            found.append(name)
+    async for raw in client.scan_iter(match=match, count=1000, _type=kind):
+        found.append(raw.decode() if isinstance(raw, bytes) else raw)
     return found
+
+
+async def _rescale_user_items(client: aioredis.Redis, names: list[str], factor: float) -> None:
+    """Multiply the weight half of every user item HASH (the time half is not decayed); a
+    weight that decays to nothing is dropped, as ``ZREMRANGEBYSCORE -inf 1e-250`` drops it."""
+    for start in range(0, len(names), 500):
+        chunk = names[start:start + 500]
+        pipe = client.pipeline(transaction=False)
+        for name in chunk:
+            pipe.hgetall(name)
+        rows = await pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for name, row in zip(chunk, rows, strict=True):
+            times, weights = decode_fields(row)
+            kept = {i: x for i, w in weights.items() if (x := w * factor) > 1e-250}
+            if set(weights) - kept.keys() - times.keys():
+                pipe.hdel(name, *(set(weights) - kept.keys() - times.keys()))
+            entries: dict[Any, Any] = {i: pack_entry(times.get(i), kept.get(i)) for i in times.keys() | kept.keys()}
+            if entries:
+                pipe.hset(name, mapping=entries)
+        await pipe.execute()
 
 
 async def rescale(state: RedisState, factor: float, new_landmark: float) -> int:
@@ -236,7 +274,8 @@ async def rescale(state: RedisState, factor: float, new_landmark: float) -> int:
     """
     client, keys = state.client, state.keys
     await client.hset(keys.meta, "rescaling", "1")
-    names = await _scan_decayed(client, keys)
+    names = await _scan(client, keys.pattern(), "zset")  # every sorted set holds decayed scores
+    await _rescale_user_items(client, await _scan(client, keys.user_state("*"), "hash"), factor)
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.zunionstore(name, {name: factor})

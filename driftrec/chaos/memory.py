@@ -1,6 +1,6 @@
 """Redis memory per user and per item: ``MEMORY USAGE`` of sampled keys, grouped by owner.
 
-A user owns ``P:{u:U}:hist``, ``:w``, ``:cats`` and ``:vec``; an item owns ``P:{i:I}:nbr`` and
+A user owns ``P:{u:U}:iw``, ``:cats`` and ``:vec``; an item owns ``P:{i:I}:nbr`` and
 ``:vec`` and a share of the global keys that hold one entry per item (``P:{g}:pop``, ``:icat``
 and its trending list), counted as that key's usage divided by its entries. ``MEMORY USAGE ...
 SAMPLES 0`` measures every element, key name and object overhead included (not the main
@@ -18,12 +18,13 @@ from typing import Any
 import redis
 
 from driftrec.keys import Keys
+from driftrec.userstate import decode_fields
 
-__all__ = ["memory_per_owner", "redis_memory_info", "encoding_what_if"]
+__all__ = ["memory_per_owner", "redis_memory_info", "encoding_what_if", "history_sizes"]
 
 logger = logging.getLogger(__name__)
 
-_USER_PARTS = ("hist", "w", "cats", "vec")
+_USER_PARTS = ("iw", "cats", "vec")
 _ITEM_PARTS = ("nbr", "vec")
 
 
@@ -58,16 +59,21 @@ def redis_memory_info(client: redis.Redis) -> dict[str, Any]:
             "mem_fragmentation_ratio": info.get("mem_fragmentation_ratio")}
 
 
+def history_sizes(client: redis.Redis, keys: Keys, users: list[str]) -> list[int]:
+    """Entries in each user's history (the time halves of ``P:{u}:iw``)."""
+    pipe = client.pipeline(transaction=False)
+    for u in users:
+        pipe.hgetall(keys.user_state(u))
+    return [len(decode_fields(row)[0]) for row in pipe.execute()]
+
+
 def memory_per_owner(client: redis.Redis, keys: Keys, users: list[str], items: list[str], *,
                      sample: int = 500, seed: int = 0, history_len: int = 50) -> dict[str, Any]:
     """Bytes per user and per item over a random sample of each (see the module docstring)."""
     rng = random.Random(seed)
     us = rng.sample(users, min(sample, len(users)))
     its = rng.sample(items, min(sample, len(items)))
-    pipe = client.pipeline(transaction=False)
-    for u in us:
-        pipe.zcard(keys.user_hist(u))
-    hist_len = pipe.execute()
+    hist_len = history_sizes(client, keys, us)
     user_bytes: list[float] = []
     at_cap: list[float] = []
     per_part: dict[str, list[int]] = {p: [] for p in _USER_PARTS}
@@ -107,37 +113,25 @@ def memory_per_owner(client: redis.Redis, keys: Keys, users: list[str], items: l
 
 def encoding_what_if(client: redis.Redis, keys: Keys, users: list[str], *, sample: int = 100,
                      seed: int = 1) -> dict[str, Any]:
-    """Bytes of users' ``hist`` + ``w`` if stored otherwise, rebuilt from their real contents
-    under a scratch name: scores as they are; event times as integer milliseconds or seconds;
-    weights rounded to 7 significant digits (float32's precision); 30 entries instead of 50."""
+    """Bytes of users' item HASH ``P:{u}:iw`` as stored against the layout it replaced, rebuilt
+    from its real contents under a scratch name: two sorted sets, ``hist`` (item -> time) and
+    ``w`` (item -> weight), scores written by Redis as ``%.17g`` text."""
     rng = random.Random(seed)
     us = rng.sample(users, min(sample, len(users)))
     scratch = f"{keys.prefix}:{{whatif}}:"
-    totals: dict[str, list[int]] = {k: [] for k in ("as_stored", "hist_int_ms", "hist_int_s",
-                                                    "w_7_digits", "both_compact", "both_compact_30")}
+    totals: dict[str, list[int]] = {"as_stored_iw": [], "old_hist_plus_w_zsets": []}
     for u in us:
-        hist: list[tuple[bytes, float]] = client.zrange(keys.user_hist(u), 0, -1, withscores=True)  # type: ignore[assignment]
-        w: list[tuple[bytes, float]] = client.zrange(keys.user_items(u), 0, -1, withscores=True)  # type: ignore[assignment]
-        if not hist or not w:
+        times, weights = decode_fields(client.hgetall(keys.user_state(u)))
+        if not times or not weights:
             continue
-        variants: dict[str, dict[bytes, float]] = {
-            "h": {m: s for m, s in hist}, "h_ms": {m: int(round(s * 1000)) for m, s in hist},
-            "h_s": {m: int(s) for m, s in hist}, "w": {m: s for m, s in w},
-            "w7": {m: float(f"{s:.7g}") for m, s in w},
-            "h_ms30": {m: int(round(s * 1000)) for m, s in hist[-30:]},
-            "w730": {m: float(f"{s:.7g}") for m, s in w[-30:]},
-        }
-        size = {}
-        for name, members in variants.items():
+        size = 0
+        for name, members in (("h", times), ("w", weights)):
             client.delete(scratch + name)
-            client.zadd(scratch + name, members)
-            size[name] = int(client.execute_command("MEMORY", "USAGE", scratch + name, "SAMPLES", "0"))
+            client.zadd(scratch + name, dict(members))
+            size += int(client.execute_command("MEMORY", "USAGE", scratch + name, "SAMPLES", "0"))
             client.delete(scratch + name)
-        totals["as_stored"].append(size["h"] + size["w"])
-        totals["hist_int_ms"].append(size["h_ms"] + size["w"])
-        totals["hist_int_s"].append(size["h_s"] + size["w"])
-        totals["w_7_digits"].append(size["h"] + size["w7"])
-        totals["both_compact"].append(size["h_ms"] + size["w7"])
-        totals["both_compact_30"].append(size["h_ms30"] + size["w730"])
-    return {"users": len(totals["as_stored"]),
-            "hist_plus_w_bytes_mean": {k: round(statistics.fmean(v), 1) for k, v in totals.items() if v}}
+        totals["old_hist_plus_w_zsets"].append(size)
+        totals["as_stored_iw"].append(int(client.execute_command(
+            "MEMORY", "USAGE", keys.user_state(u), "SAMPLES", "0")))
+    return {"users": len(totals["as_stored_iw"]),
+            "user_items_bytes_mean": {k: round(statistics.fmean(v), 1) for k, v in totals.items() if v}}

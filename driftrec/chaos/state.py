@@ -30,6 +30,7 @@ from driftrec.errors import InvalidEventError
 from driftrec.events import fast_validate
 from driftrec.keys import Keys
 from driftrec.settings import Settings
+from driftrec.userstate import decode_fields, unpack_vector
 from models.online import EventView, InMemoryState
 
 __all__ = ["TopicRecord", "read_topic", "views_of", "build_oracle", "RedisSnapshot", "read_redis",
@@ -143,6 +144,8 @@ def read_redis(client: redis.Redis, keys: Keys) -> RedisSnapshot:
                 pipe.zrange(name, 0, -1, withscores=True)
             elif kind == b"hash":
                 pipe.hgetall(name)
+            elif kind == b"string" and name.endswith(":vec"):
+                pipe.get(name)
             else:
                 pipe.type(name)
         for name, value in zip(chunk, pipe.execute(), strict=True):
@@ -151,25 +154,29 @@ def read_redis(client: redis.Redis, keys: Keys) -> RedisSnapshot:
 
 
 def _file(snap: RedisSnapshot, rest: str, value: Any, keys: Keys) -> None:
-    # rest: "{u:U}:hist", "{i:I}:nbr", "{g}:pop", "{g}:trend:C", ...
+    # rest: "{u:U}:iw", "{i:I}:nbr", "{g}:pop", "{g}:trend:C", ...
     tag, _, suffix = rest[1:].partition("}:")
     if tag.startswith("u:"):
         user = tag[2:]
-        if suffix == "hist":
-            snap.hist[user] = _zrows(value)
-        elif suffix == "w":
-            snap.user_items[user] = _zrows(value)
+        if suffix == "iw":  # item -> (time, weight): driftrec/userstate.py
+            times, weights = decode_fields(value)
+            if times:
+                snap.hist[user] = times
+            if weights:
+                snap.user_items[user] = weights
         elif suffix == "cats":
             snap.user_cats[user] = _zrows(value)
         elif suffix == "vec":
-            snap.user_vec[user] = (value.get(b"vec", b""), value.get(b"model", b"").decode())
+            vec, model = unpack_vector(value)
+            snap.user_vec[user] = (vec or b"", model or "")
         return
     if tag.startswith("i:"):
         item = tag[2:]
         if suffix == "nbr":
             snap.cooc[item] = _zrows(value)
         elif suffix == "vec":
-            snap.item_vec[item] = (value.get(b"vec", b""), value.get(b"model", b"").decode())
+            vec, model = unpack_vector(value)
+            snap.item_vec[item] = (vec or b"", model or "")
         return
     if tag == "g":
         if suffix == "pop":

@@ -14,6 +14,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
+from driftrec.userstate import unpack_entry
 
 __all__ = ["CanaryResult", "HistoryProbe", "ReaderProbe", "RedisProbe", "FallbackProbe", "FreshnessCanary"]
 
@@ -66,18 +67,19 @@ class ReaderProbe:
 
 
 class RedisProbe:
-    """Reads the user's history ZSET directly (used until the reader has a history endpoint)."""
+    """Reads the user's item HASH directly (used until the reader has a history endpoint)."""
 
     name = "redis"
 
     def __init__(self, client: aioredis.Redis, keys: Keys, user: str, item: str) -> None:
         self.client = client
-        self.key = keys.user_hist(user)
+        self.key = keys.user_state(user)
         self.item = item
 
     async def seen(self, t0: float) -> bool | None:
-        score = await self.client.zscore(self.key, self.item)
-        return score is not None and float(score) >= t0 - _EPS
+        raw = await self.client.hget(self.key, self.item)
+        t, _ = unpack_entry(raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw or b"")
+        return t is not None and t >= t0 - _EPS
 
 
 class FallbackProbe:

@@ -8,12 +8,15 @@
 --                        n = applied count, k = {key, ...},
 --                        ops = {{index into k, op, cap, {...}}, ...}}
 -- Ops: "z" add each (member, double) pair to its score (ZINCRBY semantics, see zincr), then keep
---          the top `cap` by score (0 = unbounded);
---      "h" ZADD GT the flat (time, member, ...) list, then keep the newest `cap`;
+--          the top `cap` by score (0 = unbounded) when a member was added (a key that got no
+--          new member has not grown since it was last cut; a smaller `cap` set on a running
+--          store therefore applies to a key when it next gains a member);
 --      "s" HSET the flat (field, value, ...) list (values may be binary);
---      "v" add a float32 vector delta: {model, base, delta} with `cap` components. If the hash
+--      "x" HDEL the listed fields;
+--      "t" SET the key to the one value listed (a vector STRING: "<model tag>\0<float32 bytes>");
+--      "v" add a float32 vector delta: {model, base, delta} with `cap` components. If the key
 --          already holds a vector of that model, delta is added to it (so concurrent writers'
---          updates commute); otherwise delta is added to `base`. Stores vec and model.
+--          updates commute); otherwise delta is added to `base`. Stores "<model>\0<vector>".
 --      "d" DEL the key.
 -- msgpack carries doubles bit for bit and bytes as they are, so nothing is lost in transit.
 -- Returns {1} when applied, {0, field, stored} when the offset guard failed (another writer
@@ -54,6 +57,7 @@ end
 -- double addition ZINCRBY does; scores cross the Lua boundary as %.17g text, exactly), and one
 -- variadic ZADD. One command per pair cost ~5x more.
 local function zincr(key, kv)
+  local added = 0  -- new members: a key only grows, and needs pruning, when some were added
   for i = 1, #kv, 2 * CHUNK do
     local j = math.min(i + 2 * CHUNK - 1, #kv)
     local members = {}
@@ -67,8 +71,9 @@ local function zincr(key, kv)
       args[2 * x - 1] = v
       args[2 * x] = members[x]
     end
-    redis.call('ZADD', key, unpack(args))
+    added = added + redis.call('ZADD', key, unpack(args))
   end
+  return added
 end
 local fmts = {}
 
@@ -78,23 +83,27 @@ for _, op in ipairs(p.ops) do
   local cap = op[3]
   local kv = op[4]
   if kind == 'z' then
-    if #kv > 0 then zincr(key, kv) end
-    bounded(key, cap)
-  elseif kind == 'h' then
-    if #kv > 0 then variadic('ZADD', key, 'GT', kv) end
-    bounded(key, cap)
+    -- The key was cut to `cap` whenever it last grew, so with no new member it still fits.
+    if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end
   elseif kind == 's' then
     if #kv > 0 then variadic('HSET', key, nil, kv) end
+  elseif kind == 'x' then
+    for i = 1, #kv, CHUNK do redis.call('HDEL', key, unpack(kv, i, math.min(i + CHUNK - 1, #kv))) end
+  elseif kind == 't' then
+    redis.call('SET', key, kv[1])
   elseif kind == 'v' then
     local fmt = fmts[cap]
     if fmt == nil then fmt = '<' .. string.rep('f', cap); fmts[cap] = fmt end
-    local cur = redis.call('HMGET', key, 'vec', 'model')
+    local cur = redis.call('GET', key)
     local base = kv[2]
-    if cur[2] == kv[1] and cur[1] and #cur[1] == 4 * cap then base = cur[1] end
+    if cur then
+      local z = string.find(cur, '\0', 1, true)
+      if z and string.sub(cur, 1, z - 1) == kv[1] and #cur - z == 4 * cap then base = string.sub(cur, z + 1) end
+    end
     local b = {struct.unpack(fmt, base)}
     local d = {struct.unpack(fmt, kv[3])}
     for j = 1, cap do b[j] = b[j] + d[j] end
-    redis.call('HSET', key, 'vec', struct.pack(fmt, unpack(b, 1, cap)), 'model', kv[1])
+    redis.call('SET', key, kv[1] .. '\0' .. struct.pack(fmt, unpack(b, 1, cap)))
   elseif kind == 'd' then
     redis.call('DEL', key)
   end

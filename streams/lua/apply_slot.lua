@@ -4,7 +4,7 @@
 --           payload hashes to KEYS[1]'s slot (streams/cluster_state.py groups them so).
 -- ARGV[1] = msgpack {e = {field = the batch's end offset (string)}, k = {key, ...},
 --                    ops = {{index into k, op, cap, {...}}, ...}}
--- The ops are apply_batch.lua's ("z", "h", "s", "v", "d"; see there) and must stay in step.
+-- The ops are apply_batch.lua's ("z", "s", "x", "t", "v", "d"; see there) and must stay in step.
 -- Effectively once per slot group: a batch is replayed from its write-ahead copy after a crash,
 -- so a group may arrive twice; the guard already at or past the batch's end offset means it is
 -- in, and nothing happens. A batch's partitions are written together, so checking them all
@@ -34,6 +34,7 @@ local function variadic(cmd, key, opt, kv)
   end
 end
 local function zincr(key, kv)
+  local added = 0  -- new members: a key only grows, and needs pruning, when some were added
   for i = 1, #kv, 2 * CHUNK do
     local j = math.min(i + 2 * CHUNK - 1, #kv)
     local members = {}
@@ -47,8 +48,9 @@ local function zincr(key, kv)
       args[2 * x - 1] = v
       args[2 * x] = members[x]
     end
-    redis.call('ZADD', key, unpack(args))
+    added = added + redis.call('ZADD', key, unpack(args))
   end
+  return added
 end
 local fmts = {}
 
@@ -58,23 +60,27 @@ for _, op in ipairs(p.ops) do
   local cap = op[3]
   local kv = op[4]
   if kind == 'z' then
-    if #kv > 0 then zincr(key, kv) end
-    bounded(key, cap)
-  elseif kind == 'h' then
-    if #kv > 0 then variadic('ZADD', key, 'GT', kv) end
-    bounded(key, cap)
+    -- The key was cut to `cap` whenever it last grew, so with no new member it still fits.
+    if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end
   elseif kind == 's' then
     if #kv > 0 then variadic('HSET', key, nil, kv) end
+  elseif kind == 'x' then
+    for i = 1, #kv, CHUNK do redis.call('HDEL', key, unpack(kv, i, math.min(i + CHUNK - 1, #kv))) end
+  elseif kind == 't' then
+    redis.call('SET', key, kv[1])
   elseif kind == 'v' then
     local fmt = fmts[cap]
     if fmt == nil then fmt = '<' .. string.rep('f', cap); fmts[cap] = fmt end
-    local cur = redis.call('HMGET', key, 'vec', 'model')
+    local cur = redis.call('GET', key)
     local base = kv[2]
-    if cur[2] == kv[1] and cur[1] and #cur[1] == 4 * cap then base = cur[1] end
+    if cur then
+      local z = string.find(cur, '\0', 1, true)
+      if z and string.sub(cur, 1, z - 1) == kv[1] and #cur - z == 4 * cap then base = string.sub(cur, z + 1) end
+    end
     local b = {struct.unpack(fmt, base)}
     local d = {struct.unpack(fmt, kv[3])}
     for j = 1, cap do b[j] = b[j] + d[j] end
-    redis.call('HSET', key, 'vec', struct.pack(fmt, unpack(b, 1, cap)), 'model', kv[1])
+    redis.call('SET', key, kv[1] .. '\0' .. struct.pack(fmt, unpack(b, 1, cap)))
   elseif kind == 'd' then
     redis.call('DEL', key)
   end

@@ -1,11 +1,12 @@
 -- Reads everything one micro-batch needs, in one round trip and one consistent snapshot.
 -- KEYS[1] = offsets hash, KEYS[2] = meta hash, KEYS[3] = model "current" string.
--- ARGV[1] = msgpack {f = {offset fields}, w = history window, um = 'w' | 'v' | '',
---                    hk = {user history ZSET, ...}, uk = {user key, ...}, ik = {item vector hash, ...}}
---   um = 'w': uk are the users' weight ZSETs, read whole (fold-in);
---   um = 'v': uk are the users' vector hashes, HMGET vec model (ISGD).
+-- ARGV[1] = msgpack {f = {offset fields}, um = 'v' | '',
+--                    hk = {user item HASH (P:{u:U}:iw), ...}, uk = {user vector key, ...},
+--                    ik = {item vector key, ...}}
+--   hk: read whole (HGETALL): the worker merges the batch into them and writes back what changed;
+--   um = 'v': uk are the users' vector STRINGs ("<model tag>\0<float32 bytes>"; ISGD).
 -- Key names travel in the payload, not KEYS (cheaper for the client; single Redis node only).
--- Returns msgpack {offsets (HMGET), landmark, current, hists, user extras, item vectors};
+-- Returns msgpack {offsets (HMGET), landmark, current, user items, user extras, item vectors};
 -- a missing value is false.
 local a = cmsgpack.unpack(ARGV[1])
 local offsets = {}
@@ -14,14 +15,12 @@ local landmark = redis.call('HGET', KEYS[2], 'landmark')
 local current = redis.call('GET', KEYS[3])
 local hists, extra, items = {}, {}, {}
 for u, key in ipairs(a.hk) do
-  hists[u] = redis.call('ZRANGE', key, -a.w, -1, 'WITHSCORES')
+  hists[u] = redis.call('HGETALL', key)
 end
-if a.um == 'w' then
-  for u, key in ipairs(a.uk) do extra[u] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES') end
-elseif a.um == 'v' then
-  for u, key in ipairs(a.uk) do extra[u] = redis.call('HMGET', key, 'vec', 'model') end
+if a.um == 'v' then
+  for u, key in ipairs(a.uk) do extra[u] = redis.call('GET', key) end
 end
 for i, key in ipairs(a.ik) do
-  items[i] = redis.call('HMGET', key, 'vec', 'model')
+  items[i] = redis.call('GET', key)
 end
 return cmsgpack.pack({offsets, landmark, current, hists, extra, items})

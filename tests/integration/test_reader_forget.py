@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 import redis
+from redis.client import NEVER_DECODE
 
 from driftrec.keys import Keys
 from driftrec.settings import Settings
+from driftrec.userstate import decode_fields
 from models.online import InMemoryState
 from online.ingest import KafkaSink
 from tests.integration.test_reader_support import reader, reference_state, shop_events
@@ -26,6 +28,11 @@ def _zset(r: redis.Redis, key: str) -> dict[str, float]:
     return {m: float(s) for m, s in r.zrange(key, 0, -1, withscores=True)}
 
 
+def _user_items(r: redis.Redis, keys: Keys, user: str) -> tuple[dict[str, float], dict[str, float]]:
+    # The values are binary: read them undecoded whatever the client decodes.
+    return decode_fields(r.execute_command("HGETALL", keys.user_state(user), **{NEVER_DECODE: True}))
+
+
 def redis_state(r: redis.Redis, keys: Keys, items: set[str], users: set[str], cats: set[str]) -> dict[str, Any]:
     """The decayed shared state and every user's keys, as plain dicts valued at the stored ``now``."""
     landmark = float(r.hget(keys.meta, "landmark") or 0.0)
@@ -35,8 +42,8 @@ def redis_state(r: redis.Redis, keys: Keys, items: set[str], users: set[str], ca
         "pop": _zset(r, keys.popularity),
         "trend": {c: _zset(r, keys.trending(c)) for c in cats},
         "cooc": {i: _zset(r, keys.item_nbrs(i)) for i in items},
-        "user_items": {u: _zset(r, keys.user_items(u)) for u in users},
-        "hist": {u: _zset(r, keys.user_hist(u)) for u in users},
+        "user_items": {u: _user_items(r, keys, u)[1] for u in users},
+        "hist": {u: _user_items(r, keys, u)[0] for u in users},
         "user_cats": {u: _zset(r, keys.user_cats(u)) for u in users},
     }
 
@@ -90,7 +97,7 @@ async def forget_scenario(settings: Settings, spawn: Any) -> tuple[Settings, dic
     finally:
         worker.stop()
 
-    for suffix in ("hist", "w", "cats", "vec"):
+    for suffix in ("iw", "cats", "vec"):
         assert not r.exists(f"{s.key_prefix}:{{u:{victim}}}:{suffix}"), suffix
 
     reference: InMemoryState = reference_state(s, [e for e in events if e["user_id"] != victim])

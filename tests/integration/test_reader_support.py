@@ -22,6 +22,7 @@ from driftrec.events import ClickEvent, validate_event
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
+from driftrec.userstate import encode_state
 from models.online import EventView, InMemoryState
 from online.app import create_app, create_store
 from online.errors import Unavailable
@@ -63,15 +64,13 @@ def write_state(client: redis.Redis, keys: Keys, state: InMemoryState) -> None:
     for item, row in state.cooc.items():
         if row:
             pipe.zadd(keys.item_nbrs(item), row)
-    for user, row in state.user_items.items():
+    for user in state.user_items.keys() | state.hist.keys():
+        row = encode_state(state.hist.get(user, {}), state.user_items.get(user, {}))
         if row:
-            pipe.zadd(keys.user_items(user), row)
+            pipe.hset(keys.user_state(user), mapping=row)  # type: ignore[arg-type]
     for user, row in state.user_cats.items():
         if row:
             pipe.zadd(keys.user_cats(user), row)
-    for user, row in state.hist.items():
-        if row:
-            pipe.zadd(keys.user_hist(user), row)
     if state.item_cat:
         pipe.hset(keys.item_category, mapping=state.item_cat)
     pipe.execute()

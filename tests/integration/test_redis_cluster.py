@@ -120,7 +120,7 @@ def test_a_batch_cut_off_between_slot_groups_is_finished_once(cluster: LocalRedi
     guards = [k for k in snap.other_keys if k.endswith(":applied")]
     assert len(guards) > 100
     user = next(iter(oracle.hist))
-    slot = key_slot(keys.user_hist(user).encode())
+    slot = key_slot(keys.user_state(user).encode())
     assert key_slot(guard_key(keys, slot).encode()) == slot
     owner = {r.partition for r in records if r.key == user.encode()}.pop()
     assert int(sync.hget(guard_key(keys, slot), f"{s.clicks_topic}:{owner}")) >= max(

@@ -28,6 +28,7 @@ from driftrec.keys import Keys
 from driftrec.publisher import Publisher, publish_events
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
+from driftrec.userstate import decode_fields, unpack_vector
 from models.factors import fold_in
 from models.online import EventView, InMemoryState
 from streams.published import pack_factors
@@ -270,9 +271,10 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(settings: Settings, sp
     for item, row in oracle.cooc.items():
         _close(_zset(r, keys.item_nbrs(item)), row, f"nbr:{item}")
     for user in oracle.user_items:
-        _close(_zset(r, keys.user_items(user)), oracle.user_items[user], f"w:{user}")
+        times, weights = decode_fields(r.hgetall(keys.user_state(user)))
+        _close(weights, oracle.user_items[user], f"w:{user}")
         _close(_zset(r, keys.user_cats(user)), oracle.user_cats[user], f"cats:{user}")
-        assert _zset(r, keys.user_hist(user)) == oracle.hist[user]
+        assert times == oracle.hist[user]
     assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
     assert _redis_offsets(r, s) == oracle.offsets
 
@@ -284,12 +286,12 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(settings: Settings, sp
         weights = oracle.user_weights(user, now=now)
         rows = [(index[i], 2.0 * w) for i, w in weights.items() if i in index]
         want = fold_in(Y, Y.T @ Y, [j for j, _ in rows], [c for _, c in rows], 0.5)
-        stored = r.hgetall(keys.user_vec(user))
-        assert stored[b"model"] == b"v1"
-        np.testing.assert_allclose(np.frombuffer(stored[b"vec"], dtype=np.float32), want, rtol=2e-4, atol=2e-5)
+        vec, tag = unpack_vector(r.get(keys.user_vec(user)))
+        assert tag == "v1" and vec is not None
+        np.testing.assert_allclose(np.frombuffer(vec, dtype=np.float32), want, rtol=2e-4, atol=2e-5)
     # Items outside the model that were co-clicked with model items have a cold-start vector.
     cold = [i for i in oracle.pop if i not in index]
-    assert cold and all(r.hget(keys.item_vec(i), "model") == b"v1" for i in cold)
+    assert cold and all(unpack_vector(r.get(keys.item_vec(i)))[1] == "v1" for i in cold)
 
 
 # --- drift ----------------------------------------------------------------------------------------
@@ -340,16 +342,15 @@ def test_a_drifting_user_is_followed_within_one_half_life(settings: Settings, sp
     # The write-path state the reader blends from, read through the one decay (ratios within a
     # key do not depend on the read time, so stored forward scores rank as decayed ones do).
     assert top_category() == b
-    weights = _zset(r, keys.user_items("drifter"))
+    hist, weights = decode_fields(r.hgetall(keys.user_state("drifter")))
     assert share(sorted(weights, key=weights.__getitem__, reverse=True)[:10], b) > 0.5
-    hist = _zset(r, keys.user_hist("drifter"))
     recent = sorted(hist, key=hist.__getitem__, reverse=True)[:5]
     neighbours = []
     for item in recent:
         row = _zset(r, keys.item_nbrs(item))
         neighbours += [j for j in sorted(row, key=row.__getitem__, reverse=True)[:5] if j != item]
     assert share(neighbours, b) > 0.6, [(j, cats(j)) for j in neighbours]
-    assert r.hget(keys.user_vec("drifter"), "model") == b"isgd"
+    assert unpack_vector(r.get(keys.user_vec("drifter")))[1] == "isgd"
     # And the reader's answer follows.
     # And the reader's answer follows: the new category leads its top ten (the blend mixes in
     # global trending on purpose, so it need not fill it).

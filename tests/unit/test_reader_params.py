@@ -34,8 +34,8 @@ def test_an_accepted_id_stays_in_its_own_key(text: str) -> None:
         user = check_id(text, "user_id")
     except InvalidRequestError:
         return
-    key = Keys("p").user_hist(user)
-    assert key == "p:{u:" + user + "}:hist"
+    key = Keys("p").user_state(user)
+    assert key == "p:{u:" + user + "}:iw"
     assert key.count("{") == 1 and key.count("}") == 1
     assert not set(user) & set("{}*?[] \\")
 

@@ -1,0 +1,131 @@
+"""Value codecs of the worker's compact keys: the per-user item HASH ``P:{u:U}:iw`` (item ->
+(last event time, forward weight), 16 bytes each) and the vector STRINGs ``P:{u:U}:vec`` /
+``P:{i:I}:vec`` (``<model tag> NUL <float32 bytes>``).
+
+One key holds what used to be two sorted sets (``hist``: item -> time, ``w``: item -> weight).
+Redis 7.0 writes a non-integer sorted-set score as ``%.17g`` text (about 20 bytes), and every
+item id was stored twice; here each item is stored once with its two doubles as raw
+little-endian bytes (``<dd``), so the numbers stay bit for bit what the worker computed and the
+hash stays in Redis' compact listpack encoding (values of 16 bytes, at most ``2 · history_len``
+fields, both far below the defaults ``hash-max-listpack-value 64`` and ``-entries 128``).
+
+The two halves are bounded separately, as the sorted sets were: the time half keeps the
+``history_len`` newest items, the weight half the ``history_len`` strongest, so an item can have
+one half only; the missing half is a NaN (never a valid time or weight). A field whose halves
+are both missing is deleted. Orders follow Redis sorted sets: by (value, item) with ties broken
+by the item's bytes.
+
+A vector with its tag used to be a HASH ``{vec, model}``; its 128-byte value is above
+``hash-max-listpack-value`` (64), so Redis kept it as a hashtable (~390 bytes). As one STRING it
+is about half that. The tag (a model version or ``isgd``) never holds a NUL byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ENTRY_BYTES", "pack_entry", "unpack_entry", "decode_fields", "split_state",
+    "newest", "strongest", "encode_state", "pack_vector", "unpack_vector",
+]
+
+logger = logging.getLogger(__name__)
+
+_ENTRY = struct.Struct("<dd")
+ENTRY_BYTES = _ENTRY.size
+_NAN = math.nan
+
+
+def pack_entry(time: float | None, weight: float | None) -> bytes:
+    """The 16-byte value of one item: event time and forward weight, NaN for a missing half."""
+    return _ENTRY.pack(_NAN if time is None else time, _NAN if weight is None else weight)
+
+
+def unpack_entry(raw: bytes) -> tuple[float | None, float | None]:
+    """``(time, weight)`` of one value; None for a missing half (or a value of the wrong size)."""
+    if len(raw) != ENTRY_BYTES:
+        return None, None
+    t, w = _ENTRY.unpack(raw)
+    return (None if t != t else t), (None if w != w else w)
+
+
+def _bytes(x: Any) -> bytes:
+    # Readers that decode replies to str use surrogateescape, which turns back into the bytes.
+    return x.encode("utf-8", "surrogateescape") if isinstance(x, str) else bytes(x)
+
+
+def _text(x: Any) -> str:
+    return x.decode("utf-8", "surrogateescape") if isinstance(x, bytes | bytearray) else str(x)
+
+
+def decode_fields(flat: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """Split an ``HGETALL`` reply (flat ``[field, value, ...]`` list or a mapping) into
+    ``(times, weights)``: item -> event time and item -> stored forward weight.
+
+    Values of the wrong size are ignored (logged), like a vector of the wrong length.
+    """
+    pairs = list(flat.items()) if isinstance(flat, Mapping) else list(zip(flat[::2], flat[1::2], strict=True))
+    if not pairs:
+        return {}, {}
+    items = [_text(f) for f, _ in pairs]
+    raws = [_bytes(v) for _, v in pairs]
+    if any(len(r) != ENTRY_BYTES for r in raws):
+        logger.warning("ignoring %d malformed user item entries", sum(len(r) != ENTRY_BYTES for r in raws))
+        keep = [j for j, r in enumerate(raws) if len(r) == ENTRY_BYTES]
+        items, raws = [items[j] for j in keep], [raws[j] for j in keep]
+        if not items:
+            return {}, {}
+    arr = np.frombuffer(b"".join(raws), dtype="<f8").reshape(-1, 2)
+    ts, ws = arr[:, 0].tolist(), arr[:, 1].tolist()
+    times = {i: t for i, t in zip(items, ts, strict=True) if t == t}
+    weights = {i: w for i, w in zip(items, ws, strict=True) if w == w}
+    return times, weights
+
+
+def split_state(flat: Any) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """:func:`decode_fields` as ``(item, value)`` lists, each in no particular order."""
+    times, weights = decode_fields(flat)
+    return list(times.items()), list(weights.items())
+
+
+def _desc(rows: Iterable[tuple[str, float]], n: int | None) -> list[tuple[str, float]]:
+    out = sorted(rows, key=lambda kv: (kv[1], kv[0].encode()), reverse=True)
+    return out if n is None or n < 0 else out[:n]
+
+
+def newest(times: Mapping[str, float] | Iterable[tuple[str, float]], n: int | None = None) -> list[tuple[str, float]]:
+    """The ``n`` newest ``(item, time)`` entries, newest first (``ZREVRANGE ... WITHSCORES``)."""
+    return _desc(times.items() if isinstance(times, Mapping) else times, n)
+
+
+def strongest(weights: Mapping[str, float] | Iterable[tuple[str, float]], n: int | None = None) -> list[tuple[str, float]]:
+    """The ``n`` strongest ``(item, weight)`` entries, strongest first."""
+    return _desc(weights.items() if isinstance(weights, Mapping) else weights, n)
+
+
+def encode_state(times: Mapping[str, float], weights: Mapping[str, float]) -> dict[str, bytes]:
+    """Field -> value mapping of a whole user (for ``HSET key mapping=...``; tests and seeding)."""
+    return {item: pack_entry(times.get(item), weights.get(item)) for item in times.keys() | weights.keys()}
+
+
+def pack_vector(vec: bytes, tag: str) -> bytes:
+    """The STRING value of a vector key: the model tag, a NUL byte, the float32 bytes."""
+    return tag.encode() + b"\0" + vec
+
+
+def unpack_vector(raw: Any) -> tuple[bytes | None, str | None]:
+    """``(float32 bytes, model tag)`` of a vector key's value; ``(None, None)`` when absent or
+    not in this format (the caller treats that as no vector, as it treats a wrong length)."""
+    if not raw:
+        return None, None
+    b = _bytes(raw)
+    tag, sep, vec = b.partition(b"\0")
+    if not sep:
+        return None, None
+    return (vec or None), tag.decode("utf-8", "surrogateescape")
