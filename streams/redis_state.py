@@ -187,8 +187,9 @@ class RedisState:
         for cat, items in delta.trend.items():
             op(k.trending(cat), "z", self.trending_k, list(_flat(items.items())))
         nbrs_k, item_nbrs, user_cats = self.neighbours_k, k.item_nbrs, k.user_cats
-        for item, nbrs in delta.cooc.items():
-            op(item_nbrs(item), "z", nbrs_k, list(_flat(nbrs.items())))
+        first = len(keys) + 1  # the most ops of a batch: built in bulk rather than through op()
+        keys.extend(map(item_nbrs, delta.cooc))
+        ops.extend([j, "z", nbrs_k, list(_flat(nbrs.items()))] for j, nbrs in enumerate(delta.cooc.values(), first))
         for user, cats in delta.user_cats.items():
             op(user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items())))
         for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len):

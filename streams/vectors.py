@@ -19,7 +19,6 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +52,7 @@ class VectorPlan:
     """Vector writes of one batch, all tagged with ``model`` (a version id or ``"isgd"``)."""
 
     model: str
-    #: user -> float32 bytes, written as ``HSET P:{u}:vec vec <bytes> model <model>``.
+    #: user -> float32 bytes, written as ``SET P:{u}:vec <model> NUL <bytes>``.
     users: dict[str, bytes] = field(default_factory=dict)
     #: item -> float32 bytes, set outright (fold-in mode: cold-start vectors of new items).
     items_set: dict[str, bytes] = field(default_factory=dict)
@@ -252,13 +251,11 @@ def plan_isgd(
     """
     plan = VectorPlan(ISGD_MODEL)
 
-    def stored(table: Mapping[str, tuple[bytes | None, str | None]], key: str) -> F64 | None:
-        raw, tag = table.get(key, (None, None))
-        return from_f32(raw, k) if tag == ISGD_MODEL else None
-
     def fresh(key: str) -> F64:
         return init_vector(key, k, seed).astype(np.float32).astype(np.float64)
 
+    # Stored ISGD item vectors, decoded once: a new item borrows from every co-clicked partner.
+    item_isgd = _decode_isgd(item_vecs, k)
     user_rows: dict[str, int] = {}
     item_rows: dict[str, int] = {}
     starts_u: list[F64] = []
@@ -275,12 +272,13 @@ def plan_isgd(
         ur = user_rows.get(user)
         if ur is None:
             ur = user_rows[user] = len(starts_u)
-            v = stored(user_vecs, user)
+            raw, tag = user_vecs.get(user, (None, None))
+            v = from_f32(raw, k) if tag == ISGD_MODEL else None
             starts_u.append(v if v is not None else fresh(f"u:{user}"))
         ir = item_rows.get(e.item)
         if ir is None:
             ir = item_rows[e.item] = len(starts_i)
-            starts_i.append(_start_item(e.item, delta, item_vecs, stored, k, seed))
+            starts_i.append(_start_item(e.item, delta, item_isgd, k, seed))
         seq_u.append(ur)
         seq_i.append(ir)
     if not seq_u:
@@ -289,21 +287,34 @@ def plan_isgd(
     base = V.copy()
     isgd_many(U, V, seq_u, seq_i, lr, reg)
     touched_users = set(seq_u)
-    plan.users = {u: to_f32(U[r]) for u, r in user_rows.items() if r in touched_users}
-    plan.items_add = {i: (to_f32(base[r]), to_f32(V[r] - base[r])) for i, r in item_rows.items()}
+    # Whole matrices cast at once (the same element-wise casts as to_f32 row by row).
+    U32, B32, D32 = U.astype("<f4"), base.astype("<f4"), (V - base).astype("<f4")
+    plan.users = {u: U32[r].tobytes() for u, r in user_rows.items() if r in touched_users}
+    plan.items_add = {i: (B32[r].tobytes(), D32[r].tobytes()) for i, r in item_rows.items()}
     return plan
 
 
-def _start_item(item: str, delta: BatchDelta, item_vecs: Mapping[str, tuple[bytes | None, str | None]],
-                stored: Any, k: int, seed: int) -> F64:
-    v = stored(item_vecs, item)
+def _decode_isgd(table: Mapping[str, tuple[bytes | None, str | None]], k: int) -> dict[str, F64]:
+    """The ISGD vectors of ``table`` (id -> stored ``(bytes, tag)``) as float64 rows."""
+    out: dict[str, F64] = {}
+    for key, (raw, tag) in table.items():
+        if tag == ISGD_MODEL and raw and len(raw) == 4 * k:
+            out[key] = np.frombuffer(raw, dtype="<f4").astype(np.float64)
+    return out
+
+
+def _start_item(item: str, delta: BatchDelta, isgd: Mapping[str, F64], k: int, seed: int) -> F64:
+    v = isgd.get(item)
     if v is not None:
         return v
-    borrowed = [(stored(item_vecs, o), w) for o, w in delta.cooc.get(item, {}).items()]
-    got = [(vec, w) for vec, w in borrowed if vec is not None and w > 0]
+    partners = delta.cooc.get(item)
+    got = [(vec, w) for o, w in partners.items() if w > 0 and (vec := isgd.get(o)) is not None] if partners else []
     if got:
         w = np.array([w for _, w in got])
-        v = cold_item_vector(np.stack([vec for vec, _ in got]), w / w.max())
+        w = w / w.max()
+        # models.factors.cold_item_vector's weighted mean, the same arithmetic without its checks
+        # (the weights here are positive and finite by construction).
+        v = (w @ np.array([vec for vec, _ in got])) / w.sum()
     else:
         v = init_vector(f"i:{item}", k, seed)
     return v.astype(np.float32).astype(np.float64)  # the base travels as float32

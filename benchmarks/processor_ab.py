@@ -1,0 +1,160 @@
+"""The batch processor alone (no Kafka, no Faust) on two versions of the code, side by side.
+
+Usage: python benchmarks/processor_ab.py [--baseline-ref 2eff196] [--events 100000] [--rounds 3]
+                                         [--out benchmarks/results/processor_ab.json]
+
+``--baseline-ref`` is checked out into a temporary git worktree; each round runs the baseline and
+then the working tree, each in a child process of its own, against a private ``redis-server``
+(flushed between runs) on the same simulator clicks (ISGD vectors on, default settings, batches of
+``batch_max_events`` cut across 4 partitions as the worker gets them). Reported: events/s per run,
+Redis commands executed per event (``INFO commandstats``, the scripts' inner calls included), the Redis server's CPU seconds per 1,000 events (``INFO cpu``),
+the child's CPU per 1,000 events, and the median ratio new/baseline. On a shared machine
+compare the ratio, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs inside the child, with the code under test first on sys.path.
+CHILD = r'''
+import asyncio, itertools, json, resource, sys, time
+import orjson, redis, redis.asyncio as aioredis
+from driftrec.keys import Keys
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
+from streams.processor import BatchProcessor, RawRecord
+from streams.published import FactorCache
+from streams.redis_state import RedisState
+
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = Settings(kafka_bootstrap_servers="x:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="ab")
+sim = ShopSimulator(n_users=10_000, n_items=20_000, n_categories=20, seed=17)
+rows = [orjson.dumps(e) for e in itertools.islice(sim.events(n), n)]
+# 4 partitions, offsets per partition, batches as a slice across partitions (the worker's view).
+raws = [RawRecord(s.clicks_topic, j % 4, j // 4, v) for j, v in enumerate(rows)]
+
+async def main():
+    client = aioredis.Redis.from_url(s.redis)
+    keys = Keys(s.key_prefix)
+    state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
+                       neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+    async def sink(dead): pass
+    proc = BatchProcessor(s, state, sink, FactorCache(client, keys, s.fold_in_regularization))
+    sync = redis.Redis(port=port)
+    sync.config_resetstat()
+    cpu0 = sync.info("cpu")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for i in range(0, len(raws), s.batch_max_events):
+        await proc.process(raws[i:i + s.batch_max_events])
+    took = time.perf_counter() - started
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu1 = sync.info("cpu")
+    # Commands Redis executed, those inside scripts included (the INFO calls left out).
+    stats = sync.info("commandstats")
+    inner = sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config|resetstat"))
+    redis_cpu = sum(cpu1[k] - cpu0[k] for k in ("used_cpu_sys", "used_cpu_user"))
+    own_cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    applied = int(sync.hget(keys.meta, "applied_events") or 0)
+    await client.aclose()
+    print(json.dumps({"events": len(raws), "applied": applied, "seconds": round(took, 3),
+                      "events_per_s": round(len(raws) / took, 1),
+                      "redis_commands_sent_per_event": round(state.commands_sent / len(raws), 4),
+                      "redis_commands_executed_per_event": round(inner / len(raws), 3),
+                      "redis_cpu_ms_per_1000_events": round(redis_cpu / len(raws) * 1e6, 1),
+                      "python_cpu_ms_per_1000_events": round(own_cpu / len(raws) * 1e6, 1),
+                      "batch_max_events": s.batch_max_events}))
+
+asyncio.run(main())
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(code_root: Path, port: int, events: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONHASHSEED": "0"}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(port), str(events)], cwd=code_root, env=env,
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(f"child failed in {code_root}:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline-ref", default="2eff196")
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "processor_ab.json")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="driftrec-ab-"))
+    base = tmp / "baseline"
+    subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline_ref], cwd=ROOT,
+                   check=True, capture_output=True)
+    port = _free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "new": []}
+    try:
+        for _ in range(args.rounds):
+            for name, root in (("baseline", base), ("new", ROOT)):
+                client.flushall()
+                row = _run(root, port, args.events)
+                row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+                runs[name].append(row)
+                print(name, json.dumps(row), flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(name: str, key: str) -> float:
+        return float(statistics.median(r[key] for r in runs[name]))
+
+    keys = ("events_per_s", "redis_commands_executed_per_event", "redis_cpu_ms_per_1000_events",
+            "python_cpu_ms_per_1000_events")
+    summary = {k: {"baseline": med("baseline", k), "new": med("new", k),
+                   "ratio_new_over_baseline": round(med("new", k) / med("baseline", k), 3)} for k in keys}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "streams", "models"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    result = {"summary": summary, "runs": runs, "baseline_ref": args.baseline_ref,
+              "commit": commit + ("+dirty" if dirty else ""), "events": args.events, "rounds": args.rounds,
+              "machine": {"cpus": os.cpu_count(), "load_avg_at_end": list(os.getloadavg())},
+              "command": "python " + " ".join(sys.argv)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
