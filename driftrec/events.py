@@ -206,16 +206,21 @@ def validate_event(
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
         raise InvalidEventError(f"{field}: {msg}", field=field) from None
-    if event.type == TOMBSTONE_TYPE:
-        return event
-    if event.type not in allowed_types:
+    _check_type_and_item(event.type, event.item_id, allowed_types)
+    return event
+
+
+def _check_type_and_item(type_: str, item_id: str, allowed_types: tuple[str, ...] | frozenset[str]) -> None:
+    """The rules both validators share: a known type, and an item unless it is a tombstone."""
+    if type_ == TOMBSTONE_TYPE:
+        return
+    if type_ not in allowed_types:
         raise InvalidEventError(
-            f"type: unknown event type {event.type!r} (known: {', '.join(sorted(allowed_types))})",
+            f"type: unknown event type {type_!r} (known: {', '.join(sorted(allowed_types))})",
             field="type",
         )
-    if not event.item_id:
+    if not item_id:
         raise InvalidEventError("item_id: must not be empty", field="item_id")
-    return event
 
 
 def parse_event(
@@ -327,15 +332,7 @@ def _check_fields_slowly(
         extra = next(k for k in data if k not in _KNOWN_FIELDS)
         raise InvalidEventError(f"{extra}: unknown field", field=extra)
     event = EventFields(*values)
-    if event.type == TOMBSTONE_TYPE:
-        return event
-    if event.type not in allowed_types:
-        raise InvalidEventError(
-            f"type: unknown event type {event.type!r} (known: {', '.join(sorted(allowed_types))})",
-            field="type",
-        )
-    if not event.item_id:
-        raise InvalidEventError("item_id: must not be empty", field="item_id")
+    _check_type_and_item(event.type, event.item_id, allowed_types)
     return event
 
 
