@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import time
 from datetime import UTC
 from pathlib import Path
 from typing import Any
+
+from driftrec.benchinfo import commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -34,23 +33,6 @@ OFFLINE_MODELS = {"stratified": ("pop", "als", "itemknn", "userknn", "svd", "eas
                   "time": ("pop", "als", "itemknn", "svd")}
 
 logger = logging.getLogger("benchmarks.evaluate")
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "load_average_at_start": list(os.getloadavg())}
 
 
 def _offline_params() -> dict[str, dict[str, Any]]:
@@ -218,7 +200,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("models.batch.als").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"commit": _commit(), "machine": _machine(),
+    report: dict[str, Any] = {"commit": commit(), "machine": machine(),
                               "command": "nice python benchmarks/evaluate.py " + " ".join(sys.argv[1:]),
                               "targets": TARGETS, "datasets": {}}
     for dataset in args.datasets.split(","):

@@ -15,8 +15,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from driftrec.benchinfo import commit, machine
 from models.batch import MODELS, create_model
 from models.offline import encode_ids, evaluate_model, load_ratings_table, stratified_split, to_csr
 
@@ -84,41 +83,6 @@ REFERENCE_ML100K = {
     "BiVAE": {"precision": 0.412, "ndcg": 0.475},
     "SAR": {"precision": 0.331, "ndcg": 0.382},
 }
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for mod in ("numpy", "scipy", "implicit", "tensorflow"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = None
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_avg_at_start": list(os.getloadavg()),
-        **versions,
-    }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def split(
@@ -194,8 +158,8 @@ def run(ratings: str, seed: int, k: int, models: list[str]) -> dict[str, Any]:
         },
         "models": results,
         "reference_ml100k_ms_recommenders": REFERENCE_ML100K,
-        "machine": machine(),
-        "commit": git_commit(),
+        "machine": machine(("numpy", "scipy", "implicit", "tensorflow")),
+        "commit": commit(),
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
 

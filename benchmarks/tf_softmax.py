@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from driftrec.benchinfo import commit, machine
 from driftrec.training.runner import DEFAULT_PARAMS
 from models.batch.tf_next import TFNextItemModel
 from models.offline import encode_ids, evaluate_model, stratified_split, to_csr
@@ -80,10 +78,8 @@ def main() -> None:
     report: dict[str, Any] = {
         "params": DEFAULT_PARAMS["tf"], "protocol": "per-user stratified 75/25 (seed 42), k=10, binary",
         "datasets": {name: run(name, args.sampled) for name in args.datasets.split(",")},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_at_end": list(os.getloadavg())},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=ROOT).stdout.strip(),
+        "machine": machine(("numpy", "tensorflow")),
+        "commit": commit(),
         "command": "python benchmarks/tf_softmax.py",
     }
     OUT.write_text(json.dumps(report, indent=1))

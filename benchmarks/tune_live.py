@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from driftrec.benchinfo import commit
 from driftrec.evaluate import PrequentialOptions, _publish, load_stream
 from driftrec.live_eval import LiveRecommender
 from driftrec.settings import Settings
@@ -43,14 +43,6 @@ WEIGHTS: dict[str, dict[str, float]] = {
     "ii1_uv.7_tf.4_su.3_tr.5": {"item_item": 1.0, "user_vector": 0.7, "tf": 0.4, "similar_users": 0.3, "trending": 0.5},
     "ii.5_uv1_tr.3": {"item_item": 0.5, "user_vector": 1.0, "trending": 0.3},
 }
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=RESULTS.parent.parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def weights_of(spec: dict[str, float]) -> BlendWeights:
@@ -87,7 +79,7 @@ def main() -> None:
     choice = tune_batch_models(events[:start], base, PrequentialOptions())
     _, model, _ = _publish(base, warm, PrequentialOptions(tf=False, als=choice["als"]))
     report: dict[str, Any] = {"dataset": name, "tuning_events": len(events), "scored": int(mask.sum()),
-                              "als": choice["als"], "stages": {}, "commit": _commit(),
+                              "als": choice["als"], "stages": {}, "commit": commit(),
                               "command": "python benchmarks/tune_live.py " + " ".join(sys.argv[1:])}
     out = RESULTS / f"tuning_{name}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
+from driftrec.benchinfo import commit, machine
 from driftrec.settings import Settings
 
 __all__ = ["Child", "rss_mb", "wait_http", "machine", "commit", "ROOT"]
@@ -127,25 +127,3 @@ def wait_http(url: str, timeout: float, child: Child | None = None) -> None:
     raise RuntimeError(f"{url} not ready after {timeout}s\n{child.tail() if child else ''}")
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import platform
-
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "load_avg": list(os.getloadavg())}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
