@@ -69,7 +69,14 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     from streams.agents import build_worker
     from streams.app import create_app
 
-    s = ensure_services(_settings())
+    # Log the wait for Kafka; Faust sets up its own logging later, so our handler goes again.
+    before = list(logging.getLogger().handlers)
+    _logging(verbose)
+    try:
+        s = ensure_services(_settings(), wait=True)  # Kafka down: wait for it, do not exit
+    finally:
+        for handler in set(logging.getLogger().handlers) - set(before):
+            logging.getLogger().removeHandler(handler)
     faust_app = create_app(s)
     build_worker(faust_app, s, metrics_port=s.worker_metrics_port)
     from faust.worker import Worker

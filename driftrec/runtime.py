@@ -3,21 +3,55 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+
+from aiokafka.errors import KafkaError
 
 from driftrec.kafka_admin import ensure_topics
 from driftrec.settings import Settings
 
-__all__ = ["ensure_services"]
+__all__ = ["ensure_services", "ensure_topics_waiting"]
 
 logger = logging.getLogger(__name__)
 
 
-def ensure_services(settings: Settings, *, start: bool = True) -> Settings:
-    """Start the local stack when nothing was given, then make sure the topics exist."""
+def ensure_services(settings: Settings, *, start: bool = True, wait: bool = False) -> Settings:
+    """Start the local stack when nothing was given, then make sure the topics exist.
+
+    With ``wait`` an unreachable broker is waited for (logged, with back-off) instead of raising:
+    a worker started before Kafka, or while it restarts, begins consuming once Kafka is up.
+    """
     if settings.local_stack and start:
         from driftrec.stack import LocalStack
 
         LocalStack(settings).up()
-    ensure_topics(settings.bootstrap, {settings.clicks_topic: settings.topic_partitions,
-                                       settings.dead_letter_topic: 1})
+    topics = {settings.clicks_topic: settings.topic_partitions, settings.dead_letter_topic: 1}
+    if wait:
+        ensure_topics_waiting(settings.bootstrap, topics)
+    else:
+        ensure_topics(settings.bootstrap, topics)
     return settings
+
+
+def ensure_topics_waiting(bootstrap: str, topics: dict[str, int], *, initial_s: float = 0.5,
+                          maximum_s: float = 10.0, sleep: Callable[[float], None] = time.sleep,
+                          create: Callable[[str, dict[str, int]], None] = ensure_topics) -> int:
+    """Create the topics once the broker answers, retrying forever; returns the failed attempts.
+
+    Back-off doubles from ``initial_s`` to ``maximum_s``. Only outages are retried (Kafka errors,
+    refused connections, timeouts); anything else is a bug or a bad setting and is raised.
+    """
+    failures, delay = 0, initial_s
+    while True:
+        try:
+            create(bootstrap, topics)
+            if failures:
+                logger.info("Kafka at %s answers after %d failed attempts", bootstrap, failures)
+            return failures
+        except (KafkaError, OSError, TimeoutError) as exc:
+            failures += 1
+            logger.warning("Kafka at %s unreachable (%s: %s); retrying in %.1fs",
+                           bootstrap, type(exc).__name__, exc, delay)
+            sleep(delay)
+            delay = min(delay * 2, maximum_s)
