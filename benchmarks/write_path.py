@@ -1,6 +1,7 @@
 """Write-path throughput: simulator clicks through real Kafka -> `driftrec worker` -> Redis.
 
-Usage: python benchmarks/write_path.py [--events 200000] [--model] [--profile]
+Usage: python benchmarks/write_path.py [--events 200000] [--model] [--profile] [--baseline-ref REF]
+       python benchmarks/write_path.py --ceiling-only
 
 Uses KAFKA_BOOTSTRAP_SERVERS / REDIS_URL when both are set, else starts the embedded local stack
 on free ports (under .driftrec-bench/). Steps, all on the same topic in the same run:
@@ -13,10 +14,15 @@ on free ports (under .driftrec-bench/). Steps, all on the same topic in the same
    (start-up excluded);
 4. the batch processor alone, in this process, on the same records (no Kafka, no Faust), and
    optionally (``--profile``) again under cProfile: ``benchmarks/results/write_path_profile.txt``;
-5. the ceiling Faust sets: a Faust worker built like ours whose agent only decodes the events.
+5. the ceiling Faust sets: a Faust worker built like ours whose agent only decodes the events,
+   with the worker's batch consumer and with Faust's ``take_events`` stream.
 
 ``--model`` publishes random item factors first, so users are folded in (ALS) instead of ISGD.
-Writes ``benchmarks/results/write_path.json``.
+``--baseline-ref REF`` first runs the worker with the consumption path (``CONSUMER_PATHS``) of git
+commit REF and everything else as in the working tree, on the same topic: a before/after in one run. ``--ceiling-only`` publishes, measures the raw consumer and
+every Faust no-op variant (``NOOP_VARIANTS``) and stops.
+Writes ``benchmarks/results/write_path.json`` (``write_path_foldin.json`` with ``--model``,
+``write_path_ceiling.json`` with ``--ceiling-only``).
 """
 
 from __future__ import annotations
@@ -131,14 +137,60 @@ def _commandstats(r: redis.Redis) -> dict[str, int]:
     return {k: int(v["calls"]) for k, v in r.info("commandstats").items()}
 
 
-def run_worker(s: Settings, n: int) -> dict[str, Any]:
+#: The files that make the worker's consumption path; ``--baseline-ref`` takes them from REF.
+CONSUMER_PATHS = ("streams/agents.py", "streams/app.py")
+
+
+def run_baseline(s: Settings, n: int, ref: str) -> dict[str, Any]:
+    """The worker with the consumption path of commit ``ref``, on the same topic.
+
+    A copy of the working tree (tracked and untracked files) with ``CONSUMER_PATHS`` as of
+    ``ref``: everything else (the processor, the Lua scripts) is the same code as the worker
+    measured after it, so the difference is the consumption path alone.
+    """
+    tree = Path(tempfile.mkdtemp(prefix="driftrec-baseline-"))
+    try:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                               check=True, capture_output=True).stdout.decode().split("\0")
+        for name in filter(None, files):
+            src = ROOT / name
+            if src.is_file():
+                (tree / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, tree / name)
+        for name in CONSUMER_PATHS:
+            (tree / name).write_bytes(subprocess.run(["git", "show", f"{ref}:{name}"], cwd=ROOT, check=True,
+                                                     capture_output=True).stdout)
+        (s.home / "faust").mkdir(parents=True, exist_ok=True)
+        other = s.model_copy(update={"consumer_group": s.consumer_group + "-base",
+                                     "key_prefix": s.key_prefix + "base",
+                                     "worker_web_port": _free_port(), "worker_metrics_port": _free_port()})
+        _copy_model(s, other)
+        return run_worker(other, n, cwd=tree)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def _copy_model(src: Settings, dst: Settings) -> None:
+    """The published model of ``src``'s prefix, if any, under ``dst``'s prefix."""
+    r = redis.Redis.from_url(src.redis)
+    a, b = Keys(src.key_prefix), Keys(dst.key_prefix)
+    raw: Any = r.get(a.model_current)
+    if raw is not None:
+        version = raw.decode()
+        for part in ("item_ids", "item_factors", "alpha", "regularization"):
+            blob: Any = r.get(a.model_blob(version, part))
+            r.set(b.model_blob(version, part), blob)
+        r.set(b.model_current, version)
+
+
+def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
     r = redis.Redis.from_url(s.redis)
     meta = Keys(s.key_prefix).meta
     before = _commandstats(r)
     env = dict(os.environ)
     env.update(s.to_env())
     log = open(Path(tempfile.gettempdir()) / "driftrec-bench-worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "worker"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "worker"], cwd=cwd, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []
     peak = 0.0
@@ -222,43 +274,107 @@ async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], su
             "redis_round_trips": state.commands_sent}
 
 
-def faust_ceiling(s: Settings, n: int) -> float:
-    """Events/s of a Faust worker whose take_events agent only decodes (this file, --noop-agent)."""
+#: Faust no-op agents measured side by side on the same topic (see ``noop_agent``).
+NOOP_VARIANTS = ("take_events", "take_events+uvloop", "take_events+uvloop+quiet", "events_noack+uvloop",
+                 "batches", "batches+uvloop")
+
+
+def faust_ceiling(s: Settings, n: int, variant: str = "batches") -> float:
+    """Events/s of a Faust worker whose agent only decodes (this file, --noop-agent)."""
     env = dict(os.environ)
     env.update(s.to_env())
-    out = subprocess.run([sys.executable, __file__, "--noop-agent", str(n)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    env["DRIFTREC_WORKER_WEB_PORT"] = str(_free_port())
+    out = subprocess.run([sys.executable, __file__, "--noop-agent", str(n), "--noop-variant", variant],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     found = re.search(r"NOOP ([0-9.]+)", out.stdout + out.stderr)  # Faust logs what agents print
     if found:
         return float(found.group(1))
-    raise SystemExit(f"no-op Faust worker failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    raise SystemExit(f"no-op Faust worker ({variant}) failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
 
-def noop_agent(n: int) -> None:
-    """A Faust app like the worker's whose agent does nothing but orjson-decode (the ceiling)."""
+def noop_agent(n: int, variant: str) -> None:
+    """A Faust app like the worker's whose agent does nothing but orjson-decode (the ceiling).
+
+    Variants: ``take_events`` (Faust's stream, batched by ``take_events``), ``events_noack`` (the
+    stream's events with acks off, batched here and acked after the batch), ``batches`` (the
+    worker's :class:`~streams.batch_consumer.BatchConsumer`: whole fetches, no per-event stream);
+    ``+uvloop`` runs it on uvloop, ``+quiet`` swaps Faust's Monitor for one that records nothing.
+    """
+    from faust.sensors import Monitor
     from faust.worker import Worker
 
     from streams.app import create_app
 
+    if "uvloop" in variant:
+        import mode.loop
+
+        mode.loop.use("uvloop")
     s = load_settings()
-    app = create_app(s.model_copy(update={"consumer_group": s.consumer_group + "-noop"}))
+    s = s.model_copy(update={"consumer_group": f"{s.consumer_group}-noop-{variant.replace('+', '-')}"})
+    if variant.startswith("batches"):
+        app = create_app(s)
+    else:
+        from streams.app import faust_settings
+
+        conf = faust_settings(s)
+        if "quiet" in variant:
+            class QuietMonitor(Monitor):  # records no per-message statistics
+                def on_message_in(self, *a: Any) -> None: ...
+                def on_stream_event_in(self, *a: Any) -> None: ...
+                def on_stream_event_out(self, *a: Any) -> None: ...
+                def on_message_out(self, *a: Any) -> None: ...
+
+            conf["Monitor"] = QuietMonitor
+        import faust
+
+        app = faust.App(s.consumer_group, **conf)
     topic = app.topic(s.clicks_topic, value_type=bytes, value_serializer="raw", key_type=bytes,
                       key_serializer="raw")
     state: dict[str, float] = {"n": 0}
 
+    def count(k: int) -> None:
+        if "t0" not in state and state["n"] >= n * 0.02:
+            state["t0"], state["n0"] = time.perf_counter(), state["n"]
+        state["n"] += k
+        if state["n"] >= n:
+            print(f"NOOP {(state['n'] - state['n0']) / (time.perf_counter() - state['t0']):.1f}", flush=True)
+            os._exit(0)
+
+    loads = orjson.loads
+
     @app.agent(topic, concurrency=1, name="noop")
     async def noop(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max_events, within=s.batch_max_wait_s):
-            if "t0" not in state and state["n"] >= n * 0.02:
-                state["t0"], state["n0"] = time.perf_counter(), state["n"]
-            for e in events:
-                orjson.loads(e.message.value)
-            state["n"] += len(events)
-            if state["n"] >= n:
-                print(f"NOOP {(state['n'] - state['n0']) / (time.perf_counter() - state['t0']):.1f}", flush=True)
-                os._exit(0)
+        if variant.startswith("take_events"):
+            async for events in stream.take_events(s.batch_max_events, within=s.batch_max_wait_s):
+                for e in events:
+                    loads(e.message.value)
+                count(len(events))
+        elif variant.startswith("events_noack"):
+            quiet = stream.noack()
+            buf: list[Any] = []
+            async for e in quiet.events():
+                buf.append(e)
+                if len(buf) >= s.batch_max_events or not quiet.channel.queue.qsize():
+                    for ev in buf:
+                        loads(ev.message.value)
+                    for ev in buf:
+                        await quiet.ack(ev)
+                    count(len(buf))
+                    buf.clear()
+        else:
+            from streams.batch_consumer import BatchConsumer
 
-    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+            consumer: BatchConsumer = app.consumer  # type: ignore[assignment]
+            async for batch in consumer.batches(stream, s.batch_max_events):
+                try:
+                    for rec in batch.records:
+                        loads(rec.value or b"null")
+                    batch.applied()
+                    count(len(batch.records))
+                finally:
+                    batch.release()
+
+    Worker(app, loglevel=os.environ.get("NOOP_LOGLEVEL", "warning"), quiet=True).execute_from_commandline()
 
 
 def _git_commit() -> str:
@@ -287,12 +403,16 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
     ap.add_argument("--profile", action="store_true", help="also profile the processor alone")
-    ap.add_argument("--out", type=Path, default=RESULTS / "write_path.json")
+    ap.add_argument("--out", type=Path, help="result file (default: see the module docstring)")
+    ap.add_argument("--baseline-ref", help="also run the worker with the consumption path of this commit")
     ap.add_argument("--noop-agent", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--noop-variant", default="batches", help=argparse.SUPPRESS)
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="publish, raw consume and the Faust no-op variants only (no worker)")
     args = ap.parse_args()
     if args.noop_agent:
         sys.argv = [sys.argv[0], "worker"]
-        noop_agent(args.noop_agent)
+        noop_agent(args.noop_agent, args.noop_variant)
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = _machine()
@@ -320,7 +440,27 @@ def main() -> None:
         records = asyncio.run(publish(s, events))
         print("raw consume ...", flush=True)
         raw_s, raw_n = asyncio.run(raw_consume(s, len(events)))
-        print(f"raw: {raw_n / raw_s:,.0f} events/s; worker ({mode}) ...", flush=True)
+        print(f"raw: {raw_n / raw_s:,.0f} events/s", flush=True)
+        if args.ceiling_only:
+            ceiling = {}
+            for variant in NOOP_VARIANTS:
+                ceiling[variant] = faust_ceiling(s, len(events), variant)
+                print(f"Faust no-op agent, {variant}: {ceiling[variant]:,.0f} events/s", flush=True)
+            out = args.out or RESULTS / "write_path_ceiling.json"
+            machine["load_avg_at_end"] = os.getloadavg()
+            out.write_text(json.dumps({
+                "events": len(events), "raw_consume_events_per_s": round(raw_n / raw_s, 1),
+                "faust_noop_agent_events_per_s": ceiling, "machine": machine, "commit": _git_commit(),
+                "settings": {k: getattr(s, k) for k in ("batch_max_events", "batch_max_wait_s",
+                                                        "topic_partitions")},
+            }, indent=2) + "\n")
+            return
+        baseline = None
+        if args.baseline_ref:
+            print(f"worker at {args.baseline_ref} ({mode}) ...", flush=True)
+            baseline = run_baseline(s, len(events), args.baseline_ref)
+            print(f"worker at {args.baseline_ref}: {baseline['events_per_s']:,.0f} events/s", flush=True)
+        print(f"worker ({mode}) ...", flush=True)
         worker = run_worker(s, len(events))
         print(f"worker: {worker['events_per_s']:,.0f} events/s", flush=True)
         result: dict[str, Any] = {
@@ -344,14 +484,20 @@ def main() -> None:
         print("processor alone ...", flush=True)
         result["processor_only"] = asyncio.run(processor_alone(s, records, "-alone", profile=False))
         print(f"processor alone: {result['processor_only']['events_per_s']:,.0f} events/s; "
-              "Faust no-op agent ...", flush=True)
-        result["faust_noop_agent_events_per_s"] = faust_ceiling(s, len(events))
-        print(f"Faust no-op: {result['faust_noop_agent_events_per_s']:,.0f} events/s", flush=True)
+              "Faust no-op agents ...", flush=True)
+        # The worker's consumer (whole batches), and Faust's take_events stream for scale.
+        result["faust_noop_agent_events_per_s"] = faust_ceiling(s, len(events), "batches")
+        result["faust_noop_take_events_events_per_s"] = faust_ceiling(s, len(events), "take_events")
+        print(f"Faust no-op: {result['faust_noop_agent_events_per_s']:,.0f} events/s "
+              f"(take_events: {result['faust_noop_take_events_events_per_s']:,.0f})", flush=True)
+        if baseline is not None:
+            result["baseline"] = {"ref": args.baseline_ref, **baseline}
         if args.profile:
             print("processor alone, profiled ...", flush=True)
             result["processor_only_profiled"] = asyncio.run(processor_alone(s, records, "-prof", profile=True))
         result["machine"]["load_avg_at_end"] = os.getloadavg()
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or RESULTS / ("write_path_foldin.json" if args.model else "write_path.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("events", "seconds", "events_per_s", "raw_consume_events_per_s",
                                              "ratio", "redis_commands_per_event", "peak_rss_mb")}, indent=2))
 

@@ -3,13 +3,23 @@
 ``concurrency=1`` on purpose: with more, a crash can lose a message (faust issue #606), and one
 writer per partition is what makes a user's state safe to update without locks.
 
-Offsets: ``take_events`` acks a batch's events when the body asks for the next batch (the
-``finally`` after its ``yield``), so Kafka commits only cover batches whose body returned, i.e.
-that Redis accepted. It acks them on an exception too, which is why the body must never raise:
-the processor turns data problems into dead letters and waits out outages itself. On a graceful
-stop or a rebalance Faust waits for the unacked batch to be acked (``Consumer.wait_empty``), so a
-batch stuck on a Redis outage holds the stop rather than being committed unapplied; a ``kill -9``
-commits nothing, and the offsets Redis stores make the replay that follows skip what was applied.
+Batches: the app's consumer is a :class:`~streams.batch_consumer.BatchConsumer`, which hands the
+agent each fetch from aiokafka's ``getmany`` as lists of records (at most ``batch_max_events``),
+instead of Faust's per-event stream (``take_events``). Faust's per-message path (a ``wait_first``
+with two tasks per message in the fetcher, an ``Event`` and a queue hop per message, sensors and
+an ack per event) capped an agent doing nothing but decode at ~4k events/s on the 2-core VM, below
+what the processor alone applies; whole batches lift that ceiling about tenfold
+(``benchmarks/results/write_path_ceiling.json``). The app, consumer group, rebalances, flow control
+and commit timer are still Faust's.
+
+Offsets: the agent marks a batch applied (:meth:`Batch.applied`) only after
+:meth:`BatchProcessor.process` returned, i.e. Redis accepted it (the processor never raises: data
+problems become dead letters, outages are waited out); only applied batches' offsets are
+committed. On a graceful stop or a rebalance the consumer's ``wait_empty`` waits for the batch in
+flight, so a batch stuck on a Redis outage holds the stop rather than being committed unapplied;
+fetched batches not yet started are dropped and re-read by the partition's next owner; a
+``kill -9`` commits nothing, and the offsets Redis stores make the replay that follows skip what
+was applied.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import faust
 from prometheus_client import start_http_server
@@ -25,9 +36,10 @@ from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
 from streams import metrics
+from streams.batch_consumer import BatchConsumer
 from streams.cluster_state import ClusterRedisState
 from streams.gapfill import KafkaGapFiller
-from streams.processor import BatchProcessor, DeadLetter, RawRecord
+from streams.processor import BatchProcessor, DeadLetter
 from streams.published import FactorCache
 from streams.redis_state import RedisState
 
@@ -78,21 +90,22 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
 
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-                settings.batch_max_events, within=settings.batch_max_wait_s):
-            records = [
-                RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.value)
-                for e in events
-            ]
+        consumer = cast(BatchConsumer, app.consumer)
+        async for batch in consumer.batches(stream, settings.batch_max_events):
             try:
-                outcome = await processor.process(records)
+                outcome = await processor.process(batch.records)
             except asyncio.CancelledError:
                 raise
             except Exception:  # process() catches everything; this is the last line of defence
                 metrics.UNEXPECTED_ERRORS.inc()
-                logger.critical("batch processing raised; its offsets will be committed", exc_info=True)
+                logger.critical("batch processing raised; a later batch's commit will cover it",
+                                exc_info=True)
                 continue
-            logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(records),
+            else:
+                batch.applied()
+            finally:
+                batch.release()
+            logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(batch.records),
                          outcome.applied, outcome.skipped, len(outcome.dead))
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]

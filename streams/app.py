@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from driftrec.settings import Settings
+from streams.batch_consumer import BatchApp
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "faust_settings"]
 
 
 def create_app(settings: Settings) -> faust.App:
+    """The worker's Faust app; its consumer hands agents whole batches (streams/batch_consumer.py)."""
+    return BatchApp(settings.consumer_group, **faust_settings(settings))
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    """Faust settings of the worker's app (besides its id)."""
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
-    return faust.App(
-        settings.consumer_group,
+    return dict(
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",  # our state lives in Redis; Faust keeps no tables
         # Faust writes an (empty) "<id>-data" folder; keep it under driftrec's home, not the cwd.

@@ -1,0 +1,233 @@
+"""A Faust consumer that hands an agent whole fetched batches, skipping the per-event stream path.
+
+Faust's stream delivers one message at a time: the fetcher awaits ``wait_first`` (two tasks) per
+message, the conductor builds an ``Event`` and queues it, the stream runs sensors and processors
+on it, and ``take_events`` re-buffers events one by one and acks each. On this 2-core VM that caps
+an agent that only decodes at a few thousand events/s, while aiokafka's ``getmany`` returns
+thousands of records per call. :class:`BatchConsumer` keeps everything else Faust does (the
+consumer group, rebalances, flow control, the commit timer, ``wait_empty`` on stop and revoke)
+but, for the topics registered with :meth:`BatchConsumer.batches`, passes each ``getmany`` result
+to the agent as lists of :class:`~streams.processor.RawRecord`. The agent calls
+:meth:`Batch.applied` once Redis accepted a batch; only then can its offsets be committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.processor import RawRecord
+
+__all__ = ["Batch", "BatchConsumer", "BatchTransport", "BatchApp", "split_fetch"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records of one fetch (at most ``max_events``), in offset order within each partition."""
+
+    records: list[RawRecord]
+    #: Highest offset per partition in this batch.
+    last: dict[TP, int]
+    #: Consumer generation the records were fetched in; stale after a rebalance.
+    generation: int
+    consumer: BatchConsumer = field(repr=False)
+    done: bool = False
+
+    def applied(self) -> None:
+        """Mark the batch as accepted by Redis: its offsets may now be committed."""
+        if not self.done:
+            self.done = True
+            self.consumer._batch_applied(self)
+
+    def release(self) -> None:
+        """The agent is finished with this batch, applied or not (unblocks ``wait_empty``)."""
+        self.consumer._batch_released(self)
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """aiokafka-driven Faust consumer with a batch hand-off for selected topics."""
+
+    #: Batches fetched but not yet taken by the agent (bounded: back-pressure on the fetcher).
+    handoff_size = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_topics: dict[str, int] = {}  # topic -> max events per batch
+        self._handoff: asyncio.Queue[Batch] = asyncio.Queue(self.handoff_size)
+        self._applied: dict[TP, int] = {}  # next offset to commit, per partition
+        self._n_applied = 0
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- the agent's side ------------------------------------------------------------------------
+    async def batches(self, stream: faust.StreamT, max_events: int) -> AsyncIterator[Batch]:
+        """Batches of the stream's topic, for an agent with ``concurrency=1``.
+
+        Iterating the topic's channel once registers it with Faust's conductor, which is what
+        subscribes the consumer to it; its records then come here instead of to the stream.
+        """
+        channel = stream.channel
+        self.batch_topics.update({t: max_events for t in channel.topics})  # type: ignore[attr-defined]
+        aiter(channel)  # noqa: B018 -- subscribes (faust.Topic.__aiter__ adds it to app.topics)
+        while True:
+            batch = await self._handoff.get()
+            if batch.generation != self.app.consumer_generation_id or not self.flow_active:
+                continue  # fetched before a rebalance: the new assignment re-reads it
+            self._in_flight += 1
+            self._idle.clear()
+            # Faust's livelock check reads when a stream last took an event from each partition.
+            now = time.monotonic()
+            inbound = self.app.monitor.stream_inbound_time
+            for tp in batch.last:
+                inbound[tp] = now
+            yield batch
+
+    def _batch_applied(self, batch: Batch) -> None:
+        for tp, offset in batch.last.items():
+            committed = self._committed_offset[tp]
+            if committed is None or offset + 1 > committed:
+                self._applied[tp] = max(self._applied.get(tp, 0), offset + 1)
+        self._n_applied += len(batch.records)
+
+    def _batch_released(self, batch: Batch) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    # --- committing ------------------------------------------------------------------------------
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        seen = set()
+        for tp in [*self._applied, *super()._filter_tps_with_pending_acks(topics)]:
+            if tp not in seen and (topics is None or tp in topics or tp.topic in topics):
+                seen.add(tp)
+                yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if tp.topic in self.batch_topics:
+            return self._applied.pop(tp, None)
+        return super()._new_offset(tp)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._applied.pop(tp, None)
+
+    async def wait_empty(self) -> None:
+        """Wait for the batch the agent is applying (a Redis outage holds a stop here), then commit."""
+        while self._in_flight and not self.should_stop:
+            logger.info("waiting for the batch in flight before committing")
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=5)
+            except TimeoutError:
+                continue
+        await super().wait_empty()
+
+    def stop_flow(self) -> None:
+        super().stop_flow()
+        while not self._handoff.empty():  # not started: the next owner of the partition reads them
+            self._handoff.get_nowait()
+
+    # --- the fetcher's side ----------------------------------------------------------------------
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        """Faust's fetch loop, with whole batches for batch topics and per-message delivery else."""
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        callback = self.callback
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(1.0)
+                if not records or self.should_stop or not self.flow_active:
+                    await asyncio.sleep(0)
+                    continue
+                generation = self.app.consumer_generation_id
+                pending: list[tuple[TP, list[Any]]] = []
+                for tp, rows in records.items():
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    r_offset = read_offset[tp]
+                    if r_offset is not None:  # Faust drops what it read already (after a seek)
+                        rows = [r for r in rows if r.offset >= r_offset]
+                    if not rows:
+                        continue
+                    read_offset[tp] = rows[-1].offset
+                    if tp.topic in self.batch_topics:
+                        pending.append((tp, rows))
+                    else:
+                        for row in rows:
+                            await self.wait_first(callback(self._to_message(tp, row)),
+                                                  self.suspend_flow.wait())
+                for batch in self._split(pending, generation):
+                    await self._handoff.put(batch)
+                if self._commit_every is not None and self._n_applied >= self._commit_every:
+                    self._n_applied = 0
+                    await self.commit()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                logger.info("broker stopped the consumer; shutting down")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    def _split(self, pending: list[tuple[TP, list[Any]]], generation: int) -> Iterator[Batch]:
+        if pending:
+            limit = min(self.batch_topics[tp.topic] for tp, _ in pending)
+            for records, last in split_fetch(pending, limit):
+                yield Batch(records, last, generation, self)
+
+
+def split_fetch(pending: list[tuple[TP, list[Any]]], limit: int) -> Iterator[tuple[list[RawRecord], dict[TP, int]]]:
+    """Cut one fetch (partition -> records in offset order) into batches of at most ``limit``.
+
+    Each batch takes a fair share of every partition that still has records, so one partition's
+    backlog does not delay the others; within a partition the order is kept. Yields the records
+    and the highest offset per partition.
+    """
+    cursors = [0] * len(pending)
+    while True:
+        records: list[RawRecord] = []
+        last: dict[TP, int] = {}
+        while len(records) < limit:
+            live = [i for i, (_, rows) in enumerate(pending) if cursors[i] < len(rows)]
+            if not live:
+                break
+            share = max(1, (limit - len(records)) // len(live))
+            for i in live:
+                room = limit - len(records)
+                if not room:
+                    break
+                tp, rows = pending[i]
+                chunk = rows[cursors[i]: cursors[i] + min(share, room)]
+                cursors[i] += len(chunk)
+                records.extend(RawRecord(tp.topic, tp.partition, r.offset, r.value) for r in chunk)
+                last[tp] = chunk[-1].offset
+        if not records:
+            return
+        yield records, last
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`BatchConsumer`."""
+
+    Consumer = BatchConsumer
+
+
+class BatchApp(faust.App):
+    """A Faust app whose consumer is a :class:`BatchConsumer`."""
+
+    def _new_transport(self) -> BatchTransport:
+        return BatchTransport(self.conf.broker_consumer, self)

@@ -1,0 +1,112 @@
+"""The batch consumer's fetch splitting and commit bookkeeping (no I/O, no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from faust.types import TP
+
+from driftrec.settings import load_settings
+from streams.app import create_app
+from streams.batch_consumer import Batch, BatchConsumer, split_fetch
+
+
+@dataclass
+class Row:
+    offset: int
+    value: bytes
+
+
+def _rows(first: int, n: int) -> list[Row]:
+    return [Row(o, b"%d" % o) for o in range(first, first + n)]
+
+
+def test_split_keeps_order_limit_and_every_record() -> None:
+    a, b = TP("t", 0), TP("t", 1)
+    pending = [(a, _rows(10, 7)), (b, _rows(0, 2))]
+    batches = list(split_fetch(pending, 4))
+    assert [len(r) for r, _ in batches] == [4, 4, 1]
+    flat = [(r.partition, r.offset) for records, _ in batches for r in records]
+    assert sorted(flat) == sorted([(0, o) for o in range(10, 17)] + [(1, 0), (1, 1)])
+    for p in (0, 1):  # offset order within a partition, across batches too
+        offsets = [o for q, o in flat if q == p]
+        assert offsets == sorted(offsets)
+    assert batches[0][1] == {a: 11, b: 1}  # both partitions share the first batch
+    assert batches[-1][1] == {a: 16}
+
+
+def test_split_of_nothing_is_nothing() -> None:
+    assert list(split_fetch([], 10)) == []
+    assert list(split_fetch([(TP("t", 0), [])], 10)) == []
+
+
+@pytest.fixture
+def consumer(tmp_path: Path) -> BatchConsumer:
+    s = load_settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0", home=tmp_path)
+    app = create_app(s)
+    c = app.consumer
+    assert isinstance(c, BatchConsumer)
+    c.batch_topics["clicks"] = 100
+    return c
+
+
+def _batch(c: BatchConsumer, last: dict[TP, int]) -> Batch:
+    return Batch([], last, 0, c)
+
+
+def test_only_applied_batches_become_commit_offsets(consumer: BatchConsumer) -> None:
+    tp0, tp1 = TP("clicks", 0), TP("clicks", 1)
+    taken = _batch(consumer, {tp0: 41, tp1: 7})
+    assert list(consumer._filter_tps_with_pending_acks()) == []  # taken, not applied: nothing
+    taken.applied()
+    assert set(consumer._filter_tps_with_pending_acks()) == {tp0, tp1}
+    assert consumer._filter_committable_offsets([tp0, tp1]) == {tp0: 42, tp1: 8}  # next to read
+    assert consumer._new_offset(tp0) is None  # handed out once
+
+
+def test_an_older_batch_never_moves_the_offset_back(consumer: BatchConsumer) -> None:
+    tp = TP("clicks", 0)
+    _batch(consumer, {tp: 99}).applied()
+    _batch(consumer, {tp: 50}).applied()
+    assert consumer._new_offset(tp) == 100
+
+
+def test_revoked_partitions_forget_their_applied_offsets(consumer: BatchConsumer) -> None:
+    tp0, tp1 = TP("clicks", 0), TP("clicks", 1)
+    _batch(consumer, {tp0: 5, tp1: 6}).applied()
+    asyncio.run(consumer.on_partitions_revoked({tp0}))
+    assert list(consumer._filter_tps_with_pending_acks()) == [tp1]
+
+
+def test_wait_empty_waits_for_the_batch_in_flight(consumer: BatchConsumer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop or revoke commits only after the batch the agent is applying was applied."""
+    from faust.transport.consumer import Consumer
+
+    order: list[str] = []
+
+    async def base_wait_empty(self: Consumer) -> None:  # Faust's part: commit what is applied
+        order.append("commit " + repr(sorted(self._filter_committable_offsets([TP("clicks", 0)]).values())))
+
+    monkeypatch.setattr(Consumer, "wait_empty", base_wait_empty)
+
+    async def scenario() -> None:
+        batch = _batch(consumer, {TP("clicks", 0): 3})
+        consumer._in_flight += 1
+        consumer._idle.clear()
+
+        async def agent() -> None:
+            await asyncio.sleep(0.05)
+            order.append("applied")
+            batch.applied()
+            batch.release()
+
+        task = asyncio.ensure_future(agent())
+        await consumer.wait_empty()
+        await task
+
+    asyncio.run(scenario())
+    assert order == ["applied", "commit [4]"]
