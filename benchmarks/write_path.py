@@ -34,7 +34,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import re
 import shutil
@@ -56,6 +55,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from driftrec import benchinfo  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings, load_settings  # noqa: E402
@@ -378,22 +378,13 @@ def noop_agent(n: int, variant: str) -> None:
 
 
 def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return benchinfo.commit(ROOT)
 
 
 def _machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
+    info = benchinfo.machine(("faust", "aiokafka", "redis", "orjson"))
+    info["load_avg_at_start"] = info.pop("load_avg")
+    return info
 
 
 def main() -> None:
