@@ -8,6 +8,7 @@ process and drives ``GET /v1/recommendations/{random user}`` with wrk (installed
 when missing) and writes ``benchmarks/results/reader.json``.
 
     .venv/bin/python benchmarks/reader.py [--concurrency 8] [--duration 20] [--sweep 4,8,16,32]
+        [--variants] [--baseline DIR --baseline-label TEXT]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -226,6 +228,40 @@ def run_wrk(wrk: str, port: int, concurrency: int, duration: int, script: Path, 
     }
 
 
+def served_records(port: int) -> dict[str, float]:
+    """The reader's answer records (P:{r:R}) by outcome, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^driftrec_reader_served_records_total\{outcome="(\w+)"\} (\S+)$', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Namespace, script: Path,
+              rounds: int = 4) -> dict[str, Any]:
+    """Alternate short wrk runs between readers (port, pid) on the same data: on a shared machine
+    only the ratios of one such run mean something. Medians over the rounds."""
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in readers}
+    names = list(readers)
+    for k in range(rounds):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            port, pid = readers[name]
+            cpu0 = cpu_seconds(pid)
+            one = run_wrk(wrk, port, args.concurrency, max(5, args.duration // 4), script, args.users, args.items)
+            one["reader_cpu_ms_per_request"] = (cpu_seconds(pid) - cpu0) * 1000 / max(one["n"], 1)
+            seen[name].append(one)
+    out: dict[str, Any] = {"rounds": rounds, "concurrency": args.concurrency}
+    for name, runs in seen.items():
+        out[name] = {key: round(statistics.median(r[key] for r in runs), 3)
+                     for key in ("req_per_s", "p50_ms", "p99_ms", "reader_cpu_ms_per_request")}
+    out["cpu_per_request_ratio"] = round(out["this"]["reader_cpu_ms_per_request"]
+                                         / out["baseline"]["reader_cpu_ms_per_request"], 3)
+    out["req_per_s_ratio"] = round(out["this"]["req_per_s"] / out["baseline"]["req_per_s"], 3)
+    logger.info("A/B: %s", out)
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -267,6 +303,10 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--sweep", default="", help="Extra concurrencies to measure, comma-separated.")
     ap.add_argument("--variants", action="store_true", help="Also measure the other endpoints and single sources.")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="A checkout of other reader code (e.g. a git worktree): its reader runs on the same "
+                         "Redis and the two are measured in alternating rounds (ratios in the JSON).")
+    ap.add_argument("--baseline-label", default="", help="What --baseline is (recorded in the JSON).")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
     ap.add_argument("--redis-port", type=int, default=0,
                     help="Use this running Redis (filled once, reused while it holds the data) "
@@ -282,6 +322,7 @@ def main() -> None:
             ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     reader: subprocess.Popen[bytes] | None = None
+    other: subprocess.Popen[bytes] | None = None
     try:
         r = redis.Redis(port=rport)
         for _ in range(50):
@@ -322,6 +363,8 @@ def main() -> None:
             one = run_wrk(wrk, hport, c, max(5, args.duration // 2), script, args.users, args.items)
             logger.info("c=%d: %s", c, one)
             sweep.append(one)
+        # Every answer is recorded for click attribution: written, or dropped and counted.
+        result["served_records"] = served_records(hport)
         variants = {}
         for name, path in (VARIANTS.items() if args.variants else ()):
             cpu0 = cpu_seconds(reader.pid)
@@ -331,8 +374,20 @@ def main() -> None:
             one["path"] = path
             logger.info("%s: %s", name, one)
             variants[name] = one
+        baseline = None
+        if args.baseline is not None:
+            oport = free_port()
+            other = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "serve", "--port", str(oport)],
+                                     cwd=args.baseline, env=env, stdout=open(work / "baseline.log", "wb"),
+                                     stderr=subprocess.STDOUT)
+            wait_ready(oport, VERSION, 60, other)
+            run_wrk(wrk, oport, args.concurrency, 3, script, args.users, args.items)
+            baseline = ab_rounds(wrk, {"baseline": (oport, other.pid), "this": (hport, reader.pid)},
+                                 args, script)
+            baseline["label"] = args.baseline_label or str(args.baseline)
         body = {
             **result,
+            "ab_against_baseline": baseline,
             "endpoint": "GET /v1/recommendations/{random of the users}?n=10",
             "target": "p99 <= 5 ms at >= 2000 req/s per reader process",
             "met": result["p99_ms"] <= 5.0 and result["req_per_s"] >= 2000 and result["errors"] == 0,
@@ -348,6 +403,9 @@ def main() -> None:
         args.out.write_text(json.dumps(body, indent=2) + "\n")
         print(json.dumps(body, indent=2))
     finally:
+        if other is not None:
+            other.send_signal(signal.SIGTERM)
+            other.wait(10)
         if reader is not None:
             reader.send_signal(signal.SIGTERM)
             try:

@@ -234,9 +234,9 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
     for item, score in ranked:
         best, source = -1.0, "trending"
         for name, w, scores in weighted:
-            s = scores.get(item)
-            if s is not None and w * s > best:
-                best, source = w * s, name
+            got = scores.get(item)
+            if got is not None and w * got > best:
+                best, source = w * got, name
         shown.append((item, score, source))
     because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"))
     return [Scored(item, score, source, _reason(source, item, because, c.trending_label))

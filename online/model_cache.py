@@ -190,7 +190,7 @@ class PublishedModel:
             part = np.arange(m)
         order = part[np.argsort(-row[part], kind="stable")]
         ids = self.item_ids
-        return list(zip([ids[j] for j in order.tolist()], row[order].tolist()))
+        return list(zip([ids[j] for j in order.tolist()], row[order].tolist(), strict=True))
 
     def nearest_users(self, u: F32, user: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` pool users with the highest cosine to ``u`` (the user itself left out)."""
@@ -205,7 +205,7 @@ class PublishedModel:
         part = np.argpartition(sims, m - take)[m - take:]
         order = part[np.argsort(-sims[part], kind="stable")]
         pool_ids = self.pool_ids
-        out = list(zip([pool_ids[j] for j in order.tolist()], sims[order].tolist()))
+        out = list(zip([pool_ids[j] for j in order.tolist()], sims[order].tolist(), strict=True))
         return [(v, s) for v, s in out if v != user and s > 0][:n]
 
     def item_neighbours(self, item: str, n: int) -> list[tuple[str, float]]:

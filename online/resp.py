@@ -33,7 +33,8 @@ def pack(commands: Sequence[Sequence[Arg]]) -> bytes:
     the Python path, which writes those as the bytes they stand for.
     """
     try:
-        return b"".join([_pack_command(tuple(cmd)) for cmd in commands])
+        # hiredis' stub types the argument as a 1-tuple; it takes any tuple of these types.
+        return b"".join([_pack_command(tuple(cmd)) for cmd in commands])  # type: ignore[arg-type]
     except (UnicodeEncodeError, TypeError):
         return _pack_python(commands)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
-from driftrec.userstate import decode_fields, newest, strongest, unpack_vector
+from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
 from online.resp import RespPool
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
@@ -63,6 +64,26 @@ def pairs(flat: Sequence[Any]) -> Pairs:
         return [(m, s) for m, s in flat]
     it = iter(flat)
     return [(m, float(s)) for m, s in zip(it, it, strict=False)]
+
+
+def user_state(reply: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`driftrec.userstate.decode_fields` of an ``HGETALL`` reply, with a fast path for
+    the raw pool's RESP3 reply (a dict of ``str``): fields are already text and the values are
+    re-encoded in one comprehension; anything else (a flat RESP2 list, a value of the wrong
+    size) goes through ``decode_fields`` itself."""
+    if not isinstance(reply, dict) or not reply:
+        return decode_fields(reply)
+    try:
+        raws = [v.encode("utf-8", "surrogateescape") for v in reply.values()]
+    except AttributeError:  # bytes values (a client without decoding)
+        return decode_fields(reply)
+    if set(map(len, raws)) != {ENTRY_BYTES}:
+        return decode_fields(reply)  # logs and skips the malformed entries
+    items = list(reply)
+    vals = struct.unpack(f"<{len(items) * 2}d", b"".join(raws))
+    times = {i: t for i, t in zip(items, vals[0::2], strict=True) if t == t}
+    weights = {i: w for i, w in zip(items, vals[1::2], strict=True) if w == w}
+    return times, weights
 
 
 def _float(x: str | bytes | None) -> float | None:
@@ -151,7 +172,7 @@ class ReaderStore:
             ["GET", k.user_vec(user)],
         ])
         raw, vec_version = unpack_vector(vec)  # "<model>\0<float32 bytes>": driftrec/userstate.py
-        times, weights = decode_fields(state)  # 16-byte entries: driftrec/userstate.py
+        times, weights = user_state(state)  # 16-byte entries: driftrec/userstate.py
         return UserReads(Meta.parse(meta), version, newest(times), strongest(weights), raw, vec_version,
                          pairs(trending))
 
@@ -165,7 +186,7 @@ class ReaderStore:
         cmds += [["HGETALL", k.user_state(u)] for u in users]
         res = await self._run(cmds)
         nbrs = {i: pairs(r) for i, r in zip(items, res[: len(items)], strict=True)}
-        theirs = {u: strongest(decode_fields(r)[1], per_user) for u, r in zip(users, res[len(items):], strict=True)}
+        theirs = {u: strongest(user_state(r)[1], per_user) for u, r in zip(users, res[len(items):], strict=True)}
         return nbrs, theirs
 
     async def item_categories(self, items: Sequence[str]) -> dict[str, str]:
@@ -207,7 +228,7 @@ class ReaderStore:
             ["HGETALL", k.user_state(user)],
             ["ZREVRANGE", k.user_cats(user), 0, -1, "WITHSCORES"],
         ])
-        return Meta.parse(meta), newest(decode_fields(state)[0], n), pairs(cats)
+        return Meta.parse(meta), newest(user_state(state)[0], n), pairs(cats)
 
     async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int) -> tuple[Meta, Pairs, dict[str, Pairs]]:
         """What the in-memory snapshot keeps: meta, the top popular items, per-category lists."""

@@ -19,7 +19,13 @@ from driftrec.publisher import publish_events
 from driftrec.settings import Settings
 from online.served import STRATEGY_FIELD as READER_STRATEGY_FIELD
 from tests.integration.services import free_port, wait_http
-from tests.integration.test_reader_support import reader, reference_state, shop_events, wait_for, write_state
+from tests.integration.test_reader_support import (
+    reader,
+    reference_state,
+    shop_events,
+    wait_for,
+    write_state,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from driftrec.keys import Keys
 from driftrec.settings import Settings
 from models.blend import SOURCES
 from online.app import create_app
-from online.routes_recs import SIMILAR_STRATEGY, STRATEGIES
 from online.params import ID_PATTERN
+from online.routes_recs import SIMILAR_STRATEGY, STRATEGIES
 from tests.integration.test_reader_support import (
     ListSink,
     reference_state,
