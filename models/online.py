@@ -15,7 +15,7 @@ from driftrec.events import TOMBSTONE_TYPE
 from models.cooccurrence import similarity, top_k, window_partners
 from models.decay import DecayPolicy, EventWeights
 
-__all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState"]
+__all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState", "FORGET_RESIDUE"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,9 @@ History = list[tuple[str, float]]
 _ORDER = attrgetter("partition", "offset")
 # Redis orders a ZSET by (score, member); histories and pruning follow the same order everywhere.
 _hist_key = itemgetter(1, 0)
+#: A decayed score a subtraction leaves at or below this fraction of what it took away is
+#: rounding, not evidence: the member goes (``apply_batch.lua`` uses the same rule).
+FORGET_RESIDUE = 1e-9
 
 
 @dataclass(slots=True)
@@ -46,7 +49,10 @@ class BatchDelta:
     apply them with ``ZINCRBY``. ``hist`` values are event times; apply them with ``ZADD GT``
     and then trim to the history length. A user in ``forgotten`` sent a ``forget_user``
     tombstone: delete that user's keys first, then apply the increments listed for the user
-    (they come from events after the tombstone). Item-level aggregates are anonymous and stay.
+    (they come from events after the tombstone). :func:`plan_batch` leaves the item-level
+    aggregates the user added before; the worker adds their negated share to ``pop``, ``trend``
+    and ``cooc`` (:func:`models.forget.subtract_share`), so an increment ``<= 0`` there is a
+    subtraction (see :meth:`InMemoryState.apply`).
     """
 
     landmark: float = 0.0
@@ -232,8 +238,19 @@ def plan_batch(
 
 
 def _add(target: dict[str, float], inc: Mapping[str, float]) -> None:
+    # Positive increments add (a missing member starts at 0). An increment <= 0 is a forgotten
+    # user's share taken away: a missing member was pruned (or never stored) and stays missing,
+    # and one left at rounding level (FORGET_RESIDUE of what was taken) goes.
     for key, value in inc.items():
-        target[key] = target.get(key, 0.0) + value
+        cur = target.get(key)
+        if value > 0:
+            target[key] = value if cur is None else cur + value
+        elif cur is not None:
+            left = cur + value
+            if left <= FORGET_RESIDUE * -value:
+                del target[key]
+            else:
+                target[key] = left
 
 
 def _keep_top(row: dict[str, Any], k: int | None) -> None:
@@ -399,6 +416,8 @@ class InMemoryState:
                 row = table.setdefault(key, {})
                 _add(row, row_inc)
                 _keep_top(row, k)
+                if not row:  # a subtraction emptied it: Redis has no empty sorted sets
+                    del table[key]
         for user, times in delta.hist.items():
             row = self.hist.setdefault(user, {})
             for item, t in times.items():

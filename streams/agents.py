@@ -38,6 +38,7 @@ from driftrec.settings import Settings
 from streams import metrics
 from streams.batch_consumer import BatchConsumer
 from streams.cluster_state import ClusterRedisState
+from streams.forget import Forgetter
 from streams.gapfill import KafkaGapFiller
 from streams.processor import BatchProcessor, DeadLetter
 from streams.published import FactorCache
@@ -86,7 +87,8 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
         await asyncio.gather(*pending)
 
     processor = BatchProcessor(settings, state, send_dead_letters, factors,
-                               gaps=KafkaGapFiller(settings.bootstrap, settings.clicks_topic))
+                               gaps=KafkaGapFiller(settings.bootstrap, settings.clicks_topic),
+                               forgets=Forgetter(settings))
 
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:

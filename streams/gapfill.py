@@ -16,11 +16,11 @@ not a backlog). A hole the log itself has (transaction markers, retention) reads
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-__all__ = ["KafkaGapFiller", "find_gaps"]
+__all__ = ["KafkaGapFiller", "find_gaps", "read_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,56 @@ def find_gaps(positions: Iterable[tuple[int, int]], stored: Mapping[int, int],
     return out
 
 
+async def read_log(
+    bootstrap: str,
+    topic: str,
+    ranges: Mapping[int, tuple[int | None, int]],
+    *,
+    timeout_s: float = 30.0,
+    keys: Mapping[int, Collection[bytes]] | None = None,
+) -> tuple[list[tuple[int, int, bytes | None]], dict[int, int]]:
+    """(partition, offset, value) of the records in ``[start, end)`` of each partition, in order.
+
+    A plain consumer of its own: no group, no commits. ``start`` None (or below the log start)
+    means the log start. With ``keys``, only records whose message key is one of the partition's
+    keys come back (compared as bytes, before any parsing). Also returns each partition's log
+    start offset: above 0, retention has deleted the records before it.
+    """
+    if not ranges:
+        return [], {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000))
+    await consumer.start()
+    out: list[tuple[int, int, bytes | None]] = []
+    try:
+        tps = {p: TopicPartition(topic, p) for p in ranges}
+        consumer.assign(list(tps.values()))
+        firsts = await consumer.beginning_offsets(list(tps.values()))
+        # The log may hold less than asked (markers, retention): stop at the log end too.
+        ends = await consumer.end_offsets(list(tps.values()))
+        starts = {p: firsts[tps[p]] for p in ranges}
+        want: dict[int, int] = {}
+        for p, (start, end) in ranges.items():
+            first = starts[p] if start is None else max(start, starts[p])
+            consumer.seek(tps[p], first)
+            want[p] = min(end, ends[tps[p]])
+        wanted = {p: set(keys.get(p, ())) for p in ranges} if keys is not None else None
+        while any([await consumer.position(tps[p]) < want[p] for p in want]):
+            got = await consumer.getmany(timeout_ms=int(timeout_s * 1000))
+            if not got:
+                raise TimeoutError(f"no records from {topic} in {timeout_s}s while reading {dict(ranges)}")
+            for tp, rows in got.items():
+                p, stop = tp.partition, want[tp.partition]
+                if wanted is None:
+                    out.extend((p, r.offset, r.value) for r in rows if r.offset < stop)
+                else:
+                    ks = wanted[p]
+                    out.extend((p, r.offset, r.value) for r in rows if r.offset < stop and r.key in ks)
+    finally:
+        await consumer.stop()
+    return out, starts
+
+
 class KafkaGapFiller:
     """Reads ``[start, end)`` of a partition of ``topic`` (the raw records, in offset order)."""
 
@@ -63,26 +113,7 @@ class KafkaGapFiller:
         """(partition, offset, value) of every record in the gaps."""
         if not gaps:
             return []
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, request_timeout_ms=int(self.timeout_s * 1000))
-        await consumer.start()
-        out: list[tuple[int, int, bytes | None]] = []
-        try:
-            tps = {p: TopicPartition(self.topic, p) for p in gaps}
-            consumer.assign(list(tps.values()))
-            for p, (start, _) in gaps.items():
-                consumer.seek(tps[p], start)
-            # The log may hold less than asked (markers, retention): stop at the log end too.
-            ends = await consumer.end_offsets(list(tps.values()))
-            want = {p: min(end, ends[tps[p]]) for p, (_, end) in gaps.items()}
-            while any([await consumer.position(tps[p]) < want[p] for p in want]):
-                got = await consumer.getmany(timeout_ms=int(self.timeout_s * 1000))
-                if not got:
-                    raise TimeoutError(f"no records from {self.topic} in {self.timeout_s}s while filling {gaps}")
-                for tp, rows in got.items():
-                    out.extend((tp.partition, r.offset, r.value) for r in rows if r.offset < want[tp.partition])
-        finally:
-            await consumer.stop()
+        out, _ = await read_log(self.bootstrap, self.topic, gaps, timeout_s=self.timeout_s)
         self.filled += len(out)
         logger.warning("Redis was behind Kafka (a Redis restart lost acknowledged writes?): read "
                        "back %d records of %s", len(out), {p: g for p, g in gaps.items()})

@@ -7,7 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "EVENTS_APPLIED", "EVENTS_SKIPPED", "DEAD_LETTERS", "BATCH_SIZE", "BATCH_SECONDS",
     "REDIS_RETRIES", "KAFKA_RETRIES", "LAST_EVENT_TIME", "REBALANCES", "UNEXPECTED_ERRORS",
-    "MODEL_RELOADS", "REDIS_APPLY_SECONDS", "MODEL_VERSION",
+    "MODEL_RELOADS", "REDIS_APPLY_SECONDS", "MODEL_VERSION", "FORGETS", "FORGETS_INCOMPLETE",
+    "FORGET_RECORDS_READ",
 ]
 
 EVENTS_APPLIED = Counter("driftrec_worker_events_applied_total", "Click events applied to Redis.")
@@ -41,4 +42,16 @@ REDIS_APPLY_SECONDS = Histogram(
 )
 MODEL_VERSION = Gauge(
     "driftrec_worker_model_version", "1 for the published model version the worker folds in against.", ["version"]
+)
+FORGETS = Counter(
+    "driftrec_worker_forgets_total",
+    "forget_user tombstones applied: the user's keys deleted and their share of shared state subtracted.",
+)
+FORGETS_INCOMPLETE = Counter(
+    "driftrec_worker_forgets_incomplete_total",
+    "Forgets whose earlier clicks retention had partly deleted from the log: subtracted only in part.",
+)
+FORGET_RECORDS_READ = Counter(
+    "driftrec_worker_forget_records_read_total",
+    "Records of forgotten users read back from the clicks topic to subtract their share.",
 )

@@ -26,6 +26,7 @@ from driftrec.settings import Settings
 from models.decay import DecayPolicy, EventWeights
 from models.online import BatchDelta, EventView, plan_batch
 from streams import metrics
+from streams.forget import Forgetter
 from streams.gapfill import KafkaGapFiller, find_gaps
 from streams.published import FactorCache, PublishedFactors
 from streams.redis_state import (
@@ -124,12 +125,18 @@ class BatchProcessor:
         The published model cache; None disables user/item vectors altogether.
     backoff : Backoff or None
         Retry policy for outages; default from ``settings.redis_retry_max_s``.
+    gaps : KafkaGapFiller or None
+        Reads back records a Redis rollback lost; None: no gap filling.
+    forgets : Forgetter or None
+        Subtracts a forgotten user's share of shared state (``streams/forget.py``); None: a
+        ``forget_user`` deletes only the user's own keys.
     """
 
     def __init__(self, settings: Settings, state: RedisState, dead_letters: DeadLetterSink,
                  factors: FactorCache | None = None, *, backoff: Backoff | None = None,
-                 gaps: KafkaGapFiller | None = None) -> None:
+                 gaps: KafkaGapFiller | None = None, forgets: Forgetter | None = None) -> None:
         self.settings = settings
+        self.forgets = forgets
         self.gaps = gaps  # reads back records a Redis rollback lost (streams/gapfill.py)
         #: Partition -> last offset this process saw Redis accept; Redis storing less later means
         #: it lost acknowledged writes (checked at every batch, whatever its partitions).
@@ -298,6 +305,9 @@ class BatchProcessor:
                 fresh += [DeadLetter(by_pos[(e.partition, e.offset)], reason) for e, reason in delta.rejected]
                 if delta.applied and self.factors is not None:
                     vectors = await self._vectors(views, delta, ctx, model, applied_offsets)
+                if delta.forgotten and self.forgets is not None:
+                    # After the vectors: they read this batch's own clicks from pop and cooc.
+                    await self.forgets.subtract(views, delta, applied_offsets, self._parse_rows)
             else:
                 delta = BatchDelta()
             # Dead letters move the offsets too, so a replay does not send them again.
@@ -322,6 +332,9 @@ class BatchProcessor:
             if result == LANDMARK_MOVED:
                 await asyncio.sleep(0.05)
             logger.info("batch raced another writer or a rescale (result %d); re-planning", result)
+
+    def _parse_rows(self, rows: Sequence[tuple[int, int, bytes | None]]) -> list[EventView]:
+        return self.parse([RawRecord(self.settings.clicks_topic, p, o, v) for p, o, v in rows])[0]
 
     async def _fill_gaps(self, views: list[EventView], by_pos: dict[tuple[int, int], RawRecord],
                          dead: list[DeadLetter], applied: dict[int, int]) -> bool:

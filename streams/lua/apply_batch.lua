@@ -7,10 +7,11 @@
 --                        off = {field = new offset (string)}, t = last event time (string),
 --                        n = applied count, k = {key, ...},
 --                        ops = {{index into k, op, cap, {...}}, ...}}
--- Ops: "z" add each (member, double) pair to its score (ZINCRBY semantics, see zincr), then keep
---          the top `cap` by score (0 = unbounded) when a member was added (a key that got no
---          new member has not grown since it was last cut; a smaller `cap` set on a running
---          store therefore applies to a key when it next gains a member);
+-- Ops: "z" add each (member, double) pair to its score (ZINCRBY semantics for increments > 0;
+--          one <= 0 subtracts, see zincr), then keep the top `cap` by score (0 = unbounded) when
+--          a member was added (a key that got no new member has not grown since it was last cut;
+--          a smaller `cap` set on a running store therefore applies to a key when it next gains
+--          a member);
 --      "s" HSET the flat (field, value, ...) list (values may be binary);
 --      "x" HDEL the listed fields;
 --      "t" SET the key to the one value listed (a vector STRING: "<model tag>\0<float32 bytes>");
@@ -56,6 +57,10 @@ end
 -- ZINCRBY for many members in two calls: ZMSCORE the current scores, add in Lua (the same
 -- double addition ZINCRBY does; scores cross the Lua boundary as %.17g text, exactly), and one
 -- variadic ZADD. One command per pair cost ~5x more.
+-- An increment <= 0 is a forgotten user's share taken away (models/forget.py): a member that
+-- is not there (pruned by its bound) is skipped, and one left at <= RESIDUE x |increment| is
+-- rounding and is removed. models/online.py (_add, FORGET_RESIDUE) does the same.
+local RESIDUE = 1e-9
 local function zincr(key, kv)
   local added = 0  -- new members: a key only grows, and needs pruning, when some were added
   for i = 1, #kv, 2 * CHUNK do
@@ -63,15 +68,26 @@ local function zincr(key, kv)
     local members = {}
     for x = i, j, 2 do members[#members + 1] = kv[x] end
     local cur = redis.call('ZMSCORE', key, unpack(members))
-    local args = {}
+    local args, gone = {}, {}
     for x = 1, #members do
       local v = kv[i + 2 * x - 1]
       local c = cur[x]
-      if c then v = tonumber(c) + v end
-      args[2 * x - 1] = v
-      args[2 * x] = members[x]
+      if v > 0 then
+        if c then v = tonumber(c) + v end
+        args[#args + 1] = v
+        args[#args + 1] = members[x]
+      elseif c then  -- a forgotten user's share: subtract from members that are still there
+        local left = tonumber(c) + v
+        if left <= RESIDUE * -v then
+          gone[#gone + 1] = members[x]
+        else
+          args[#args + 1] = left
+          args[#args + 1] = members[x]
+        end
+      end
     end
-    added = added + redis.call('ZADD', key, unpack(args))
+    if #args > 0 then added = added + redis.call('ZADD', key, unpack(args)) end
+    if #gone > 0 then redis.call('ZREM', key, unpack(gone)) end
   end
   return added
 end

@@ -33,6 +33,7 @@ local function variadic(cmd, key, opt, kv)
     end
   end
 end
+local RESIDUE = 1e-9  -- see apply_batch.lua's zincr: an increment <= 0 subtracts
 local function zincr(key, kv)
   local added = 0  -- new members: a key only grows, and needs pruning, when some were added
   for i = 1, #kv, 2 * CHUNK do
@@ -40,15 +41,26 @@ local function zincr(key, kv)
     local members = {}
     for x = i, j, 2 do members[#members + 1] = kv[x] end
     local cur = redis.call('ZMSCORE', key, unpack(members))
-    local args = {}
+    local args, gone = {}, {}
     for x = 1, #members do
       local v = kv[i + 2 * x - 1]
       local c = cur[x]
-      if c then v = tonumber(c) + v end
-      args[2 * x - 1] = v
-      args[2 * x] = members[x]
+      if v > 0 then
+        if c then v = tonumber(c) + v end
+        args[#args + 1] = v
+        args[#args + 1] = members[x]
+      elseif c then  -- a forgotten user's share: subtract from members that are still there
+        local left = tonumber(c) + v
+        if left <= RESIDUE * -v then
+          gone[#gone + 1] = members[x]
+        else
+          args[#args + 1] = left
+          args[#args + 1] = members[x]
+        end
+      end
     end
-    added = added + redis.call('ZADD', key, unpack(args))
+    if #args > 0 then added = added + redis.call('ZADD', key, unpack(args)) end
+    if #gone > 0 then redis.call('ZREM', key, unpack(gone)) end
   end
   return added
 end
