@@ -125,10 +125,6 @@ async def test_forgetting_removes_the_user_and_leaves_everyone_else_as_in_a_repl
         assert got["hist"][u] == pytest.approx(reference.hist.get(u, {}))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the worker keeps a forgotten user's share of item-level state (models/online.py BatchDelta: "
-    "'Item-level aggregates are anonymous and stay'); issue 6 asks for it to be subtracted. strict: "
-    "this fails loudly (XPASS) once the worker subtracts, so the marker goes then."))
 async def test_forgetting_subtracts_the_user_from_popularity_trending_and_cooccurrence(settings: Settings, spawn) -> None:  # type: ignore[no-untyped-def]
     s, got, reference, items, users = await forget_scenario(settings, spawn)
     rate, now = s.decay_rate, got["now"]
