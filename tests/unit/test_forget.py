@@ -225,7 +225,7 @@ def test_the_processor_subtracts_the_read_back_share_in_the_tombstones_batch(bat
     topic = FakeTopic()
     records = [topic.add(e, part=int(e["user_id"][1:]) % 2) for e in stream]
     records.sort(key=lambda r: (r.offset, r.partition))  # partitions interleave, each in order
-    store, sent = MemoryStore(), []
+    store, sent = MemoryStore(), list[DeadLetter]()
     proc = _processor(store, topic, sent)
     for lo in range(0, len(records), batch):
         asyncio.run(proc.process(records[lo:lo + batch]))
@@ -248,7 +248,7 @@ def test_a_trimmed_log_is_counted_as_an_incomplete_forget() -> None:
     topic = FakeTopic(log_start=1)
     records = [topic.add(click(0, "u1", "i1"), 0), topic.add(click(1, "u1", "i2"), 0),
                topic.add(forget(2, "u1"), 0)]
-    store, sent = MemoryStore(), []
+    store, sent = MemoryStore(), list[DeadLetter]()
     proc = _processor(store, topic, sent)
     before = metrics.FORGETS_INCOMPLETE._value.get()
     asyncio.run(proc.process(records[1:]))  # the consumer starts at the log start too
