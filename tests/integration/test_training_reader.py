@@ -20,6 +20,7 @@ from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import read_topic
 from driftrec.training.matrix import build_interactions
 from driftrec.training.runner import TrainConfig, make_publisher, train_once
+from driftrec.userstate import encode_state
 from models.decay import DecayPolicy
 from tests.integration.services import wait_http
 
@@ -43,7 +44,7 @@ def _write_user_state(s: Settings, users: list[str]) -> None:
         r = row_of[user]
         items = {data.item_ids[j]: float(w) for j, w in zip(m.indices[m.indptr[r]:m.indptr[r + 1]],
                                                             m.data[m.indptr[r]:m.indptr[r + 1]], strict=True)}
-        pipe.zadd(keys.user_items(user), items)
+        pipe.hset(keys.user_state(user), mapping=encode_state({}, items))  # weights only, as after a trim
     pipe.execute()
     client.close()
 
