@@ -20,6 +20,12 @@ flight, so a batch stuck on a Redis outage holds the stop rather than being comm
 fetched batches not yet started are dropped and re-read by the partition's next owner; a
 ``kill -9`` commits nothing, and the offsets Redis stores make the replay that follows skip what
 was applied.
+
+Redis rollbacks: the processor compares Redis' stored offsets with what it saw Redis accept and
+reads back from Kafka what Redis lost, at every batch. Whole fetches make batches large (up to
+``batch_max_events``), so the last batches of a burst may all be applied before Redis loses them;
+the agent therefore also runs that check on an empty batch after ``IDLE_CHECK_S`` without records,
+and once more on a graceful stop.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ from streams.redis_state import RedisState
 __all__ = ["build_worker", "REASON_HEADER", "SOURCE_HEADER"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds without records after which the agent checks Redis for lost writes (a rollback).
+IDLE_CHECK_S = 1.0
+#: At most this long, on a graceful stop, for that check.
+SHUTDOWN_CHECK_S = 10.0
 
 REASON_HEADER = "driftrec-reason"
 SOURCE_HEADER = "driftrec-source"
@@ -93,8 +104,13 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:
         consumer = cast(BatchConsumer, app.consumer)
-        async for batch in consumer.batches(stream, settings.batch_max_events):
+        async for batch in consumer.batches(stream, settings.batch_max_events, idle_s=IDLE_CHECK_S):
+            if not batch.records and not processor.seen:
+                batch.release()
+                continue  # idle, and nothing applied by this process that Redis could have lost
             try:
+                # An empty batch (the topic is quiet) still checks Redis against what this
+                # process saw it accept, and reads back from Kafka what a Redis rollback lost.
                 outcome = await processor.process(batch.records)
             except asyncio.CancelledError:
                 raise
@@ -109,6 +125,16 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                 batch.release()
             logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(batch.records),
                          outcome.applied, outcome.skipped, len(outcome.dead))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def last_check(sender: object, **kwargs: object) -> None:
+        # After the last batch (wait_empty): make good what a Redis rollback lost before exiting;
+        # bounded, so a Redis outage cannot hold the stop for ever (a restart checks again).
+        if processor.seen:
+            try:
+                await asyncio.wait_for(processor.process([]), SHUTDOWN_CHECK_S)
+            except TimeoutError:
+                logger.warning("Redis check at shutdown did not finish in %.0fs", SHUTDOWN_CHECK_S)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def on_rebalance(sender: object, **kwargs: object) -> None:

@@ -71,27 +71,45 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._idle.set()
 
     # --- the agent's side ------------------------------------------------------------------------
-    async def batches(self, stream: faust.StreamT, max_events: int) -> AsyncIterator[Batch]:
+    async def batches(self, stream: faust.StreamT, max_events: int,
+                      idle_s: float | None = None) -> AsyncIterator[Batch]:
         """Batches of the stream's topic, for an agent with ``concurrency=1``.
 
         Iterating the topic's channel once registers it with Faust's conductor, which is what
         subscribes the consumer to it; its records then come here instead of to the stream.
+        With ``idle_s``, an empty batch comes after each ``idle_s`` without records, so the
+        agent can look after Redis while the topic is quiet.
         """
         channel = stream.channel
         self.batch_topics.update({t: max_events for t in channel.topics})  # type: ignore[attr-defined]
         aiter(channel)  # noqa: B018 -- subscribes (faust.Topic.__aiter__ adds it to app.topics)
-        while True:
-            batch = await self._handoff.get()
-            if batch.generation != self.app.consumer_generation_id or not self.flow_active:
-                continue  # fetched before a rebalance: the new assignment re-reads it
-            self._in_flight += 1
-            self._idle.clear()
-            # Faust's livelock check reads when a stream last took an event from each partition.
-            now = time.monotonic()
-            inbound = self.app.monitor.stream_inbound_time
-            for tp in batch.last:
-                inbound[tp] = now
-            yield batch
+        # One getter awaited across idle timeouts: cancelling a Queue.get on a timeout could
+        # drop a batch that arrived at that moment.
+        getter: asyncio.Future[Batch] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.ensure_future(self._handoff.get())
+                done, _ = await asyncio.wait({getter}, timeout=idle_s)
+                if done:
+                    batch, getter = getter.result(), None
+                    if batch.generation != self.app.consumer_generation_id or not self.flow_active:
+                        continue  # fetched before a rebalance: the new assignment re-reads it
+                elif self.flow_active:
+                    batch = Batch([], {}, self.app.consumer_generation_id, self)
+                else:
+                    continue
+                self._in_flight += 1
+                self._idle.clear()
+                # Faust's livelock check reads when a stream last took an event from each partition.
+                now = time.monotonic()
+                inbound = self.app.monitor.stream_inbound_time
+                for tp in batch.last:
+                    inbound[tp] = now
+                yield batch
+        finally:
+            if getter is not None:
+                getter.cancel()
 
     def _batch_applied(self, batch: Batch) -> None:
         for tp, offset in batch.last.items():

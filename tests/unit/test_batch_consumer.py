@@ -12,6 +12,7 @@ from faust.types import TP
 from driftrec.settings import load_settings
 from streams.app import create_app
 from streams.batch_consumer import Batch, BatchConsumer, split_fetch
+from streams.processor import RawRecord
 
 
 @dataclass
@@ -110,3 +111,38 @@ def test_wait_empty_waits_for_the_batch_in_flight(consumer: BatchConsumer,
 
     asyncio.run(scenario())
     assert order == ["applied", "commit [4]"]
+
+
+class _Channel:
+    topics = ("clicks",)
+
+    def __aiter__(self) -> _Channel:
+        return self
+
+    async def __anext__(self) -> None:
+        raise StopAsyncIteration
+
+
+class _Stream:
+    channel = _Channel()
+
+
+def test_a_quiet_topic_gives_empty_batches_and_loses_no_batch(consumer: BatchConsumer) -> None:
+    """With ``idle_s`` an empty batch comes while nothing arrives; a batch that arrives is yielded."""
+
+    async def scenario() -> list[int]:
+        sizes: list[int] = []
+        it = consumer.batches(_Stream(), 100, idle_s=0.02)  # type: ignore[arg-type]
+        first = await it.__anext__()
+        sizes.append(len(first.records))
+        first.release()
+        gen = consumer.app.consumer_generation_id
+        await consumer._handoff.put(Batch([RawRecord("clicks", 0, 5, b"{}")], {TP("clicks", 0): 5}, gen, consumer))
+        second = await it.__anext__()
+        sizes.append(len(second.records))
+        second.release()
+        await it.aclose()
+        return sizes
+
+    assert asyncio.run(scenario()) == [0, 1]
+    assert consumer._in_flight == 0
