@@ -47,8 +47,8 @@ def test_records_are_written_in_pipelines_of_hset_and_expire() -> None:
         rec.record("r2", "similar_items", _items(("c", "user_vector")))
         rec.record("r3", "tf", _items(("d", "tf")))
         rec.record("r4", "blend", [])  # nothing served, nothing recorded
-        for _ in range(100):
-            await asyncio.sleep(0.005)
+        for _ in range(3000):
+            await asyncio.sleep(0.001)
             if counts["written"] == 3:
                 break
         await rec.stop()
@@ -72,7 +72,10 @@ def test_redis_down_drops_records_with_a_count_and_the_queue_stays_bounded() -> 
         rec = ServedRecorder(fake.run, Keys("p"), lambda o, n: counts.update({o: n}), max_queue=5, max_batch=3)
         rec.start()
         rec.record("r0", "blend", _items(("a", "trending")))
-        await asyncio.sleep(0.05)  # the writer tried, failed and backs off
+        for _ in range(3000):  # until the writer has tried, failed and backs off (no fixed delay)
+            await asyncio.sleep(0.001)
+            if counts["dropped_error"]:
+                break
         for k in range(1, 9):  # recording never raises, whatever Redis does
             rec.record(f"r{k}", "blend", _items(("a", "trending")))
         queued = len(rec)
