@@ -29,8 +29,9 @@ def _check(run: dict[str, object]) -> None:
 
 def test_two_workers_in_one_group_end_at_the_state_of_one(services: Settings) -> None:
     assert services.topic_partitions == 4
-    r = run_scale(services, ARTIFACTS, events=8000, users=300, items=1200, seed=3,
-                  modes=("one_worker", "two_workers"), timeout_s=80, settings_update=UNBOUNDED)
+    # Enough events that one worker (several thousand events/s) is still busy when the second joins.
+    r = run_scale(services, ARTIFACTS, events=40_000, users=300, items=1200, seed=3,
+                  modes=("one_worker", "two_workers"), timeout_s=120, settings_update=UNBOUNDED)
     one, two = r["runs"]["one_worker"], r["runs"]["two_workers"]
     _check(one)
     _check(two)
