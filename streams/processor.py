@@ -1,8 +1,9 @@
 """Turns one micro-batch of raw Kafka records into dead letters and one atomic Redis update.
 
 The agent hands every record here and :meth:`BatchProcessor.process` never raises (only
-cancellation gets through): an exception escaping a Faust ``take_events`` body still acks the
-batch, and Faust would then commit offsets Redis never saw. So bad data becomes a dead letter
+cancellation gets through): the batch consumer (streams/batch_consumer.py) commits a batch's
+offsets once the agent marks it applied, and a batch that escaped with an exception would still be
+covered by the next batch's commit although Redis never saw it. So bad data becomes a dead letter
 with its reason, Redis and Kafka outages are waited out with back-off, and anything else (a bug
 one event trips) is isolated by retrying the batch one record at a time and dead-lettering the
 record that still fails.
