@@ -49,6 +49,7 @@ from streams.redis_state import (
     BatchContext,
     RedisState,
     _vec,
+    lua_source,
     user_item_ops,
 )
 from streams.redis_state import rescale as rescale_keys
@@ -59,7 +60,7 @@ __all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_ke
 logger = logging.getLogger(__name__)
 
 _LUA = resources.files("streams").joinpath("lua")
-_SLOT_LUA = _LUA.joinpath("apply_slot.lua").read_text()
+_SLOT_LUA = lua_source("apply_slot.lua")
 _BEGIN_LUA = _LUA.joinpath("cluster_begin.lua").read_text()
 _FINISH_LUA = _LUA.joinpath("cluster_finish.lua").read_text()
 _CATS_KEPT = 32

@@ -31,6 +31,7 @@ from streams import metrics
 from streams.vectors import VectorPlan
 
 __all__ = [
+    "lua_source",
     "RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
     "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA", "user_item_ops",
 ]
@@ -42,8 +43,16 @@ APPLIED, STALE_OFFSETS, LANDMARK_MOVED = 1, 0, -1
 #: ISGD vectors, or nothing (``USER_WEIGHTS`` reads nothing more).
 USER_WEIGHTS, USER_VECTORS, NO_USER_EXTRA = "w", "v", ""
 _LUA = resources.files("streams").joinpath("lua")
-_APPLY_LUA = _LUA.joinpath("apply_batch.lua").read_text()
-_LOAD_LUA = _LUA.joinpath("load_batch.lua").read_text()
+
+
+def lua_source(name: str) -> str:
+    """A script of streams/lua with each ``-- #include <file>`` line replaced by that file."""
+    lines = _LUA.joinpath(name).read_text().splitlines(keepends=True)
+    return "".join(lua_source(line.split()[-1]) if line.startswith("-- #include ") else line for line in lines)
+
+
+_APPLY_LUA = lua_source("apply_batch.lua")
+_LOAD_LUA = lua_source("load_batch.lua")
 _CATS_KEPT = 32
 # Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
 _pack = msgpack.Packer(use_bin_type=False).pack

@@ -1,0 +1,90 @@
+-- Shared by apply_batch.lua and apply_slot.lua: each includes it where it says
+-- `-- #include apply_ops.lua` (streams/redis_state.py lua_source). It applies `p.ops`, the
+-- packed increments of one batch (or of one hash slot's share of it), to their keys.
+local CHUNK = 1000  -- pairs per variadic call: stays far below Lua's C-stack limit for unpack
+local function bounded(key, cap)
+  if cap > 0 then
+    local n = redis.call('ZCARD', key)
+    if n > cap then redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1) end
+  end
+end
+local function variadic(cmd, key, opt, kv)
+  for i = 1, #kv, 2 * CHUNK do
+    local j = math.min(i + 2 * CHUNK - 1, #kv)
+    if opt then
+      redis.call(cmd, key, opt, unpack(kv, i, j))
+    else
+      redis.call(cmd, key, unpack(kv, i, j))
+    end
+  end
+end
+-- ZINCRBY for many members in two calls: ZMSCORE the current scores, add in Lua (the same
+-- double addition ZINCRBY does; scores cross the Lua boundary as %.17g text, exactly), and one
+-- variadic ZADD. One command per pair cost ~5x more.
+-- An increment <= 0 is a forgotten user's share taken away (models/forget.py): a member that
+-- is not there (pruned by its bound) is skipped, and one left at <= RESIDUE x |increment| is
+-- rounding and is removed. models/online.py (_add, FORGET_RESIDUE) does the same.
+local RESIDUE = 1e-9
+local function zincr(key, kv)
+  local added = 0  -- new members: a key only grows, and needs pruning, when some were added
+  for i = 1, #kv, 2 * CHUNK do
+    local j = math.min(i + 2 * CHUNK - 1, #kv)
+    local members = {}
+    for x = i, j, 2 do members[#members + 1] = kv[x] end
+    local cur = redis.call('ZMSCORE', key, unpack(members))
+    local args, gone = {}, {}
+    for x = 1, #members do
+      local v = kv[i + 2 * x - 1]
+      local c = cur[x]
+      if v > 0 then
+        if c then v = tonumber(c) + v end
+        args[#args + 1] = v
+        args[#args + 1] = members[x]
+      elseif c then  -- a forgotten user's share: subtract from members that are still there
+        local left = tonumber(c) + v
+        if left <= RESIDUE * -v then
+          gone[#gone + 1] = members[x]
+        else
+          args[#args + 1] = left
+          args[#args + 1] = members[x]
+        end
+      end
+    end
+    if #args > 0 then added = added + redis.call('ZADD', key, unpack(args)) end
+    if #gone > 0 then redis.call('ZREM', key, unpack(gone)) end
+  end
+  return added
+end
+local fmts = {}
+
+for _, op in ipairs(p.ops) do
+  local key = p.k[op[1]]
+  local kind = op[2]
+  local cap = op[3]
+  local kv = op[4]
+  if kind == 'z' then
+    -- The key was cut to `cap` whenever it last grew, so with no new member it still fits.
+    if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end
+  elseif kind == 's' then
+    if #kv > 0 then variadic('HSET', key, nil, kv) end
+  elseif kind == 'x' then
+    for i = 1, #kv, CHUNK do redis.call('HDEL', key, unpack(kv, i, math.min(i + CHUNK - 1, #kv))) end
+  elseif kind == 't' then
+    redis.call('SET', key, kv[1])
+  elseif kind == 'v' then
+    local fmt = fmts[cap]
+    if fmt == nil then fmt = '<' .. string.rep('f', cap); fmts[cap] = fmt end
+    local cur = redis.call('GET', key)
+    local base = kv[2]
+    if cur then
+      local z = string.find(cur, '\0', 1, true)
+      if z and string.sub(cur, 1, z - 1) == kv[1] and #cur - z == 4 * cap then base = string.sub(cur, z + 1) end
+    end
+    local b = {struct.unpack(fmt, base)}
+    local d = {struct.unpack(fmt, kv[3])}
+    for j = 1, cap do b[j] = b[j] + d[j] end
+    redis.call('SET', key, kv[1] .. '\0' .. struct.pack(fmt, unpack(b, 1, cap)))
+  elseif kind == 'd' then
+    redis.call('DEL', key)
+  end
+end
