@@ -48,8 +48,9 @@ def test_two_workers_in_one_group_end_at_the_state_of_one(services: Settings) ->
 
 @pytest.mark.parametrize("mode", ["two_workers_one_leaves_sigterm", "two_workers_one_leaves_kill9"])
 def test_a_worker_leaving_mid_stream_loses_nothing(services: Settings, mode: str) -> None:
-    r = run_scale(services, ARTIFACTS, events=8000, users=300, items=1200, seed=4, modes=(mode,),
-                  leave_at=0.3, timeout_s=80, settings_update=UNBOUNDED)
+    # As above: enough events that the second worker has joined before the stream is 30 % applied.
+    r = run_scale(services, ARTIFACTS, events=40_000, users=300, items=1200, seed=4, modes=(mode,),
+                  leave_at=0.3, timeout_s=120, settings_update=UNBOUNDED)
     run = r["runs"][mode]
     _check(run)
     assert run["left_at_s"] is not None, "the worker never left: it finished first"
