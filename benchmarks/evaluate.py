@@ -128,8 +128,8 @@ def plot(report: dict[str, Any], out: Path) -> list[str]:
 
 def markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines = ["# Evaluation", "",
-             f"Commit `{report['commit']}`, {report['machine']['cpus']} CPUs ({report['machine']['platform']}), "
-             f"load average at start {report['machine']['load_average_at_start'][0]:.1f}; "
+             f"Commit `{report['commit']}`, {report['machine']['cores']} CPUs ({report['machine']['platform']}), "
+             f"load average at start {report['machine']['load_avg'][0]:.1f}; "
              f"{report['seconds']:.0f} s in all. Command: `{report['command']}`.", "",
              "Prequential protocol: the log is replayed in time order; for every scored event each method is "
              "asked for the user's top-10 (items the user already met excluded) before the event is applied; "
