@@ -25,7 +25,9 @@ Redis rollbacks: the processor compares Redis' stored offsets with what it saw R
 reads back from Kafka what Redis lost, at every batch. Whole fetches make batches large (up to
 ``batch_max_events``), so the last batches of a burst may all be applied before Redis loses them;
 the agent therefore also runs that check on an empty batch after ``IDLE_CHECK_S`` without records,
-and once more on a graceful stop.
+and once more on a graceful stop. The idle check (:meth:`BatchProcessor.heal`) reads back what
+Redis lacks below Kafka's committed offsets too, so a worker restarted after Redis lost writes,
+which never saw Redis accept them, heals without a next event as well.
 """
 
 from __future__ import annotations
@@ -105,12 +107,16 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
     async def apply_clicks(stream: faust.StreamT) -> None:
         consumer = cast(BatchConsumer, app.consumer)
         async for batch in consumer.batches(stream, settings.batch_max_events, idle_s=IDLE_CHECK_S):
-            if not batch.records and not processor.seen:
-                batch.release()
-                continue  # idle, and nothing applied by this process that Redis could have lost
+            if not batch.records:
+                # The topic is quiet: check Redis against what this process saw it accept and
+                # against Kafka's committed offsets, and read back from Kafka what it lost. In the
+                # agent's own task, so it never races a batch; heal() raises nothing.
+                try:
+                    await processor.heal(consumer.committed(settings.clicks_topic))
+                finally:
+                    batch.release()
+                continue
             try:
-                # An empty batch (the topic is quiet) still checks Redis against what this
-                # process saw it accept, and reads back from Kafka what a Redis rollback lost.
                 outcome = await processor.process(batch.records)
             except asyncio.CancelledError:
                 raise

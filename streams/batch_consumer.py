@@ -112,6 +112,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if getter is not None:
                 getter.cancel()
 
+    def committed(self, topic: str) -> dict[int, int]:
+        """Partition -> offset committed to Kafka (the next to read), for the assigned partitions
+        of ``topic`` that have one. Commits follow applies, so every record below it was applied
+        once: Redis storing less lost it. Fetched batches not yet applied are not below it."""
+        return {tp.partition: offset for tp, offset in list(self._committed_offset.items())
+                if tp.topic == topic and offset is not None}
+
     def _batch_applied(self, batch: Batch) -> None:
         for tp, offset in batch.last.items():
             committed = self._committed_offset[tp]

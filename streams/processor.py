@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -197,6 +197,32 @@ class BatchProcessor:
         metrics.EVENTS_SKIPPED.inc(outcome.skipped)
         return outcome
 
+    async def heal(self, positions: Mapping[int, int]) -> BatchOutcome:
+        """Read back from Kafka what Redis lost below ``positions`` (partition -> Kafka's committed
+        offset, the next to read). Redis storing less than the offset before it (or less than
+        this process saw it accept) lost acknowledged writes; a batch notices that only when it
+        arrives, and at the end of a stream none does. The agent calls this between batches: the
+        same load, gap fill and guarded apply as a batch (effectively once). Raises nothing but
+        cancellation; outages are waited out.
+        """
+        if self.gaps is None or not (positions or self.seen):
+            return BatchOutcome()
+        upto = dict(positions)
+        try:
+            outcome = await self._retrying(lambda: self._attempt([], {}, [], set(), upto))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a record read back trips a bug: the next batch's split isolates it
+            metrics.UNEXPECTED_ERRORS.inc()
+            logger.error("reading back what Redis lost failed", exc_info=True)
+            return BatchOutcome()
+        if outcome.applied or outcome.dead:
+            self.applied_total += outcome.applied
+            metrics.EVENTS_APPLIED.inc(outcome.applied)
+            logger.warning("healed Redis without a new batch: applied %d records it had lost "
+                           "(%d dead letters)", outcome.applied, len(outcome.dead))
+        return outcome
+
     async def _failed_alone(self, rec: RawRecord, exc: BaseException) -> BatchOutcome:
         """One record keeps failing: retry a little, then dead-letter it as a poison record.
 
@@ -258,7 +284,8 @@ class BatchProcessor:
     def _mode(self) -> PublishedFactors | None:
         return self.factors.model if self.factors is not None else None
 
-    async def _load(self, views: list[EventView], dead: list[DeadLetter]) -> tuple[BatchContext, PublishedFactors | None]:
+    async def _load(self, views: list[EventView], dead: list[DeadLetter],
+                    upto: Mapping[int, int] | None = None) -> tuple[BatchContext, PublishedFactors | None]:
         while True:
             model = self._mode()
             items = [v.item for v in views if v.type != TOMBSTONE_TYPE]
@@ -271,7 +298,7 @@ class BatchProcessor:
                 extra = USER_VECTORS
             parts = {v.partition for v in views} | {d.record.partition for d in dead}
             if self.gaps is not None:
-                parts |= set(self.seen)
+                parts |= set(self.seen) | set(upto or ())
             ctx = await self.state.load((v.user for v in views), parts, user_extra=extra, items=items)
             if self.factors is None or ctx.model_version == self.factors.version:
                 return ctx, model
@@ -281,11 +308,13 @@ class BatchProcessor:
             metrics.MODEL_RELOADS.inc()
 
     async def _attempt(self, views: list[EventView], by_pos: dict[tuple[int, int], RawRecord],
-                       dead: list[DeadLetter], sent: set[tuple[int, int]]) -> BatchOutcome:
+                       dead: list[DeadLetter], sent: set[tuple[int, int]],
+                       upto: Mapping[int, int] | None = None) -> BatchOutcome:
+        """``upto``: partition -> an offset whose records before it must be in Redis (a heal)."""
         while True:
-            ctx, model = await self._load(views, dead)
+            ctx, model = await self._load(views, dead, upto)
             applied_offsets = ctx.applied_offsets
-            if self.gaps is not None and await self._fill_gaps(views, by_pos, dead, applied_offsets):
+            if self.gaps is not None and await self._fill_gaps(views, by_pos, dead, applied_offsets, upto):
                 continue  # records Redis lost were read back from Kafka: load and plan them too
             # A record at or below the stored offset was handled before a crash or by a replay:
             # its dead letter went out then.
@@ -338,11 +367,12 @@ class BatchProcessor:
         return self.parse([RawRecord(self.settings.clicks_topic, p, o, v) for p, o, v in rows])[0]
 
     async def _fill_gaps(self, views: list[EventView], by_pos: dict[tuple[int, int], RawRecord],
-                         dead: list[DeadLetter], applied: dict[int, int]) -> bool:
+                         dead: list[DeadLetter], applied: dict[int, int],
+                         upto: Mapping[int, int] | None = None) -> bool:
         """Add the records between Redis' offsets and the batch's first ones; True if any."""
         assert self.gaps is not None
         holes = find_gaps(chain(by_pos, ((d.record.partition, d.record.offset) for d in dead),
-                                ((p, o + 1) for p, o in self.seen.items())),
+                                ((p, o + 1) for p, o in self.seen.items()), (upto or {}).items()),
                           applied, self.gaps.max_records)
         rows = await self.gaps.fetch(holes)
         more_views, more_pos, more_dead = self.parse(

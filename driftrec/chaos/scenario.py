@@ -246,8 +246,18 @@ async def _drive_supervised(cfg: ChaosConfig, services: Services, s: Settings, r
     waited, last_lag = await wait_zero_lag(s.bootstrap, s.consumer_group, s.clicks_topic,
                                            timeout_s=cfg.lag_timeout_s, expect_end=ends)
     zero_at = time.monotonic() if waited is not None else None
+    # Zero lag is Kafka's view; Redis may still be reading back what a rollback lost (the worker
+    # heals between batches, streams/agents.py), so wait for its counter too before comparing.
+    # Rows Kafka acknowledged are in the topic for sure (a failed send may be there too).
+    caught_up_at, give_up = None, time.monotonic() + cfg.lag_timeout_s
+    while time.monotonic() < give_up:
+        if (await watch.poll() or 0) >= min(n_valid, stats.acked):
+            caught_up_at = time.monotonic()
+            break
+        await asyncio.sleep(0.2)
     return {"faults": done, "publish_seconds": round(stats.seconds, 2),
             "seconds_to_zero_lag": round(zero_at - last_fault_end, 2) if zero_at else None,
+            "seconds_to_redis_caught_up": round(caught_up_at - last_fault_end, 2) if caught_up_at else None,
             "lag_left_at_timeout": None if waited is not None else last_lag,
             "run_seconds": round(time.monotonic() - t0, 2), "t0": t0}
 
