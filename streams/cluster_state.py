@@ -29,7 +29,6 @@ import math
 import uuid
 from collections.abc import Iterable
 from functools import lru_cache
-from importlib import resources
 from itertools import chain
 from typing import Any
 
@@ -38,7 +37,7 @@ import redis.exceptions
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from driftrec.keys import Keys
-from driftrec.userstate import pack_vector, split_state
+from driftrec.userstate import pack_vector
 from models.online import BatchDelta
 from streams.redis_state import (
     APPLIED,
@@ -49,6 +48,7 @@ from streams.redis_state import (
     BatchContext,
     RedisState,
     _vec,
+    loaded_context,
     lua_source,
     user_item_ops,
 )
@@ -59,10 +59,9 @@ __all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_ke
 
 logger = logging.getLogger(__name__)
 
-_LUA = resources.files("streams").joinpath("lua")
 _SLOT_LUA = lua_source("apply_slot.lua")
-_BEGIN_LUA = _LUA.joinpath("cluster_begin.lua").read_text()
-_FINISH_LUA = _LUA.joinpath("cluster_finish.lua").read_text()
+_BEGIN_LUA = lua_source("cluster_begin.lua")
+_FINISH_LUA = lua_source("cluster_finish.lua")
 _CATS_KEPT = 32
 _pack = msgpack.Packer(use_bin_type=False).pack  # Redis' cmsgpack knows the old raw types only
 _flat = chain.from_iterable
@@ -189,19 +188,7 @@ class ClusterRedisState(RedisState):
         extra: list[Any] = []
         if user_extra == USER_VECTORS:
             extra, rows = rows[: len(users)], rows[len(users):]
-        lm_raw = landmark.decode() if landmark else None
-        states = [split_state(r) for r in hists]
-        return BatchContext(
-            stored_offsets={p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)},
-            landmark=float(lm_raw) if lm_raw is not None else None,
-            landmark_raw=lm_raw,
-            model_version=current.decode() if current else None,
-            histories={u: st[0] for u, st in zip(users, states, strict=True)},
-            user_weights={u: st[1] for u, st in zip(users, states, strict=True)},
-            user_vecs=({u: _vec(r) for u, r in zip(users, extra, strict=True)}
-                       if user_extra == USER_VECTORS else {}),
-            item_vecs={i: _vec(r) for i, r in zip(items, rows, strict=True)},
-        )
+        return loaded_context(parts, users, items, user_extra, offs, landmark, current, hists, extra, rows)
 
     # --- apply ----------------------------------------------------------------------------
     def _ops(self, delta: BatchDelta, ctx: BatchContext,

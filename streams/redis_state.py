@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import chain
@@ -32,6 +32,7 @@ from streams.vectors import VectorPlan
 
 __all__ = [
     "lua_source",
+    "loaded_context",
     "RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
     "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA", "user_item_ops",
 ]
@@ -118,6 +119,25 @@ def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext,
     return out
 
 
+def loaded_context(parts: list[int], users: list[str], items: list[str], user_extra: str,
+                   offs: Sequence[bytes | None], landmark: bytes | None, current: bytes | None,
+                   hists: Sequence[Any], extra: Sequence[Any], ivecs: Sequence[Any]) -> BatchContext:
+    """The :class:`BatchContext` of what a load read, in the order it asked (single node and Cluster)."""
+    lm_raw = landmark.decode() if landmark else None
+    states = [split_state(rows) for rows in hists]
+    return BatchContext(
+        stored_offsets={p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)},
+        landmark=float(lm_raw) if lm_raw is not None else None,
+        landmark_raw=lm_raw,
+        model_version=current.decode() if current else None,
+        histories={u: st[0] for u, st in zip(users, states, strict=True)},
+        user_weights={u: st[1] for u, st in zip(users, states, strict=True)},
+        user_vecs=({u: _vec(row) for u, row in zip(users, extra, strict=True)}
+                   if user_extra == USER_VECTORS else {}),
+        item_vecs={i: _vec(row) for i, row in zip(items, ivecs, strict=True)},
+    )
+
+
 class RedisState:
     """The worker's view of Redis for one topic (the clicks topic)."""
 
@@ -151,21 +171,7 @@ class RedisState:
         raw = await self._load(keys=[k.offsets, k.meta, k.model_current], args=[_pack(spec)])
         self.commands_sent += 1
         offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
-        stored = {p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)}
-        lm_raw = landmark.decode() if landmark else None
-        states = [split_state(rows) for rows in hists]
-        ctx = BatchContext(
-            stored_offsets=stored,
-            landmark=float(lm_raw) if lm_raw is not None else None,
-            landmark_raw=lm_raw,
-            model_version=current.decode() if current else None,
-            histories={u: st[0] for u, st in zip(users, states, strict=True)},
-            user_weights={u: st[1] for u, st in zip(users, states, strict=True)},
-            user_vecs=({u: _vec(row) for u, row in zip(users, extra, strict=True)}
-                       if user_extra == USER_VECTORS else {}),
-            item_vecs={i: _vec(row) for i, row in zip(items, ivecs, strict=True)},
-        )
-        return ctx
+        return loaded_context(parts, users, items, user_extra, offs, landmark, current, hists, extra, ivecs)
 
     async def load_item_vecs(self, items: Iterable[str]) -> dict[str, tuple[bytes | None, str | None]]:
         """Stored ``(vec, model)`` of more items (new items' co-clicked partners), one script call."""

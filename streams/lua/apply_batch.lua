@@ -27,23 +27,9 @@ for part, expected in pairs(p.g) do
   local cur = redis.call('HGET', KEYS[1], part)
   if (cur or '-1') ~= expected then return {0, part, cur or '-1'} end
 end
-if p.lm ~= '' then  -- '' = no decayed scores in this batch (dead letters only)
-  local meta = redis.call('HMGET', KEYS[2], 'landmark', 'rescaling')
-  if meta[2] == '1' then return {-1} end
-  if meta[1] == false then
-    redis.call('HSET', KEYS[2], 'landmark', p.lm)
-  elseif meta[1] ~= p.lm then
-    return {-1}
-  end
-end
+-- #include landmark_guard.lua
 
 -- #include apply_ops.lua
 for part, off in pairs(p.off) do redis.call('HSET', KEYS[1], part, off) end
-if p.n > 0 then
-  local last = redis.call('HGET', KEYS[2], 'last_event_time')
-  if last == false or tonumber(p.t) > tonumber(last) then
-    redis.call('HSET', KEYS[2], 'last_event_time', p.t)
-  end
-  redis.call('HINCRBY', KEYS[2], 'applied_events', p.n)
-end
+-- #include count_applied.lua
 return {1}

@@ -14,15 +14,7 @@ for part, expected in pairs(p.g) do
   local busy = redis.call('HGET', KEYS[3], part)
   if busy then return {2, part, busy} end
 end
-if p.lm ~= '' then
-  local meta = redis.call('HMGET', KEYS[2], 'landmark', 'rescaling')
-  if meta[2] == '1' then return {-1} end
-  if meta[1] == false then
-    redis.call('HSET', KEYS[2], 'landmark', p.lm)
-  elseif meta[1] ~= p.lm then
-    return {-1}
-  end
-end
+-- #include landmark_guard.lua
 redis.call('SET', KEYS[4], ARGV[2])
 for part, _ in pairs(p.g) do redis.call('HSET', KEYS[3], part, p.id) end
 return {1}

@@ -13,12 +13,6 @@ for part, off in pairs(p.off) do
   redis.call('HSET', KEYS[1], part, off)
   redis.call('HDEL', KEYS[3], part)
 end
-if p.n > 0 then
-  local last = redis.call('HGET', KEYS[2], 'last_event_time')
-  if last == false or tonumber(p.t) > tonumber(last) then
-    redis.call('HSET', KEYS[2], 'last_event_time', p.t)
-  end
-  redis.call('HINCRBY', KEYS[2], 'applied_events', p.n)
-end
+-- #include count_applied.lua
 redis.call('DEL', KEYS[4])
 return 1
