@@ -100,6 +100,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     rec = Recommender(settings, store, models, snapshot, configured_weights(settings))
     recorder = ServedRecorder(store.execute, store.keys, metrics.count_served)
     metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
+    metrics.watch_caches({"neighbours": rec.nbr_rows, "similar_users": rec.user_rows})
     openapi = openapi_document(api_keys=bool(settings.api_keys), history_len=settings.history_len)
 
     @asynccontextmanager

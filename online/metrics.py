@@ -9,6 +9,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from online.rowcache import RowCache
+
 __all__ = ["ReaderMetrics", "MetricsMiddleware"]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ class ReaderMetrics:
                                   "Age of the in-memory trending snapshot (-1: none yet).", registry=r)
         self.model_info = Gauge("driftrec_reader_model_version", "1 for the model version served.",
                                 ["version"], registry=r)
+        self.row_cache = Gauge("driftrec_reader_row_cache_lookups", "Shared rows looked up in the reader's "
+                               "near cache since start (online/rowcache.py), by cache and outcome (hit, miss).",
+                               ["cache", "outcome"], registry=r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -63,6 +68,12 @@ class ReaderMetrics:
         self.snapshot_age.set_function(lambda: -1.0 if (a := snapshot_age()) is None else a)
         self.model_loads.set_function(lambda: float(loads()))
         self._model_version = model_version
+
+    def watch_caches(self, caches: dict[str, RowCache]) -> None:
+        """Hit and miss counts of the row caches, read when Prometheus scrapes."""
+        for name, cache in caches.items():
+            self.row_cache.labels(name, "hit").set_function(lambda c=cache: float(c.hits))
+            self.row_cache.labels(name, "miss").set_function(lambda c=cache: float(c.misses))
 
     def before_scrape(self) -> None:
         version = getattr(self, "_model_version", lambda: None)()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -17,6 +18,7 @@ from driftrec.settings import Settings
 from models.blend import BlendWeights, Candidates, Scored, blend, recent_items
 from models.decay import DecayPolicy
 from online.model_cache import ModelCache
+from online.rowcache import RowCache
 from online.snapshot import TrendingSnapshot
 from online.store import Pairs, ReaderStore
 
@@ -49,6 +51,10 @@ class Recommender:
         self.weights = weights
         self.policy = DecayPolicy(settings.half_life_s)
         self.rate = self.policy.rate
+        # Shared rows reused across requests for at most reader_cache_ttl_s (online/rowcache.py).
+        self.nbr_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
+        self.user_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
+        self.clock = time.monotonic  # the row caches' clock (tests move it by hand)
 
     def _trend_key(self, category: str | None) -> str:
         keys = self.store.keys
@@ -83,7 +89,15 @@ class Recommender:
                         w: BlendWeights, context: list[str]) -> Answer:
         s = self.settings
         trend_n = min(n + len(excluded) + s.history_len, _MAX_TRENDING_READ)
-        r = await self.store.read_user(user, self._trend_key(category), trend_n)
+        # Trending comes from the in-memory snapshot (at most one refresh old) when it has the
+        # list; otherwise it is read with the user's state.
+        snap = self.snapshot.stored_top(category, trend_n)
+        r = await self.store.read_user(user, None if snap is not None else self._trend_key(category), trend_n)
+        if snap is not None:
+            if snap[0] == r.meta.landmark:
+                r.trending = snap[1]
+            else:  # the landmark moved since the snapshot: read the list under the new one
+                r.trending = (await self.store.trending(self._trend_key(category), trend_n))[1]
         model = self.models.observe(r.model_version)
         f = r.meta.factor(self.rate)
         excluded |= {i for i, _ in r.history}
@@ -112,8 +126,7 @@ class Recommender:
                 similar = model.nearest_users(u, user, s.reader_similar_users)
 
         nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
-        nbrs, theirs = await self.store.read_expansion(
-            nbr_items, min(s.neighbours_k, s.reader_neighbours), [v for v, _ in similar], _PER_SIMILAR_USER)
+        nbrs, theirs = await self._expansion(nbr_items, [v for v, _ in similar], r.meta.landmark)
         neighbours = {i: [(j, c * f) for j, c in rows] for i, rows in nbrs.items()}
         wanted_norms = set(nbr_items)
         for rows in nbrs.values():
@@ -128,6 +141,22 @@ class Recommender:
             cands = await self._in_category(cands, category)
         items = blend(cands, n, exclude=excluded, weights=w, shrinkage=s.similarity_shrinkage)
         return Answer(items, model.version if model else None, False)
+
+    async def _expansion(self, items: list[str], users: list[str], landmark: float) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
+        """Neighbour rows of ``items`` and top items of ``users``: from the row caches when read
+        less than ``reader_cache_ttl_s`` ago under the same landmark, else in one round trip."""
+        now = self.clock()
+        nbrs, want_items = self.nbr_rows.lookup(items, now, landmark)
+        theirs, want_users = self.user_rows.lookup(users, now, landmark)
+        if want_items or want_users:
+            got_nbrs, got_theirs = await self.store.read_expansion(
+                want_items, min(self.settings.neighbours_k, self.settings.reader_neighbours), want_users,
+                _PER_SIMILAR_USER)
+            self.nbr_rows.store(got_nbrs, now, landmark)
+            self.user_rows.store(got_theirs, now, landmark)
+            nbrs.update(got_nbrs)
+            theirs.update(got_theirs)
+        return nbrs, theirs
 
     async def _in_category(self, c: Candidates, category: str) -> Candidates:
         """Keep only candidates of ``category`` (trending is already that category's list)."""

@@ -21,6 +21,9 @@ __all__ = ["TrendingSnapshot"]
 
 logger = logging.getLogger(__name__)
 
+#: Popular items kept in list form (trending answers and the trending source read from it).
+_POPULAR_KEPT = 1000
+
 
 class TrendingSnapshot:
     """Top popular items overall and per recently asked category, as stored forward scores.
@@ -76,7 +79,7 @@ class TrendingSnapshot:
         cats = list(self._asked)
         meta, pop, lists = await self.store.snapshot(self.n_items, cats, self.per_category)
         self.meta = meta
-        self.popular = pop[:1000]
+        self.popular = pop[:_POPULAR_KEPT]
         self.pop = dict(pop)
         self.floor = pop[-1][1] if len(pop) >= self.n_items else 0.0
         self.categories = {c: v for c, v in lists.items() if v}
@@ -131,6 +134,24 @@ class TrendingSnapshot:
         if f == 1.0:  # x * 1.0 == x: the same values without the multiplication
             return {i: get(i, floor) * scale for i in items}
         return {i: get(i, floor) * f * scale for i in items}
+
+    def stored_top(self, category: str | None, n: int) -> tuple[float, Pairs] | None:
+        """The top ``n`` of the popularity list (``category`` None) or of ``category``'s trending
+        list as stored forward scores, with the landmark they are relative to; None when this
+        snapshot cannot give all ``n`` (no snapshot yet, a category not kept, a list cut shorter
+        than ``n`` here but maybe longer in Redis)."""
+        if self.meta is None:
+            return None
+        if category is None:
+            source, kept = self.popular, min(self.n_items, _POPULAR_KEPT)
+        else:
+            source = self.categories.get(category)
+            if source is None:
+                return None
+            kept = self.per_category
+        if n > len(source) and len(source) >= kept:
+            return None
+        return self.meta.landmark, source[:n]
 
     def trending(self, category: str | None, n: int, exclude: set[str] | frozenset[str]) -> tuple[Pairs, str | None]:
         """Top ``n`` items (values at the snapshot's ``now``), in ``category`` when it is kept.

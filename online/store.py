@@ -157,24 +157,23 @@ class ReaderStore:
     def _meta_cmd(self) -> list[Any]:
         return ["HMGET", self.keys.meta, "landmark", "last_event_time"]
 
-    async def read_user(self, user: str, trend_key: str, trend_n: int) -> UserReads:
+    async def read_user(self, user: str, trend_key: str | None, trend_n: int) -> UserReads:
         """Meta, live model version, history, decayed weights, vector, trending: one pipeline.
 
-        The vector's float32 bytes arrive as text decoded with ``surrogateescape`` (see
+        ``trend_key`` None leaves trending out (the caller has it from the snapshot). The
+        vector's float32 bytes arrive as text decoded with ``surrogateescape`` (see
         :func:`online.app.create_store`), which turns back into the exact bytes.
         """
         k = self.keys
-        meta, version, state, trending, vec = await self._run([
-            self._meta_cmd(),
-            ["GET", k.model_current],
-            ["HGETALL", k.user_state(user)],
-            ["ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES"],
-            ["GET", k.user_vec(user)],
-        ])
+        cmds = [self._meta_cmd(), ["GET", k.model_current], ["HGETALL", k.user_state(user)],
+                ["GET", k.user_vec(user)]]
+        if trend_key is not None:
+            cmds.append(["ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES"])
+        meta, version, state, vec, *trending = await self._run(cmds)
         raw, vec_version = unpack_vector(vec)  # "<model>\0<float32 bytes>": driftrec/userstate.py
         times, weights = user_state(state)  # 16-byte entries: driftrec/userstate.py
         return UserReads(Meta.parse(meta), version, newest(times), strongest(weights), raw, vec_version,
-                         pairs(trending))
+                         pairs(trending[0]) if trending else [])
 
     async def read_expansion(self, items: Sequence[str], k_neighbours: int, users: Sequence[str],
                              per_user: int) -> tuple[dict[str, Pairs], dict[str, Pairs]]:

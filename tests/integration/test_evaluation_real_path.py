@@ -53,10 +53,13 @@ def _model_version(settings: Settings) -> str | None:
 
 def test_real_path_gives_the_in_process_numbers(settings: Settings, spawn, rds) -> None:  # type: ignore[no-untyped-def]
     # Bounds the slice never reaches (so how Kafka cuts batches cannot matter), one partition
-    # (stream order), and a snapshot of norms that refreshes fast.
+    # (stream order), a snapshot of norms and trending that refreshes fast, and no reuse of
+    # shared rows across requests (each request must see the state after the last event; the
+    # bounded staleness of the row cache is tested in test_reader_api.py).
     s = settings.model_copy(update={
         "topic_partitions": 1, "clicks_topic": settings.clicks_topic + "1", "history_len": 1000,
         "neighbours_k": 1000, "trending_k": 1000, "reader_snapshot_interval_s": 0.02,
+        "reader_cache_ttl_s": 0.0,
     })
     from driftrec.kafka_admin import ensure_topics
 

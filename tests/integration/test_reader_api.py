@@ -112,6 +112,37 @@ async def test_reasons_explain_the_source(rsettings: Settings, state: InMemorySt
     assert viewed in state.user_items[user]
 
 
+async def test_shared_rows_are_reused_for_at_most_the_cache_ttl(rsettings: Settings, state: InMemoryState) -> None:
+    """Other shoppers' clicks reach a user's item-item answers at most reader_cache_ttl_s late;
+    the user's own state is read on every request."""
+    s = rsettings.model_copy(update={"reader_cache_ttl_s": 0.5})
+    user = max(state.hist, key=lambda u: len(state.hist[u]))
+    params = {"n": 5, "strategy": "item_item"}
+    client_r = redis.Redis.from_url(s.redis)
+    keys = Keys(s.key_prefix)
+    async with reader(s) as (app, client):
+        rec = app.state.recommender
+        now = [1000.0]
+        rec.clock = lambda: now[0]
+        first = (await client.get(f"/v1/recommendations/{user}", params=params)).json()["items"]
+        assert first and rec.nbr_rows.misses > 0 and rec.nbr_rows.hits == 0
+        # Another shopper's clicks make "hot-new" the strongest neighbour of every item.
+        for item in state.cooc:
+            client_r.zadd(keys.item_nbrs(item), {"hot-new": 1e12})
+        now[0] += 0.4
+        again = (await client.get(f"/v1/recommendations/{user}", params=params)).json()["items"]
+        assert again == first and rec.nbr_rows.hits > 0  # rows reused: not yet seen
+        now[0] += 0.2  # 0.6 s after the rows were read
+        later = (await client.get(f"/v1/recommendations/{user}", params=params)).json()["items"]
+        assert later[0]["item_id"] == "hot-new", later
+        # The shopper's own click shows at once: a clicked item is seen, so never recommended.
+        client_r.hset(keys.user_state(user), "hot-new", client_r.hget(keys.user_state(user), next(iter(state.hist[user]))))
+        now[0] += 0.1
+        own = (await client.get(f"/v1/recommendations/{user}", params=params)).json()["items"]
+        assert "hot-new" not in {x["item_id"] for x in own}
+    client_r.close()
+
+
 async def test_cold_start_and_category_filter(rsettings: Settings, state: InMemoryState) -> None:
     cat = sorted(state.trend)[0]
     async with reader(rsettings) as (_, client):
