@@ -238,6 +238,18 @@ def served_records(port: int) -> dict[str, float]:
     return out
 
 
+def row_cache(port: int) -> dict[str, float]:
+    """Hit rate of the reader's shared-row caches (online/rowcache.py) since it started."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts: dict[str, dict[str, float]] = {}
+    pattern = r'^driftrec_reader_row_cache_lookups\{cache="(\w+)",outcome="(\w+)"\} (\S+)$'
+    for m in re.finditer(pattern, text, re.M):
+        counts.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
+    return {cache: round(c.get("hit", 0.0) / max(c.get("hit", 0.0) + c.get("miss", 0.0), 1.0), 3)
+            for cache, c in counts.items()}
+
+
 def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Namespace, script: Path,
               rounds: int = 4) -> dict[str, Any]:
     """Alternate short wrk runs between readers (port, pid) on the same data: on a shared machine
@@ -365,6 +377,7 @@ def main() -> None:
             sweep.append(one)
         # Every answer is recorded for click attribution: written, or dropped and counted.
         result["served_records"] = served_records(hport)
+        result["row_cache_hit_rate"] = row_cache(hport)
         variants = {}
         for name, path in (VARIANTS.items() if args.variants else ()):
             cpu0 = cpu_seconds(reader.pid)

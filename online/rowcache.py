@@ -16,6 +16,7 @@ under another landmark than the request's is a miss (a landmark moves rarely: se
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 
 __all__ = ["RowCache"]
@@ -39,8 +40,9 @@ class RowCache:
     def __init__(self, ttl_s: float, max_rows: int) -> None:
         self.ttl_s = ttl_s
         self.max_rows = max_rows
-        # key -> (read at, landmark, row); insertion order is read order, so the oldest first.
-        self._rows: dict[str, tuple[float, float, Pairs]] = {}
+        # key -> (read at, landmark, row), oldest read first. An OrderedDict, not a dict: a dict
+        # whose first keys are deleted over and over makes every next(iter(...)) walk the holes.
+        self._rows: OrderedDict[str, tuple[float, float, Pairs]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -78,19 +80,19 @@ class RowCache:
             return
         kept = self._rows
         for key, row in rows.items():
-            kept.pop(key, None)  # re-inserted at the end: the order stays the read order
             kept[key] = (now, landmark, row)
+            kept.move_to_end(key)  # the order stays the read order
         while len(kept) > self.max_rows:
-            del kept[next(iter(kept))]
+            kept.popitem(last=False)
 
     @staticmethod
-    def _expire(rows: dict[str, tuple[float, float, Pairs]], oldest: float) -> None:
+    def _expire(rows: OrderedDict[str, tuple[float, float, Pairs]], oldest: float) -> None:
         # Drop rows past their time from the front (the oldest): bounded work per call, and
         # memory stays what the last ttl_s of traffic read.
         for _ in range(64):
             if not rows:
                 return
-            key = next(iter(rows))
-            if rows[key][0] > oldest:
+            key, entry = next(iter(rows.items()))
+            if entry[0] > oldest:
                 return
             del rows[key]
