@@ -21,16 +21,20 @@ import numpy as np
 import numpy.typing as npt
 
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, blend, recent_items
+from models.blend import BlendWeights, Candidates, blend
+from models.candidates import (
+    MAX_TRENDING_READ,
+    PER_SIMILAR_USER,
+    assemble,
+    trending_depth,
+    user_recent,
+)
 from models.online import EventView, InMemoryState
 
 __all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
 
 logger = logging.getLogger(__name__)
 
-#: What ``online.recommender`` reads per similar user and at most from a trending list.
-_PER_SIMILAR_USER = 10
-_MAX_TRENDING_READ = 1000
 _CATS_KEPT = 32  # streams.redis_state keeps this many categories per user
 
 
@@ -160,7 +164,7 @@ class LiveRecommender:
         self.state = state or new_state(settings)
         self.vectors: dict[str, bytes] = {}
         self.vector_versions: dict[str, str] = {}
-        self._top = _TopCache(self.state.pop, _MAX_TRENDING_READ)
+        self._top = _TopCache(self.state.pop, MAX_TRENDING_READ)
         self._cache: tuple[tuple[str, int, int], _Reads] | None = None
 
     # --- the write path ------------------------------------------------------------------------
@@ -218,20 +222,16 @@ class LiveRecommender:
         key = (user, self.state.applied, len(exclude))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        from online.recommender import _similar_user_scores
-
         s, st = self.settings, self.state
         f = math.exp(-st.policy.rate * (st.last_event_time - st.landmark))
         excluded = set(exclude)
-        trend_n = min(n + len(excluded) + s.history_len, _MAX_TRENDING_READ)
+        trend_n = trending_depth(n, len(excluded), s.history_len)
         hist = st.hist.get(user, {})
         excluded |= set(hist)
-        decayed = [(i, v * f) for i, v in _zrevrange(st.user_items.get(user, {}), s.history_len) if v > 0]
         newest = sorted(hist.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)  # as ZREVRANGE
-        if not decayed and hist:  # as the reader: recency stands in for missing weights
-            t_now = st.last_event_time
-            decayed = [(i, st.policy.decayed_weight(1.0, t, t_now)) for i, t in newest]
-        recent = recent_items(decayed, [i for i, _ in newest], s.reader_recent_items, s.reader_recent_order)
+        decayed, recent = user_recent(_zrevrange(st.user_items.get(user, {}), s.history_len), newest, f,
+                                      st.last_event_time, st.policy, k=s.reader_recent_items,
+                                      order=s.reader_recent_order)
         want = n + len(excluded)
         vec_scores: list[tuple[str, float]] = []
         tf_scores: list[tuple[str, float]] = []
@@ -244,17 +244,11 @@ class LiveRecommender:
             if u is not None and s.reader_similar_users > 0:
                 similar = model.nearest_users(u, user, s.reader_similar_users)
         k_nbrs = min(s.neighbours_k, s.reader_neighbours)
-        neighbours = {i: [(j, c * f) for j, c in _zrevrange(st.cooc.get(i, {}), k_nbrs)] for i, _ in recent}
-        theirs = {v: _zrevrange(st.user_items.get(v, {}), _PER_SIMILAR_USER) for v, _ in similar}
-        wanted = {i for i, _ in recent}
-        for rows in neighbours.values():
-            wanted.update(j for j, _ in rows)
-        norms = {i: st.pop.get(i, 0.0) * f for i in wanted}
-        cands = Candidates(
-            recent=recent, neighbours=neighbours, norms=norms, vector_scores=vec_scores,
-            tf_scores=tf_scores, similar_users=_similar_user_scores(similar, theirs),
-            trending=[(i, v * f) for i, v in self._top.read(trend_n)], trending_label=None,
-        )
+        rows = {i: _zrevrange(st.cooc.get(i, {}), k_nbrs) for i, _ in recent}
+        theirs = {v: _zrevrange(st.user_items.get(v, {}), PER_SIMILAR_USER) for v, _ in similar}
+        cands = assemble(recent, rows, f, lambda items: {i: st.pop.get(i, 0.0) * f for i in items},
+                         vector_scores=vec_scores, tf_scores=tf_scores, similar=similar, theirs=theirs,
+                         trending=self._top.read(trend_n), trending_label=None)
         reads = _Reads(cands, excluded)
         self._cache = (key, reads)
         return reads

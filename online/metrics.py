@@ -72,14 +72,18 @@ class ReaderMetrics:
     def watch_caches(self, caches: dict[str, RowCache]) -> None:
         """Hit and miss counts of the row caches, read when Prometheus scrapes."""
         for name, cache in caches.items():
-            self.row_cache.labels(name, "hit").set_function(lambda c=cache: float(c.hits))
-            self.row_cache.labels(name, "miss").set_function(lambda c=cache: float(c.misses))
+            self.row_cache.labels(name, "hit").set_function(_reader(cache, "hits"))
+            self.row_cache.labels(name, "miss").set_function(_reader(cache, "misses"))
 
     def before_scrape(self) -> None:
         version = getattr(self, "_model_version", lambda: None)()
         self.model_info.clear()
         if version is not None:
             self.model_info.labels(version).set(1)
+
+
+def _reader(cache: RowCache, attr: str) -> Callable[[], float]:
+    return lambda: float(getattr(cache, attr))
 
 
 class MetricsMiddleware:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import redis.exceptions
 
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, Scored, blend, recent_items
+from models.blend import BlendWeights, Candidates, Scored, blend
+from models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
 from models.decay import DecayPolicy
 from online.model_cache import ModelCache
 from online.rowcache import RowCache
@@ -28,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: Errors that mean "Redis cannot answer now": the reader degrades instead of failing.
 STORE_DOWN = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
-_PER_SIMILAR_USER = 10
-_MAX_TRENDING_READ = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +87,7 @@ class Recommender:
     async def _for_user(self, user: str, n: int, excluded: set[str], category: str | None,
                         w: BlendWeights, context: list[str]) -> Answer:
         s = self.settings
-        trend_n = min(n + len(excluded) + s.history_len, _MAX_TRENDING_READ)
+        trend_n = trending_depth(n, len(excluded), s.history_len)
         # Trending comes from the in-memory snapshot (at most one refresh old) when it has the
         # list; otherwise it is read with the user's state.
         snap = self.snapshot.stored_top(category, trend_n)
@@ -101,16 +100,8 @@ class Recommender:
         model = self.models.observe(r.model_version)
         f = r.meta.factor(self.rate)
         excluded |= {i for i, _ in r.history}
-        decayed = [(i, v * f) for i, v in r.weights if v > 0]
-        if not decayed and r.history:  # weights pruned or not yet written: recency stands in
-            t_now = r.meta.now
-            decayed = [(i, self.policy.decayed_weight(1.0, t, t_now)) for i, t in r.history]
-        if context:
-            top = decayed[0][1] if decayed else 1.0
-            ctx = set(context)
-            decayed = [(i, top) for i in context] + [p for p in decayed if p[0] not in ctx]
-        newest = [*context, *(i for i, _ in r.history)]  # session context is newer than the stream
-        recent = recent_items(decayed, newest, s.reader_recent_items, s.reader_recent_order)
+        decayed, recent = user_recent(r.weights, r.history, f, r.meta.now, self.policy, k=s.reader_recent_items,
+                                      order=s.reader_recent_order, context=context)
         want = n + len(excluded)
 
         vec_scores: Pairs = []
@@ -127,16 +118,10 @@ class Recommender:
 
         nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
         nbrs, theirs = await self._expansion(nbr_items, [v for v, _ in similar], r.meta.landmark)
-        neighbours = {i: [(j, c * f) for j, c in rows] for i, rows in nbrs.items()}
-        wanted_norms = set(nbr_items)
-        for rows in nbrs.values():
-            wanted_norms.update(j for j, _ in rows)
-        norms = self.snapshot.norms(wanted_norms, r.meta.landmark, f)
-        cands = Candidates(
-            recent=recent, neighbours=neighbours, norms=norms, vector_scores=vec_scores,
-            tf_scores=tf_scores, similar_users=_similar_user_scores(similar, theirs),
-            trending=[(i, v * f) for i, v in r.trending], trending_label=category,
-        )
+        landmark = r.meta.landmark
+        cands = assemble(recent, nbrs, f, lambda items: self.snapshot.norms(items, landmark, f),
+                         vector_scores=vec_scores, tf_scores=tf_scores, similar=similar, theirs=theirs,
+                         trending=r.trending, trending_label=category)
         if category is not None:
             cands = await self._in_category(cands, category)
         items = blend(cands, n, exclude=excluded, weights=w, shrinkage=s.similarity_shrinkage)
@@ -151,7 +136,7 @@ class Recommender:
         if want_items or want_users:
             got_nbrs, got_theirs = await self.store.read_expansion(
                 want_items, min(self.settings.neighbours_k, self.settings.reader_neighbours), want_users,
-                _PER_SIMILAR_USER)
+                PER_SIMILAR_USER)
             self.nbr_rows.store(got_nbrs, now, landmark)
             self.user_rows.store(got_theirs, now, landmark)
             nbrs.update(got_nbrs)
@@ -224,20 +209,6 @@ class Recommender:
         reason = f"popular in {category}" if category else "popular now"
         items = [Scored(i, v * f, "trending", reason) for i, v in top if i not in excluded][:n]
         return Answer(items, self.models.version, False)
-
-
-def _similar_user_scores(similar: Pairs, theirs: dict[str, Pairs]) -> Pairs:
-    """Σ over similar users v of cos(u, v) · (v's weight of the item / v's largest weight)."""
-    scores: dict[str, float] = {}
-    for v, sim in similar:
-        rows = theirs.get(v) or []
-        top = rows[0][1] if rows else 0.0
-        if top <= 0:
-            continue
-        for item, wv in rows:
-            if wv > 0:
-                scores[item] = scores.get(item, 0.0) + sim * wv / top
-    return list(scores.items())
 
 
 def _similar_reason(x: Scored, item: str) -> str:

@@ -59,19 +59,19 @@ class RowCache:
             missing = list(keys)
             self.misses += len(missing)
             return {}, missing
-        rows, get, oldest = self._rows, self._rows.get, now - self.ttl_s
+        rows, get, ttl = self._rows, self._rows.get, self.ttl_s
         found: dict[str, Pairs] = {}
         missing = []
         for key in keys:
             entry = get(key)
-            if entry is not None and entry[0] > oldest and entry[1] == landmark:
+            if entry is not None and now - entry[0] < ttl and entry[1] == landmark:
                 found[key] = entry[2]
             else:
                 missing.append(key)
         self.hits += len(found)
         self.misses += len(missing)
         if missing:
-            self._expire(rows, oldest)
+            self._expire(rows, now, ttl)
         return found, missing
 
     def store(self, rows: dict[str, Pairs], now: float, landmark: float) -> None:
@@ -86,13 +86,13 @@ class RowCache:
             kept.popitem(last=False)
 
     @staticmethod
-    def _expire(rows: OrderedDict[str, tuple[float, float, Pairs]], oldest: float) -> None:
+    def _expire(rows: OrderedDict[str, tuple[float, float, Pairs]], now: float, ttl: float) -> None:
         # Drop rows past their time from the front (the oldest): bounded work per call, and
         # memory stays what the last ttl_s of traffic read.
         for _ in range(64):
             if not rows:
                 return
             key, entry = next(iter(rows.items()))
-            if entry[0] > oldest:
+            if now - entry[0] < ttl:
                 return
             del rows[key]

@@ -144,11 +144,10 @@ class TrendingSnapshot:
             return None
         if category is None:
             source, kept = self.popular, min(self.n_items, _POPULAR_KEPT)
+        elif category in self.categories:
+            source, kept = self.categories[category], self.per_category
         else:
-            source = self.categories.get(category)
-            if source is None:
-                return None
-            kept = self.per_category
+            return None
         if n > len(source) and len(source) >= kept:
             return None
         return self.meta.landmark, source[:n]

@@ -1,0 +1,103 @@
+"""What one recommendation reads, turned into :class:`models.blend.Candidates`: the reader and the evaluation share it.
+
+The reader (``online/recommender.py``) gathers its inputs from Redis and the published model; the
+prequential evaluation (``driftrec/live_eval.py``) from :class:`models.online.InMemoryState`.
+Both hand them to these functions, so the choice of recent items, the decay of every stored
+score to one ``now``, the similar-users scores and the depth of each read are one piece of code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from models.blend import Candidates, recent_items
+from models.decay import DecayPolicy
+
+__all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "similar_user_scores",
+           "assemble"]
+
+logger = logging.getLogger(__name__)
+
+Pairs = list[tuple[str, float]]
+
+#: Strongest items read per similar user.
+PER_SIMILAR_USER = 10
+#: Most items read from a trending list for one recommendation.
+MAX_TRENDING_READ = 1000
+
+
+def trending_depth(n: int, n_excluded: int, history_len: int) -> int:
+    """Trending items read for a top-``n``: enough that ``n`` remain after the excluded and seen."""
+    return min(n + n_excluded + history_len, MAX_TRENDING_READ)
+
+
+def user_recent(stored: Iterable[tuple[str, float]], history: Sequence[tuple[str, float]], factor: float,
+                now: float, policy: DecayPolicy, *, k: int, order: str,
+                context: Sequence[str] = ()) -> tuple[Pairs, Pairs]:
+    """The user's decayed weights and the ``k`` recent items whose neighbours are read.
+
+    Parameters
+    ----------
+    stored : iterable of (item, stored forward weight), strongest first
+    history : (item, last event time), newest first
+    factor : float
+        ``exp(−λ (now − L))``: turns a stored forward weight into its value at ``now``.
+    now : float
+        The stream's event time of the read.
+    policy : DecayPolicy
+    k, order : int, str
+        ``reader_recent_items`` and ``reader_recent_order`` (:func:`models.blend.recent_items`).
+    context : sequence of str
+        Session items the caller knows of and the stream does not yet: the most recent of all,
+        weighted as the strongest stored item.
+
+    Returns
+    -------
+    decayed : (item, weight at ``now``), strongest first (the fold-in and TF inputs)
+    recent : the items whose neighbours feed the item-item source
+    """
+    decayed = [(i, v * factor) for i, v in stored if v > 0]
+    if not decayed and history:  # weights pruned or not yet written: recency stands in
+        decayed = [(i, policy.decayed_weight(1.0, t, now)) for i, t in history]
+    if context:
+        top = decayed[0][1] if decayed else 1.0
+        ctx = set(context)
+        decayed = [(i, top) for i in context] + [p for p in decayed if p[0] not in ctx]
+    newest = [*context, *(i for i, _ in history)]
+    return decayed, recent_items(decayed, newest, k, order)
+
+
+def similar_user_scores(similar: Sequence[tuple[str, float]], theirs: Mapping[str, Sequence[tuple[str, float]]]) -> Pairs:
+    """Σ over similar users v of cos(u, v) · (v's weight of the item / v's largest weight)."""
+    scores: dict[str, float] = {}
+    for v, sim in similar:
+        rows = theirs.get(v) or []
+        top = rows[0][1] if rows else 0.0
+        if top <= 0:
+            continue
+        for item, wv in rows:
+            if wv > 0:
+                scores[item] = scores.get(item, 0.0) + sim * wv / top
+    return list(scores.items())
+
+
+def assemble(recent: Pairs, rows: Mapping[str, Sequence[tuple[str, float]]], factor: float,
+             norms_of: Callable[[set[str]], dict[str, float]], *, vector_scores: Pairs, tf_scores: Pairs,
+             similar: Sequence[tuple[str, float]], theirs: Mapping[str, Sequence[tuple[str, float]]],
+             trending: Iterable[tuple[str, float]], trending_label: str | None) -> Candidates:
+    """The blend's inputs from what was read.
+
+    ``rows`` (item -> stored neighbour row, strongest first) and ``trending`` hold stored forward
+    scores, multiplied here by ``factor``; ``norms_of`` gives the decayed popularity of a set of
+    items (the recent items and their neighbours).
+    """
+    neighbours = {i: [(j, c * factor) for j, c in row] for i, row in rows.items()}
+    wanted = {i for i, _ in recent}
+    for row in neighbours.values():
+        wanted.update(j for j, _ in row)
+    return Candidates(
+        recent=recent, neighbours=neighbours, norms=norms_of(wanted), vector_scores=vector_scores,
+        tf_scores=tf_scores, similar_users=similar_user_scores(similar, theirs),
+        trending=[(i, v * factor) for i, v in trending], trending_label=trending_label,
+    )
