@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -85,7 +86,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 
 @app.command()
-def serve(host: Optional[str] = None, port: Optional[int] = None) -> None:
+def serve(host: str | None = None, port: int | None = None) -> None:
     """Run the reader (Starlette + uvicorn)."""
     import os
 
@@ -104,8 +105,8 @@ def serve(host: Optional[str] = None, port: Optional[int] = None) -> None:
 
 @app.command()
 def publish(
-    source: Annotated[Optional[Path], typer.Argument(help="File of JSON events, one per line ('-' = stdin).")] = None,
-    event: Annotated[Optional[str], typer.Option(help="One event as JSON.")] = None,
+    source: Annotated[Path | None, typer.Argument(help="File of JSON events, one per line ('-' = stdin).")] = None,
+    event: Annotated[str | None, typer.Option(help="One event as JSON.")] = None,
 ) -> None:
     """Publish click events (validated) to the clicks topic, keyed by user_id."""
     import orjson
@@ -132,7 +133,7 @@ def publish(
     raise typer.Exit(1 if report.rejected else 0)
 
 
-def _stream(events, total: int | None, rate: float | None) -> None:  # type: ignore[no-untyped-def]
+def _stream(events: Iterable[dict[str, Any]], total: int | None, rate: float | None) -> None:
     from tqdm import tqdm
 
     from driftrec.publisher import publish_events
@@ -147,15 +148,15 @@ def _stream(events, total: int | None, rate: float | None) -> None:  # type: ign
 @app.command()
 def replay(
     path: Annotated[Path, typer.Argument(help="MovieLens ratings.csv / u.data, Online Retail, RetailRocket or user,item,type,timestamp CSV.")],
-    rate: Annotated[Optional[float], typer.Option(help="Events per second (default: as fast as possible).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Stop after this many events.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Events per second (default: as fast as possible).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
 ) -> None:
     """Publish a data set as click events in time order, with a progress bar."""
     import itertools
 
     from driftrec.datasets import load_any
 
-    events = load_any(path)
+    events: Iterable[dict[str, Any]] = load_any(path)
     if limit:
         events = itertools.islice(events, limit)
     _stream(events, limit, rate)
@@ -164,16 +165,15 @@ def replay(
 @app.command()
 def simulate(
     events: Annotated[int, typer.Option(help="Events to publish.")] = 10_000,
-    rate: Annotated[Optional[float], typer.Option(help="Events per second.")] = 200.0,
+    rate: Annotated[float | None, typer.Option(help="Events per second.")] = 200.0,
     users: int = 500, items: int = 2000, categories: int = 12, seed: int = 7,
 ) -> None:
     """Publish clicks from the built-in shop simulator (drifting tastes)."""
     import itertools
-
-    from driftrec.simulator import ShopSimulator
-
     import time
     import uuid
+
+    from driftrec.simulator import ShopSimulator
 
     # Event time starts now and ids are fresh each run, so a second run adds new clicks
     # instead of repeating (and being deduplicated against) the first.
@@ -198,12 +198,12 @@ def demo(
 @app.command()
 def lag(
     serve_: Annotated[bool, typer.Option("--serve", help="Run the exporter: /metrics, /dashboard, canary.")] = False,
-    port: Annotated[Optional[int], typer.Option(help="Exporter port (default: settings.exporter_port).")] = None,
+    port: Annotated[int | None, typer.Option(help="Exporter port (default: settings.exporter_port).")] = None,
     host: Annotated[str, typer.Option(help="Exporter bind address.")] = "127.0.0.1",
-    group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Extra consumer group to watch.")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="Extra consumer group to watch.")] = None,
     all_groups: Annotated[bool, typer.Option("--all", help="Table: every group the broker lists.")] = False,
-    reader_url: Annotated[Optional[str], typer.Option(help="Reader base URL (canary, health); 'none' = no reader.")] = None,
-    worker_metrics_url: Annotated[Optional[str], typer.Option(help="Worker /metrics URL (health); 'none' = group membership only.")] = None,
+    reader_url: Annotated[str | None, typer.Option(help="Reader base URL (canary, health); 'none' = no reader.")] = None,
+    worker_metrics_url: Annotated[str | None, typer.Option(help="Worker /metrics URL (health); 'none' = group membership only.")] = None,
     canary: Annotated[bool, typer.Option(help="Run the freshness canary (with --serve).")] = True,
     attribution: Annotated[bool, typer.Option(help="Count clicks per recommendation source (with --serve).")] = True,
 ) -> None:
@@ -217,9 +217,9 @@ def lag(
     if not serve_:
         from rich.console import Console
 
-        from driftrec.oncall.lag import LagCollector, LagError, render_table
+        from driftrec.oncall.lag import LagCollector, LagError, LagSnapshot, render_table
 
-        async def once():  # type: ignore[no-untyped-def]
+        async def once() -> LagSnapshot:
             async with LagCollector(s.bootstrap, groups=None if all_groups else list(groups),
                                     topics=[] if all_groups else [s.clicks_topic]) as collector:
                 return await collector.collect()
@@ -250,15 +250,15 @@ def lag(
 
 @app.command()
 def train(
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="als | ease | svd | itemknn | userknn | tf | pop (repeat; default: als and tf).")] = None,
-    every: Annotated[Optional[str], typer.Option(help="Retrain on a timer, e.g. 1h or 30m (default: once).")] = None,
-    publish: Annotated[Optional[bool], typer.Option("--publish/--no-publish", help="Publish to Redis (default: when als is trained from the topic; with --from-file only if asked).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="als | ease | svd | itemknn | userknn | tf | pop (repeat; default: als and tf).")] = None,
+    every: Annotated[str | None, typer.Option(help="Retrain on a timer, e.g. 1h or 30m (default: once).")] = None,
+    publish: Annotated[bool | None, typer.Option("--publish/--no-publish", help="Publish to Redis (default: when als is trained from the topic; with --from-file only if asked).")] = None,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Publish only if not worse than the live model on the newest events.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of every random choice (same log + seed = same model).")] = 0,
-    from_file: Annotated[Optional[Path], typer.Option(help="Train on a data file (load_any layouts) instead of the clicks topic.")] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Hyperparameter MODEL.NAME=VALUE (repeat), e.g. als.factors=64.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also save the trained models (.npz) and their ids here.")] = None,
-    activate: Annotated[Optional[str], typer.Option(help="Only switch the live model to this existing version (rollback).")] = None,
+    from_file: Annotated[Path | None, typer.Option(help="Train on a data file (load_any layouts) instead of the clicks topic.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Hyperparameter MODEL.NAME=VALUE (repeat), e.g. als.factors=64.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also save the trained models (.npz) and their ids here.")] = None,
+    activate: Annotated[str | None, typer.Option(help="Only switch the live model to this existing version (rollback).")] = None,
 ) -> None:
     """Train batch models from the click log and publish them to the online path."""
     _logging()
@@ -296,15 +296,15 @@ def train(
 def evaluate(
     dataset: Annotated[str, typer.Option(help="Data file or folder (MovieLens ratings.csv / u.data, Online Retail, RetailRocket, user,item,type,timestamp CSV), a folder name under the shared data sets, or 'simulator'.")],
     protocol: Annotated[str, typer.Option(help="prequential | offline")] = "prequential",
-    max_windows: Annotated[Optional[int], typer.Option(help="Prequential: score this many evenly spaced hours of the second half (0 = every event).")] = 150,
-    max_events: Annotated[Optional[int], typer.Option(help="Prequential: use only the first N events.")] = None,
+    max_windows: Annotated[int | None, typer.Option(help="Prequential: score this many evenly spaced hours of the second half (0 = every event).")] = 150,
+    max_events: Annotated[int | None, typer.Option(help="Prequential: use only the first N events.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prequential: events per micro-batch around scored events.")] = 1,
     no_tf: Annotated[bool, typer.Option("--no-tf", help="Prequential: do not train the TF next-items model.")] = False,
     hourly_both: Annotated[bool, typer.Option(help="Prequential: replay hourly ALS even when item-kNN wins on the warm-up.")] = False,
-    weights: Annotated[Optional[str], typer.Option(help='Prequential: blend weights as JSON, e.g. {"item_item": 1, "trending": 0.3}.')] = None,
+    weights: Annotated[str | None, typer.Option(help='Prequential: blend weights as JSON, e.g. {"item_item": 1, "trending": 0.3}.')] = None,
     split: Annotated[str, typer.Option(help="Offline: stratified | time")] = "stratified",
-    model: Annotated[Optional[list[str]], typer.Option(help="Offline: batch model (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the report as JSON here.")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Offline: batch model (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
 ) -> None:
     """Evaluate: prequential (test-then-train on the live code path) or offline (75/25 splits)."""
     import json
@@ -328,8 +328,10 @@ def evaluate(
         elif protocol == "offline":
             from driftrec.evaluate import offline
 
-            kw = {"models": tuple(model)} if model else {}
-            report = offline(dataset, split=split, log=typer.echo, **kw)
+            if model:
+                report = offline(dataset, models=tuple(model), split=split, log=typer.echo)
+            else:
+                report = offline(dataset, split=split, log=typer.echo)
         else:
             raise typer.BadParameter("protocol must be prequential or offline")
     except DriftrecError as exc:

@@ -39,7 +39,7 @@ def _wait_http(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> No
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2.0):  # noqa: S310 - loopback only
                 return

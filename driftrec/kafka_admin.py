@@ -27,7 +27,7 @@ def broker_ready(bootstrap: str) -> bool:
     """True when the broker answers a metadata request (not merely a TCP connect)."""
     try:
         return asyncio.run(_describe(bootstrap))
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
 
 

@@ -81,11 +81,11 @@ class Publisher:
 
         if hasattr(events, "__aiter__"):
             i = 0
-            async for ev in events:  # type: ignore[union-attr]
+            async for ev in events:
                 await one(i, ev)
                 i += 1
         else:
-            for i, ev in enumerate(events):  # type: ignore[arg-type]
+            for i, ev in enumerate(events):
                 await one(i, ev)
         await self.flush()
         return report

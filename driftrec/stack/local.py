@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -266,7 +267,7 @@ class LocalStack:
 
         return broker_ready(self.settings.bootstrap)
 
-    def _wait(self, probe, deadline: float, name: str, log: Path) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, probe: Callable[[], bool], deadline: float, name: str, log: Path) -> None:
         while time.monotonic() < deadline:
             if probe():
                 return
