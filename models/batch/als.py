@@ -10,8 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel, as_interactions
-from models.batch.weighting import Weighting
+from models.batch.base import as_interactions
+from models.batch.factor_base import FactorModel
 
 __all__ = ["ALSModel", "fold_in_users"]
 
@@ -59,7 +59,7 @@ def fold_in_users(
     return out.astype(np.float32)
 
 
-class ALSModel(BatchModel):
+class ALSModel(FactorModel):
     """Weighted matrix factorisation for implicit feedback.
 
     Confidence is ``alpha * w`` where ``w`` is the (optionally BM25/TF-IDF re-weighted)
@@ -97,20 +97,13 @@ class ALSModel(BatchModel):
         bm25_b: float = 0.8,
         num_threads: int = 0,
     ) -> None:
-        super().__init__()
         if factors < 1 or iterations < 1 or regularization < 0 or alpha <= 0:
             raise ModelError("ALS needs factors>=1, iterations>=1, regularization>=0, alpha>0")
-        self.factors = factors
+        super().__init__(factors, weighting, bm25_k1, bm25_b)
         self.regularization = regularization
         self.alpha = alpha
         self.iterations = iterations
-        self.weighting_kind = weighting
-        self.bm25_k1 = bm25_k1
-        self.bm25_b = bm25_b
         self.num_threads = num_threads
-        self.weighting = Weighting()
-        self.user_factors = np.zeros((0, factors), np.float32)
-        self.item_factors = np.zeros((0, factors), np.float32)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -118,9 +111,7 @@ class ALSModel(BatchModel):
             "regularization": self.regularization,
             "alpha": self.alpha,
             "iterations": self.iterations,
-            "weighting": self.weighting_kind,
-            "bm25_k1": self.bm25_k1,
-            "bm25_b": self.bm25_b,
+            **self._weighting_params(),
         }
 
     def fit(self, interactions: sp.csr_matrix, *, seed: int = 0, progress: bool = False) -> Self:
@@ -130,8 +121,7 @@ class ALSModel(BatchModel):
         from implicit.cpu.als import AlternatingLeastSquares
 
         x = as_interactions(interactions)
-        self.weighting = Weighting.fit(self.weighting_kind, x, k1=self.bm25_k1, b=self.bm25_b)
-        w = self.weighting.apply(x)
+        w = self._fit_weighting(x)
         # implicit's solver is multi-threaded itself; a threaded BLAS underneath it thrashes.
         with threadpoolctl.threadpool_limits(1, "blas"):
             als = AlternatingLeastSquares(
@@ -150,9 +140,6 @@ class ALSModel(BatchModel):
         logger.info("ALS fitted: %d users, %d items, %d factors", *x.shape, self.factors)
         return self
 
-    def _score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        return self.user_factors[user_rows] @ self.item_factors.T
-
     def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         """User factors for raw interaction rows (weighted and scaled as in training)."""
         conf = self.weighting.apply(sp.csr_matrix(history, dtype=np.float32)) * self.alpha
@@ -163,28 +150,13 @@ class ALSModel(BatchModel):
 
     def _export(self) -> dict[str, np.ndarray]:
         return {
-            "user_factors": self.user_factors,
-            "item_factors": self.item_factors,
+            **self._factor_arrays(),
             "regularization": np.asarray([self.regularization], np.float64),
             "alpha": np.asarray([self.alpha], np.float64),
             "iterations": np.asarray([self.iterations], np.int32),
-            **self.weighting.to_arrays(),
         }
 
     @classmethod
     def _from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Self:
-        weighting = Weighting.from_arrays(arrays)
-        item_factors = np.asarray(arrays["item_factors"], np.float32)
-        model = cls(
-            factors=int(item_factors.shape[1]),
-            regularization=float(arrays["regularization"][0]),
-            alpha=float(arrays["alpha"][0]),
-            iterations=int(arrays["iterations"][0]),
-            weighting=weighting.kind,
-            bm25_k1=weighting.k1,
-            bm25_b=weighting.b,
-        )
-        model.weighting = weighting
-        model.item_factors = item_factors
-        model.user_factors = np.asarray(arrays["user_factors"], np.float32)
-        return model
+        return cls._restore(arrays, regularization=float(arrays["regularization"][0]),
+                            alpha=float(arrays["alpha"][0]), iterations=int(arrays["iterations"][0]))

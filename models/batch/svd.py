@@ -11,15 +11,15 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel, as_interactions
-from models.batch.weighting import Weighting
+from models.batch.base import as_interactions
+from models.batch.factor_base import FactorModel
 
 __all__ = ["SVDModel"]
 
 logger = logging.getLogger(__name__)
 
 
-class SVDModel(BatchModel):
+class SVDModel(FactorModel):
     """PureSVD: ``W ≈ U Σ Vᵀ`` on the (re-weighted) matrix; a user scores ``wᵤ V Vᵀ``.
 
     For training users ``wᵤ V = uᵤ Σ``, so stored user factors are ``U Σ`` and item factors
@@ -44,29 +44,16 @@ class SVDModel(BatchModel):
         bm25_k1: float = 1.2,
         bm25_b: float = 0.75,
     ) -> None:
-        super().__init__()
         if factors < 1:
             raise ModelError("SVD needs factors >= 1")
-        self.factors = factors
-        self.weighting_kind = weighting
-        self.bm25_k1 = bm25_k1
-        self.bm25_b = bm25_b
-        self.weighting = Weighting()
-        self.user_factors = np.zeros((0, factors), np.float32)
-        self.item_factors = np.zeros((0, factors), np.float32)
+        super().__init__(factors, weighting, bm25_k1, bm25_b)
 
     def params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "weighting": self.weighting_kind,
-            "bm25_k1": self.bm25_k1,
-            "bm25_b": self.bm25_b,
-        }
+        return {"factors": self.factors, **self._weighting_params()}
 
     def fit(self, interactions: sp.csr_matrix, *, seed: int = 0, progress: bool = False) -> Self:
         x = as_interactions(interactions)
-        self.weighting = Weighting.fit(self.weighting_kind, x, k1=self.bm25_k1, b=self.bm25_b)
-        w = self.weighting.apply(x).astype(np.float64)
+        w = self._fit_weighting(x).astype(np.float64)
         k = min(self.factors, min(x.shape) - 1)
         if k < 1:
             raise ModelError(f"matrix {x.shape} is too small for a truncated SVD")
@@ -88,31 +75,13 @@ class SVDModel(BatchModel):
         self.n_users, self.n_items = x.shape
         return self
 
-    def _score_users(self, user_rows: np.ndarray) -> np.ndarray:
-        return self.user_factors[user_rows] @ self.item_factors.T
-
     def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
         w = self.weighting.apply(history)
         return np.asarray(w @ self.item_factors) @ self.item_factors.T
 
     def _export(self) -> dict[str, np.ndarray]:
-        return {
-            "user_factors": self.user_factors,
-            "item_factors": self.item_factors,
-            **self.weighting.to_arrays(),
-        }
+        return self._factor_arrays()
 
     @classmethod
     def _from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Self:
-        weighting = Weighting.from_arrays(arrays)
-        item_factors = np.asarray(arrays["item_factors"], np.float32)
-        model = cls(
-            factors=int(item_factors.shape[1]),
-            weighting=weighting.kind,
-            bm25_k1=weighting.k1,
-            bm25_b=weighting.b,
-        )
-        model.weighting = weighting
-        model.item_factors = item_factors
-        model.user_factors = np.asarray(arrays["user_factors"], np.float32)
-        return model
+        return cls._restore(arrays)
