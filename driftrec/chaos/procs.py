@@ -36,13 +36,15 @@ class Child:
     """One ``driftrec <args>`` process, its settings passed through the environment.
 
     ``restarts`` counts the processes started under this name; every start appends to ``log``.
+    It runs in ``cwd`` (default: the log's folder).
     """
 
     def __init__(self, settings: Settings, args: list[str], log: Path, *,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.settings = settings
         self.args = args
         self.log = log
+        self.cwd = cwd or log.parent
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -56,9 +58,8 @@ class Child:
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log, "ab") as out:
             out.write(f"\n==== start {self.starts} of {' '.join(self.args)} at {time.time():.3f}\n".encode())
-            # In the log's folder: Faust makes a "<group>-data" folder in its working directory.
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-            self.proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", *self.args], cwd=self.log.parent,
+            self.proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", *self.args], cwd=self.cwd,
                                          env=env, stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
         return self

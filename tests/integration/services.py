@@ -11,14 +11,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from driftrec.chaos.procs import Child, wait_http
 from driftrec.settings import Settings, load_settings
+
+__all__ = ["free_port", "docker_answers", "provide_services", "Proc", "wait_http", "ROOT"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,50 +73,10 @@ def provide_services() -> Iterator[Settings]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-class Proc:
-    """A driftrec subcommand in a child process with settings passed through the environment."""
+class Proc(Child):
+    """A driftrec subcommand in a child process started at once from the project root, with
+    settings passed through the environment (:class:`driftrec.chaos.procs.Child`)."""
 
     def __init__(self, settings: Settings, args: list[str], log: Path) -> None:
-        env = dict(os.environ)
-        env.update(settings.to_env())
-        env["PYTHONUNBUFFERED"] = "1"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self._out = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", *args], cwd=ROOT, env=env,
-                                     stdout=self._out, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._out.close()
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-
-def wait_http(url: str, timeout: float, proc: Proc | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise AssertionError(f"process died:\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready after {timeout}s\n{proc.tail() if proc else ''}")
+        super().__init__(settings, args, log, cwd=ROOT)
+        self.start()
