@@ -251,7 +251,7 @@ def row_cache(port: int) -> dict[str, float]:
 
 
 def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Namespace, script: Path,
-              rounds: int = 4) -> dict[str, Any]:
+              redis_port: int, rounds: int = 4) -> dict[str, Any]:
     """Alternate short wrk runs between readers (port, pid) on the same data: on a shared machine
     only the ratios of one such run mean something. Medians over the rounds."""
     seen: dict[str, list[dict[str, float]]] = {name: [] for name in readers}
@@ -259,19 +259,29 @@ def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Name
     for k in range(rounds):
         for name in (names if k % 2 == 0 else names[::-1]):
             port, pid = readers[name]
-            cpu0 = cpu_seconds(pid)
+            cpu0, rcpu0 = cpu_seconds(pid), redis_cpu_seconds(redis_port)
             one = run_wrk(wrk, port, args.concurrency, max(5, args.duration // 4), script, args.users, args.items)
             one["reader_cpu_ms_per_request"] = (cpu_seconds(pid) - cpu0) * 1000 / max(one["n"], 1)
+            one["redis_cpu_ms_per_request"] = (redis_cpu_seconds(redis_port) - rcpu0) * 1000 / max(one["n"], 1)
             seen[name].append(one)
     out: dict[str, Any] = {"rounds": rounds, "concurrency": args.concurrency}
     for name, runs in seen.items():
         out[name] = {key: round(statistics.median(r[key] for r in runs), 3)
-                     for key in ("req_per_s", "p50_ms", "p99_ms", "reader_cpu_ms_per_request")}
+                     for key in ("req_per_s", "p50_ms", "p99_ms", "reader_cpu_ms_per_request",
+                                 "redis_cpu_ms_per_request")}
+    out["redis_cpu_per_request_ratio"] = round(out["this"]["redis_cpu_ms_per_request"]
+                                               / max(out["baseline"]["redis_cpu_ms_per_request"], 1e-9), 3)
     out["cpu_per_request_ratio"] = round(out["this"]["reader_cpu_ms_per_request"]
                                          / out["baseline"]["reader_cpu_ms_per_request"], 3)
     out["req_per_s_ratio"] = round(out["this"]["req_per_s"] / out["baseline"]["req_per_s"], 3)
     logger.info("A/B: %s", out)
     return out
+
+
+def redis_cpu_seconds(port: int) -> float:
+    """User + system CPU of the Redis server so far (its own ``INFO cpu``)."""
+    info = redis.Redis(port=port).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -396,7 +406,7 @@ def main() -> None:
             wait_ready(oport, VERSION, 60, other)
             run_wrk(wrk, oport, args.concurrency, 3, script, args.users, args.items)
             baseline = ab_rounds(wrk, {"baseline": (oport, other.pid), "this": (hport, reader.pid)},
-                                 args, script)
+                                 args, script, rport)
             baseline["label"] = args.baseline_label or str(args.baseline)
         body = {
             **result,
