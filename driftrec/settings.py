@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
     reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
     reader_cache_ttl_s: float = Field(default=0.5, ge=0, description="Longest the reader reuses a shared row (an item's neighbours, a similar user's top items) read for an earlier request; 0 = read every time. The shopper's own state is always read live.")
-    reader_cache_rows: int = Field(default=100_000, ge=0, description="Most shared rows the reader keeps for reuse.")
+    reader_cache_rows: int = Field(default=10_000, ge=0, description="Most shared rows the reader keeps for reuse, per kind (a 20-neighbour row is about 3 KB).")
     reader_snapshot_interval_s: float = Field(default=2.0, gt=0, description="Refresh period of the in-memory trending snapshot (degraded mode, norms).")
     reader_snapshot_items: int = Field(default=20000, ge=1, description="Most popular items kept in the in-memory snapshot.")
     reader_redis_timeout_s: float = Field(default=0.5, gt=0, description="Reader's Redis socket timeout; past it the answer is degraded.")
