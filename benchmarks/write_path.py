@@ -19,7 +19,8 @@ on free ports (under .driftrec-bench/). Steps, all on the same topic in the same
 
 ``--model`` publishes random item factors first, so users are folded in (ALS) instead of ISGD.
 ``--baseline-ref REF`` first runs the worker with the consumption path (``CONSUMER_PATHS``) of git
-commit REF and everything else as in the working tree, on the same topic: a before/after in one run. ``--ceiling-only`` publishes, measures the raw consumer and
+commit REF and everything else as in the working tree, on the same topic: a before/after in one run
+(``--baseline-paths streams models`` takes those folders from REF instead: the processor too). ``--ceiling-only`` publishes, measures the raw consumer and
 every Faust no-op variant (``NOOP_VARIANTS``) and stops.
 Writes ``benchmarks/results/write_path.json`` (``write_path_foldin.json`` with ``--model``,
 ``write_path_ceiling.json`` with ``--ceiling-only``).
@@ -141,12 +142,13 @@ def _commandstats(r: redis.Redis) -> dict[str, int]:
 CONSUMER_PATHS = ("streams/agents.py", "streams/app.py")
 
 
-def run_baseline(s: Settings, n: int, ref: str) -> dict[str, Any]:
-    """The worker with the consumption path of commit ``ref``, on the same topic.
+def run_baseline(s: Settings, n: int, ref: str, paths: tuple[str, ...] = CONSUMER_PATHS) -> dict[str, Any]:
+    """The worker with ``paths`` (files or folders; default the consumption path) of commit
+    ``ref``, on the same topic.
 
-    A copy of the working tree (tracked and untracked files) with ``CONSUMER_PATHS`` as of
-    ``ref``: everything else (the processor, the Lua scripts) is the same code as the worker
-    measured after it, so the difference is the consumption path alone.
+    A copy of the working tree (tracked and untracked files) with ``paths`` as of ``ref``:
+    everything else is the same code as the worker measured after it, so the difference is
+    those paths alone.
     """
     tree = Path(tempfile.mkdtemp(prefix="driftrec-baseline-"))
     try:
@@ -157,9 +159,14 @@ def run_baseline(s: Settings, n: int, ref: str) -> dict[str, Any]:
             if src.is_file():
                 (tree / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, tree / name)
-        for name in CONSUMER_PATHS:
-            (tree / name).write_bytes(subprocess.run(["git", "show", f"{ref}:{name}"], cwd=ROOT, check=True,
-                                                     capture_output=True).stdout)
+        for path in paths:  # a folder is replaced whole: REF's files, none of the working tree's
+            shutil.rmtree(tree / path, ignore_errors=True)
+            names = subprocess.run(["git", "ls-tree", "-r", "--name-only", ref, "--", path], cwd=ROOT,
+                                   check=True, capture_output=True, text=True).stdout.split()
+            for name in names:
+                (tree / name).parent.mkdir(parents=True, exist_ok=True)
+                (tree / name).write_bytes(subprocess.run(["git", "show", f"{ref}:{name}"], cwd=ROOT, check=True,
+                                                         capture_output=True).stdout)
         (s.home / "faust").mkdir(parents=True, exist_ok=True)
         other = s.model_copy(update={"consumer_group": s.consumer_group + "-base",
                                      "key_prefix": s.key_prefix + "base",
@@ -396,6 +403,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile the processor alone")
     ap.add_argument("--out", type=Path, help="result file (default: see the module docstring)")
     ap.add_argument("--baseline-ref", help="also run the worker with the consumption path of this commit")
+    ap.add_argument("--baseline-paths", nargs="+", default=list(CONSUMER_PATHS), metavar="PATH",
+                    help="files or folders --baseline-ref takes from that commit (default: the "
+                         "consumption path, %(default)s); e.g. `streams models` for the processor")
     ap.add_argument("--noop-agent", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--noop-variant", default="batches", help=argparse.SUPPRESS)
     ap.add_argument("--ceiling-only", action="store_true",
@@ -449,7 +459,7 @@ def main() -> None:
         baseline = None
         if args.baseline_ref:
             print(f"worker at {args.baseline_ref} ({mode}) ...", flush=True)
-            baseline = run_baseline(s, len(events), args.baseline_ref)
+            baseline = run_baseline(s, len(events), args.baseline_ref, tuple(args.baseline_paths))
             print(f"worker at {args.baseline_ref}: {baseline['events_per_s']:,.0f} events/s", flush=True)
         print(f"worker ({mode}) ...", flush=True)
         worker = run_worker(s, len(events))
@@ -482,7 +492,7 @@ def main() -> None:
         print(f"Faust no-op: {result['faust_noop_agent_events_per_s']:,.0f} events/s "
               f"(take_events: {result['faust_noop_take_events_events_per_s']:,.0f})", flush=True)
         if baseline is not None:
-            result["baseline"] = {"ref": args.baseline_ref, **baseline}
+            result["baseline"] = {"ref": args.baseline_ref, "paths": args.baseline_paths, **baseline}
         if args.profile:
             print("processor alone, profiled ...", flush=True)
             result["processor_only_profiled"] = asyncio.run(processor_alone(s, records, "-prof", profile=True))

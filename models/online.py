@@ -12,7 +12,7 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from driftrec.events import TOMBSTONE_TYPE
-from models.cooccurrence import similarity, top_k, window_partners
+from models.cooccurrence import similarity, top_k
 from models.decay import DecayPolicy, EventWeights
 
 __all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState", "FORGET_RESIDUE"]
@@ -146,6 +146,7 @@ def plan_batch(
     hists: dict[str, History] = {}
     latest: dict[str, dict[str, float]] = {}  # user -> item -> time in the working history
     last, applied, skipped = delta.last_event_time, 0, 0
+    cooc_get = cooc.get
 
     for e in sorted(events, key=_ORDER):
         part, off = e.partition, e.offset
@@ -199,18 +200,24 @@ def plan_batch(
         if h is None:
             h, latest[user] = _start_history(histories.get(user), keep)
             hists[user] = h
-        if h:
-            partners = window_partners(h, item, t, window, window_s)
-            if partners:
-                row = cooc.get(item)
+        # window_partners inlined (the hot loop): h holds at most `keep` <= window entries,
+        # time-ordered, so the scan stops at the first partner too old. Same pairs, same order.
+        row = None
+        for other, t_other in reversed(h):
+            if t - t_other > window_s:
+                break
+            if other == item or t_other - t > window_s:
+                continue
+            if row is None:
+                row = cooc_get(item)
                 if row is None:
                     row = cooc[item] = {}
-                for other in partners:
-                    row[other] = row.get(other, 0.0) + inc
-                    orow = cooc.get(other)
-                    if orow is None:
-                        orow = cooc[other] = {}
-                    orow[item] = orow.get(item, 0.0) + inc
+            row[other] = row.get(other, 0.0) + inc
+            orow = cooc_get(other)
+            if orow is None:
+                cooc[other] = {item: inc}  # 0.0 + inc is inc
+            else:
+                orow[item] = orow.get(item, 0.0) + inc
 
         row = hist_out.get(user)
         if row is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,14 @@ import msgpack
 import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
-from driftrec.userstate import decode_fields, pack_entry, pack_vector, split_state, unpack_vector
+from driftrec.userstate import (
+    ENTRY_BYTES,
+    decode_fields,
+    pack_entry,
+    pack_vector,
+    split_state,
+    unpack_vector,
+)
 from models.online import BatchDelta, merge_user_items
 from streams import metrics
 from streams.vectors import VectorPlan
@@ -55,6 +63,7 @@ def lua_source(name: str) -> str:
 _APPLY_LUA = lua_source("apply_batch.lua")
 _LOAD_LUA = lua_source("load_batch.lua")
 _CATS_KEPT = 32
+_ENTRY_SIZES = {ENTRY_BYTES}
 # Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
 _pack = msgpack.Packer(use_bin_type=False).pack
 _flat = chain.from_iterable
@@ -99,18 +108,26 @@ def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext,
     """
     out: list[tuple[str, str, list[Any]]] = []
     hists, weights = ctx.histories, ctx.user_weights
+    no_items: dict[str, float] = {}
     for user in sorted(delta.hist.keys() | delta.user_items.keys()):
-        old_t = dict(hists.get(user, ()))
-        old_w = dict(weights.get(user, ()))
-        new_t, new_w = merge_user_items(old_t, old_w, delta, user, history_len, history_len)
         if user in delta.forgotten:
             old_t, old_w = {}, {}
+        else:
+            old_t, old_w = dict(hists.get(user, ())), dict(weights.get(user, ()))
+        new_t, new_w = merge_user_items(old_t, old_w, delta, user, history_len, history_len)
+        # Only the batch's items get new values; the bounds only drop entries. So an entry can
+        # change only if the batch touched it or a bound dropped one of its halves.
+        maybe = (delta.hist.get(user, no_items).keys() | delta.user_items.get(user, no_items).keys()
+                 | (old_t.keys() - new_t.keys()) | (old_w.keys() - new_w.keys()))
         changed: list[Any] = []
-        for item in sorted(new_t.keys() | new_w.keys()):
+        gone: list[str] = []
+        for item in sorted(maybe):
             t, w = new_t.get(item), new_w.get(item)
-            if item not in old_t and item not in old_w or old_t.get(item) != t or old_w.get(item) != w:
+            if t is None and w is None:
+                if item in old_t or item in old_w:
+                    gone.append(item)
+            elif item not in old_t and item not in old_w or old_t.get(item) != t or old_w.get(item) != w:
                 changed += (item, pack_entry(t, w))
-        gone = sorted((old_t.keys() | old_w.keys()) - new_t.keys() - new_w.keys())
         key = keys.user_state(user)
         if changed:
             out.append((key, "s", changed))
@@ -119,12 +136,30 @@ def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext,
     return out
 
 
+def _split_raw(rows: Any) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """:func:`~driftrec.userstate.split_state` of a flat ``HGETALL`` reply of bytes (the load
+    script's msgpack), in one pass of C-level calls; anything else, or a value of the wrong
+    size, goes through ``split_state`` itself (which logs and skips the malformed entries)."""
+    if not rows or type(rows) is not list or type(rows[0]) is not bytes:
+        return split_state(rows)
+    values = rows[1::2]
+    if set(map(len, values)) != _ENTRY_SIZES:
+        return split_state(rows)
+    try:
+        items = [f.decode("utf-8", "surrogateescape") for f in rows[0::2]]
+        vals = struct.unpack(f"<{len(values) * 2}d", b"".join(values))
+    except (AttributeError, TypeError):
+        return split_state(rows)
+    return ([(i, t) for i, t in zip(items, vals[0::2], strict=True) if t == t],
+            [(i, w) for i, w in zip(items, vals[1::2], strict=True) if w == w])
+
+
 def loaded_context(parts: list[int], users: list[str], items: list[str], user_extra: str,
                    offs: Sequence[bytes | None], landmark: bytes | None, current: bytes | None,
                    hists: Sequence[Any], extra: Sequence[Any], ivecs: Sequence[Any]) -> BatchContext:
     """The :class:`BatchContext` of what a load read, in the order it asked (single node and Cluster)."""
     lm_raw = landmark.decode() if landmark else None
-    states = [split_state(rows) for rows in hists]
+    states = [_split_raw(rows) for rows in hists]
     return BatchContext(
         stored_offsets={p: (v.decode() if v else "-1") for p, v in zip(parts, offs, strict=True)},
         landmark=float(lm_raw) if lm_raw is not None else None,

@@ -29,29 +29,35 @@ local function zincr(key, kv)
   local added = 0  -- new members: a key only grows, and needs pruning, when some were added
   for i = 1, #kv, 2 * CHUNK do
     local j = math.min(i + 2 * CHUNK - 1, #kv)
-    local members = {}
-    for x = i, j, 2 do members[#members + 1] = kv[x] end
-    local cur = redis.call('ZMSCORE', key, unpack(members))
-    local args, gone = {}, {}
-    for x = 1, #members do
-      local v = kv[i + 2 * x - 1]
-      local c = cur[x]
+    -- Counters instead of #t + 1 (a length search per append): this loop runs per member.
+    local members, m = {}, 0
+    for x = i, j, 2 do m = m + 1; members[m] = kv[x] end
+    local cur = redis.call('ZMSCORE', key, unpack(members, 1, m))
+    local args, a, gone, g = {}, 0, {}, 0
+    local x = i + 1
+    for y = 1, m do
+      local v = kv[x]
+      x = x + 2
+      local c = cur[y]
       if v > 0 then
         if c then v = tonumber(c) + v end
-        args[#args + 1] = v
-        args[#args + 1] = members[x]
+        args[a + 1] = v
+        args[a + 2] = members[y]
+        a = a + 2
       elseif c then  -- a forgotten user's share: subtract from members that are still there
         local left = tonumber(c) + v
         if left <= RESIDUE * -v then
-          gone[#gone + 1] = members[x]
+          g = g + 1
+          gone[g] = members[y]
         else
-          args[#args + 1] = left
-          args[#args + 1] = members[x]
+          args[a + 1] = left
+          args[a + 2] = members[y]
+          a = a + 2
         end
       end
     end
-    if #args > 0 then added = added + redis.call('ZADD', key, unpack(args)) end
-    if #gone > 0 then redis.call('ZREM', key, unpack(gone)) end
+    if a > 0 then added = added + redis.call('ZADD', key, unpack(args, 1, a)) end
+    if g > 0 then redis.call('ZREM', key, unpack(gone, 1, g)) end
   end
   return added
 end

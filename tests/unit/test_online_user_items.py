@@ -20,7 +20,7 @@ from driftrec.userstate import (
 )
 from models.decay import DecayPolicy, EventWeights
 from models.online import EventView, InMemoryState
-from streams.redis_state import BatchContext, user_item_ops
+from streams.redis_state import BatchContext, loaded_context, user_item_ops
 
 KEYS = Keys("t")
 WEIGHTS = EventWeights({"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0})
@@ -46,6 +46,28 @@ def test_decode_accepts_flat_lists_mappings_and_surrogate_text() -> None:
         assert times == state and weights == {"b": 7.0, "c": 0.25}
     assert decode_fields([]) == ({}, {})
     assert decode_fields({"x": b"bad", "a": pack_entry(3.0, None)}) == ({"a": 3.0}, {})
+
+
+def test_the_loads_fast_decoding_equals_split_state() -> None:
+    """The load script's reply (flat lists of bytes) takes a fast path; it must read what
+    ``split_state`` reads, malformed values and non-UTF-8 ids included."""
+    rng = random.Random(5)
+    replies: list[list[bytes]] = [[]]
+    for n in range(1, 40):
+        flat: list[bytes] = []
+        for j in range(n):
+            t = rng.choice([None, rng.uniform(0, 2e9)])
+            w = rng.choice([None, rng.uniform(-3.0, 1e6)])
+            flat += [rng.choice([f"i{j}", f"é{j}", f"x\udcff{j}"]).encode("utf-8", "surrogateescape"),
+                     pack_entry(t, w)]
+        replies.append(flat)
+    replies[7][1] = replies[7][1][:8]  # one malformed value: skipped, the rest kept
+    users = [f"u{j}" for j in range(len(replies))]
+    ctx = loaded_context([], users, [], "", [], None, None, replies, [], [])
+    for user, flat in zip(users, replies, strict=True):
+        times, weights = split_state(flat)
+        assert ctx.histories[user] == times and ctx.user_weights[user] == weights
+    assert len(ctx.histories["u7"]) + len(ctx.user_weights["u7"]) > 0
 
 
 def test_orders_follow_redis_sorted_sets() -> None:
