@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 _FIRST_SNAPSHOT_WAIT_S = 2.0
 _FIRST_MODEL_WAIT_S = 10.0
+_CLOSE_WAIT_S = 5.0
 
 
 def create_store(settings: Settings) -> ReaderStore:
@@ -121,8 +122,14 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
             if task is not None:
                 await snapshot.stop(task)
             await recorder.stop()
-            await sink.close()
-            await store.aclose()
+            # A reader asked to stop must stop: closing a client whose peer went away can wait
+            # on a socket that never closes.
+            for name, close in (("event sink", sink.close), ("Redis clients", store.aclose)):
+                try:
+                    await asyncio.wait_for(close(), _CLOSE_WAIT_S)
+                except Exception as exc:
+                    logger.warning("closing the %s at shutdown failed (%s: %s); leaving it", name,
+                                   type(exc).__name__, exc)
 
     routes: list[Route] = [
         *recommendation_routes(rec, metrics, recorder),

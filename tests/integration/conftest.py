@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +18,32 @@ from driftrec.settings import Settings
 from tests.integration.services import Proc, free_port, provide_services
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# Before pytest-timeout (300 s, pyproject) ends a hung test, print what every asyncio task of a
+# running event loop is waiting on: the timeout's own dump shows only threads, and an idle loop
+# in epoll says nothing about which await never returned.
+_TASK_DUMP_AFTER_S = 270.0
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"--- asyncio task {task.get_name()}: {task.get_coro()!r}", file=sys.stderr)
+        task.print_stack(limit=30, file=sys.stderr)
+
+
+def _dump_running_loops(name: str) -> None:
+    print(f"=== {name} still running after {_TASK_DUMP_AFTER_S:.0f} s: asyncio tasks", file=sys.stderr)
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running():
+            obj.call_soon_threadsafe(_dump_tasks)
+
+
+@pytest.fixture(autouse=True)
+def _hang_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    timer = threading.Timer(_TASK_DUMP_AFTER_S, _dump_running_loops, args=(request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="session")
