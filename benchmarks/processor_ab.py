@@ -2,13 +2,15 @@
 
 Usage: python benchmarks/processor_ab.py [--baseline-ref 2eff196] [--events 100000] [--rounds 3]
                                          [--out benchmarks/results/processor_ab.json]
+                                         [--redis-config zset-max-listpack-entries 0 ...]
 
 ``--baseline-ref`` is checked out into a temporary git worktree; each round runs the baseline and
 then the working tree, each in a child process of its own, against a private ``redis-server``
 (flushed between runs) on the same simulator clicks (ISGD vectors on, default settings, batches of
 ``batch_max_events`` cut across 4 partitions as the worker gets them). Reported: events/s per run,
 Redis commands executed per event (``INFO commandstats``, the scripts' inner calls included), the Redis server's CPU seconds per 1,000 events (``INFO cpu``),
-the child's CPU per 1,000 events, and the median ratio new/baseline. On a shared machine
+the child's CPU per 1,000 events, Redis' time per event by command, and the median ratio new/baseline.
+``--redis-config NAME VALUE ...`` starts that Redis with those settings (both sides). On a shared machine
 compare the ratio, not the absolute numbers.
 """
 
@@ -77,6 +79,10 @@ async def main():
                       "redis_commands_executed_per_event": round(inner / len(raws), 3),
                       "redis_cpu_ms_per_1000_events": round(redis_cpu / len(raws) * 1e6, 1),
                       "python_cpu_ms_per_1000_events": round(own_cpu / len(raws) * 1e6, 1),
+                      # Redis' own time per event by command (a script's time includes its calls).
+                      "redis_usec_per_event_by_command": {k.removeprefix("cmdstat_"): round(v["usec"] / len(raws), 2)
+                                                          for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])
+                                                          if k not in ("cmdstat_info", "cmdstat_config|resetstat")},
                       "batch_max_events": s.batch_max_events}))
 
 asyncio.run(main())
@@ -104,6 +110,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "processor_ab.json")
+    ap.add_argument("--redis-config", nargs="*", default=[], metavar="ARG",
+                    help="extra redis-server arguments for both sides, e.g. zset-max-listpack-entries 0")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="driftrec-ab-"))
     base = tmp / "baseline"
@@ -111,7 +119,9 @@ def main() -> None:
                    check=True, capture_output=True)
     port = _free_port()
     server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                               "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+                               "--dir", str(tmp), *(f"--{a}" if i % 2 == 0 else a
+                                                     for i, a in enumerate(args.redis_config))],
+                              stdout=subprocess.DEVNULL)
     import redis
 
     client = redis.Redis(port=port)
@@ -149,6 +159,7 @@ def main() -> None:
                                 capture_output=True, text=True).stdout.strip())
     result = {"summary": summary, "runs": runs, "baseline_ref": args.baseline_ref,
               "commit": commit + ("+dirty" if dirty else ""), "events": args.events, "rounds": args.rounds,
+              "redis_config": args.redis_config,
               "machine": {"cpus": os.cpu_count(), "load_avg_at_end": list(os.getloadavg())},
               "command": "python " + " ".join(sys.argv)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
