@@ -96,10 +96,12 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         os.environ.setdefault(var, "1")
     import uvicorn
 
-    from online.app import create_app
+    from online.app import create_app, tune_gc
 
     s = _settings()
-    uvicorn.run(create_app(s), host=host or s.reader_host, port=port or s.reader_port,
+    reader = create_app(s)
+    tune_gc()
+    uvicorn.run(reader, host=host or s.reader_host, port=port or s.reader_port,
                 log_level="warning", access_log=False)
 
 

@@ -7,6 +7,7 @@ event sink, metrics) and the routes of ``routes_*``; each collaborator can be pa
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,13 +37,30 @@ from online.served import ServedRecorder
 from online.snapshot import TrendingSnapshot
 from online.store import ReaderStore
 
-__all__ = ["create_app", "create_store", "configured_weights"]
+__all__ = ["create_app", "create_store", "configured_weights", "tune_gc"]
 
 logger = logging.getLogger(__name__)
 
 _FIRST_SNAPSHOT_WAIT_S = 2.0
 _FIRST_MODEL_WAIT_S = 10.0
 _CLOSE_WAIT_S = 5.0
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector's full collections short in a serving reader (``driftrec serve``).
+
+    Everything alive at start-up (the imported modules: about 85,000 tracked objects) moves to
+    the permanent generation, so a full collection no longer walks it. Measured in-process on
+    the reader benchmark's data, 5,500 sequential recommendations: full collections 37-46 ms ->
+    3-4 ms (about one per 2,700 requests), the longest request 70-96 -> 36-64 ms; p50, p99 and
+    CPU per request unchanged within the noise. A 40 ms stall every ~1.4 s at 2,000 req/s would
+    alone hold ~3 % of answers past 5 ms. The young-generation threshold stays at 700: raising
+    it to 10,000 traded many 0.7 ms collections for 7-10 ms ones. Nothing leaks: frozen objects
+    are still freed when their last reference goes; only reference cycles among them would
+    stay, and start-up leaves none that die.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_store(settings: Settings) -> ReaderStore:
