@@ -227,15 +227,19 @@ def parse_event(
     raw: bytes, allowed_types: tuple[str, ...] | frozenset[str] = DEFAULT_EVENT_TYPES
 ) -> ClickEvent:
     """Decode and validate one raw Kafka message value."""
+    return validate_event(_decode(raw), allowed_types)
+
+
+def _decode(raw: bytes | None) -> Any:
+    """The JSON value of one raw message: present, within the size limit, valid JSON."""
     if raw is None:
         raise InvalidEventError("message has no value", field=None)
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEventError(f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEventError(f"not valid JSON: {exc}") from None
-    return validate_event(data, allowed_types)
 
 
 def encode_event(event: ClickEvent) -> bytes:
@@ -340,12 +344,4 @@ def fast_validate(
     raw: bytes | None, allowed_types: tuple[str, ...] | frozenset[str] = DEFAULT_EVENT_TYPES
 ) -> EventFields:
     """:func:`parse_event` without pydantic (the worker's hot path)."""
-    if raw is None:
-        raise InvalidEventError("message has no value", field=None)
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEventError(f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEventError(f"not valid JSON: {exc}") from None
-    return check_fields(data, allowed_types)
+    return check_fields(_decode(raw), allowed_types)
