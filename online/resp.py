@@ -161,8 +161,10 @@ class RespPool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, self.host, self.port), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as the connection completes, and a cancelled caller then runs on.
+            async with asyncio.timeout(self.timeout):
+                transport, conn = await loop.create_connection(_Connection, self.host, self.port)
         except TimeoutError:
             raise redis.exceptions.TimeoutError(f"connecting to Redis took over {self.timeout}s") from None
         except OSError as exc:

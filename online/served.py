@@ -67,6 +67,7 @@ class ServedRecorder:
         self._queue: deque[Record] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -85,17 +86,21 @@ class ServedRecorder:
     def start(self) -> None:
         """Start the writer on the running loop (idempotent)."""
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._writer())
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Write what is queued (bounded by ``timeout``), then stop the writer."""
         task, self._task = self._task, None
         if task is not None:
+            # The flag ends the writer even if the cancellation is lost inside a library call
+            # (seen once under load: the writer went back to waiting, and stop() with it).
+            self._stopping = True
+            self._wake.set()
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([task], timeout=timeout)
+            if not task.done():
+                logger.warning("served-records writer did not stop within %.1fs", timeout)
         try:
             await asyncio.wait_for(self.flush(), timeout)
         except (TimeoutError, asyncio.CancelledError):
@@ -140,8 +145,10 @@ class ServedRecorder:
         return True
 
     async def _writer(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
+            if self._stopping:
+                return
             if _LINGER_S:
                 await asyncio.sleep(_LINGER_S)
             self._wake.clear()

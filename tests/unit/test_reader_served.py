@@ -101,3 +101,33 @@ def test_stop_counts_what_it_could_not_write() -> None:
 
     counts = asyncio.run(go())
     assert counts == {"dropped_error": 2}
+
+
+def test_stop_ends_the_writer_even_when_a_library_swallows_its_cancellation() -> None:
+    """Python 3.11's wait_for can swallow a cancellation that races a completing call; the writer
+    then went back to waiting and stop() hung (seen once in the reader tests under load)."""
+    async def main() -> None:
+        counts: Counter[str] = Counter()
+        swallowed = asyncio.Event()
+
+        async def swallowing_run(cmds: list[list[Any]]) -> list[Any]:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:  # what the buggy wait_for did: carry on as if done
+                swallowed.set()
+            return [1] * len(cmds)
+
+        rec = ServedRecorder(swallowing_run, Keys("p"), lambda o, n: counts.update({o: n}))
+        rec.start()
+        rec.record("r1", "blend", _items(("a", "item_item")))
+        await asyncio.sleep(0.05)  # the writer is inside the write now
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopper = asyncio.ensure_future(rec.stop(timeout=1.0))
+        done, _ = await asyncio.wait([stopper], timeout=5.0)
+        assert stopper in done, "stop() hung"
+        assert loop.time() - started < 3.0
+        assert swallowed.is_set()
+        assert rec._task is None
+
+    asyncio.run(main())
