@@ -13,7 +13,6 @@ from __future__ import annotations
 import heapq
 import io
 import logging
-import math
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
@@ -223,7 +222,7 @@ class LiveRecommender:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         s, st = self.settings, self.state
-        f = math.exp(-st.policy.rate * (st.last_event_time - st.landmark))
+        f = st.policy.read_factor(st.landmark, st.last_event_time)
         excluded = set(exclude)
         trend_n = trending_depth(n, len(excluded), s.history_len)
         hist = st.hist.get(user, {})

@@ -80,8 +80,8 @@ def cooccurrence_increments(
 ) -> list[tuple[str, str, float]]:
     """Co-occurrence increments that one event adds, in both directions.
 
-    Every pair gets the new event's weight, forward-decayed at the new event's time:
-    ``weight * exp(λ (t − L))``. The earlier event's weight is not used on purpose: the history
+    Every pair gets the new event's weight, forward-decayed at the new event's time and stored
+    in fixed point: :meth:`DecayPolicy.increment`, ``round(S weight exp(λ (t − L)))``. The earlier event's weight is not used on purpose: the history
     ZSET stores only item → time, and the later action is the one that carries the intent
     (viewing A and then buying B is strong evidence for A–B; viewing B after buying A is the
     shop's usual browsing). The pair's strength therefore never exceeds the popularity increment
@@ -103,7 +103,7 @@ def cooccurrence_increments(
     list[tuple[str, str, float]]
         ``(a, b, increment)`` for ``a → b`` and ``b → a`` of every pair.
     """
-    inc = weight * policy.factor(t, landmark)
+    inc = policy.increment(weight, t, landmark)
     out: list[tuple[str, str, float]] = []
     for other in window_partners(history, item, t, window, window_s):
         out.append((item, other, inc))

@@ -13,7 +13,7 @@ from typing import Any
 
 from driftrec.events import TOMBSTONE_TYPE
 from models.cooccurrence import similarity, top_k
-from models.decay import DecayPolicy, EventWeights
+from models.decay import SCORE_SCALE, DecayPolicy, EventWeights, quantise
 
 __all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState", "FORGET_RESIDUE"]
 
@@ -139,7 +139,7 @@ def plan_batch(
     pop, trend, cooc = delta.pop, delta.trend, delta.cooc
     user_items, user_cats, hist_out = delta.user_items, delta.user_cats, delta.hist
     item_cat, offsets, base = delta.item_cat, delta.offsets, delta.base_offsets
-    rate, max_exp, exp = policy.rate, policy.max_exponent, math.exp
+    rate, max_exp, exp, floor = policy.rate, policy.max_exponent, math.exp, math.floor
     wmap = dict(weights.weights)
     guard = dict(applied_offsets)
     keep = min(window, history_len)
@@ -176,7 +176,8 @@ def plan_batch(
             raise ValueError(
                 f"event at t={t} is too far past landmark {landmark}; move the landmark first"
             )
-        inc = w * exp(x)
+        # policy.increment inlined: a whole number of 1/SCORE_SCALE units (see models.decay).
+        inc = float(floor(SCORE_SCALE * w * exp(x) + 0.5))
         item = e.item
 
         pop[item] = pop.get(item, 0.0) + inc
@@ -258,6 +259,15 @@ def _add(target: dict[str, float], inc: Mapping[str, float]) -> None:
                 del target[key]
             else:
                 target[key] = left
+
+
+def _rescale_row(row: dict[str, float], f: float) -> None:
+    for key, value in list(row.items()):
+        x = quantise(value * f)
+        if x > 0:
+            row[key] = x
+        else:
+            del row[key]
 
 
 def _keep_top(row: dict[str, Any], k: int | None) -> None:
@@ -390,14 +400,22 @@ class InMemoryState:
         )
 
     def rescale(self, new_landmark: float) -> None:
-        """Move the landmark: multiply every stored score by ``exp(−λ (L' − L))``."""
+        """Move the landmark: multiply every stored score by ``exp(−λ (L' − L))``.
+
+        Sorted-set scores (popularity, trending, co-occurrence, category tastes) are rounded
+        to whole units again and a member rounded to 0 goes, as ``rescale.lua`` does; the user
+        item weights (raw doubles in Redis) are only multiplied.
+        """
         f = self.policy.rescale_factor(self.landmark, new_landmark)
-        for key in self.pop:
-            self.pop[key] *= f
-        for table in (self.trend, self.cooc, self.user_items, self.user_cats):
-            for row in table.values():
-                for key in row:
-                    row[key] *= f
+        _rescale_row(self.pop, f)
+        for table in (self.trend, self.cooc, self.user_cats):
+            for key in list(table):
+                _rescale_row(table[key], f)
+                if not table[key]:
+                    del table[key]
+        for row in self.user_items.values():
+            for key in row:
+                row[key] *= f
         self.landmark = new_landmark
 
     def apply(self, delta: BatchDelta) -> bool:

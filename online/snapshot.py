@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -163,6 +162,6 @@ class TrendingSnapshot:
             source, label = self.categories[category], category
         factor = 1.0
         if self.meta is not None:
-            factor = math.exp(-self.policy.rate * (self.meta.now - self.meta.landmark))
+            factor = self.policy.read_factor(self.meta.landmark, self.meta.now)
         out = [(i, s * factor) for i, s in source if i not in exclude][:n]
         return out, label

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
 from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
+from models.decay import SCORE_SCALE
 from online.resp import RespPool
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
@@ -49,8 +50,9 @@ class Meta:
         return self.last_event_time
 
     def factor(self, rate: float) -> float:
-        """``exp(−λ (now − L))``: multiplies a stored forward score into its value at ``now``."""
-        return math.exp(-rate * (self.now - self.landmark))
+        """``exp(−λ (now − L)) / S``: multiplies a stored forward score (whole units of
+        1/:data:`~models.decay.SCORE_SCALE`) into its value at ``now``."""
+        return math.exp(-rate * (self.now - self.landmark)) / SCORE_SCALE
 
 
 def pairs(flat: Sequence[Any]) -> Pairs:

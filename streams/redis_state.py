@@ -62,6 +62,7 @@ def lua_source(name: str) -> str:
 
 _APPLY_LUA = lua_source("apply_batch.lua")
 _LOAD_LUA = lua_source("load_batch.lua")
+_RESCALE_LUA = lua_source("rescale.lua")
 _CATS_KEPT = 32
 _ENTRY_SIZES = {ENTRY_BYTES}
 # Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
@@ -318,7 +319,8 @@ async def _rescale_user_items(client: aioredis.Redis, names: list[str], factor: 
 
 
 async def rescale(state: RedisState, factor: float, new_landmark: float) -> int:
-    """Multiply every decayed score by ``factor`` and move the landmark (rare: see docs/redis-keys.md).
+    """Multiply every decayed score by ``factor`` (sorted-set scores rounded to whole units
+    again) and move the landmark (rare: see docs/redis-keys.md).
 
     Writers are fenced by the ``rescaling`` flag in the meta hash, which the apply script honours.
     Vectors are not decayed and stay as they are.
@@ -327,11 +329,15 @@ async def rescale(state: RedisState, factor: float, new_landmark: float) -> int:
     await client.hset(keys.meta, "rescaling", "1")
     names = await _scan(client, keys.pattern(), "zset")  # every sorted set holds decayed scores
     await _rescale_user_items(client, await _scan(client, keys.user_state("*"), "hash"), factor)
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.zunionstore(name, {name: factor})
-        pipe.zremrangebyscore(name, "-inf", 1e-250)  # entries decayed to nothing
-    await pipe.execute()
+    arg = _num(factor)
+    for start in range(0, len(names), 500):
+        pipe = client.pipeline(transaction=False)
+        for name in names[start:start + 500]:
+            # Multiply and round each score back to a whole unit (models.decay.quantise), so
+            # the scores stay fixed-point; a member rounded to 0 goes. EVAL, not EVALSHA: rare,
+            # and the same call works on a Redis Cluster pipeline.
+            pipe.eval(_RESCALE_LUA, 1, name, arg)
+        await pipe.execute()
     await client.hset(keys.meta, mapping={"landmark": _num(new_landmark), "rescaling": "0"})
     logger.info("rescaled %d decayed keys by %.3g; landmark now %s", len(names), factor, new_landmark)
     return len(names)

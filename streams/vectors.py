@@ -16,7 +16,6 @@ No I/O here: the processor hands in what the load read and gets back what the ap
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -152,7 +151,7 @@ def plan_fold_in(
     """
     plan = VectorPlan(model.version)
     users, rows, confs = [], [], []
-    index, landmark, rate = model.index, delta.landmark, policy.rate
+    index, landmark = model.index, delta.landmark
     for user, times in delta.hist.items():
         forgotten = user in delta.forgotten
         now = max(times.values())
@@ -160,7 +159,7 @@ def plan_fold_in(
             now = max(now, max(t for _, t in histories[user]))
         weights = _merged_weights(() if forgotten else stored_weights.get(user, ()),
                                   delta.user_items.get(user, {}), history_len)
-        scale = model.alpha * math.exp(-rate * (now - landmark))
+        scale = model.alpha * policy.read_factor(landmark, now)
         r = [(index[i], w * scale) for i, w in weights if i in index and w > 0]
         if not r:
             continue  # nothing in the model to fold against; the stored vector stays

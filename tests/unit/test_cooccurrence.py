@@ -16,7 +16,7 @@ from models.cooccurrence import (
     top_k,
     window_partners,
 )
-from models.decay import DecayPolicy
+from models.decay import SCORE_SCALE, DecayPolicy
 
 HIST = [("a", 100.0), ("b", 200.0), ("c", 300.0), ("d", 400.0)]
 
@@ -45,8 +45,9 @@ def test_increments_are_symmetric_and_forward_decayed() -> None:
     incs = cooccurrence_increments(
         HIST, "x", 400.0, 3.0, p, landmark, window=2, window_s=1e9
     )
-    expected = 3.0 * math.exp(p.rate * 100.0)  # = 3 · 2^(100/100) = 6
-    assert expected == pytest.approx(6.0)
+    # 3 · 2^(100/100) = 6 weight units at the landmark, stored as 6 · SCORE_SCALE whole units
+    expected = 6.0 * SCORE_SCALE
+    assert 3.0 * math.exp(p.rate * 100.0) == pytest.approx(6.0)
     assert sorted(incs) == sorted(
         [("x", "d", expected), ("d", "x", expected), ("x", "c", expected), ("c", "x", expected)]
     )

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftrec.errors import ModelError
-from models.decay import DecayPolicy, EventWeights
+from models.decay import SCORE_SCALE, DecayPolicy, EventWeights
 from models.factors import fold_in, init_vector, isgd_update
 from models.online import EventView, plan_batch
 from streams.published import ISGD_MODEL, pack_factors, unpack_factors
@@ -76,7 +76,7 @@ def test_fold_in_plan_uses_weights_after_the_batch_decayed_at_the_users_newest_e
     hist = {"a": [("m0", 50.0)]}
     plan = plan_fold_in(m, delta, stored, hist, {}, POLICY, history_len=50)
     merged = {"m0": 4.0, **delta.user_items["a"]}
-    scale = m.alpha * math.exp(-POLICY.rate * 300.0)
+    scale = m.alpha * math.exp(-POLICY.rate * 300.0) / SCORE_SCALE  # stored scores are fixed point
     items = [i for i in sorted(merged) if i in m.index]
     want = fold_in(m.Y.astype(np.float64), m.YtY, [m.index[i] for i in items],
                    [merged[i] * scale for i in items], m.regularization)
