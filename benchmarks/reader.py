@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from driftrec.benchinfo import cpu_jitter  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.userstate import encode_state, pack_vector  # noqa: E402
+from models.decay import SCORE_SCALE  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader")
 
@@ -109,6 +110,8 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
     pop = (1.0 / np.arange(1, n_items + 1) ** 0.8) * 5000.0
     rng.shuffle(pop)
     prob = pop / pop.sum()
+    # Stored as the worker stores decayed scores: whole units of 1/SCORE_SCALE (models/decay.py).
+    pop = np.floor(pop * SCORE_SCALE + 0.5)
     started = time.perf_counter()
 
     pipe = r.pipeline(transaction=False)
@@ -128,7 +131,7 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
         for j in range(start, min(start + 500, n_items)):
             same = rng.integers(0, n_items // N_CATS, size=35) * N_CATS + (j % N_CATS)
             other = rng.choice(n_items, size=15, p=prob)
-            nb = {items[x]: float(min(pop[j], pop[x]) * rng.uniform(0.05, 0.5))
+            nb = {items[x]: float(np.floor(min(pop[j], pop[x]) * rng.uniform(0.05, 0.5) + 0.5))
                   for x in np.concatenate([same, other]) if x != j and x < n_items}
             pipe.zadd(keys.item_nbrs(items[j]), nb)
         pipe.execute()
@@ -142,8 +145,8 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
             n_hist = int(rng.integers(5, 40))
             chosen = np.unique(rng.choice(n_items, size=n_hist, p=prob))
             times = now - rng.uniform(0, 20 * 86400.0, size=chosen.size)
-            weights = rng.choice([1.0, 3.0, 5.0], size=chosen.size) * np.exp(
-                (times - landmark) * np.log(2) / (7 * 86400.0))
+            weights = np.floor(rng.choice([1.0, 3.0, 5.0], size=chosen.size) * SCORE_SCALE * np.exp(
+                (times - landmark) * np.log(2) / (7 * 86400.0)) + 0.5)
             pipe.hset(keys.user_state(user), mapping=encode_state(  # type: ignore[arg-type]
                 {items[j]: float(t) for j, t in zip(chosen, times, strict=True)},
                 {items[j]: float(w) for j, w in zip(chosen, weights, strict=True)}))

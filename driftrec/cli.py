@@ -78,6 +78,16 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     finally:
         for handler in set(logging.getLogger().handlers) - set(before):
             logging.getLogger().removeHandler(handler)
+    from driftrec.errors import StoreFormatError
+    from driftrec.keys import Keys
+    from driftrec.redis_conn import sync_client
+    from streams.redis_state import check_score_format
+
+    try:
+        check_score_format(sync_client(s.redis, socket_timeout=10, socket_connect_timeout=5), Keys(s.key_prefix))
+    except StoreFormatError as exc:
+        typer.echo(f"driftrec worker: {exc}", err=True)
+        raise typer.Exit(2) from None
     faust_app = create_app(s)
     build_worker(faust_app, s, metrics_port=s.worker_metrics_port)
     from faust.worker import Worker

@@ -52,3 +52,8 @@ class ModelError(DriftrecError):
 
 class StackError(DriftrecError):
     """The local stack (Kafka, Redis) could not be started, probed or stopped."""
+
+
+class StoreFormatError(DriftrecError):
+    """Redis holds state written in another format than this version writes (see
+    ``docs/redis-keys.md``, *Score format*): rebuild it by replaying the click log."""

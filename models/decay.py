@@ -93,12 +93,16 @@ class DecayPolicy:
         return self.rate * (t - landmark) > self.max_exponent
 
     def next_landmark(self, t: float, landmark: float) -> float:
-        """The landmark to use for events up to ``t``: ``landmark`` or, if it must move, ``t``.
+        """The landmark to use for events up to ``t``: ``landmark`` or, if it must move, ``t``
+        rounded down to a whole second (what the worker stores).
 
-        Moving all the way to ``t`` makes the newest event's factor 1, which leaves the whole
+        Moving all the way to ``t`` makes the newest event's factor ~1, which leaves the whole
         exponent budget for the events still to come.
         """
-        return t if self.needs_rescale(t, landmark) else landmark
+        if not self.needs_rescale(t, landmark):
+            return landmark
+        whole = float(math.floor(t))
+        return t if self.needs_rescale(t, whole) else whole  # a half-life under a second
 
     def rescale_factor(self, old_landmark: float, new_landmark: float) -> float:
         """Multiplier ``exp(−λ (L' − L))`` applied to every stored score when L moves to L'

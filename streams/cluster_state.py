@@ -294,5 +294,5 @@ class ClusterRedisState(RedisState):
         busy = await self._run(lambda: self.client.hgetall(inflight_key(self.keys)))
         for batch_id in sorted({v.decode() for v in busy.values()}):
             await self._recover(batch_id)
-        new_landmark = float(math.floor(t))
+        new_landmark = policy.next_landmark(t, old_landmark)
         await rescale_keys(self, policy.rescale_factor(old_landmark, new_landmark), new_landmark)

@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
+from driftrec.errors import StoreFormatError
 from driftrec.keys import Keys
 from driftrec.userstate import (
     ENTRY_BYTES,
@@ -34,12 +35,13 @@ from driftrec.userstate import (
     split_state,
     unpack_vector,
 )
+from models.decay import SCORE_SCALE
 from models.online import BatchDelta, merge_user_items
 from streams import metrics
 from streams.vectors import VectorPlan
 
 __all__ = [
-    "lua_source",
+    "lua_source", "check_score_format",
     "loaded_context",
     "RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
     "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA", "user_item_ops",
@@ -174,6 +176,39 @@ def loaded_context(parts: list[int], users: list[str], items: list[str], user_ex
     )
 
 
+def check_score_format(client: Any, keys: Keys, *, retry_s: float = 2.0) -> None:
+    """Refuse a store whose decayed scores are in another unit than :data:`SCORE_SCALE`.
+
+    Sorted-set scores are whole units of ``1 / SCORE_SCALE`` (``models/decay.py``); a store
+    written before that (meta has a ``landmark`` but no ``score_scale``) or with another scale
+    would be read wrongly by a factor, silently. A fresh store gets ``score_scale`` here. Waits
+    for an unreachable Redis (a worker may start before it), as the worker waits for Kafka.
+
+    Raises
+    ------
+    StoreFormatError
+        The store holds state in another format: rebuild it (empty the key prefix and replay).
+    """
+    import redis as redis_sync
+
+    while True:
+        try:
+            landmark, scale = client.hmget(keys.meta, "landmark", "score_scale")
+            if scale is None and landmark is None:
+                client.hsetnx(keys.meta, "score_scale", _num(SCORE_SCALE))
+                landmark, scale = client.hmget(keys.meta, "landmark", "score_scale")
+            break
+        except (redis_sync.ConnectionError, redis_sync.TimeoutError) as exc:
+            logger.warning("Redis unreachable for the store format check (%s); retrying in %.0fs", exc, retry_s)
+            time.sleep(retry_s)
+    if scale is None or float(scale) != SCORE_SCALE:
+        found = "no score_scale (written before fixed-point scores)" if scale is None else f"score_scale {scale!r}"
+        raise StoreFormatError(
+            f"{keys.meta} has {found}; this version stores decayed scores in units of 1/{SCORE_SCALE:g}. "
+            f"Rebuild the state: delete the keys of prefix {keys.prefix!r} and replay the clicks topic "
+            "from the beginning (docs/runbook.md, 'Rebuilding Redis from Kafka').")
+
+
 class RedisState:
     """The worker's view of Redis for one topic (the clicks topic)."""
 
@@ -279,7 +314,7 @@ class RedisState:
 
     async def rescale(self, policy: Any, old_landmark: float, t: float) -> None:
         """Move the decay landmark up to event time ``t`` (see :func:`rescale`)."""
-        new_landmark = float(math.floor(t))
+        new_landmark = policy.next_landmark(t, old_landmark)
         await rescale(self, policy.rescale_factor(old_landmark, new_landmark), new_landmark)
 
     async def init_landmark(self, landmark: float) -> float:

@@ -1,0 +1,100 @@
+"""Fixed-point decayed scores on real Redis: landmark moves round every score exactly as the oracle
+does, on one node and on a cluster; the worker refuses a store written in another score format.
+
+Decayed sorted-set scores are whole units of 1/SCORE_SCALE (models/decay.py), so increments add
+exactly in any order, and a rescale (streams/lua/rescale.lua) rounds each score back to a whole
+unit. Here a short half-life makes the landmark move several times within the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from driftrec.chaos.stack import LocalRedisCluster
+from driftrec.chaos.state import compare, read_redis, views_of
+from driftrec.errors import StoreFormatError
+from driftrec.keys import Keys
+from driftrec.redis_conn import async_client, sync_client
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
+from models.decay import SCORE_SCALE, DecayPolicy
+from models.online import InMemoryState
+from streams.processor import RawRecord
+from streams.redis_state import check_score_format
+from tests.integration.test_forget_stores import processor, produce
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    c = LocalRedisCluster(tmp_path_factory.mktemp("fixed-point-cluster"), n=3)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.mark.parametrize("where", ["node", "cluster"])
+def test_landmark_moves_on_redis_equal_the_oracle_bit_for_bit(settings: Settings, cluster: LocalRedisCluster,
+                                                              where: str) -> None:
+    events = list(ShopSimulator(n_users=50, n_items=150, n_categories=4, seed=11).events(2500))
+    span = events[-1]["timestamp"] - events[0]["timestamp"]
+    # ~50 half-lives in the stream: the landmark must move every 14.4 (max exponent 10), so 3+ times.
+    s = settings.model_copy(update={"half_life_s": span / 50, "neighbours_k": 20, "trending_k": 30})
+    if where == "cluster":
+        s = s.model_copy(update={"redis_url": cluster.url})
+    keys = Keys(s.key_prefix)
+    records = asyncio.run(produce(s, events))
+    raw = [RawRecord(s.clicks_topic, r.partition, r.offset, r.value) for r in records]
+    views, _ = views_of(records, s.event_types)
+    batches = [(i, i + 250) for i in range(0, len(raw), 250)]
+
+    async def run() -> None:
+        client = async_client(s.redis, socket_timeout=10)
+        proc = processor(s, client, where == "cluster")
+        for lo, hi in batches:
+            await proc.process(raw[lo:hi])
+        await client.aclose()
+
+    asyncio.run(run())
+    sync = sync_client(s.redis)
+    snap = read_redis(sync, keys)
+    # The oracle, fed the same batches, starts where the worker does: at its first batch's earliest event.
+    by_pos = {(v.partition, v.offset): v for v in views}
+    first = [by_pos[(r.partition, r.offset)] for r in raw[:250] if (r.partition, r.offset) in by_pos]
+    oracle = InMemoryState.from_settings(s, user_items_k=s.history_len, user_cats_k=32,
+                                         landmark=min(v.t for v in first))
+    start = oracle.landmark
+    for lo, hi in batches:
+        oracle.process([by_pos[(r.partition, r.offset)] for r in raw[lo:hi] if (r.partition, r.offset) in by_pos])
+    policy = DecayPolicy(s.half_life_s)
+    moves = (oracle.landmark - start) * policy.rate / policy.max_exponent
+    assert moves >= 3, f"the landmark moved too little to test rescales: {moves:.1f} budgets"
+    assert float(snap.meta["landmark"]) == oracle.landmark
+    cmp = compare(snap, oracle, s, rel_tol=0.0)  # bit for bit, not close
+    assert cmp.equal, cmp.as_dict()
+    # Every decayed sorted-set score is a whole number of units (the fast listpack encoding).
+    scores = [*snap.pop.values(), *(v for row in snap.cooc.values() for v in row.values()),
+              *(v for row in snap.trend.values() for v in row.values()),
+              *(v for row in snap.user_cats.values() for v in row.values())]
+    assert scores and all(v == math.floor(v) and v >= 1 for v in scores)
+    sync.close()
+
+
+def test_the_worker_refuses_a_store_in_another_score_format(settings: Settings, rds: redis.Redis) -> None:
+    keys = Keys(settings.key_prefix)
+    check_score_format(rds, keys)  # a fresh store: it is given this version's scale
+    assert float(rds.hget(keys.meta, "score_scale")) == SCORE_SCALE
+    check_score_format(rds, keys)  # and accepted from then on
+    rds.hset(keys.meta, "score_scale", "1024.0")
+    with pytest.raises(StoreFormatError, match="score_scale '1024.0'"):
+        check_score_format(rds, keys)
+    rds.hdel(keys.meta, "score_scale")
+    rds.hset(keys.meta, "landmark", "1700000000.0")  # state written before fixed-point scores
+    with pytest.raises(StoreFormatError, match="no score_scale"):
+        check_score_format(rds, keys)
