@@ -9,7 +9,9 @@ then the working tree, each in a child process of its own, against a private ``r
 (flushed between runs) on the same simulator clicks (ISGD vectors on, default settings, batches of
 ``batch_max_events`` cut across 4 partitions as the worker gets them). Reported: events/s per run,
 Redis commands executed per event (``INFO commandstats``, the scripts' inner calls included), the Redis server's CPU seconds per 1,000 events (``INFO cpu``),
-the child's CPU per 1,000 events, Redis' time per event by command, and the median ratio new/baseline.
+the child's CPU per 1,000 events, Redis' time per event by command, the memory of the state it
+left (``used_memory_dataset``; ``MEMORY USAGE`` of up to 2,000 neighbour rows), and the median
+ratio new/baseline.
 ``--redis-config NAME VALUE ...`` starts that Redis with those settings (both sides). On a shared machine
 compare the ratio, not the absolute numbers.
 """
@@ -72,6 +74,12 @@ async def main():
     redis_cpu = sum(cpu1[k] - cpu0[k] for k in ("used_cpu_sys", "used_cpu_user"))
     own_cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     applied = int(sync.hget(keys.meta, "applied_events") or 0)
+    # Memory of the state the run left: the dataset, and the neighbour rows (MEMORY USAGE of the
+    # first 2,000 a SCAN finds, with every member counted).
+    dataset = sync.info("memory")["used_memory_dataset"]
+    nbr = list(itertools.islice(sync.scan_iter(match=f"{s.key_prefix}:*:nbr", count=1000), 2000))
+    nbr_bytes = [sync.memory_usage(k, samples=0) for k in nbr]
+    nbr_len = [sync.zcard(k) for k in nbr]
     await client.aclose()
     print(json.dumps({"events": len(raws), "applied": applied, "seconds": round(took, 3),
                       "events_per_s": round(len(raws) / took, 1),
@@ -83,6 +91,10 @@ async def main():
                       "redis_usec_per_event_by_command": {k.removeprefix("cmdstat_"): round(v["usec"] / len(raws), 2)
                                                           for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])
                                                           if k not in ("cmdstat_info", "cmdstat_config|resetstat")},
+                      "redis_dataset_bytes": dataset,
+                      "nbr_rows_sampled": len(nbr),
+                      "nbr_row_bytes_mean": round(sum(nbr_bytes) / max(1, len(nbr)), 1),
+                      "nbr_row_members_mean": round(sum(nbr_len) / max(1, len(nbr)), 2),
                       "batch_max_events": s.batch_max_events}))
 
 asyncio.run(main())
@@ -150,7 +162,8 @@ def main() -> None:
         return float(statistics.median(r[key] for r in runs[name]))
 
     keys = ("events_per_s", "redis_commands_executed_per_event", "redis_cpu_ms_per_1000_events",
-            "python_cpu_ms_per_1000_events")
+            "python_cpu_ms_per_1000_events", "redis_dataset_bytes", "nbr_row_bytes_mean",
+            "nbr_row_members_mean")
     summary = {k: {"baseline": med("baseline", k), "new": med("new", k),
                    "ratio_new_over_baseline": round(med("new", k) / med("baseline", k), 3)} for k in keys}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         description="Weight per event type; types not listed are rejected.",
     )
     half_life_s: float = Field(default=7 * 86400.0, gt=0, description="Half-life of every decayed signal (event time).")
+    max_future_skew_s: float = Field(
+        default=3600.0, gt=0,
+        description="An event timestamped more than this far past the worker's clock is dead-lettered: one far-future "
+                    "event would move the decay landmark past every real one and round their scores to nothing.")
     history_len: int = Field(default=50, ge=1, description="Items kept in a user's recent history.")
     cooc_window: int = Field(default=10, ge=1, description="Recent items an event co-occurs with.")
     cooc_window_s: float = Field(default=3 * 86400.0, gt=0, description="Max event-time gap for co-occurrence.")

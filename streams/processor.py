@@ -161,11 +161,19 @@ class BatchProcessor:
         by_pos: dict[tuple[int, int], RawRecord] = {}
         dead: list[DeadLetter] = []
         allowed = self.allowed
+        skew = self.settings.max_future_skew_s
+        latest = time.time() + skew
         for rec in records:
             try:
                 e = fast_validate(rec.value, allowed)
             except InvalidEventError as exc:
                 dead.append(DeadLetter(rec, exc.reason))
+                continue
+            if e.timestamp > latest and e.type != TOMBSTONE_TYPE:
+                # Event time drives the decay landmark: one click dated next year would move it
+                # there and round every real score to nothing (models/decay.py).
+                dead.append(DeadLetter(rec, f"timestamp: {e.timestamp!r} is more than {skew:g} s past the worker's "
+                                            "clock (max_future_skew_s)"))
                 continue
             views.append(EventView(e.user_id, e.item_id, e.type, e.timestamp, e.category,
                                    rec.offset, rec.partition))
@@ -323,15 +331,18 @@ class BatchProcessor:
             landmark: float | None = None
             vectors: VectorPlan | None = None
             if views:
-                landmark = ctx.landmark if ctx.landmark is not None else min(v.t for v in views)
-                newest = max(v.t for v in views)
-                if self.policy.needs_rescale(newest, landmark):
-                    await self.state.rescale(self.policy, landmark, newest)
+                # A tombstone carries no decayed weight and its time is the reader's clock, not the
+                # stream's: only clicks place and move the landmark. A batch of tombstones alone on
+                # a store with no landmark yet stores none (nothing decayed exists to subtract from).
+                clicks = [v.t for v in views if v.type != TOMBSTONE_TYPE]
+                landmark = ctx.landmark if ctx.landmark is not None else (min(clicks) if clicks else None)
+                if clicks and landmark is not None and self.policy.needs_rescale(max(clicks), landmark):
+                    await self.state.rescale(self.policy, landmark, max(clicks))
                     continue
                 s = self.settings
                 delta = plan_batch(views, ctx.histories, applied_offsets, self.policy, self.weights,
-                                   landmark, window=s.cooc_window, window_s=s.cooc_window_s,
-                                   history_len=s.history_len)
+                                   landmark if landmark is not None else 0.0, window=s.cooc_window,
+                                   window_s=s.cooc_window_s, history_len=s.history_len)
                 fresh += [DeadLetter(by_pos[(e.partition, e.offset)], reason) for e, reason in delta.rejected]
                 if delta.applied and self.factors is not None:
                     vectors = await self._vectors(views, delta, ctx, model, applied_offsets)
@@ -352,7 +363,8 @@ class BatchProcessor:
                 metrics.DEAD_LETTERS.inc(len(unsent))
             if not delta.offsets:
                 return BatchOutcome(0, len(views), fresh)
-            result = await self.state.apply(delta, ctx, landmark if delta.applied else None, vectors)
+            result = await self.state.apply(delta, ctx, landmark if delta.applied and landmark is not None else None,
+                                            vectors)
             if result == APPLIED:
                 for p, o in delta.offsets.items():
                     self.seen[p] = max(self.seen.get(p, -1), o)

@@ -44,8 +44,12 @@ def views(events: Sequence[dict[str, Any]]) -> list[EventView]:
     return out
 
 
-def reference_state(settings: Settings, events: Sequence[dict[str, Any]], batch: int = 100) -> InMemoryState:
-    state = InMemoryState.from_settings(settings, user_cats_k=32, user_items_k=settings.history_len)
+def reference_state(settings: Settings, events: Sequence[dict[str, Any]], batch: int = 100,
+                    landmark: float | None = None) -> InMemoryState:
+    """The oracle fed ``events``; from ``landmark`` (a worker's) when given, so that its
+    fixed-point increments are the worker's own, else from the first batch's (moved there)."""
+    state = InMemoryState.from_settings(settings, user_cats_k=32, user_items_k=settings.history_len,
+                                        **({} if landmark is None else {"landmark": landmark}))
     vs = views(events)
     for start in range(0, len(vs), batch):
         state.process(vs[start:start + batch])

@@ -8,6 +8,7 @@ the integration tests.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 import redis.exceptions
 
+from driftrec.events import TOMBSTONE_TYPE
 from driftrec.settings import Settings
 from models.online import BatchDelta, InMemoryState
 from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord, is_retryable
@@ -149,3 +151,29 @@ def test_never_raises_on_any_value(value: bytes | None) -> None:
     store, sent = MemoryStore(), []
     out = asyncio.run(_processor(store, sent).process([RawRecord("clicks", 0, 0, value)]))
     assert out.applied == 0 and len(sent) == 1
+
+
+def test_an_event_dated_past_the_workers_clock_is_dead_lettered_and_places_no_landmark() -> None:
+    store, sent = MemoryStore(), []
+    proc = _processor(store, sent)
+    future = time.time() + 2 * S.max_future_skew_s  # a click "from next year" would round every score to 0
+    records = [_good(0), _rec(1, {"event_id": "e1", "user_id": "u1", "item_id": "i9", "type": "view",
+                                  "timestamp": future}), _good(2, "i2")]
+    out = asyncio.run(proc.process(records))
+    assert out.applied == 2 and [d.record.offset for d in sent] == [1]
+    assert sent[0].reason.startswith("timestamp:") and "max_future_skew_s" in sent[0].reason
+    assert store.landmark == 1_700_000_000 and "i9" not in store.mem.pop and store.mem.offsets == {0: 2}
+
+
+def test_a_tombstone_neither_places_nor_moves_the_landmark() -> None:
+    store, sent = MemoryStore(), []
+    proc = _processor(store, sent)
+
+    def tomb(off: int) -> RawRecord:  # as DELETE /v1/users/{id} sends it: stamped with the reader's clock
+        return _rec(off, {"event_id": f"f{off}", "user_id": "u9", "item_id": "", "type": TOMBSTONE_TYPE,
+                          "timestamp": time.time()})
+
+    assert asyncio.run(proc.process([tomb(0)])).applied == 1
+    assert store.landmark is None and store.mem.offsets == {0: 0} and not sent
+    assert asyncio.run(proc.process([_good(1), tomb(2), _good(3)])).applied == 3
+    assert store.landmark == 1_700_000_001  # the first click's time, not the tombstone's (now)
