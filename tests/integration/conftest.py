@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from driftrec.chaos.stack import LocalRedisCluster
 from driftrec.kafka_admin import ensure_topics
 from driftrec.settings import Settings
 from tests.integration.services import Proc, free_port, provide_services
@@ -70,6 +71,16 @@ def settings(services: Settings, request: pytest.FixtureRequest) -> Iterator[Set
             client.delete(key)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A local 3-node Redis Cluster (``redis-server --cluster-enabled``), one per test module that
+    asks for it: a module may stop and restart its nodes."""
+    c = LocalRedisCluster(tmp_path_factory.mktemp("cluster"), n=3)
+    c.start()
+    yield c
+    c.stop()
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -29,14 +28,6 @@ from streams.redis_state import check_score_format
 from tests.integration.test_forget_stores import processor, produce
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    c = LocalRedisCluster(tmp_path_factory.mktemp("fixed-point-cluster"), n=3)
-    c.start()
-    yield c
-    c.stop()
 
 
 @pytest.mark.parametrize("where", ["node", "cluster"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -34,14 +33,6 @@ from streams.processor import BatchProcessor, RawRecord
 from streams.redis_state import RedisState
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    c = LocalRedisCluster(tmp_path_factory.mktemp("forget-cluster"), n=3)
-    c.start()
-    yield c
-    c.stop()
 
 
 def stream_with_forgets(n: int, seed: int) -> tuple[list[dict[str, Any]], list[str]]:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import urllib.request
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,6 @@ from streams.published import FactorCache
 pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "cluster"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    c = LocalRedisCluster(tmp_path_factory.mktemp("cluster"), n=3)
-    c.start()
-    yield c
-    c.stop()
 
 
 def test_cluster_urls_parse() -> None:
