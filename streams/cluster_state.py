@@ -52,7 +52,6 @@ from streams.redis_state import (
     lua_source,
     user_item_ops,
 )
-from streams.redis_state import rescale as rescale_keys
 from streams.vectors import VectorPlan
 
 __all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_key"]
@@ -288,11 +287,21 @@ class ClusterRedisState(RedisState):
         self.commands_sent += len(items)
         return {i: _vec(r) for i, r in zip(items, res, strict=True)}
 
-    async def rescale(self, policy: Any, old_landmark: float, t: float) -> None:
-        """Fence new batches, finish those in flight, then rescale every node's decayed keys."""
-        await self._run(lambda: self.client.hset(self.keys.meta, "rescaling", "1"))
+    async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
+        """Fence new batches, finish those in flight, then rescale every node's decayed keys
+        (:meth:`RedisState.rescale`; cluster errors are outages the processor waits out)."""
+        try:
+            return await super().rescale(policy, old_landmark, t)
+        except Exception as exc:
+            raise _cluster_errors(exc) from exc
+
+    async def resume_rescale(self) -> bool:
+        try:
+            return await super().resume_rescale()
+        except Exception as exc:
+            raise _cluster_errors(exc) from exc
+
+    async def _before_rescale_keys(self) -> None:
         busy = await self._run(lambda: self.client.hgetall(inflight_key(self.keys)))
         for batch_id in sorted({v.decode() for v in busy.values()}):
             await self._recover(batch_id)
-        new_landmark = policy.next_landmark(t, old_landmark)
-        await rescale_keys(self, policy.rescale_factor(old_landmark, new_landmark), new_landmark)

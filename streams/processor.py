@@ -337,7 +337,8 @@ class BatchProcessor:
                 clicks = [v.t for v in views if v.type != TOMBSTONE_TYPE]
                 landmark = ctx.landmark if ctx.landmark is not None else (min(clicks) if clicks else None)
                 if clicks and landmark is not None and self.policy.needs_rescale(max(clicks), landmark):
-                    await self.state.rescale(self.policy, landmark, max(clicks))
+                    if not await self.state.rescale(self.policy, landmark, max(clicks)):
+                        await asyncio.sleep(0.2)  # another worker moves it: wait, then load again
                     continue
                 s = self.settings
                 delta = plan_batch(views, ctx.histories, applied_offsets, self.policy, self.weights,
@@ -372,7 +373,9 @@ class BatchProcessor:
                     metrics.LAST_EVENT_TIME.set(delta.last_event_time)
                 return BatchOutcome(delta.applied, len(views) - delta.applied - len(delta.rejected), fresh)
             if result == LANDMARK_MOVED:
-                await asyncio.sleep(0.05)
+                # The fence is up: a rescale runs, or its worker died and left it to whoever comes.
+                if not await self.state.resume_rescale():
+                    await asyncio.sleep(0.05)
             logger.info("batch raced another writer or a rescale (result %d); re-planning", result)
 
     def _parse_rows(self, rows: Sequence[tuple[int, int, bytes | None]]) -> list[EventView]:

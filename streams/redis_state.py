@@ -29,7 +29,6 @@ from driftrec.errors import StoreFormatError
 from driftrec.keys import Keys
 from driftrec.userstate import (
     ENTRY_BYTES,
-    decode_fields,
     pack_entry,
     pack_vector,
     split_state,
@@ -43,7 +42,7 @@ from streams.vectors import VectorPlan
 __all__ = [
     "lua_source", "check_score_format",
     "loaded_context",
-    "RedisState", "BatchContext", "rescale", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
+    "RedisState", "BatchContext", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
     "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA", "user_item_ops",
 ]
 
@@ -64,7 +63,6 @@ def lua_source(name: str) -> str:
 
 _APPLY_LUA = lua_source("apply_batch.lua")
 _LOAD_LUA = lua_source("load_batch.lua")
-_RESCALE_LUA = lua_source("rescale.lua")
 _CATS_KEPT = 32
 _ENTRY_SIZES = {ENTRY_BYTES}
 # Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
@@ -224,6 +222,9 @@ class RedisState:
         self._apply = client.register_script(_APPLY_LUA)
         self._load = client.register_script(_LOAD_LUA)
         self.commands_sent = 0  # Redis commands issued, for the benchmark's per-event cost
+        from streams.rescale import RescaleOwner
+
+        self._owner = RescaleOwner()
 
     def _field(self, partition: int) -> str:
         return f"{self.topic}:{partition}"
@@ -312,10 +313,24 @@ class RedisState:
         self.commands_sent += 1
         return int(result[0])
 
-    async def rescale(self, policy: Any, old_landmark: float, t: float) -> None:
-        """Move the decay landmark up to event time ``t`` (see :func:`rescale`)."""
+    async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
+        """Move the decay landmark up to event time ``t``, or finish a move another worker began
+        (:func:`streams.rescale.run_rescale`); False when another worker is at it."""
+        from streams.rescale import run_rescale
+
         new_landmark = policy.next_landmark(t, old_landmark)
-        await rescale(self, policy.rescale_factor(old_landmark, new_landmark), new_landmark)
+        return await run_rescale(self, self._owner, plan=(new_landmark, policy.rescale_factor(old_landmark, new_landmark)),
+                                 expect_landmark=old_landmark, before_keys=self._before_rescale_keys)
+
+    async def resume_rescale(self) -> bool:
+        """Finish a landmark move a worker left half done (its lease expired); False when there is
+        none or its owner is still at it."""
+        from streams.rescale import run_rescale
+
+        return await run_rescale(self, self._owner, plan=None, before_keys=self._before_rescale_keys)
+
+    async def _before_rescale_keys(self) -> None:
+        """Runs once the rescale fence is up, before any key changes (Redis Cluster: batches in flight)."""
 
     async def init_landmark(self, landmark: float) -> float:
         """Set the decay landmark if none is stored yet; return the stored one."""
@@ -323,57 +338,4 @@ class RedisState:
         self.commands_sent += 2
         stored = await self.client.hget(self.keys.meta, "landmark")
         return float(stored if stored is not None else landmark)
-
-
-async def _scan(client: aioredis.Redis, match: str, kind: str) -> list[str]:
-    found: list[str] = []
-    async for raw in client.scan_iter(match=match, count=1000, _type=kind):
-        found.append(raw.decode() if isinstance(raw, bytes) else raw)
-    return found
-
-
-async def _rescale_user_items(client: aioredis.Redis, names: list[str], factor: float) -> None:
-    """Multiply the weight half of every user item HASH (the time half is not decayed); a
-    weight that decays to nothing is dropped, as ``ZREMRANGEBYSCORE -inf 1e-250`` drops it."""
-    for start in range(0, len(names), 500):
-        chunk = names[start:start + 500]
-        pipe = client.pipeline(transaction=False)
-        for name in chunk:
-            pipe.hgetall(name)
-        rows = await pipe.execute()
-        pipe = client.pipeline(transaction=False)
-        for name, row in zip(chunk, rows, strict=True):
-            times, weights = decode_fields(row)
-            kept = {i: x for i, w in weights.items() if (x := w * factor) > 1e-250}
-            if set(weights) - kept.keys() - times.keys():
-                pipe.hdel(name, *(set(weights) - kept.keys() - times.keys()))
-            entries: dict[Any, Any] = {i: pack_entry(times.get(i), kept.get(i)) for i in times.keys() | kept.keys()}
-            if entries:
-                pipe.hset(name, mapping=entries)
-        await pipe.execute()
-
-
-async def rescale(state: RedisState, factor: float, new_landmark: float) -> int:
-    """Multiply every decayed score by ``factor`` (sorted-set scores rounded to whole units
-    again) and move the landmark (rare: see docs/redis-keys.md).
-
-    Writers are fenced by the ``rescaling`` flag in the meta hash, which the apply script honours.
-    Vectors are not decayed and stay as they are.
-    """
-    client, keys = state.client, state.keys
-    await client.hset(keys.meta, "rescaling", "1")
-    names = await _scan(client, keys.pattern(), "zset")  # every sorted set holds decayed scores
-    await _rescale_user_items(client, await _scan(client, keys.user_state("*"), "hash"), factor)
-    arg = _num(factor)
-    for start in range(0, len(names), 500):
-        pipe = client.pipeline(transaction=False)
-        for name in names[start:start + 500]:
-            # Multiply and round each score back to a whole unit (models.decay.quantise), so
-            # the scores stay fixed-point; a member rounded to 0 goes. EVAL, not EVALSHA: rare,
-            # and the same call works on a Redis Cluster pipeline.
-            pipe.eval(_RESCALE_LUA, 1, name, arg)
-        await pipe.execute()
-    await client.hset(keys.meta, mapping={"landmark": _num(new_landmark), "rescaling": "0"})
-    logger.info("rescaled %d decayed keys by %.3g; landmark now %s", len(names), factor, new_landmark)
-    return len(names)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 import redis
@@ -23,6 +24,7 @@ from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from models.decay import SCORE_SCALE, DecayPolicy
 from models.online import InMemoryState
+from streams import rescale
 from streams.processor import RawRecord
 from streams.redis_state import check_score_format
 from tests.integration.test_forget_stores import processor, produce
@@ -89,3 +91,71 @@ def test_the_worker_refuses_a_store_in_another_score_format(settings: Settings, 
     rds.hset(keys.meta, "landmark", "1700000000.0")  # state written before fixed-point scores
     with pytest.raises(StoreFormatError, match="no score_scale"):
         check_score_format(rds, keys)
+
+
+class Crash(BaseException):
+    """The rescaling worker dies here (BaseException: nothing on the way catches it)."""
+
+
+@pytest.mark.parametrize("where", ["node", "cluster"])
+def test_a_rescale_cut_off_midway_is_finished_by_the_next_worker_exactly_once(
+        settings: Settings, cluster: LocalRedisCluster, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = list(ShopSimulator(n_users=50, n_items=150, n_categories=4, seed=12).events(2000))
+    span = events[-1]["timestamp"] - events[0]["timestamp"]
+    s = settings.model_copy(update={"half_life_s": span / 25, "neighbours_k": 20, "trending_k": 30})
+    if where == "cluster":
+        s = s.model_copy(update={"redis_url": cluster.url})
+    keys = Keys(s.key_prefix)
+    records = asyncio.run(produce(s, events))
+    raw = [RawRecord(s.clicks_topic, r.partition, r.offset, r.value) for r in records]
+    views, _ = views_of(records, s.event_types)
+    batches = [(i, i + 250) for i in range(0, len(raw), 250)]
+    sync = sync_client(s.redis)
+
+    monkeypatch.setattr(rescale, "_CHUNK", 40)
+    real_acquire = rescale._acquire
+    calls = {"n": 0, "crashed": False}
+
+    async def dies_in_the_third_chunk(client: Any, keys_: Keys, owner: str) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 3 and not calls["crashed"]:  # the start, two chunks done, then death
+            calls["crashed"] = True
+            raise Crash()
+        return await real_acquire(client, keys_, owner)
+
+    monkeypatch.setattr(rescale, "_acquire", dies_in_the_third_chunk)
+
+    async def run() -> int:
+        client = async_client(s.redis, socket_timeout=10)
+        first = processor(s, client, where == "cluster")
+        i = 0
+        with pytest.raises(Crash):
+            for i, (lo, hi) in enumerate(batches):  # noqa: B007 - i says where it died
+                await first.process(raw[lo:hi])
+        # What a kill -9 leaves: the fence, the plan, progress markers, and a lease that only
+        # expires (the dead worker never released it).
+        meta = sync.hgetall(keys.meta)
+        assert meta[b"rescaling"] == b"1" and b"rescale_to" in meta
+        sync.set(rescale.lease_key(keys), "dead-worker", px=1500)
+        second = processor(s, client, where == "cluster")
+        for lo, hi in batches[i:]:
+            await second.process(raw[lo:hi])
+        await client.aclose()
+        return i
+
+    died_at = asyncio.run(run())
+    assert died_at > 0 and calls["crashed"]
+    snap = read_redis(sync, keys)
+    assert snap.meta.get("rescaling") == "0" and "rescale_to" not in snap.meta
+    by_pos = {(v.partition, v.offset): v for v in views}
+    first = [by_pos[(r.partition, r.offset)] for r in raw[:250] if (r.partition, r.offset) in by_pos]
+    oracle = InMemoryState.from_settings(s, user_items_k=s.history_len, user_cats_k=32,
+                                         landmark=min(v.t for v in first))
+    for lo, hi in batches:
+        oracle.process([by_pos[(r.partition, r.offset)] for r in raw[lo:hi] if (r.partition, r.offset) in by_pos])
+    assert float(snap.meta["landmark"]) == oracle.landmark
+    cmp = compare(snap, oracle, s, rel_tol=0.0)  # no key multiplied twice, none skipped
+    assert cmp.equal, cmp.as_dict()
+    leftover = [k for k in sync.scan_iter(match=f"{s.key_prefix}:*:rescaled")]
+    assert leftover == [], leftover  # the finished plan's progress markers are gone
+    sync.close()
