@@ -15,21 +15,14 @@ local CHUNK = 1000
 local key, f, kind = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return -1 end
 local set, s, gone, g = {}, 0, {}, 0
+local function keep(a, b) set[s + 1] = a; set[s + 2] = b; s = s + 2 end  -- counters: no #t per append
+local function lose(m) g = g + 1; gone[g] = m end
 if kind == 'z' then
   local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   for i = 1, #flat, 2 do
     local x = math.floor(tonumber(flat[i + 1]) * f + 0.5)
-    if x > 0 then
-      set[s + 1] = x
-      set[s + 2] = flat[i]
-      s = s + 2
-    else
-      g = g + 1
-      gone[g] = flat[i]
-    end
+    if x > 0 then keep(x, flat[i]) else lose(flat[i]) end
   end
-  for i = 1, s, 2 * CHUNK do redis.call('ZADD', key, unpack(set, i, math.min(i + 2 * CHUNK - 1, s))) end
-  for i = 1, g, CHUNK do redis.call('ZREM', key, unpack(gone, i, math.min(i + CHUNK - 1, g))) end
 else
   local NAN = string.char(0, 0, 0, 0, 0, 0, 248, 127)  -- float('nan') packed '<d' (driftrec/userstate.py)
   local flat = redis.call('HGETALL', key)
@@ -41,25 +34,19 @@ else
         local t = string.sub(v, 1, 8)
         local x = w * f
         if x > 1e-250 then
-          set[s + 1] = flat[i]
-          set[s + 2] = t .. struct.pack('<d', x)
-          s = s + 2
+          keep(flat[i], t .. struct.pack('<d', x))
         else
           local tv = struct.unpack('<d', t)
-          if tv == tv then
-            set[s + 1] = flat[i]
-            set[s + 2] = t .. NAN
-            s = s + 2
-          else
-            g = g + 1
-            gone[g] = flat[i]
-          end
+          if tv == tv then keep(flat[i], t .. NAN) else lose(flat[i]) end  -- no time half: the item goes
         end
       end
     end
   end
-  for i = 1, s, 2 * CHUNK do redis.call('HSET', key, unpack(set, i, math.min(i + 2 * CHUNK - 1, s))) end
-  for i = 1, g, CHUNK do redis.call('HDEL', key, unpack(gone, i, math.min(i + CHUNK - 1, g))) end
 end
+-- Variadic writes in chunks: far below Lua's C-stack limit for unpack.
+local put, drop = 'ZADD', 'ZREM'
+if kind ~= 'z' then put, drop = 'HSET', 'HDEL' end
+for i = 1, s, 2 * CHUNK do redis.call(put, key, unpack(set, i, math.min(i + 2 * CHUNK - 1, s))) end
+for i = 1, g, CHUNK do redis.call(drop, key, unpack(gone, i, math.min(i + CHUNK - 1, g))) end
 redis.call('SET', KEYS[2], ARGV[4])
 return s / 2
