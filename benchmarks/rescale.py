@@ -68,7 +68,7 @@ def run(url: str, events: int, batch: int) -> dict[str, Any]:
         for kind in ("zset", "hash"):
             kinds[kind] = sum(1 for _ in sync.scan_iter(match=f"{keys.prefix}:*", count=1000, _type=kind))
         cpu0, t0 = _redis_cpu(url), time.perf_counter()
-        done = await run_rescale(state, state._owner, plan=(new, policy.rescale_factor(old, new)),
+        done = await run_rescale(state, state.rescaler_id, plan=(new, policy.rescale_factor(old, new)),
                                  expect_landmark=old)
         seconds, cpu = time.perf_counter() - t0, _redis_cpu(url) - cpu0
         await client.aclose()

@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from driftrec.errors import InvalidEventError
 
-__all__ = ["DecayPolicy", "EventWeights", "DEFAULT_MAX_EXPONENT", "SCORE_SCALE", "quantise"]
+__all__ = ["DecayPolicy", "EventWeights", "DEFAULT_MAX_EXPONENT", "SCORE_SCALE", "quantise", "read_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ DEFAULT_MAX_EXPONENT = 10.0
 def quantise(x: float) -> float:
     """Round a stored score to the nearest whole unit (halves up), the same in Python and Lua."""
     return float(math.floor(x + 0.5))
+
+
+def read_factor(rate: float, landmark: float, now: float) -> float:
+    """``exp(−λ (now − L)) / S``: multiplies a stored score into its value at ``now``."""
+    return math.exp(-rate * (now - landmark)) / SCORE_SCALE
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,7 @@ class DecayPolicy:
 
     def read_factor(self, landmark: float, now: float) -> float:
         """``exp(−λ (now − L)) / S``: multiplies a stored score into its value at ``now``."""
-        return math.exp(-self.rate * (now - landmark)) / SCORE_SCALE
+        return read_factor(self.rate, landmark, now)
 
     def value_at(self, stored: float, landmark: float, now: float) -> float:
         """Read a stored score at time ``now``: ``stored * exp(−λ (now − L)) / S``."""

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from driftrec.keys import Keys
 from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
-from models.decay import SCORE_SCALE
+from models.decay import read_factor
 from online.resp import RespPool
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
@@ -52,7 +52,7 @@ class Meta:
     def factor(self, rate: float) -> float:
         """``exp(−λ (now − L)) / S``: multiplies a stored forward score (whole units of
         1/:data:`~models.decay.SCORE_SCALE`) into its value at ``now``."""
-        return math.exp(-rate * (self.now - self.landmark)) / SCORE_SCALE
+        return read_factor(rate, self.landmark, self.now)
 
 
 def pairs(flat: Sequence[Any]) -> Pairs:

@@ -287,17 +287,11 @@ class ClusterRedisState(RedisState):
         self.commands_sent += len(items)
         return {i: _vec(r) for i, r in zip(items, res, strict=True)}
 
-    async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
-        """Fence new batches, finish those in flight, then rescale every node's decayed keys
-        (:meth:`RedisState.rescale`; cluster errors are outages the processor waits out)."""
+    async def _run_rescale(self, **kwargs: Any) -> bool:
+        """:meth:`RedisState._run_rescale`: fence new batches, finish those in flight, then
+        rescale every node's decayed keys; cluster errors are outages the processor waits out."""
         try:
-            return await super().rescale(policy, old_landmark, t)
-        except Exception as exc:
-            raise _cluster_errors(exc) from exc
-
-    async def resume_rescale(self) -> bool:
-        try:
-            return await super().resume_rescale()
+            return await super()._run_rescale(**kwargs)
         except Exception as exc:
             raise _cluster_errors(exc) from exc
 

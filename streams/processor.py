@@ -336,8 +336,9 @@ class BatchProcessor:
                 # a store with no landmark yet stores none (nothing decayed exists to subtract from).
                 clicks = [v.t for v in views if v.type != TOMBSTONE_TYPE]
                 landmark = ctx.landmark if ctx.landmark is not None else (min(clicks) if clicks else None)
-                if clicks and landmark is not None and self.policy.needs_rescale(max(clicks), landmark):
-                    if not await self.state.rescale(self.policy, landmark, max(clicks)):
+                newest = max(clicks, default=None)
+                if newest is not None and landmark is not None and self.policy.needs_rescale(newest, landmark):
+                    if not await self.state.rescale(self.policy, landmark, newest):
                         await asyncio.sleep(0.2)  # another worker moves it: wait, then load again
                     continue
                 s = self.settings
@@ -364,8 +365,7 @@ class BatchProcessor:
                 metrics.DEAD_LETTERS.inc(len(unsent))
             if not delta.offsets:
                 return BatchOutcome(0, len(views), fresh)
-            result = await self.state.apply(delta, ctx, landmark if delta.applied and landmark is not None else None,
-                                            vectors)
+            result = await self.state.apply(delta, ctx, landmark if delta.applied else None, vectors)
             if result == APPLIED:
                 for p, o in delta.offsets.items():
                     self.seen[p] = max(self.seen.get(p, -1), o)

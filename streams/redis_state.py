@@ -16,6 +16,7 @@ import logging
 import math
 import struct
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -222,9 +223,7 @@ class RedisState:
         self._apply = client.register_script(_APPLY_LUA)
         self._load = client.register_script(_LOAD_LUA)
         self.commands_sent = 0  # Redis commands issued, for the benchmark's per-event cost
-        from streams.rescale import RescaleOwner
-
-        self._owner = RescaleOwner()
+        self.rescaler_id = uuid.uuid4().hex  # names this worker in the landmark-move lease
 
     def _field(self, partition: int) -> str:
         return f"{self.topic}:{partition}"
@@ -316,18 +315,19 @@ class RedisState:
     async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
         """Move the decay landmark up to event time ``t``, or finish a move another worker began
         (:func:`streams.rescale.run_rescale`); False when another worker is at it."""
-        from streams.rescale import run_rescale
-
         new_landmark = policy.next_landmark(t, old_landmark)
-        return await run_rescale(self, self._owner, plan=(new_landmark, policy.rescale_factor(old_landmark, new_landmark)),
-                                 expect_landmark=old_landmark, before_keys=self._before_rescale_keys)
+        return await self._run_rescale(plan=(new_landmark, policy.rescale_factor(old_landmark, new_landmark)),
+                                       expect_landmark=old_landmark)
 
     async def resume_rescale(self) -> bool:
         """Finish a landmark move a worker left half done (its lease expired); False when there is
         none or its owner is still at it."""
-        from streams.rescale import run_rescale
+        return await self._run_rescale(plan=None)
 
-        return await run_rescale(self, self._owner, plan=None, before_keys=self._before_rescale_keys)
+    async def _run_rescale(self, **kwargs: Any) -> bool:
+        from streams.rescale import run_rescale  # it builds on this module
+
+        return await run_rescale(self, self.rescaler_id, before_keys=self._before_rescale_keys, **kwargs)
 
     async def _before_rescale_keys(self) -> None:
         """Runs once the rescale fence is up, before any key changes (Redis Cluster: batches in flight)."""

@@ -19,7 +19,6 @@ end; markers of a finished plan are then deleted (a marker of another plan is ne
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,9 +26,9 @@ from typing import Any
 from redis.crc import key_slot
 
 from driftrec.keys import Keys
-from streams.redis_state import lua_source
+from streams.redis_state import _num, lua_source
 
-__all__ = ["LEASE_S", "progress_key", "lease_key", "run_rescale", "RescaleOwner"]
+__all__ = ["LEASE_S", "progress_key", "lease_key", "run_rescale"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +67,6 @@ def _text(raw: Any) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _num(x: float) -> str:
-    return repr(float(x))
-
-
-class RescaleOwner:
-    """One worker's identity for the lease (the same across its own retries)."""
-
-    def __init__(self) -> None:
-        self.id = uuid.uuid4().hex
-
-
 async def _scan(client: Any, match: str, kind: str) -> list[str]:
     found: list[str] = []
     async for raw in client.scan_iter(match=match, count=1000, _type=kind):
@@ -90,11 +78,12 @@ async def _acquire(client: Any, keys: Keys, owner: str) -> bool:
     return bool(await client.eval(_ACQUIRE, 1, lease_key(keys), owner, int(LEASE_S * 1000)))
 
 
-async def run_rescale(state: Any, owner: RescaleOwner, *, plan: tuple[float, float] | None,
+async def run_rescale(state: Any, owner: str, *, plan: tuple[float, float] | None,
                       expect_landmark: float | None = None,
                       before_keys: Callable[[], Awaitable[None]] | None = None) -> bool:
     """Rescale every decayed key of ``state`` (a :class:`~streams.redis_state.RedisState`) and move
-    the landmark; True when this call finished a rescale.
+    the landmark; True when this call finished a rescale. ``owner`` names the worker in the lease
+    (the same across its own retries, so a retry takes its lease back).
 
     ``plan`` is ``(new landmark, factor)`` to start one; ``None`` only finishes a recorded plan
     (what a worker does when the fence refuses its batch). A recorded plan always wins over
@@ -104,20 +93,18 @@ async def run_rescale(state: Any, owner: RescaleOwner, *, plan: tuple[float, flo
     batches in flight).
     """
     client, keys = state.client, state.keys
-    flag, to, factor_raw, landmark = (_text(x) for x in await client.hmget(
-        keys.meta, "rescaling", "rescale_to", "rescale_factor", "landmark"))
-    if plan is None and flag != "1":
-        return False
-    if flag == "1" and (to is None or factor_raw is None):
-        logger.error("the meta hash says a rescale runs but holds no plan (written by an older version, "
-                     "or by hand): rebuild the state from Kafka (docs/runbook.md)")
-        return False
-    if not await _acquire(client, keys, owner.id):
+    if plan is None and _text(await client.hget(keys.meta, "rescaling")) != "1":
+        return False  # the common case, without touching the lease
+    if not await _acquire(client, keys, owner):
         return False
     try:
         flag, to, factor_raw, landmark = (_text(x) for x in await client.hmget(
             keys.meta, "rescaling", "rescale_to", "rescale_factor", "landmark"))
-        if flag == "1" and to is not None and factor_raw is not None:
+        if flag == "1":
+            if to is None or factor_raw is None:
+                logger.error("the meta hash says a rescale runs but holds no plan (written by an older "
+                             "version, or by hand): rebuild the state from Kafka (docs/runbook.md)")
+                return False
             new_landmark, factor = float(to), float(factor_raw)
             logger.warning("finishing a rescale another worker started: landmark -> %s", to)
         elif plan is None:
@@ -138,12 +125,12 @@ async def run_rescale(state: Any, owner: RescaleOwner, *, plan: tuple[float, flo
         return True
     finally:
         try:
-            await client.eval(_RELEASE, 1, lease_key(keys), owner.id)
+            await client.eval(_RELEASE, 1, lease_key(keys), owner)
         except Exception:  # Redis down: the lease expires by itself
             logger.debug("could not release the rescale lease", exc_info=True)
 
 
-async def _rescale_keys(state: Any, owner: RescaleOwner, plan_id: str, factor: float) -> int:
+async def _rescale_keys(state: Any, owner: str, plan_id: str, factor: float) -> int:
     """Every decayed key not yet done under ``plan_id``, in (slot, name) order; returns how many."""
     client, keys = state.client, state.keys
     kinds = {name: "z" for name in await _scan(client, keys.pattern(), "zset")}  # every ZSET is decayed
@@ -175,7 +162,7 @@ async def _rescale_keys(state: Any, owner: RescaleOwner, plan_id: str, factor: f
         results = await pipe.execute()
         if any(r == -1 for r in results):
             raise LostLease("another rescaler moved a progress marker")
-        if not await _acquire(client, keys, owner.id):
+        if not await _acquire(client, keys, owner):
             raise LostLease("the rescale lease expired and another worker holds it")
     pipe = client.pipeline(transaction=False)
     for slot in slots:
