@@ -236,8 +236,10 @@ def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
 
 
 async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], suffix: str,
-                          profile: bool) -> dict[str, Any]:
-    """The batch processor alone (no Kafka, no Faust) on a fresh prefix, optionally under cProfile."""
+                          profile: bool, overlap: bool = False) -> dict[str, Any]:
+    """The batch processor alone (no Kafka, no Faust) on a fresh prefix, optionally under cProfile;
+    ``overlap``: each batch planned while Redis applies the one before (``feed``), as the worker
+    does, else one after another (``process``)."""
     import redis.asyncio as aioredis
 
     from streams.processor import BatchProcessor, RawRecord
@@ -269,7 +271,12 @@ async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], su
     if profile:
         prof.enable()
     for i in range(0, len(by_time), s.batch_max_events):
-        await proc.process(by_time[i: i + s.batch_max_events])
+        if overlap:
+            await proc.feed(by_time[i: i + s.batch_max_events], i)
+        else:
+            await proc.process(by_time[i: i + s.batch_max_events])
+    if overlap:
+        await proc.flush()
     took = time.perf_counter() - started
     if profile:
         prof.disable()
@@ -484,7 +491,10 @@ def main() -> None:
         }
         print("processor alone ...", flush=True)
         result["processor_only"] = asyncio.run(processor_alone(s, records, "-alone", profile=False))
-        print(f"processor alone: {result['processor_only']['events_per_s']:,.0f} events/s; "
+        result["processor_only_overlapped"] = asyncio.run(
+            processor_alone(s, records, "-overlap", profile=False, overlap=True))
+        print(f"processor alone: {result['processor_only']['events_per_s']:,.0f} events/s one batch after "
+              f"another, {result['processor_only_overlapped']['events_per_s']:,.0f} overlapped; "
               "Faust no-op agents ...", flush=True)
         # The worker's consumer (whole batches), and Faust's take_events stream for scale.
         result["faust_noop_agent_events_per_s"] = faust_ceiling(s, len(events), "batches")

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # --- worker ---------------------------------------------------------------------------
     batch_max_events: int = Field(default=2000, ge=1, description="Largest micro-batch the worker applies at once.")
     batch_max_wait_s: float = Field(default=0.05, gt=0, description="Longest a micro-batch waits to fill.")
+    worker_overlap_batches: bool = Field(
+        default=True, description="Plan the next micro-batch while Redis applies the one before it "
+                                  "(single Redis node; a cluster applies them in turn).")
     worker_web_port: int = Field(default=6066, description="Faust web port (bound to 127.0.0.1).")
     worker_metrics_port: int = Field(default=9108, description="Prometheus port of the worker.")
     worker_metrics_host: str = Field(

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import faust
 from prometheus_client import start_http_server
@@ -44,7 +44,7 @@ from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
 from streams import metrics
-from streams.batch_consumer import BatchConsumer
+from streams.batch_consumer import Batch, BatchConsumer
 from streams.cluster_state import ClusterRedisState
 from streams.forget import Forgetter
 from streams.gapfill import KafkaGapFiller
@@ -106,37 +106,62 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:
         consumer = cast(BatchConsumer, app.consumer)
-        async for batch in consumer.batches(stream, settings.batch_max_events, idle_s=IDLE_CHECK_S):
-            if not batch.records:
-                # The topic is quiet: check Redis against what this process saw it accept and
-                # against Kafka's committed offsets, and read back from Kafka what it lost. In the
-                # agent's own task, so it never races a batch; heal() raises nothing.
+        overlap = settings.worker_overlap_batches
+
+        def settle(done: list[tuple[object, Any]]) -> None:
+            for token, outcome in done:
+                b = cast(Batch, token)
+                b.applied()
+                b.release()
+                logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(b.records),
+                             outcome.applied, outcome.skipped, len(outcome.dead))
+
+        try:
+            async for batch in consumer.batches(stream, settings.batch_max_events, idle_s=IDLE_CHECK_S,
+                                                holding=lambda: processor.holding):
+                if not batch.records:
+                    # No batch fetched: apply the one held, then (when the topic is quiet) check
+                    # Redis against what this process saw it accept and against Kafka's committed
+                    # offsets, and read back from Kafka what it lost. In the agent's own task, so
+                    # it never races a batch; flush() and heal() raise nothing.
+                    try:
+                        settle(await processor.flush())
+                        if consumer.flow_active:
+                            await processor.heal(consumer.committed(settings.clicks_topic))
+                    finally:
+                        batch.release()
+                    continue
+                if overlap:
+                    # The batch is planned while Redis applies the one before it; it is marked
+                    # applied (and released) once Redis accepted it, by this call or a later one.
+                    settle(await processor.feed(batch.records, batch))
+                    continue
                 try:
-                    await processor.heal(consumer.committed(settings.clicks_topic))
+                    outcome = await processor.process(batch.records)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # process() catches everything; this is the last line of defence
+                    metrics.UNEXPECTED_ERRORS.inc()
+                    logger.critical("batch processing raised; a later batch's commit will cover it",
+                                    exc_info=True)
+                    continue
+                else:
+                    batch.applied()
                 finally:
                     batch.release()
-                continue
-            try:
-                outcome = await processor.process(batch.records)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # process() catches everything; this is the last line of defence
-                metrics.UNEXPECTED_ERRORS.inc()
-                logger.critical("batch processing raised; a later batch's commit will cover it",
-                                exc_info=True)
-                continue
-            else:
-                batch.applied()
-            finally:
-                batch.release()
-            logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(batch.records),
-                         outcome.applied, outcome.skipped, len(outcome.dead))
+                logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(batch.records),
+                             outcome.applied, outcome.skipped, len(outcome.dead))
+        finally:
+            # Stopped with a batch planned and not applied: it is not committed (the next owner
+            # of its partitions reads it again), only released so a stop does not wait for it.
+            for token in processor.drop_held():
+                cast(Batch, token).release()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def last_check(sender: object, **kwargs: object) -> None:
         # After the last batch (wait_empty): make good what a Redis rollback lost before exiting;
         # bounded, so a Redis outage cannot hold the stop for ever (a restart checks again).
-        if processor.seen:
+        if processor.seen and not processor.holding:  # holding: the agent is stopping mid-batch
             try:
                 await asyncio.wait_for(processor.process([]), SHUTDOWN_CHECK_S)
             except TimeoutError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,14 +72,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._idle.set()
 
     # --- the agent's side ------------------------------------------------------------------------
-    async def batches(self, stream: faust.StreamT, max_events: int,
-                      idle_s: float | None = None) -> AsyncIterator[Batch]:
+    async def batches(self, stream: faust.StreamT, max_events: int, idle_s: float | None = None,
+                      holding: Callable[[], bool] | None = None) -> AsyncIterator[Batch]:
         """Batches of the stream's topic, for an agent with ``concurrency=1``.
 
         Iterating the topic's channel once registers it with Faust's conductor, which is what
         subscribes the consumer to it; its records then come here instead of to the stream.
         With ``idle_s``, an empty batch comes after each ``idle_s`` without records, so the
-        agent can look after Redis while the topic is quiet.
+        agent can look after Redis while the topic is quiet. While ``holding()`` (the agent has
+        a batch planned but not yet applied: :meth:`BatchProcessor.feed`), the next batch comes
+        only if one is already fetched, else an empty batch at once: the agent never waits for
+        records, a stop or a rebalance with a batch it has not applied.
         """
         channel = stream.channel
         self.batch_topics.update({t: max_events for t in channel.topics})  # type: ignore[attr-defined]
@@ -89,17 +92,25 @@ class BatchConsumer(faust_aiokafka.Consumer):
         getter: asyncio.Future[Batch] | None = None
         try:
             while True:
-                if getter is None:
-                    getter = asyncio.ensure_future(self._handoff.get())
-                done, _ = await asyncio.wait({getter}, timeout=idle_s)
-                if done:
-                    batch, getter = getter.result(), None
-                    if batch.generation != self.app.consumer_generation_id or not self.flow_active:
-                        continue  # fetched before a rebalance: the new assignment re-reads it
-                elif self.flow_active:
-                    batch = Batch([], {}, self.app.consumer_generation_id, self)
+                if getter is None and holding is not None and holding():
+                    if self._handoff.empty():
+                        batch = Batch([], {}, self.app.consumer_generation_id, self)
+                    else:
+                        batch = self._handoff.get_nowait()
+                        if batch.generation != self.app.consumer_generation_id or not self.flow_active:
+                            continue
                 else:
-                    continue
+                    if getter is None:
+                        getter = asyncio.ensure_future(self._handoff.get())
+                    done, _ = await asyncio.wait({getter}, timeout=idle_s)
+                    if done:
+                        batch, getter = getter.result(), None
+                        if batch.generation != self.app.consumer_generation_id or not self.flow_active:
+                            continue  # fetched before a rebalance: the new assignment re-reads it
+                    elif self.flow_active:
+                        batch = Batch([], {}, self.app.consumer_generation_id, self)
+                    else:
+                        continue
                 self._in_flight += 1
                 self._idle.clear()
                 # Faust's livelock check reads when a stream last took an event from each partition.

@@ -115,6 +115,10 @@ def _cluster_errors(exc: BaseException) -> BaseException:
 class ClusterRedisState(RedisState):
     """:class:`RedisState` for a :class:`redis.asyncio.RedisCluster` client (same interface)."""
 
+    #: A batch's apply here is a fence, per-slot scripts and a finish: not one script that a
+    #: next batch's load can be sent ahead of, so batches are applied one after another.
+    overlaps = False
+
     def __init__(self, client: Any, keys: Keys, topic: str, *, window: int, history_len: int,
                  neighbours_k: int, trending_k: int) -> None:
         super().__init__(client, keys, topic, window=window, history_len=history_len,

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 
 import redis.exceptions
@@ -37,9 +37,11 @@ from streams.redis_state import (
     USER_VECTORS,
     USER_WEIGHTS,
     BatchContext,
+    PreparedApply,
     RedisState,
 )
 from streams.vectors import (
+    ISGD_MODEL,
     VectorPlan,
     applied_events,
     isgd_partners_to_load,
@@ -108,6 +110,40 @@ class BatchOutcome:
         self.attempts += other.attempts
 
 
+@dataclass(eq=False)
+class _Job:
+    """One batch, parsed; ``sent``: its dead letters already sent (never sent twice by a retry)."""
+
+    token: object
+    records: Sequence[RawRecord]
+    views: list[EventView]
+    by_pos: dict[tuple[int, int], RawRecord]
+    dead: list[DeadLetter]
+    sent: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Planned:
+    """A planned batch: what to apply, and the stored item vectors its plan started from."""
+
+    delta: BatchDelta
+    landmark: float | None
+    vectors: VectorPlan | None
+    fresh: list[DeadLetter]
+    item_vecs: dict[str, tuple[bytes | None, str | None]]
+
+
+@dataclass(eq=False)
+class _Held:
+    """A planned batch whose apply is built and not yet sent (see :meth:`BatchProcessor.feed`)."""
+
+    job: _Job
+    planned: _Planned
+    ctx: BatchContext
+    prepared: PreparedApply
+    started: float
+
+
 DeadLetterSink = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 
@@ -153,6 +189,7 @@ class BatchProcessor:
         #: Attempts before a record that fails for no known reason is dead-lettered (the
         #: second while nothing has been applied since start: see :meth:`_failed_alone`).
         self.poison_after, self.poison_after_cold = 3, 10
+        self._held: _Held | None = None  # planned, not yet sent (feed / flush)
 
     # --- parsing ------------------------------------------------------------------------------
     def parse(self, records: Sequence[RawRecord]) -> tuple[list[EventView], dict[tuple[int, int], RawRecord], list[DeadLetter]]:
@@ -183,27 +220,229 @@ class BatchProcessor:
     # --- the batch ------------------------------------------------------------------------------
     async def process(self, records: Sequence[RawRecord]) -> BatchOutcome:
         """Apply one batch; returns what happened. Raises nothing but cancellation."""
+        self._check_nothing_held()
+        return await self._serial(self._job(records))
+
+    def _job(self, records: Sequence[RawRecord], token: object = None) -> _Job:
+        views, by_pos, dead = self.parse(records)
+        return _Job(token, records, views, by_pos, dead)
+
+    async def _serial(self, job: _Job) -> BatchOutcome:
+        """Load, plan and apply ``job`` on its own, waiting out outages; raises nothing but cancellation."""
         started = time.perf_counter()
         try:
-            outcome = await self._process_retrying(records)
+            outcome = await self._retrying(lambda: self._attempt(job.views, job.by_pos, job.dead, job.sent))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug, not an outage: find the record that trips it
             metrics.UNEXPECTED_ERRORS.inc()
+            records = job.records
             if len(records) == 1:
                 return await self._failed_alone(records[0], exc)
             logger.error("unexpected %s on a batch of %d records; splitting it: %s",
                          type(exc).__name__, len(records), exc)
             half = len(records) // 2  # in order: a record's offset is stored after those before it
-            outcome = await self.process(records[:half])
-            outcome.merge(await self.process(records[half:]))
+            outcome = await self._serial(self._job(records[:half]))
+            outcome.merge(await self._serial(self._job(records[half:])))
             return outcome
+        self._count(outcome, job, started)
+        return outcome
+
+    def _count(self, outcome: BatchOutcome, job: _Job, started: float) -> None:
         self.applied_total += outcome.applied
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SIZE.observe(len(job.records))
         metrics.EVENTS_APPLIED.inc(outcome.applied)
         metrics.EVENTS_SKIPPED.inc(outcome.skipped)
+
+    # --- overlapped batches ----------------------------------------------------------------------
+    async def feed(self, records: Sequence[RawRecord], token: object) -> list[tuple[object, BatchOutcome]]:
+        """Take the next batch; returns ``(token, outcome)`` of the batches Redis accepted since
+        the last call, in the order they were fed. Raises nothing but cancellation.
+
+        A batch is planned while Redis still applies the one before it: its load goes to Redis
+        ahead of that apply (so it cannot wait behind it), and for the keys that apply writes it
+        reads the values the apply leaves (:class:`streams.redis_state.Carry`, exact for one
+        worker: a user's keys have one writer). The new batch is then *held*, planned but not
+        sent, until the next ``feed`` sends it ahead of planning the batch after, or
+        :meth:`flush` sends it. Anything unusual — the held batch not applied, a tombstone, a
+        landmark move, a gap, a Redis rollback, a new model version, an error — and both go
+        through :meth:`process`'s path one after the other, which sorts out what Redis has.
+        """
+        job = self._job(records, token)
+        held, self._held = self._held, None
+        if not self.state.overlaps or not self._plannable(job):
+            done = await self._flush(held) if held is not None else []
+            return [*done, (token, await self._serial(job))]
+        if held is None:
+            return await self._start(job)
+        return await self._overlap(held, job)
+
+    async def flush(self) -> list[tuple[object, BatchOutcome]]:
+        """Apply the held batch, if any (see :meth:`feed`); raises nothing but cancellation."""
+        held, self._held = self._held, None
+        return await self._flush(held) if held is not None else []
+
+    @property
+    def holding(self) -> bool:
+        """A batch is planned and not yet sent: :meth:`flush` before waiting for more records."""
+        return self._held is not None
+
+    def drop_held(self) -> list[object]:
+        """Forget the held batch without applying it (the worker stops); its token, if any."""
+        held, self._held = self._held, None
+        return [held.job.token] if held is not None else []
+
+    def _check_nothing_held(self) -> None:
+        if self._held is not None:
+            raise RuntimeError("a batch is held: flush() before process() or heal()")
+
+    def _plannable(self, job: _Job) -> bool:
+        # Tombstones read shared rows while planning (streams/forget.py): the serial path.
+        return bool(job.views) and all(v.type != TOMBSTONE_TYPE for v in job.views)
+
+    async def _start(self, job: _Job) -> list[tuple[object, BatchOutcome]]:
+        """Nothing held: load and plan ``job`` and hold it."""
+        started = time.perf_counter()
+        try:
+            ctx, model = await self._load(job.views, job.dead)
+            if not self._no_gaps(ctx, job):
+                return [(job.token, await self._serial(job))]
+            planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model, overlapped=True)
+            done = self._hold(job, ctx, planned, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._overlap_failed(exc)
+            done = None
+        return done if done is not None else [(job.token, await self._serial(job))]
+
+    def _hold(self, job: _Job, ctx: BatchContext, planned: _Planned | BatchOutcome | None,
+              started: float) -> list[tuple[object, BatchOutcome]] | None:
+        """Hold ``planned``; or the job's outcome when there is nothing to apply; None: serial."""
+        if isinstance(planned, BatchOutcome):
+            self._count(planned, job, started)
+            return [(job.token, planned)]
+        if planned is None:
+            return None
+        prepared = self.state.prepare_apply(planned.delta, ctx, planned.landmark, planned.vectors,
+                                            item_vecs=planned.item_vecs)
+        self._held = _Held(job, planned, ctx, prepared, started)
+        return []
+
+    async def _overlap(self, held: _Held, job: _Job) -> list[tuple[object, BatchOutcome]]:
+        """Send ``held``'s apply and plan ``job`` while Redis runs it."""
+        started = time.perf_counter()
+        pending: asyncio.Future[int] | None = None
+        planned: _Planned | BatchOutcome | None = None
+        ctx: BatchContext | None = None
+        try:
+            loaded, model = await self._load(job.views, job.dead)  # ahead of held's apply
+            carry = held.prepared.carry
+            if (carry is not None and loaded.model_version == held.ctx.model_version
+                    and loaded.landmark_raw in (None, held.ctx.landmark_raw) and self._no_rollback(loaded)):
+                ctx = carry.overlay(loaded)
+                if not self._no_gaps(ctx, job):
+                    ctx = None
+                elif partners := self._isgd_partners(job.views, ctx, model):
+                    # Read now, ahead of held's apply, what the plan would read after it.
+                    more = await self.state.load_item_vecs(partners)
+                    ctx = replace(ctx, item_vecs={**ctx.item_vecs, **more, **carry.item_vecs})
+            pending = await self.state.send_apply(held.prepared)
+            if ctx is not None:
+                planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model,
+                                           overlapped=True)
+                if isinstance(planned, _Planned):
+                    prepared = self.state.prepare_apply(planned.delta, ctx, planned.landmark, planned.vectors,
+                                                        item_vecs=planned.item_vecs)
+            result = await pending
+        except asyncio.CancelledError:
+            if pending is not None:
+                pending.cancel()
+            raise
+        except Exception as exc:
+            self._overlap_failed(exc)
+            if pending is not None:  # whatever became of it, Redis' offsets say
+                await asyncio.gather(pending, return_exceptions=True)
+            return [(held.job.token, await self._serial(held.job)), (job.token, await self._serial(job))]
+        if result != APPLIED:
+            logger.info("held batch not applied (result %d); applying it and the next one in turn", result)
+            return [(held.job.token, await self._serial(held.job)), (job.token, await self._serial(job))]
+        done = [(held.job.token, self._accepted_held(held))]
+        if isinstance(planned, _Planned):
+            assert ctx is not None
+            self._held = _Held(job, planned, ctx, prepared, started)
+        elif isinstance(planned, BatchOutcome):
+            self._count(planned, job, started)
+            done.append((job.token, planned))
+        else:
+            done.append((job.token, await self._serial(job)))
+        return done
+
+    async def _flush(self, held: _Held) -> list[tuple[object, BatchOutcome]]:
+        try:
+            result = await (await self.state.send_apply(held.prepared))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._overlap_failed(exc)
+            result = None
+        if result == APPLIED:
+            return [(held.job.token, self._accepted_held(held))]
+        return [(held.job.token, await self._serial(held.job))]
+
+    def _accepted_held(self, held: _Held) -> BatchOutcome:
+        outcome = self._accepted(held.planned, held.job.views)
+        outcome.attempts = 1
+        self._count(outcome, held.job, held.started)
         return outcome
+
+    def _overlap_failed(self, exc: BaseException) -> None:
+        if not is_retryable(exc):
+            metrics.UNEXPECTED_ERRORS.inc()
+            logger.error("overlapped batch failed (%s: %s); applying in turn", type(exc).__name__, exc,
+                         exc_info=exc)
+        else:
+            metrics.REDIS_RETRIES.inc()
+            logger.warning("outage during an overlapped batch (%s: %s); applying in turn", type(exc).__name__, exc)
+
+    def _isgd_partners(self, views: list[EventView], ctx: BatchContext,
+                       model: PublishedFactors | None) -> set[str]:
+        """Items whose ISGD vectors the plan may borrow for a new item (see
+        :func:`~streams.vectors.isgd_partners_to_load`) that ``ctx`` lacks: a new item's
+        co-clicked items are in the histories and the batch of the users who clicked it."""
+        if self.factors is None or model is not None:
+            return set()
+        vecs, none = ctx.item_vecs, (None, None)
+        users = set()
+        for v in views:
+            vec, tag = vecs.get(v.item, none)
+            if vec is None or tag != ISGD_MODEL:
+                users.add(v.user)
+        if not users:
+            return set()
+        need = {v.item for v in views if v.user in users}
+        for u in users:
+            need.update(i for i, _ in ctx.histories.get(u, ()))
+        return need - vecs.keys()
+
+    def _no_rollback(self, ctx: BatchContext) -> bool:
+        """Redis stores at least every offset this process saw it accept."""
+        stored = ctx.applied_offsets
+        return all(stored.get(p, -1) >= o for p, o in self.seen.items() if p in stored)
+
+    def _no_gaps(self, ctx: BatchContext, job: _Job) -> bool:
+        """No record is missing between the offsets Redis will have and the job's first ones."""
+        if self.gaps is None:
+            return True
+        if not self._no_rollback(ctx):
+            return False
+        applied = ctx.applied_offsets
+        first: dict[int, int] = {}
+        for p, o in chain(job.by_pos, ((d.record.partition, d.record.offset) for d in job.dead)):
+            if o < first.get(p, o + 1):
+                first[p] = o
+        return all(o <= applied.get(p, -1) + 1 for p, o in first.items())
 
     async def heal(self, positions: Mapping[int, int]) -> BatchOutcome:
         """Read back from Kafka what Redis lost below ``positions`` (partition -> Kafka's committed
@@ -213,6 +452,7 @@ class BatchProcessor:
         same load, gap fill and guarded apply as a batch (effectively once). Raises nothing but
         cancellation; outages are waited out.
         """
+        self._check_nothing_held()
         if self.gaps is None or not (positions or self.seen):
             return BatchOutcome()
         upto = dict(positions)
@@ -321,62 +561,83 @@ class BatchProcessor:
         """``upto``: partition -> an offset whose records before it must be in Redis (a heal)."""
         while True:
             ctx, model = await self._load(views, dead, upto)
-            applied_offsets = ctx.applied_offsets
-            if self.gaps is not None and await self._fill_gaps(views, by_pos, dead, applied_offsets, upto):
-                continue  # records Redis lost were read back from Kafka: load and plan them too
-            # A record at or below the stored offset was handled before a crash or by a replay:
-            # its dead letter went out then.
-            fresh = [d for d in dead
-                     if d.record.offset > applied_offsets.get(d.record.partition, -1)]
-            landmark: float | None = None
-            vectors: VectorPlan | None = None
-            if views:
-                # A tombstone carries no decayed weight and its time is the reader's clock, not the
-                # stream's: only clicks place and move the landmark. A batch of tombstones alone on
-                # a store with no landmark yet stores none (nothing decayed exists to subtract from).
-                clicks = [v.t for v in views if v.type != TOMBSTONE_TYPE]
-                landmark = ctx.landmark if ctx.landmark is not None else (min(clicks) if clicks else None)
-                newest = max(clicks, default=None)
-                if newest is not None and landmark is not None and self.policy.needs_rescale(newest, landmark):
-                    if not await self.state.rescale(self.policy, landmark, newest):
-                        await asyncio.sleep(0.2)  # another worker moves it: wait, then load again
-                    continue
-                s = self.settings
-                delta = plan_batch(views, ctx.histories, applied_offsets, self.policy, self.weights,
-                                   landmark if landmark is not None else 0.0, window=s.cooc_window,
-                                   window_s=s.cooc_window_s, history_len=s.history_len)
-                fresh += [DeadLetter(by_pos[(e.partition, e.offset)], reason) for e, reason in delta.rejected]
-                if delta.applied and self.factors is not None:
-                    vectors = await self._vectors(views, delta, ctx, model, applied_offsets)
-                if delta.forgotten and self.forgets is not None:
-                    # After the vectors: they read this batch's own clicks from pop and cooc.
-                    await self.forgets.subtract(views, delta, applied_offsets, self._parse_rows)
-            else:
-                delta = BatchDelta()
-            # Dead letters move the offsets too, so a replay does not send them again.
-            for d in fresh:
-                p, o = d.record.partition, d.record.offset
-                delta.base_offsets.setdefault(p, applied_offsets.get(p, -1))
-                delta.offsets[p] = max(delta.offsets.get(p, -1), o)
-            unsent = [d for d in fresh if (d.record.partition, d.record.offset) not in sent]
-            if unsent:
-                await self.dead_letters(unsent)
-                sent.update((d.record.partition, d.record.offset) for d in unsent)
-                metrics.DEAD_LETTERS.inc(len(unsent))
-            if not delta.offsets:
-                return BatchOutcome(0, len(views), fresh)
-            result = await self.state.apply(delta, ctx, landmark if delta.applied else None, vectors)
+            planned = await self._plan(views, by_pos, dead, sent, ctx, model, upto)
+            if planned is None:
+                continue  # records Redis lost were read back, or the landmark moved: load again
+            if isinstance(planned, BatchOutcome):
+                return planned
+            result = await self.state.apply(planned.delta, ctx, planned.landmark, planned.vectors)
             if result == APPLIED:
-                for p, o in delta.offsets.items():
-                    self.seen[p] = max(self.seen.get(p, -1), o)
-                if delta.last_event_time:
-                    metrics.LAST_EVENT_TIME.set(delta.last_event_time)
-                return BatchOutcome(delta.applied, len(views) - delta.applied - len(delta.rejected), fresh)
+                return self._accepted(planned, views)
             if result == LANDMARK_MOVED:
                 # The fence is up: a rescale runs, or its worker died and left it to whoever comes.
                 if not await self.state.resume_rescale():
                     await asyncio.sleep(0.05)
             logger.info("batch raced another writer or a rescale (result %d); re-planning", result)
+
+    def _accepted(self, planned: _Planned, views: list[EventView]) -> BatchOutcome:
+        delta = planned.delta
+        for p, o in delta.offsets.items():
+            self.seen[p] = max(self.seen.get(p, -1), o)
+        if delta.last_event_time:
+            metrics.LAST_EVENT_TIME.set(delta.last_event_time)
+        return BatchOutcome(delta.applied, len(views) - delta.applied - len(delta.rejected), planned.fresh)
+
+    async def _plan(self, views: list[EventView], by_pos: dict[tuple[int, int], RawRecord],
+                    dead: list[DeadLetter], sent: set[tuple[int, int]], ctx: BatchContext,
+                    model: PublishedFactors | None, upto: Mapping[int, int] | None = None, *,
+                    overlapped: bool = False) -> _Planned | BatchOutcome | None:
+        """Plan one batch on ``ctx`` and send its dead letters: what to apply, or the outcome when
+        there is nothing to apply, or None to load again (gaps were filled or the landmark
+        moved; ``overlapped``: the batch needs the serial path, nothing was done)."""
+        applied_offsets = ctx.applied_offsets
+        if not overlapped and self.gaps is not None and await self._fill_gaps(views, by_pos, dead, applied_offsets, upto):
+            return None  # records Redis lost were read back from Kafka: load and plan them too
+        # A record at or below the stored offset was handled before a crash or by a replay:
+        # its dead letter went out then.
+        fresh = [d for d in dead
+                 if d.record.offset > applied_offsets.get(d.record.partition, -1)]
+        landmark: float | None = None
+        vectors: VectorPlan | None = None
+        item_vecs = ctx.item_vecs
+        if views:
+            # A tombstone carries no decayed weight and its time is the reader's clock, not the
+            # stream's: only clicks place and move the landmark. A batch of tombstones alone on
+            # a store with no landmark yet stores none (nothing decayed exists to subtract from).
+            clicks = [v.t for v in views if v.type != TOMBSTONE_TYPE]
+            landmark = ctx.landmark if ctx.landmark is not None else (min(clicks) if clicks else None)
+            newest = max(clicks, default=None)
+            if newest is not None and landmark is not None and self.policy.needs_rescale(newest, landmark):
+                if overlapped:
+                    return None
+                if not await self.state.rescale(self.policy, landmark, newest):
+                    await asyncio.sleep(0.2)  # another worker moves it: wait, then load again
+                return None
+            s = self.settings
+            delta = plan_batch(views, ctx.histories, applied_offsets, self.policy, self.weights,
+                               landmark if landmark is not None else 0.0, window=s.cooc_window,
+                               window_s=s.cooc_window_s, history_len=s.history_len)
+            fresh += [DeadLetter(by_pos[(e.partition, e.offset)], reason) for e, reason in delta.rejected]
+            if delta.applied and self.factors is not None:
+                vectors, item_vecs = await self._vectors(views, delta, ctx, model, applied_offsets)
+            if delta.forgotten and self.forgets is not None:
+                # After the vectors: they read this batch's own clicks from pop and cooc.
+                await self.forgets.subtract(views, delta, applied_offsets, self._parse_rows)
+        else:
+            delta = BatchDelta()
+        # Dead letters move the offsets too, so a replay does not send them again.
+        for d in fresh:
+            p, o = d.record.partition, d.record.offset
+            delta.base_offsets.setdefault(p, applied_offsets.get(p, -1))
+            delta.offsets[p] = max(delta.offsets.get(p, -1), o)
+        unsent = [d for d in fresh if (d.record.partition, d.record.offset) not in sent]
+        if unsent:
+            await self.dead_letters(unsent)
+            sent.update((d.record.partition, d.record.offset) for d in unsent)
+            metrics.DEAD_LETTERS.inc(len(unsent))
+        if not delta.offsets:
+            return BatchOutcome(0, len(views), fresh)
+        return _Planned(delta, landmark if delta.applied else None, vectors, fresh, item_vecs)
 
     def _parse_rows(self, rows: Sequence[tuple[int, int, bytes | None]]) -> list[EventView]:
         return self.parse([RawRecord(self.settings.clicks_topic, p, o, v) for p, o, v in rows])[0]
@@ -398,16 +659,19 @@ class BatchProcessor:
         return bool(rows)
 
     async def _vectors(self, views: list[EventView], delta: BatchDelta, ctx: BatchContext,
-                       model: PublishedFactors | None, applied_offsets: dict[int, int]) -> VectorPlan:
+                       model: PublishedFactors | None, applied_offsets: dict[int, int],
+                       ) -> tuple[VectorPlan, dict[str, tuple[bytes | None, str | None]]]:
+        """The batch's vector writes, and the stored item vectors they were planned from."""
         s = self.settings
-        if model is not None:
-            tags = {i: tag for i, (_, tag) in ctx.item_vecs.items()}
-            return plan_fold_in(model, delta, ctx.user_weights, ctx.histories, tags, self.policy,
-                                history_len=s.history_len)
         item_vecs = ctx.item_vecs
+        if model is not None:
+            tags = {i: tag for i, (_, tag) in item_vecs.items()}
+            return plan_fold_in(model, delta, ctx.user_weights, ctx.histories, tags, self.policy,
+                                history_len=s.history_len), item_vecs
         need = isgd_partners_to_load(delta, item_vecs)
         if need:
+            # Sent after a batch in flight (see feed): it reads what that batch's apply left.
             item_vecs = {**item_vecs, **await self.state.load_item_vecs(need)}
         events = applied_events(views, applied_offsets, self.weights)
         return plan_isgd(events, delta, ctx.user_vecs, item_vecs, k=s.factors,
-                         lr=s.isgd_learning_rate, reg=s.isgd_regularization)
+                         lr=s.isgd_learning_rate, reg=s.isgd_regularization), item_vecs

@@ -12,6 +12,7 @@ vectors as raw float32 bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import struct
@@ -24,7 +25,9 @@ from itertools import chain
 from typing import Any
 
 import msgpack
+import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from driftrec.errors import StoreFormatError
 from driftrec.keys import Keys
@@ -42,7 +45,7 @@ from streams.vectors import VectorPlan
 
 __all__ = [
     "lua_source", "check_score_format",
-    "loaded_context",
+    "loaded_context", "Carry", "PreparedApply",
     "RedisState", "BatchContext", "APPLIED", "STALE_OFFSETS", "LANDMARK_MOVED",
     "USER_WEIGHTS", "USER_VECTORS", "NO_USER_EXTRA", "user_item_ops",
 ]
@@ -101,12 +104,92 @@ class BatchContext:
         return {p: int(v) for p, v in self.stored_offsets.items()}
 
 
-def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext,
-                  history_len: int) -> list[tuple[str, str, list[Any]]]:
+@dataclass(frozen=True)
+class Carry:
+    """What one batch's apply leaves in the keys a load reads, known before Redis has run it.
+
+    The worker plans the next batch while Redis applies this one: that batch's load runs before
+    this apply, so for the keys this batch writes it reads them from here instead
+    (:meth:`overlay`). A user's item HASH and vector have one writer (the user's partition); the
+    offsets, the landmark and the vectors of items are what this apply stores when it applies.
+    """
+
+    offsets: dict[int, str]
+    landmark_raw: str | None
+    histories: dict[str, list[tuple[str, float]]]
+    user_weights: dict[str, list[tuple[str, float]]]
+    user_vecs: dict[str, tuple[bytes | None, str | None]]
+    item_vecs: dict[str, tuple[bytes | None, str | None]]
+
+    def overlay(self, ctx: BatchContext) -> BatchContext:
+        """``ctx`` (loaded before this batch's apply ran) as it reads once the apply ran."""
+        def over(mine: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+            return {u: (mine[u] if u in mine else v) for u, v in loaded.items()}
+
+        landmark_raw = self.landmark_raw if self.landmark_raw is not None else ctx.landmark_raw
+        return BatchContext(
+            stored_offsets={**ctx.stored_offsets, **self.offsets},
+            landmark=float(landmark_raw) if landmark_raw is not None else None,
+            histories=over(self.histories, ctx.histories),
+            landmark_raw=landmark_raw,
+            model_version=ctx.model_version,
+            user_weights=over(self.user_weights, ctx.user_weights),
+            user_vecs=over(self.user_vecs, ctx.user_vecs),
+            item_vecs=over(self.item_vecs, ctx.item_vecs),
+        )
+
+
+@dataclass(frozen=True)
+class PreparedApply:
+    """A batch's apply, built: the script's msgpack payload and, when asked for, its :class:`Carry`."""
+
+    payload: bytes
+    carry: Carry | None = None
+
+
+def _carry(delta: BatchDelta, ctx: BatchContext, lm: str, vectors: VectorPlan | None,
+           item_vecs: dict[str, tuple[bytes | None, str | None]],
+           after: dict[str, tuple[dict[str, float], dict[str, float]]]) -> Carry:
+    """The :class:`Carry` of one prepared apply, computed as apply_ops.lua computes the values."""
+    gone: tuple[bytes | None, str | None] = (None, None)
+    user_vecs = dict.fromkeys(delta.forgotten, gone)
+    items: dict[str, tuple[bytes | None, str | None]] = {}
+    if vectors is not None:
+        tag = vectors.model
+        user_vecs.update((u, (v, tag)) for u, v in vectors.users.items())
+        items.update((i, (v, tag)) for i, v in vectors.items_set.items())
+        # "v": the stored vector when it is of this model and length, else base; plus the delta
+        # in doubles, stored as float32 (Lua's struct.pack "f" rounds to nearest). All at once.
+        by_len: dict[int, list[tuple[str, bytes, bytes]]] = {}
+        for item, (base, change) in vectors.items_add.items():
+            stored, stored_tag = items.get(item) or item_vecs.get(item) or gone
+            start = stored if stored is not None and stored_tag == tag and len(stored) == len(base) else base
+            by_len.setdefault(len(base), []).append((item, start, change))
+        for size, rows in by_len.items():
+            starts = np.frombuffer(b"".join(r[1] for r in rows), "<f4").astype(np.float64)
+            changes = np.frombuffer(b"".join(r[2] for r in rows), "<f4").astype(np.float64)
+            totals = (starts + changes).astype("<f4").tobytes()
+            items.update((r[0], (totals[j * size:(j + 1) * size], tag)) for j, r in enumerate(rows))
+    return Carry(
+        offsets={p: str(o) for p, o in delta.offsets.items()},
+        landmark_raw=lm or ctx.landmark_raw,
+        # A forgotten user's keys are deleted before the batch's own writes to them.
+        histories={u: [] for u in delta.forgotten} | {u: list(t.items()) for u, (t, _) in after.items()},
+        user_weights={u: [] for u in delta.forgotten} | {u: list(w.items()) for u, (_, w) in after.items()},
+        user_vecs=user_vecs,
+        item_vecs=items,
+    )
+
+
+def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext, history_len: int,
+                  after: dict[str, tuple[dict[str, float], dict[str, float]]] | None = None,
+                  ) -> list[tuple[str, str, list[Any]]]:
     """``(key, op, flat args)``: the writes that turn each batch user's stored item HASH into
     its merge with ``delta`` (:func:`models.online.merge_user_items`): ``"s"`` HSET of the
     changed entries, ``"x"`` HDEL of the entries both bounds dropped. A forgotten user's key is
     deleted first (by the caller's ``"d"``), so everything it has after the batch is written.
+    ``after``, when given, receives each batch user's merged ``(times, weights)``: what the HASH
+    holds once the writes are applied.
     """
     out: list[tuple[str, str, list[Any]]] = []
     hists, weights = ctx.histories, ctx.user_weights
@@ -117,6 +200,8 @@ def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext,
         else:
             old_t, old_w = dict(hists.get(user, ())), dict(weights.get(user, ()))
         new_t, new_w = merge_user_items(old_t, old_w, delta, user, history_len, history_len)
+        if after is not None:
+            after[user] = (new_t, new_w)
         # Only the batch's items get new values; the bounds only drop entries. So an entry can
         # change only if the batch touched it or a bound dropped one of its halves.
         maybe = (delta.hist.get(user, no_items).keys() | delta.user_items.get(user, no_items).keys()
@@ -256,6 +341,19 @@ class RedisState:
         ``landmark`` None means the batch carries no decayed scores (dead letters only): the
         script then neither checks nor sets the landmark.
         """
+        prepared = self.prepare_apply(delta, ctx, landmark, vectors)
+        started = time.perf_counter()
+        result = await self._apply(keys=[self.keys.offsets, self.keys.meta], args=[prepared.payload])
+        metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - started)
+        self.commands_sent += 1
+        return int(result[0])
+
+    def prepare_apply(self, delta: BatchDelta, ctx: BatchContext, landmark: float | None,
+                      vectors: VectorPlan | None = None, *,
+                      item_vecs: dict[str, tuple[bytes | None, str | None]] | None = None) -> PreparedApply:
+        """The apply script's payload for ``delta`` (see :meth:`apply`) and, with ``item_vecs``
+        (the stored vectors the plan started from), the :class:`Carry` of what the script leaves
+        in the keys a next batch's load reads."""
         k = self.keys
         keys: list[str] = []  # the keys the ops write, shipped inside the payload
         ops: list[list[Any]] = []
@@ -278,7 +376,8 @@ class RedisState:
         ops.extend([j, "z", nbrs_k, list(_flat(nbrs.items()))] for j, nbrs in enumerate(delta.cooc.values(), first))
         for user, cats in delta.user_cats.items():
             op(user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items())))
-        for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len):
+        after: dict[str, tuple[dict[str, float], dict[str, float]]] | None = {} if item_vecs is not None else None
+        for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len, after):
             op(key, kind, 0, flat)
         if delta.item_cat:
             op(k.item_category, "s", 0, list(_flat(delta.item_cat.items())))
@@ -306,11 +405,50 @@ class RedisState:
             "k": keys,
             "ops": ops,
         }
-        started = time.perf_counter()
-        result = await self._apply(keys=[k.offsets, k.meta], args=[_pack(payload)])
-        metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - started)
+        carry = None
+        if after is not None and item_vecs is not None:
+            carry = _carry(delta, ctx, lm, vectors, item_vecs, after)
+        return PreparedApply(_pack(payload), carry)
+
+    #: Whether :meth:`send_apply` may overlap a batch's apply with the next one's plan.
+    overlaps = True
+
+    async def send_apply(self, prepared: PreparedApply) -> asyncio.Future[int]:
+        """Send the apply script for ``prepared`` now; the returned future reads its reply.
+
+        On a connection of its own, so the worker can load and plan the next batch while Redis
+        runs this one (streams/processor.py, :meth:`~streams.processor.BatchProcessor.feed`). The
+        script is sent before this returns: anything sent to Redis afterwards runs after it.
+        """
+        k = self.keys
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        args = (2, k.offsets, k.meta, prepared.payload)
+        try:
+            await conn.send_command("EVALSHA", self._apply.sha, *args)
+        except BaseException:
+            await conn.disconnect()
+            await pool.release(conn)
+            raise
         self.commands_sent += 1
-        return int(result[0])
+        started = time.perf_counter()
+
+        async def reply() -> int:
+            try:
+                try:
+                    result = await conn.read_response()
+                except NoScriptError:  # a restarted or flushed Redis: send the script itself
+                    await conn.send_command("EVAL", _APPLY_LUA, *args)
+                    result = await conn.read_response()
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
+            metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - started)
+            return int(result[0])
+
+        return asyncio.ensure_future(reply())
 
     async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
         """Move the decay landmark up to event time ``t``, or finish a move another worker began

@@ -1,0 +1,210 @@
+"""Overlapped micro-batches on real Redis: planning a batch while Redis applies the one before
+it (``BatchProcessor.feed``) leaves exactly the state applying them one after another leaves.
+
+``feed`` loads the next batch ahead of the held batch's apply and reads the keys that apply
+writes from its :class:`~streams.redis_state.Carry`; a wrong carried value (a history, a user
+or item vector, an offset) would change that batch's plan and show up here as a differing key.
+Also: what ``feed`` hands back (every batch once, in order), a held batch another writer got
+to first, and a Redis error while a batch is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from driftrec.keys import Keys
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
+from online.routes_users import tombstone
+from streams.forget import Forgetter
+from streams.processor import BatchOutcome, BatchProcessor, DeadLetter, RawRecord
+from streams.published import FactorCache
+from streams.redis_state import RedisState
+from tests.integration.test_forget_stores import produce
+
+pytestmark = pytest.mark.integration
+
+BATCH = 400
+
+
+def dump(r: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key of ``prefix`` with its whole value (sorted sets with their exact scores)."""
+    out: dict[str, Any] = {}
+    for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+        kind, name = r.type(key), key.decode().replace(prefix, "P", 1)
+        if kind == b"zset":
+            out[name] = r.zrange(key, 0, -1, withscores=True)
+        elif kind == b"hash":
+            out[name] = sorted(r.hgetall(key).items())
+        elif kind == b"string":
+            out[name] = r.get(key)
+        else:
+            out[name] = kind
+    return out
+
+
+class Worker:
+    """A processor with ISGD vectors and forgetting on, on its own key prefix, collecting dead letters."""
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.client = aioredis.Redis.from_url(s.redis)
+        keys = Keys(s.key_prefix)
+        self.state = RedisState(self.client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
+                                neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+        self.dead: list[DeadLetter] = []
+
+        async def sink(dead: Any) -> None:
+            self.dead.extend(dead)
+
+        self.proc = BatchProcessor(s, self.state, sink, FactorCache(self.client, keys, s.fold_in_regularization),
+                                   forgets=Forgetter(s))
+
+
+@pytest.fixture()
+def prefixes(settings: Settings) -> Iterator[Callable[[str], Settings]]:
+    """Settings on further key prefixes of this test (removed afterwards)."""
+    made: list[str] = []
+
+    def make(suffix: str) -> Settings:
+        made.append(f"{settings.key_prefix}{suffix}")
+        return settings.model_copy(update={"key_prefix": made[-1]})
+
+    yield make
+    r = redis.Redis.from_url(settings.redis)
+    for prefix in made:
+        for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            r.delete(key)
+    r.close()
+
+
+def records(s: Settings, n: int, *, seed: int, forget: str | None = None) -> list[RawRecord]:
+    """Simulator clicks (a few invalid, and a tombstone for ``forget`` two thirds in) on the test's topic."""
+    events: list[dict[str, Any]] = list(ShopSimulator(n_users=300, n_items=900, n_categories=6, seed=seed).events(n))
+    if forget is not None:
+        at = 2 * n // 3
+        events.insert(at, tombstone(forget, now=events[at]["timestamp"]).model_dump(mode="json", exclude_none=True))
+    sent = asyncio.run(produce(s, events))
+    raw = [RawRecord(s.clicks_topic, r.partition, r.offset, r.value) for r in sent]
+    # Invalid records where valid ones were: dead letters, and offsets that move all the same.
+    for j in range(7, len(raw), 311):
+        raw[j] = RawRecord(raw[j].topic, raw[j].partition, raw[j].offset, b"{not json" if j % 2 else
+                           orjson.dumps({"user_id": "u1", "item_id": "i1", "type": "teleport", "timestamp": 1.7e9}))
+    return raw
+
+
+def batches(raw: list[RawRecord]) -> list[list[RawRecord]]:
+    return [raw[i:i + BATCH] for i in range(0, len(raw), BATCH)]
+
+
+async def serially(w: Worker, cut: list[list[RawRecord]]) -> list[BatchOutcome]:
+    try:
+        return [await w.proc.process(b) for b in cut]
+    finally:
+        await w.client.aclose()
+
+
+async def overlapped(w: Worker, cut: list[list[RawRecord]]) -> list[tuple[object, BatchOutcome]]:
+    try:
+        done = []
+        for i, b in enumerate(cut):
+            done += await w.proc.feed(b, i)
+        return done + await w.proc.flush()
+    finally:
+        await w.client.aclose()
+
+
+def test_overlapped_batches_leave_exactly_what_serial_batches_leave(settings: Settings, rds: redis.Redis,
+                                                                   prefixes: Callable[[str], Settings]) -> None:
+    raw = records(settings, 6000, seed=31, forget="u17")
+    cut = batches(raw)
+    cut.insert(9, cut[4])  # a batch delivered twice (a replay after a rebalance): skipped
+    one, two = Worker(prefixes("a")), Worker(prefixes("b"))
+    serial = asyncio.run(serially(one, cut))
+    done = asyncio.run(overlapped(two, cut))
+
+    assert [t for t, _ in done] == list(range(len(cut)))  # every batch once, in the order fed
+    assert [(o.applied, o.skipped) for _, o in done] == [(o.applied, o.skipped) for o in serial]
+    assert sum(o.applied for o in serial) > 5000
+    assert serial[9].applied == 0 and serial[9].skipped > 0
+    r = redis.Redis.from_url(settings.redis)
+    a, b = dump(r, one.s.key_prefix), dump(r, two.s.key_prefix)
+    assert any(k.endswith(":vec") for k in a)  # ISGD vectors were written (and compared)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    # Each dead letter sent once, with the same reason.
+    assert sorted((d.record.offset, d.record.partition, d.reason) for d in one.dead) == \
+        sorted((d.record.offset, d.record.partition, d.reason) for d in two.dead)
+    bad = [r for r in raw if r.value is not None and (r.value.startswith(b"{not") or b"teleport" in r.value)]
+    assert len(bad) >= 10 and len(one.dead) == len(bad)
+
+
+def test_a_held_batch_another_writer_applied_first_is_skipped_not_applied_twice(
+        settings: Settings, prefixes: Callable[[str], Settings]) -> None:
+    raw = records(settings, 1600, seed=32)
+    cut = batches(raw)
+    ref, s = Worker(prefixes("ref")), prefixes("x")
+    asyncio.run(serially(ref, cut))
+
+    async def race() -> list[tuple[object, BatchOutcome]]:
+        w, other = Worker(s), Worker(s)
+        try:
+            done = await w.proc.feed(cut[0], 0)
+            assert done == [] and w.proc.holding
+            await other.proc.process(cut[0])  # another writer gets there first
+            await other.proc.process(cut[1])
+            for i in range(1, len(cut)):
+                done += await w.proc.feed(cut[i], i)
+            return done + await w.proc.flush()
+        finally:
+            await w.client.aclose()
+            await other.client.aclose()
+
+    done = asyncio.run(race())
+    assert [t for t, _ in done] == list(range(len(cut)))
+    assert done[0][1].applied == 0 and done[1][1].applied == 0  # the other writer's
+    r = redis.Redis.from_url(settings.redis)
+    a, b = dump(r, ref.s.key_prefix), dump(r, s.key_prefix)
+    assert [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)] == []
+
+
+def test_a_redis_error_while_a_batch_is_in_flight_loses_nothing(settings: Settings,
+                                                               prefixes: Callable[[str], Settings]) -> None:
+    raw = records(settings, 4000, seed=33)
+    cut = batches(raw)
+    ref, w = Worker(prefixes("ref")), Worker(prefixes("y"))
+    serial = asyncio.run(serially(ref, cut))
+    send = w.state.send_apply
+    calls = []
+
+    async def flaky(prepared: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # not sent: Redis never ran it
+            raise redis.exceptions.ConnectionError("connection reset")
+        pending = await send(prepared)
+        if len(calls) != 3:
+            return pending
+
+        async def lost_reply() -> int:  # Redis ran it, the worker never hears so
+            await pending
+            raise redis.exceptions.ConnectionError("connection reset")
+        return asyncio.ensure_future(lost_reply())
+
+    w.state.send_apply = flaky  # type: ignore[method-assign]
+    done = asyncio.run(overlapped(w, cut))
+    assert len(calls) >= 5
+    assert [t for t, _ in done] == list(range(len(cut)))
+    # The batch whose reply was lost was applied once: its retry found its offsets stored and skipped it.
+    assert sum(o.applied + o.skipped for _, o in done) == sum(o.applied + o.skipped for o in serial)
+    assert sum(o.applied for _, o in done) < sum(o.applied for o in serial)
+    r = redis.Redis.from_url(settings.redis)
+    a, b = dump(r, ref.s.key_prefix), dump(r, w.s.key_prefix)
+    assert [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)] == []
