@@ -8,7 +8,7 @@ __all__ = [
     "EVENTS_APPLIED", "EVENTS_SKIPPED", "DEAD_LETTERS", "BATCH_SIZE", "BATCH_SECONDS",
     "REDIS_RETRIES", "KAFKA_RETRIES", "LAST_EVENT_TIME", "REBALANCES", "UNEXPECTED_ERRORS",
     "MODEL_RELOADS", "REDIS_APPLY_SECONDS", "MODEL_VERSION", "FORGETS", "FORGETS_INCOMPLETE",
-    "FORGET_RECORDS_READ",
+    "FORGET_RECORDS_READ", "BATCHES",
 ]
 
 EVENTS_APPLIED = Counter("driftrec_worker_events_applied_total", "Click events applied to Redis.")
@@ -23,6 +23,12 @@ BATCH_SIZE = Histogram(
 BATCH_SECONDS = Histogram(
     "driftrec_worker_batch_seconds", "Time to parse, plan and apply one micro-batch.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+BATCHES = Counter(
+    "driftrec_worker_batches_total",
+    "Micro-batches applied, by path: overlapped (planned while Redis applied the batch before) or "
+    "in_turn (loaded, planned and applied on its own: the first after a pause, or a fallback).",
+    ["path"],
 )
 REDIS_RETRIES = Counter("driftrec_worker_redis_retries_total", "Redis calls retried after an error.")
 KAFKA_RETRIES = Counter("driftrec_worker_kafka_retries_total", "Dead-letter sends retried after a Kafka error.")

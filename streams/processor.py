@@ -248,7 +248,8 @@ class BatchProcessor:
         self._count(outcome, job, started)
         return outcome
 
-    def _count(self, outcome: BatchOutcome, job: _Job, started: float) -> None:
+    def _count(self, outcome: BatchOutcome, job: _Job, started: float, path: str = "in_turn") -> None:
+        metrics.BATCHES.labels(path).inc()
         self.applied_total += outcome.applied
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(job.records))
@@ -394,7 +395,7 @@ class BatchProcessor:
     def _accepted_held(self, held: _Held) -> BatchOutcome:
         outcome = self._accepted(held.planned, held.job.views)
         outcome.attempts = 1
-        self._count(outcome, held.job, held.started)
+        self._count(outcome, held.job, held.started, "overlapped")
         return outcome
 
     def _overlap_failed(self, exc: BaseException) -> None:
