@@ -67,6 +67,10 @@ class _Connection(asyncio.Protocol):
         # into floats in C; RESP2 sends them as text for Python to parse.
         self.parser = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         self.transport: asyncio.Transport | None = None
+        #: Indexes of the batch's replies to parse as bytes (binary values: user HASHes, vectors),
+        #: and whether the parser is in that mode now.
+        self.binary: frozenset[int] = frozenset()
+        self.raw_mode = False
         self.expected = 0
         self.replies: list[Any] = []
         self.waiter: asyncio.Future[list[Any]] | None = None
@@ -78,8 +82,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
-        replies, parser = self.replies, self.parser
+        replies, parser, binary = self.replies, self.parser, self.binary
         while len(replies) < self.expected:
+            if binary and (len(replies) in binary) != self.raw_mode:
+                self._switch()
             reply = parser.gets()
             if reply is False:
                 return
@@ -89,18 +95,30 @@ class _Connection(asyncio.Protocol):
             self.waiter, self.expected, self.replies = None, 0, []
             waiter.set_result(replies)
 
+    def _switch(self) -> None:
+        """Text replies (hiredis decodes them in C) <-> bytes (binary values, no decoding at all:
+        decoding them as text costs ~4x more, one error handler call per invalid byte)."""
+        self.raw_mode = not self.raw_mode
+        if self.raw_mode:
+            self.parser.set_encoding(None)
+        else:
+            self.parser.set_encoding("utf-8", "surrogateescape")
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.broken = True
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(redis.exceptions.ConnectionError(f"connection to Redis lost: {exc}"))
 
-    def send(self, payload: bytes, n: int, waiter: asyncio.Future[list[Any]]) -> None:
+    def send(self, payload: bytes, n: int, waiter: asyncio.Future[list[Any]],
+             binary: frozenset[int] = frozenset()) -> None:
         transport = self.transport
         assert transport is not None
         if self.broken:
             raise redis.exceptions.ConnectionError("connection to Redis is closed")
-        self.expected, self.replies, self.waiter = n, [], waiter
+        if self.raw_mode:
+            self._switch()
+        self.expected, self.replies, self.waiter, self.binary = n, [], waiter, binary
         try:
             transport.write(payload)
         except RuntimeError as exc:  # uvloop raises on a write to a handle Redis already closed
@@ -194,10 +212,11 @@ class RespPool:
                 return await self._connect()
         return conn
 
-    async def _roundtrip(self, conn: _Connection, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    async def _roundtrip(self, conn: _Connection, commands: Sequence[Sequence[Arg]],
+                         binary: frozenset[int] = frozenset()) -> list[Any]:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[list[Any]] = loop.create_future()
-        conn.send(pack(commands), len(commands), waiter)
+        conn.send(pack(commands), len(commands), waiter, binary)
         timer = loop.call_later(self.timeout, _expire, waiter, self.timeout)
         try:
             replies = await waiter
@@ -211,8 +230,9 @@ class RespPool:
                 raise redis.exceptions.ResponseError(str(reply))
         return replies
 
-    async def execute(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Send ``commands`` as one pipeline; their raw replies in order."""
+    async def execute(self, commands: Sequence[Sequence[Arg]], binary: frozenset[int] = frozenset()) -> list[Any]:
+        """Send ``commands`` as one pipeline; their raw replies in order, as text (``str``)
+        except those whose index is in ``binary``, which come as ``bytes``."""
         idle = self._idle
         conn = None
         while idle and conn is None:  # a Redis restart leaves idle connections that are closed
@@ -223,7 +243,7 @@ class RespPool:
         if conn is None:
             conn = await self._connect()
         try:
-            return await self._roundtrip(conn, commands)
+            return await self._roundtrip(conn, commands, binary)
         finally:
             if not conn.broken and len(idle) < self.max_idle:
                 idle.append(conn)

@@ -26,6 +26,8 @@ __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
 logger = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, float]]
+#: Replies of :meth:`ReaderStore.read_user` that hold binary values: the user HASH, the vector.
+_USER_BINARY = frozenset({2, 3})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +77,17 @@ def user_state(reply: Any) -> tuple[dict[str, float], dict[str, float]]:
     size) goes through ``decode_fields`` itself."""
     if not isinstance(reply, dict) or not reply:
         return decode_fields(reply)
-    try:
-        raws = [v.encode("utf-8", "surrogateescape") for v in reply.values()]
-    except AttributeError:  # bytes values (a client without decoding)
-        return decode_fields(reply)
+    raws = list(reply.values())
+    if type(raws[0]) is bytes:  # the raw pool's binary reply: fields are bytes too
+        items = [f.decode("utf-8", "surrogateescape") for f in reply]
+    else:
+        try:
+            raws = [v.encode("utf-8", "surrogateescape") for v in raws]
+        except AttributeError:
+            return decode_fields(reply)
+        items = list(reply)
     if set(map(len, raws)) != {ENTRY_BYTES}:
         return decode_fields(reply)  # logs and skips the malformed entries
-    items = list(reply)
     vals = struct.unpack(f"<{len(items) * 2}d", b"".join(raws))
     times = {i: t for i, t in zip(items, vals[0::2], strict=True) if t == t}
     weights = {i: w for i, w in zip(items, vals[1::2], strict=True) if w == w}
@@ -128,9 +134,11 @@ class ReaderStore:
         self.fast = fast
         self.keys = keys
 
-    async def _run(self, commands: list[list[Any]]) -> list[Any]:
+    async def _run(self, commands: list[list[Any]], binary: frozenset[int] = frozenset()) -> list[Any]:
+        """Replies of ``commands``; with the raw pool those at the indexes in ``binary`` come as
+        bytes (binary values), the others as text. The redis-py client decodes every reply."""
         if self.fast is not None:
-            return await self.fast.execute(commands)
+            return await self.fast.execute(commands, binary)
         pipe = self.client.pipeline(transaction=False)
         for cmd in commands:
             pipe.execute_command(*cmd)
@@ -171,7 +179,7 @@ class ReaderStore:
                 ["GET", k.user_vec(user)]]
         if trend_key is not None:
             cmds.append(["ZREVRANGE", trend_key, 0, trend_n - 1, "WITHSCORES"])
-        meta, version, state, vec, *trending = await self._run(cmds)
+        meta, version, state, vec, *trending = await self._run(cmds, _USER_BINARY)
         raw, vec_version = unpack_vector(vec)  # "<model>\0<float32 bytes>": driftrec/userstate.py
         times, weights = user_state(state)  # 16-byte entries: driftrec/userstate.py
         return UserReads(Meta.parse(meta), version, newest(times), strongest(weights), raw, vec_version,
@@ -185,7 +193,7 @@ class ReaderStore:
         k = self.keys
         cmds = [["ZREVRANGE", k.item_nbrs(i), 0, k_neighbours - 1, "WITHSCORES"] for i in items]
         cmds += [["HGETALL", k.user_state(u)] for u in users]
-        res = await self._run(cmds)
+        res = await self._run(cmds, frozenset(range(len(items), len(cmds))))
         nbrs = {i: pairs(r) for i, r in zip(items, res[: len(items)], strict=True)}
         theirs = {u: strongest(user_state(r)[1], per_user) for u, r in zip(users, res[len(items):], strict=True)}
         return nbrs, theirs
@@ -228,7 +236,7 @@ class ReaderStore:
             self._meta_cmd(),
             ["HGETALL", k.user_state(user)],
             ["ZREVRANGE", k.user_cats(user), 0, -1, "WITHSCORES"],
-        ])
+        ], frozenset({1}))
         return Meta.parse(meta), newest(user_state(state)[0], n), pairs(cats)
 
     async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int) -> tuple[Meta, Pairs, dict[str, Pairs]]:
