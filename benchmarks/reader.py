@@ -92,6 +92,24 @@ def ensure_wrk() -> str:
     return path
 
 
+def private_redis(port: int, work: Path) -> subprocess.Popen[bytes]:
+    """A ``redis-server`` on ``port`` with no persistence, answering once this returns."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_redis(redis.Redis(port=port))
+    return proc
+
+
+def wait_redis(r: redis.Redis) -> None:
+    for _ in range(50):
+        try:
+            r.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+
+
 def npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
@@ -344,19 +362,12 @@ def main() -> None:
     rport, hport = args.redis_port or free_port(), free_port()
     redis_proc = None
     if not args.redis_port:
-        redis_proc = subprocess.Popen(
-            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        redis_proc = private_redis(rport, work)
     reader: subprocess.Popen[bytes] | None = None
     other: subprocess.Popen[bytes] | None = None
     try:
         r = redis.Redis(port=rport)
-        for _ in range(50):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+        wait_redis(r)
         filled = r.get(f"{PREFIX}:bench-filled")
         if filled is not None and json.loads(filled)[:2] == [args.items, args.users]:
             data = json.loads(filled)[2]

@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
@@ -72,18 +71,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="driftrec-reader-ab-"))
     port = bench.free_port()
-    redis_proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", str(work)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    redis_proc = bench.private_redis(port, work)
     base = work / "baseline"
     try:
         r = redis.Redis(port=port)
-        for _ in range(50):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
         data = bench.populate(r, 10_000, 50_000)
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline_ref], cwd=ROOT,
                        check=True, capture_output=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,9 +27,32 @@ logger = logging.getLogger(__name__)
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port *below* the kernel's ephemeral range, for a server.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken while its server is
+    down: a client retrying its connection there may be handed that very port as its own source
+    port, and Linux then connects the socket to itself (TCP simultaneous open). The restarted
+    server finds its port held by the client. A chaos run lost its Redis restart that way.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise StackError(f"no free port between 10000 and {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, 10_100)
 
 
 def _alive(pid: int | None) -> bool:

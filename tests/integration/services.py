@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from driftrec.chaos.procs import Child, wait_http
+from driftrec.chaos.stack import free_port
 from driftrec.settings import Settings, load_settings
 
 __all__ = ["free_port", "docker_answers", "provide_services", "Proc", "wait_http", "ROOT"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def docker_answers() -> bool:
