@@ -21,7 +21,9 @@ BATCH_SIZE = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
 )
 BATCH_SECONDS = Histogram(
-    "driftrec_worker_batch_seconds", "Time to parse, plan and apply one micro-batch.",
+    "driftrec_worker_batch_seconds",
+    "Time from planning one micro-batch to Redis accepting it (an overlapped batch's includes the "
+    "time it waited, planned, for the batch before it).",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 BATCHES = Counter(
