@@ -108,9 +108,12 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
         consumer = cast(BatchConsumer, app.consumer)
         overlap = settings.worker_overlap_batches
 
+        unsettled: dict[int, Batch] = {}  # fed to the processor, not yet accepted by Redis
+
         def settle(done: list[tuple[object, Any]]) -> None:
             for token, outcome in done:
                 b = cast(Batch, token)
+                unsettled.pop(id(b), None)
                 b.applied()
                 b.release()
                 logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(b.records),
@@ -134,7 +137,19 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                 if overlap:
                     # The batch is planned while Redis applies the one before it; it is marked
                     # applied (and released) once Redis accepted it, by this call or a later one.
-                    settle(await processor.feed(batch.records, batch))
+                    unsettled[id(batch)] = batch
+                    try:
+                        settle(await processor.feed(batch.records, batch))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # feed() catches everything; this is the last line of defence
+                        metrics.UNEXPECTED_ERRORS.inc()
+                        logger.critical("overlapped batches raised; a later batch's commit will cover them",
+                                        exc_info=True)
+                        processor.drop_held()
+                        for b in unsettled.values():
+                            b.release()
+                        unsettled.clear()
                     continue
                 try:
                     outcome = await processor.process(batch.records)
@@ -152,10 +167,11 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                 logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(batch.records),
                              outcome.applied, outcome.skipped, len(outcome.dead))
         finally:
-            # Stopped with a batch planned and not applied: it is not committed (the next owner
-            # of its partitions reads it again), only released so a stop does not wait for it.
-            for token in processor.drop_held():
-                cast(Batch, token).release()
+            # Stopped with batches fed and not applied: they are not committed (the next owner of
+            # their partitions reads them again), only released so a stop does not wait for them.
+            processor.drop_held()
+            for b in unsettled.values():
+                b.release()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def last_check(sender: object, **kwargs: object) -> None:
