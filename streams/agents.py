@@ -134,38 +134,24 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                     finally:
                         batch.release()
                     continue
-                if overlap:
-                    # The batch is planned while Redis applies the one before it; it is marked
-                    # applied (and released) once Redis accepted it, by this call or a later one.
-                    unsettled[id(batch)] = batch
-                    try:
-                        settle(await processor.feed(batch.records, batch))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:  # feed() catches everything; this is the last line of defence
-                        metrics.UNEXPECTED_ERRORS.inc()
-                        logger.critical("overlapped batches raised; a later batch's commit will cover them",
-                                        exc_info=True)
-                        processor.drop_held()
-                        for b in unsettled.values():
-                            b.release()
-                        unsettled.clear()
-                    continue
+                # Overlapped: the batch is planned while Redis applies the one before it, and is
+                # marked applied (and released) once Redis accepted it, by this call or a later one.
+                unsettled[id(batch)] = batch
                 try:
-                    outcome = await processor.process(batch.records)
+                    if overlap:
+                        settle(await processor.feed(batch.records, batch))
+                    else:
+                        settle([(batch, await processor.process(batch.records))])
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # process() catches everything; this is the last line of defence
+                except Exception:  # feed() and process() catch everything; the last line of defence
                     metrics.UNEXPECTED_ERRORS.inc()
                     logger.critical("batch processing raised; a later batch's commit will cover it",
                                     exc_info=True)
-                    continue
-                else:
-                    batch.applied()
-                finally:
-                    batch.release()
-                logger.debug("batch of %d: applied %d, skipped %d, dead %d", len(batch.records),
-                             outcome.applied, outcome.skipped, len(outcome.dead))
+                    processor.drop_held()
+                    for b in unsettled.values():
+                        b.release()
+                    unsettled.clear()
         finally:
             # Stopped with batches fed and not applied: they are not committed (the next owner of
             # their partitions reads them again), only released so a stop does not wait for them.
