@@ -92,13 +92,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         getter: asyncio.Future[Batch] | None = None
         try:
             while True:
-                if getter is None and holding is not None and holding():
-                    if self._handoff.empty():
-                        batch = Batch([], {}, self.app.consumer_generation_id, self)
-                    else:
-                        batch = self._handoff.get_nowait()
-                        if batch.generation != self.app.consumer_generation_id or not self.flow_active:
-                            continue
+                if (holding is not None and holding() and self._handoff.empty()
+                        and (getter is None or not getter.done())):
+                    batch = Batch([], {}, self.app.consumer_generation_id, self)  # apply the held one now
                 else:
                     if getter is None:
                         getter = asyncio.ensure_future(self._handoff.get())

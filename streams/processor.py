@@ -271,10 +271,9 @@ class BatchProcessor:
         through :meth:`process`'s path one after the other, which sorts out what Redis has.
         """
         job = self._job(records, token)
-        held, self._held = self._held, None
         if not self.state.overlaps or not self._plannable(job):
-            done = await self._flush(held) if held is not None else []
-            return [*done, (token, await self._serial(job))]
+            return [*await self.flush(), (token, await self._serial(job))]
+        held, self._held = self._held, None
         if held is None:
             return await self._start(job)
         return await self._overlap(held, job)
@@ -289,10 +288,9 @@ class BatchProcessor:
         """A batch is planned and not yet sent: :meth:`flush` before waiting for more records."""
         return self._held is not None
 
-    def drop_held(self) -> list[object]:
-        """Forget the held batch without applying it (the worker stops); its token, if any."""
-        held, self._held = self._held, None
-        return [held.job.token] if held is not None else []
+    def drop_held(self) -> None:
+        """Forget the held batch without applying it (the worker stops)."""
+        self._held = None
 
     def _check_nothing_held(self) -> None:
         if self._held is not None:
@@ -307,55 +305,52 @@ class BatchProcessor:
         started = time.perf_counter()
         try:
             ctx, model = await self._load(job.views, job.dead)
-            if not self._no_gaps(ctx, job):
-                return [(job.token, await self._serial(job))]
-            planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model, overlapped=True)
-            done = self._hold(job, ctx, planned, started)
+            planned = None
+            if self._in_step(ctx, ctx, job):
+                planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model, overlapped=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._overlap_failed(exc)
-            done = None
-        return done if done is not None else [(job.token, await self._serial(job))]
-
-    def _hold(self, job: _Job, ctx: BatchContext, planned: _Planned | BatchOutcome | None,
-              started: float) -> list[tuple[object, BatchOutcome]] | None:
-        """Hold ``planned``; or the job's outcome when there is nothing to apply; None: serial."""
-        if isinstance(planned, BatchOutcome):
+            planned = None
+        if isinstance(planned, BatchOutcome):  # nothing to apply
             self._count(planned, job, started)
             return [(job.token, planned)]
-        if planned is None:
-            return None
+        if isinstance(planned, _Planned):
+            self._hold(job, ctx, planned, started)
+            return []
+        return [(job.token, await self._serial(job))]
+
+    def _hold(self, job: _Job, ctx: BatchContext, planned: _Planned, started: float) -> None:
+        """Build ``planned``'s apply (and its carry) and hold it until the next feed or flush."""
         prepared = self.state.prepare_apply(planned.delta, ctx, planned.landmark, planned.vectors,
                                             item_vecs=planned.item_vecs)
         self._held = _Held(job, planned, ctx, prepared, started)
-        return []
 
     async def _overlap(self, held: _Held, job: _Job) -> list[tuple[object, BatchOutcome]]:
-        """Send ``held``'s apply and plan ``job`` while Redis runs it."""
+        """Send ``held``'s apply and plan ``job`` (and build its apply) while Redis runs it."""
         started = time.perf_counter()
         pending: asyncio.Future[int] | None = None
         planned: _Planned | BatchOutcome | None = None
-        ctx: BatchContext | None = None
         try:
             loaded, model = await self._load(job.views, job.dead)  # ahead of held's apply
             carry = held.prepared.carry
+            ctx: BatchContext | None = None
             if (carry is not None and loaded.model_version == held.ctx.model_version
-                    and loaded.landmark_raw in (None, held.ctx.landmark_raw) and self._no_rollback(loaded)):
+                    and loaded.landmark_raw in (None, held.ctx.landmark_raw)):
                 ctx = carry.overlay(loaded)
-                if not self._no_gaps(ctx, job):
+                if not self._in_step(loaded, ctx, job):
                     ctx = None
                 elif partners := self._isgd_partners(job.views, ctx, model):
                     # Read now, ahead of held's apply, what the plan would read after it.
                     more = await self.state.load_item_vecs(partners)
-                    ctx = replace(ctx, item_vecs={**ctx.item_vecs, **more, **carry.item_vecs})
+                    ctx = carry.overlay(replace(loaded, item_vecs={**loaded.item_vecs, **more}))
             pending = await self.state.send_apply(held.prepared)
             if ctx is not None:
                 planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model,
                                            overlapped=True)
                 if isinstance(planned, _Planned):
-                    prepared = self.state.prepare_apply(planned.delta, ctx, planned.landmark, planned.vectors,
-                                                        item_vecs=planned.item_vecs)
+                    self._hold(job, ctx, planned, started)
             result = await pending
         except asyncio.CancelledError:
             if pending is not None:
@@ -365,18 +360,17 @@ class BatchProcessor:
             self._overlap_failed(exc)
             if pending is not None:  # whatever became of it, Redis' offsets say
                 await asyncio.gather(pending, return_exceptions=True)
-            return [(held.job.token, await self._serial(held.job)), (job.token, await self._serial(job))]
+            result = None
         if result != APPLIED:
-            logger.info("held batch not applied (result %d); applying it and the next one in turn", result)
+            if result is not None:
+                logger.info("held batch not applied (result %d); applying it and the next one in turn", result)
+            self._held = None  # planned on what that apply would have left
             return [(held.job.token, await self._serial(held.job)), (job.token, await self._serial(job))]
         done = [(held.job.token, self._accepted_held(held))]
-        if isinstance(planned, _Planned):
-            assert ctx is not None
-            self._held = _Held(job, planned, ctx, prepared, started)
-        elif isinstance(planned, BatchOutcome):
+        if isinstance(planned, BatchOutcome):  # nothing to apply
             self._count(planned, job, started)
             done.append((job.token, planned))
-        else:
+        elif not isinstance(planned, _Planned):
             done.append((job.token, await self._serial(job)))
         return done
 
@@ -427,18 +421,17 @@ class BatchProcessor:
             need.update(i for i, _ in ctx.histories.get(u, ()))
         return need - vecs.keys()
 
-    def _no_rollback(self, ctx: BatchContext) -> bool:
-        """Redis stores at least every offset this process saw it accept."""
-        stored = ctx.applied_offsets
-        return all(stored.get(p, -1) >= o for p, o in self.seen.items() if p in stored)
-
-    def _no_gaps(self, ctx: BatchContext, job: _Job) -> bool:
-        """No record is missing between the offsets Redis will have and the job's first ones."""
+    def _in_step(self, loaded: BatchContext, after: BatchContext, job: _Job) -> bool:
+        """What :meth:`_fill_gaps` would find nothing to read back for: Redis (``loaded``) still
+        stores every offset this process saw it accept, and no record is missing between the
+        offsets it will have once the batch in flight applied (``after``) and the job's first
+        ones. Always true without gap filling, as on the serial path."""
         if self.gaps is None:
             return True
-        if not self._no_rollback(ctx):
-            return False
-        applied = ctx.applied_offsets
+        stored = loaded.applied_offsets
+        if any(stored.get(p, -1) < o for p, o in self.seen.items() if p in stored):
+            return False  # a rollback: the serial path heals it
+        applied = after.applied_offsets
         first: dict[int, int] = {}
         for p, o in chain(job.by_pos, ((d.record.partition, d.record.offset) for d in job.dead)):
             if o < first.get(p, o + 1):

@@ -405,9 +405,7 @@ class RedisState:
             "k": keys,
             "ops": ops,
         }
-        carry = None
-        if after is not None and item_vecs is not None:
-            carry = _carry(delta, ctx, lm, vectors, item_vecs, after)
+        carry = _carry(delta, ctx, lm, vectors, item_vecs, after) if item_vecs is not None and after is not None else None
         return PreparedApply(_pack(payload), carry)
 
     #: Whether :meth:`send_apply` may overlap a batch's apply with the next one's plan.
