@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ import numpy as np
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -212,6 +214,7 @@ def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
             if applied >= n or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
+        paths = _batch_paths(s.worker_metrics_port)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -232,7 +235,25 @@ def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
         "redis_commands_by_type": {k.removeprefix("cmdstat_"): v for k, v in sorted(
             calls.items(), key=lambda kv: -kv[1]) if v},
         "peak_rss_mb": round(peak, 1),
+        # driftrec_worker_batches_total by path (absent for a REF that predates the metric).
+        "batches_by_path": paths,
     }
+
+
+def _batch_paths(port: int) -> dict[str, float]:
+    """The worker's ``driftrec_worker_batches_total`` by ``path`` label, from its metrics port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "driftrec_worker_batches":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels.get("path", "")] = sample.value
+    return out
 
 
 async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], suffix: str,
@@ -485,6 +506,7 @@ def main() -> None:
             "measured_events": worker["measured_events"],
             "redis_round_trips_per_event": worker["redis_round_trips_per_event"],
             "redis_commands_by_type": worker["redis_commands_by_type"],
+            "batches_by_path": worker["batches_by_path"],
             "settings": {k: getattr(s, k) for k in ("batch_max_events", "batch_max_wait_s", "topic_partitions",
                                                     "cooc_window", "history_len", "neighbours_k", "factors")},
             "simulator": {"users": args.users, "items": args.items, "categories": 20, "seed": 7},
