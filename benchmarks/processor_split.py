@@ -1,0 +1,192 @@
+"""Where an overlapped micro-batch's time goes: the batch processor alone, step by step.
+
+Usage: python benchmarks/processor_split.py [--events 150000] [--model] [--rounds 2]
+                                            [--out benchmarks/results/processor_split.json]
+
+Feeds the write-path benchmark's simulator clicks (5,000 users, 10,000 items, seed 7; ``--model``
+publishes item factors first, for the fold-in mode, else ISGD vectors) to
+:meth:`streams.processor.BatchProcessor.feed` in ``batch_max_events`` slices across 4 partitions,
+as the worker does, against a private ``redis-server`` (flushed before each round). Each step is
+timed by wrapping it (wall time, µs per event): ``parse`` (decoding and validation), ``load`` (the
+load script's round trip and the decoding of its reply, ISGD partner loads included),
+``load_item_vecs`` (those partner loads alone), ``plan``, ``prepare_apply`` (payload and carry),
+and ``apply_round_trip`` (from sending a batch's apply to reading its reply: the next batch's plan
+and prepare run inside it). Also the process' CPU and Redis' CPU (``INFO cpu``) per event: when the
+wall time per event is above both, part of the work is still not overlapped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from driftrec import benchinfo  # noqa: E402
+from driftrec.keys import Keys  # noqa: E402
+from driftrec.settings import Settings  # noqa: E402
+from driftrec.simulator import ShopSimulator  # noqa: E402
+from streams.processor import BatchProcessor, RawRecord  # noqa: E402
+from streams.published import FactorCache, pack_factors  # noqa: E402
+from streams.redis_state import RedisState  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class Timer:
+    """Wall time and calls per wrapped step."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def add(self, name: str, started: float) -> None:
+        self.seconds[name] += time.perf_counter() - started
+        self.calls[name] += 1
+
+    def wrap_async(self, obj: Any, attr: str, name: str) -> None:
+        f = getattr(obj, attr)
+
+        async def timed(*a: Any, **k: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await f(*a, **k)
+            finally:
+                self.add(name, started)
+        setattr(obj, attr, timed)
+
+    def wrap(self, obj: Any, attr: str, name: str) -> None:
+        f = getattr(obj, attr)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                self.add(name, started)
+        setattr(obj, attr, timed)
+
+    def wrap_send_apply(self, state: RedisState) -> None:
+        send: Callable[..., Any] = state.send_apply
+
+        async def timed(prepared: Any) -> asyncio.Future[int]:
+            pending = await send(prepared)
+            started = time.perf_counter()
+
+            async def reply() -> int:
+                try:
+                    return await pending
+                finally:
+                    self.add("apply_round_trip", started)
+            return asyncio.ensure_future(reply())
+        state.send_apply = timed  # type: ignore[method-assign]
+
+
+async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bool) -> dict[str, Any]:
+    s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split")
+    sync = redis.Redis(port=port)
+    sync.flushall()
+    keys = Keys(s.key_prefix)
+    if model:
+        y = np.random.default_rng(0).normal(0, 0.1, (len(item_ids), s.factors))
+        for part, blob in pack_factors(item_ids, y, alpha=1.0, regularization=s.fold_in_regularization).items():
+            sync.set(keys.model_blob("bench", part), blob)
+        sync.set(keys.model_current, "bench")
+    client = aioredis.Redis.from_url(s.redis)
+    state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
+                       neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+
+    async def sink(dead: Any) -> None:
+        pass
+
+    proc = BatchProcessor(s, state, sink, FactorCache(client, keys, s.fold_in_regularization))
+    timer = Timer()
+    timer.wrap(proc, "parse", "parse")
+    timer.wrap_async(state, "load", "load")
+    timer.wrap_async(state, "load_item_vecs", "load_item_vecs")
+    timer.wrap_async(proc, "_plan", "plan")
+    timer.wrap(state, "prepare_apply", "prepare_apply")
+    timer.wrap_send_apply(state)
+    # 4 partitions, offsets per partition, each batch a slice across them (the worker's view).
+    raws = [RawRecord(s.clicks_topic, j % 4, j // 4, v) for j, v in enumerate(rows)]
+    sync.config_resetstat()
+    cpu0 = sync.info("cpu")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for i in range(0, len(raws), s.batch_max_events):
+        await proc.feed(raws[i:i + s.batch_max_events], i)
+    await proc.flush()
+    took = time.perf_counter() - started
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu1 = sync.info("cpu")
+    applied = int(sync.hget(keys.meta, "applied_events") or 0)
+    await client.aclose()
+    n = len(raws)
+
+    def us(seconds: float) -> float:
+        return round(seconds / n * 1e6, 1)
+
+    return {
+        "events": n, "applied": applied, "events_per_s": round(n / took, 1), "wall_us_per_event": us(took),
+        "python_cpu_us_per_event": us(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime),
+        "redis_cpu_us_per_event": us(sum(cpu1[k] - cpu0[k] for k in ("used_cpu_sys", "used_cpu_user"))),
+        "step_wall_us_per_event": {k: us(v) for k, v in timer.seconds.items()},
+        "step_calls": dict(timer.calls),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=150_000)
+    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    import reader as bench  # benchmarks/reader.py: a private redis-server
+
+    machine = benchinfo.machine(["redis", "orjson", "numpy"])
+    sim = ShopSimulator(n_users=5000, n_items=10_000, n_categories=20, seed=7)
+    rows = [orjson.dumps(e) for e in itertools.islice(sim.events(args.events), args.events)]
+    port = bench.free_port()
+    work = Path(tempfile.mkdtemp(prefix="driftrec-split-"))
+    proc = bench.private_redis(port, work)
+    try:
+        rounds = [asyncio.run(one_round(port, rows, list(sim.item_ids), args.model)) for _ in range(args.rounds)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    for r in rounds:
+        if r["applied"] != args.events:
+            raise SystemExit(f"applied {r['applied']} of {args.events} events")
+    out = args.out or RESULTS / ("processor_split_foldin.json" if args.model else "processor_split.json")
+    result = {"vectors": "fold-in" if args.model else "isgd", "events": args.events, "rounds": rounds,
+              "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7},
+              "machine": machine, "commit": benchinfo.commit(),
+              "command": "python benchmarks/processor_split.py" + (" --model" if args.model else "")}
+    result["machine"]["load_avg_at_end"] = list(__import__("os").getloadavg())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(rounds, indent=1))
+
+
+if __name__ == "__main__":
+    main()
