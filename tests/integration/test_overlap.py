@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -27,7 +28,7 @@ from online.routes_users import tombstone
 from streams import metrics
 from streams.forget import Forgetter
 from streams.processor import BatchOutcome, BatchProcessor, DeadLetter, RawRecord
-from streams.published import FactorCache
+from streams.published import FactorCache, pack_factors
 from streams.redis_state import RedisState
 from tests.integration.test_forget_stores import produce
 
@@ -149,6 +150,43 @@ def test_overlapped_batches_leave_exactly_what_serial_batches_leave(settings: Se
         sorted((d.record.offset, d.record.partition, d.reason) for d in two.dead)
     bad = [r for r in raw if r.value is not None and (r.value.startswith(b"{not") or b"teleport" in r.value)]
     assert len(bad) >= 10 and len(one.dead) == len(bad)
+
+
+def publish_model(s: Settings, item_ids: list[str], version: str = "m1") -> None:
+    """Item factors for ``item_ids`` as the live model of ``s``'s prefix (fold-in mode)."""
+    r = redis.Redis.from_url(s.redis)
+    keys = Keys(s.key_prefix)
+    y = np.random.default_rng(5).normal(0, 0.1, (len(item_ids), s.factors))
+    for part, blob in pack_factors(item_ids, y, alpha=2.0, regularization=s.fold_in_regularization).items():
+        r.set(keys.model_blob(version, part), blob)
+    r.set(keys.model_current, version)
+    r.close()
+
+
+def test_overlapped_fold_in_batches_leave_exactly_what_serial_batches_leave(
+        settings: Settings, prefixes: Callable[[str], Settings]) -> None:
+    """With a published model the batch folds each user in against the item factors (and keeps
+    the decayed item weights the fold-in reads): the carried user HASHes must be exact here too.
+    A third of the items are not in the model (new since the training)."""
+    raw = records(settings, 4000, seed=34, forget="u23")
+    cut = batches(raw)
+    in_model = [f"i{j}" for j in range(900) if j % 3]
+    one, two = prefixes("fa"), prefixes("fb")
+    for s in (one, two):
+        publish_model(s, in_model)
+    w1, w2 = Worker(one), Worker(two)
+    serial = asyncio.run(serially(w1, cut))
+    before = metrics.BATCHES.labels("overlapped")._value.get()
+    done = asyncio.run(overlapped(w2, cut))
+    assert metrics.BATCHES.labels("overlapped")._value.get() - before >= len(cut) - 2
+    assert [t for t, _ in done] == list(range(len(cut)))
+    assert [(o.applied, o.skipped) for _, o in done] == [(o.applied, o.skipped) for o in serial]
+    r = redis.Redis.from_url(settings.redis)
+    a, b = dump(r, one.key_prefix), dump(r, two.key_prefix)
+    vecs = [k for k in a if k.endswith(":vec")]
+    assert len(vecs) > 100 and all(a[k].startswith(b"m1\0") for k in vecs)  # fold-in vectors, not ISGD
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
 
 
 def test_a_held_batch_another_writer_applied_first_is_skipped_not_applied_twice(
