@@ -3,6 +3,7 @@
 Usage: python benchmarks/processor_ab.py [--baseline-ref 2eff196] [--events 100000] [--rounds 3]
                                          [--out benchmarks/results/processor_ab.json]
                                          [--redis-config zset-max-listpack-entries 0 ...]
+                                         [--overlap] [--model]
 
 ``--baseline-ref`` is checked out into a temporary git worktree; each round runs the baseline and
 then the working tree, each in a child process of its own, against a private ``redis-server``
@@ -12,6 +13,9 @@ Redis commands executed per event (``INFO commandstats``, the scripts' inner cal
 the child's CPU per 1,000 events, Redis' time per event by command, the memory of the state it
 left (``used_memory_dataset``; ``MEMORY USAGE`` of up to 2,000 neighbour rows), and the median
 ratio new/baseline.
+``--overlap`` feeds the batches as the worker does (each planned while Redis applies the one before,
+``BatchProcessor.feed``) instead of one after another; ``--model`` publishes item factors for every
+item first (the fold-in mode instead of ISGD vectors).
 ``--redis-config NAME VALUE ...`` starts that Redis with those settings (both sides). On a shared machine
 compare the ratio, not the absolute numbers.
 """
@@ -45,6 +49,7 @@ from streams.published import FactorCache
 from streams.redis_state import RedisState
 
 port, n = int(sys.argv[1]), int(sys.argv[2])
+overlap, model = "overlap" in sys.argv[3:], "model" in sys.argv[3:]
 s = Settings(kafka_bootstrap_servers="x:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="ab")
 sim = ShopSimulator(n_users=10_000, n_items=20_000, n_categories=20, seed=17)
 rows = [orjson.dumps(e) for e in itertools.islice(sim.events(n), n)]
@@ -59,12 +64,25 @@ async def main():
     async def sink(dead): pass
     proc = BatchProcessor(s, state, sink, FactorCache(client, keys, s.fold_in_regularization))
     sync = redis.Redis(port=port)
+    if model:  # item factors for every item: the fold-in mode
+        import numpy as np
+        from streams.published import pack_factors
+        y = np.random.default_rng(0).normal(0, 0.1, (len(sim.item_ids), s.factors))
+        for part, blob in pack_factors(list(sim.item_ids), y, alpha=1.0,
+                                       regularization=s.fold_in_regularization).items():
+            sync.set(keys.model_blob("bench", part), blob)
+        sync.set(keys.model_current, "bench")
     sync.config_resetstat()
     cpu0 = sync.info("cpu")
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     for i in range(0, len(raws), s.batch_max_events):
-        await proc.process(raws[i:i + s.batch_max_events])
+        if overlap:  # as the worker does: each batch planned while Redis applies the one before
+            await proc.feed(raws[i:i + s.batch_max_events], i)
+        else:
+            await proc.process(raws[i:i + s.batch_max_events])
+    if overlap:
+        await proc.flush()
     took = time.perf_counter() - started
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu1 = sync.info("cpu")
@@ -107,9 +125,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run(code_root: Path, port: int, events: int) -> dict[str, Any]:
+def _run(code_root: Path, port: int, events: int, modes: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONHASHSEED": "0"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(port), str(events)], cwd=code_root, env=env,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(port), str(events), *modes], cwd=code_root, env=env,
                          capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"child failed in {code_root}:\n{out.stderr[-3000:]}")
@@ -124,7 +142,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "processor_ab.json")
     ap.add_argument("--redis-config", nargs="*", default=[], metavar="ARG",
                     help="extra redis-server arguments for both sides, e.g. zset-max-listpack-entries 0")
+    ap.add_argument("--overlap", action="store_true",
+                    help="feed() the batches (overlapped, as the worker runs them) instead of process()")
+    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
     args = ap.parse_args()
+    modes = [m for m, on in (("overlap", args.overlap), ("model", args.model)) if on]
     tmp = Path(tempfile.mkdtemp(prefix="driftrec-ab-"))
     base = tmp / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline_ref], cwd=ROOT,
@@ -148,7 +170,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, root in (("baseline", base), ("new", ROOT)):
                 client.flushall()
-                row = _run(root, port, args.events)
+                row = _run(root, port, args.events, modes)
                 row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
                 runs[name].append(row)
                 print(name, json.dumps(row), flush=True)
@@ -172,7 +194,7 @@ def main() -> None:
                                 capture_output=True, text=True).stdout.strip())
     result = {"summary": summary, "runs": runs, "baseline_ref": args.baseline_ref,
               "commit": commit + ("+dirty" if dirty else ""), "events": args.events, "rounds": args.rounds,
-              "redis_config": args.redis_config,
+              "redis_config": args.redis_config, "modes": modes,
               "machine": {"cpus": os.cpu_count(), "load_avg_at_end": list(os.getloadavg())},
               "command": "python " + " ".join(sys.argv)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

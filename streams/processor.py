@@ -333,10 +333,21 @@ class BatchProcessor:
         pending: asyncio.Future[int] | None = None
         planned: _Planned | BatchOutcome | None = None
         try:
-            loaded, model = await self._load(job.views, job.dead)  # ahead of held's apply
+            # The load goes ahead of held's apply. Without ISGD vectors the plan reads nothing
+            # more before it, so the apply is sent as soon as the load's reply is in and Redis
+            # runs it while the reply is decoded; a new model version then sends the job the
+            # serial way, which loads the model (as _load would have before planning).
+            fresh_model = True
+            if self.factors is None or self._mode() is not None:
+                model, users, parts, extra, items = self._load_args(job.views, job.dead)
+                loaded, pending = await self.state.load_then_apply(held.prepared, users, parts,
+                                                                   user_extra=extra, items=items)
+                fresh_model = self.factors is None or loaded.model_version == self.factors.version
+            else:
+                loaded, model = await self._load(job.views, job.dead)
             carry = held.prepared.carry
             ctx: BatchContext | None = None
-            if (carry is not None and loaded.model_version == held.ctx.model_version
+            if (fresh_model and carry is not None and loaded.model_version == held.ctx.model_version
                     and loaded.landmark_raw in (None, held.ctx.landmark_raw)):
                 ctx = carry.overlay(loaded)
                 if not self._in_step(loaded, ctx, job):
@@ -345,7 +356,8 @@ class BatchProcessor:
                     # Read now, ahead of held's apply, what the plan would read after it.
                     more = await self.state.load_item_vecs(partners)
                     ctx = carry.overlay(replace(loaded, item_vecs={**loaded.item_vecs, **more}))
-            pending = await self.state.send_apply(held.prepared)
+            if pending is None:
+                pending = await self.state.send_apply(held.prepared)
             if ctx is not None:
                 planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model,
                                            overlapped=True)
@@ -526,22 +538,29 @@ class BatchProcessor:
     def _mode(self) -> PublishedFactors | None:
         return self.factors.model if self.factors is not None else None
 
+    def _load_args(self, views: list[EventView], dead: list[DeadLetter], upto: Mapping[int, int] | None = None,
+                   ) -> tuple[PublishedFactors | None, list[str], set[int], str, list[str]]:
+        """The model the plan will use, and what to load for it: users, partitions, the extra
+        user state (weights for a fold-in, vectors for ISGD) and the items whose vectors to read."""
+        model = self._mode()
+        items = [v.item for v in views if v.type != TOMBSTONE_TYPE]
+        if self.factors is None:
+            extra, items = NO_USER_EXTRA, []
+        elif model is not None:
+            index = model.index
+            extra, items = USER_WEIGHTS, [i for i in items if i not in index]
+        else:
+            extra = USER_VECTORS
+        parts = {v.partition for v in views} | {d.record.partition for d in dead}
+        if self.gaps is not None:
+            parts |= set(self.seen) | set(upto or ())
+        return model, [v.user for v in views], parts, extra, items
+
     async def _load(self, views: list[EventView], dead: list[DeadLetter],
                     upto: Mapping[int, int] | None = None) -> tuple[BatchContext, PublishedFactors | None]:
         while True:
-            model = self._mode()
-            items = [v.item for v in views if v.type != TOMBSTONE_TYPE]
-            if self.factors is None:
-                extra, items = NO_USER_EXTRA, []
-            elif model is not None:
-                index = model.index
-                extra, items = USER_WEIGHTS, [i for i in items if i not in index]
-            else:
-                extra = USER_VECTORS
-            parts = {v.partition for v in views} | {d.record.partition for d in dead}
-            if self.gaps is not None:
-                parts |= set(self.seen) | set(upto or ())
-            ctx = await self.state.load((v.user for v in views), parts, user_extra=extra, items=items)
+            model, users, parts, extra, items = self._load_args(views, dead, upto)
+            ctx = await self.state.load(users, parts, user_extra=extra, items=items)
             if self.factors is None or ctx.model_version == self.factors.version:
                 return ctx, model
             await self.factors.refresh(ctx.model_version)

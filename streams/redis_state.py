@@ -18,7 +18,7 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import chain
@@ -316,6 +316,25 @@ class RedisState:
     async def load(self, users: Iterable[str], partitions: Iterable[int], *,
                    user_extra: str = NO_USER_EXTRA, items: Iterable[str] = ()) -> BatchContext:
         """One script call: offsets, landmark, model version, histories and the vectors asked for."""
+        return (await self._load_reply(users, partitions, user_extra, items))()
+
+    async def load_then_apply(self, prepared: PreparedApply, users: Iterable[str], partitions: Iterable[int], *,
+                              user_extra: str = NO_USER_EXTRA, items: Iterable[str] = (),
+                              ) -> tuple[BatchContext, asyncio.Future[int]]:
+        """:meth:`load`, then :meth:`send_apply` of ``prepared`` as soon as the load's reply is
+        in and before it is decoded: Redis runs the apply while this process decodes what the
+        load read (the state before that apply). Returns the context and the apply's future."""
+        decode = await self._load_reply(users, partitions, user_extra, items)
+        pending = await self.send_apply(prepared)
+        try:
+            return decode(), pending
+        except BaseException:
+            await asyncio.gather(pending, return_exceptions=True)  # sent: whatever became of it, offsets say
+            raise
+
+    async def _load_reply(self, users: Iterable[str], partitions: Iterable[int], user_extra: str,
+                          items: Iterable[str]) -> Callable[[], BatchContext]:
+        """Run the load script; a function that decodes its reply into the :class:`BatchContext`."""
         k = self.keys
         users = list(dict.fromkeys(users))
         items = list(dict.fromkeys(items))
@@ -326,8 +345,11 @@ class RedisState:
                 "ik": [k.item_vec(i) for i in items]}
         raw = await self._load(keys=[k.offsets, k.meta, k.model_current], args=[_pack(spec)])
         self.commands_sent += 1
-        offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
-        return loaded_context(parts, users, items, user_extra, offs, landmark, current, hists, extra, ivecs)
+
+        def decode() -> BatchContext:
+            offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
+            return loaded_context(parts, users, items, user_extra, offs, landmark, current, hists, extra, ivecs)
+        return decode
 
     async def load_item_vecs(self, items: Iterable[str]) -> dict[str, tuple[bytes | None, str | None]]:
         """Stored ``(vec, model)`` of more items (new items' co-clicked partners), one script call."""

@@ -176,9 +176,18 @@ def test_overlapped_fold_in_batches_leave_exactly_what_serial_batches_leave(
         publish_model(s, in_model)
     w1, w2 = Worker(one), Worker(two)
     serial = asyncio.run(serially(w1, cut))
+    early = w2.state.load_then_apply
+    calls = []
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await early(*args, **kwargs)
+
+    w2.state.load_then_apply = counted  # type: ignore[method-assign]
     before = metrics.BATCHES.labels("overlapped")._value.get()
     done = asyncio.run(overlapped(w2, cut))
     assert metrics.BATCHES.labels("overlapped")._value.get() - before >= len(cut) - 2
+    assert len(calls) >= len(cut) - 4  # the apply went out before the next load's reply was decoded
     assert [t for t, _ in done] == list(range(len(cut)))
     assert [(o.applied, o.skipped) for _, o in done] == [(o.applied, o.skipped) for o in serial]
     r = redis.Redis.from_url(settings.redis)
@@ -218,11 +227,19 @@ def test_a_held_batch_another_writer_applied_first_is_skipped_not_applied_twice(
     assert [k for k in a.keys() | b.keys() if a.get(k) != b.get(k)] == []
 
 
+@pytest.mark.parametrize("fold_in", [False, True], ids=["isgd", "fold_in"])
 def test_a_redis_error_while_a_batch_is_in_flight_loses_nothing(settings: Settings,
-                                                               prefixes: Callable[[str], Settings]) -> None:
+                                                               prefixes: Callable[[str], Settings],
+                                                               fold_in: bool) -> None:
+    """A lost send and a lost reply; with a published model the apply goes out before the next
+    load's reply is decoded (``RedisState.load_then_apply``), through the same ``send_apply``."""
     raw = records(settings, 4000, seed=33)
     cut = batches(raw)
-    ref, w = Worker(prefixes("ref")), Worker(prefixes("y"))
+    s_ref, s_w = prefixes("ref"), prefixes("y")
+    if fold_in:
+        for s in (s_ref, s_w):
+            publish_model(s, [f"i{j}" for j in range(900)])
+    ref, w = Worker(s_ref), Worker(s_w)
     serial = asyncio.run(serially(ref, cut))
     send = w.state.send_apply
     calls = []
