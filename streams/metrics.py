@@ -28,8 +28,10 @@ BATCH_SECONDS = Histogram(
 )
 BATCHES = Counter(
     "driftrec_worker_batches_total",
-    "Micro-batches applied, by path: overlapped (planned while Redis applied the batch before) or "
-    "in_turn (loaded, planned and applied on its own: the first after a pause, or a fallback).",
+    "Micro-batches applied, by path: overlapped (planned while Redis applied the batch before), "
+    "alone (planned the same way with nothing in flight: the first batch after a pause, a fallback, "
+    "or a held batch applied because no next batch was fetched yet) or in_turn (the old path: loaded, "
+    "planned and applied on its own, when overlapping is off, for a forget, or after a fallback).",
     ["path"],
 )
 REDIS_RETRIES = Counter("driftrec_worker_redis_retries_total", "Redis calls retried after an error.")

@@ -142,6 +142,9 @@ class _Held:
     ctx: BatchContext
     prepared: PreparedApply
     started: float
+    #: Planned while Redis applied the batch before (else with nothing in flight: the first
+    #: batch after a pause or a fallback).
+    overlapped: bool
 
 
 DeadLetterSink = Callable[[Sequence[DeadLetter]], Awaitable[None]]
@@ -317,15 +320,15 @@ class BatchProcessor:
             self._count(planned, job, started)
             return [(job.token, planned)]
         if isinstance(planned, _Planned):
-            self._hold(job, ctx, planned, started)
+            self._hold(job, ctx, planned, started, overlapped=False)
             return []
         return [(job.token, await self._serial(job))]
 
-    def _hold(self, job: _Job, ctx: BatchContext, planned: _Planned, started: float) -> None:
+    def _hold(self, job: _Job, ctx: BatchContext, planned: _Planned, started: float, *, overlapped: bool) -> None:
         """Build ``planned``'s apply (and its carry) and hold it until the next feed or flush."""
         prepared = self.state.prepare_apply(planned.delta, ctx, planned.landmark, planned.vectors,
                                             item_vecs=planned.item_vecs)
-        self._held = _Held(job, planned, ctx, prepared, started)
+        self._held = _Held(job, planned, ctx, prepared, started, overlapped)
 
     async def _overlap(self, held: _Held, job: _Job) -> list[tuple[object, BatchOutcome]]:
         """Send ``held``'s apply and plan ``job`` (and build its apply) while Redis runs it."""
@@ -362,7 +365,7 @@ class BatchProcessor:
                 planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model,
                                            overlapped=True)
                 if isinstance(planned, _Planned):
-                    self._hold(job, ctx, planned, started)
+                    self._hold(job, ctx, planned, started, overlapped=True)
             result = await pending
         except asyncio.CancelledError:
             if pending is not None:
@@ -401,7 +404,7 @@ class BatchProcessor:
     def _accepted_held(self, held: _Held) -> BatchOutcome:
         outcome = self._accepted(held.planned, held.job.views)
         outcome.attempts = 1
-        self._count(outcome, held.job, held.started, "overlapped")
+        self._count(outcome, held.job, held.started, "overlapped" if held.overlapped else "alone")
         return outcome
 
     def _overlap_failed(self, exc: BaseException) -> None:
