@@ -14,7 +14,8 @@ the child's CPU per 1,000 events, Redis' time per event by command, the memory o
 left (``used_memory_dataset``; ``MEMORY USAGE`` of up to 2,000 neighbour rows), and the median
 ratio new/baseline.
 ``--overlap`` feeds the batches as the worker does (each planned while Redis applies the one before,
-``BatchProcessor.feed``) instead of one after another; ``--model`` publishes item factors for every
+``BatchProcessor.feed``, with the next batch as ``upcoming`` where the code takes it) instead of one
+after another; ``--model`` publishes item factors for every
 item first (the fold-in mode instead of ISGD vectors).
 ``--redis-config NAME VALUE ...`` starts that Redis with those settings (both sides). On a shared machine
 compare the ratio, not the absolute numbers.
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the child, with the code under test first on sys.path.
 CHILD = r'''
-import asyncio, itertools, json, resource, sys, time
+import asyncio, inspect, itertools, json, resource, sys, time
 import orjson, redis, redis.asyncio as aioredis
 from driftrec.keys import Keys
 from driftrec.settings import Settings
@@ -76,11 +77,16 @@ async def main():
     cpu0 = sync.info("cpu")
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    for i in range(0, len(raws), s.batch_max_events):
-        if overlap:  # as the worker does: each batch planned while Redis applies the one before
-            await proc.feed(raws[i:i + s.batch_max_events], i)
+    cuts = [raws[i:i + s.batch_max_events] for i in range(0, len(raws), s.batch_max_events)]
+    # feed(upcoming=): the next batch parsed while Redis applies (code that has it, as the worker).
+    ahead = "upcoming" in inspect.signature(proc.feed).parameters
+    for k, cut in enumerate(cuts):
+        if overlap and ahead:
+            await proc.feed(cut, k, upcoming=cuts[k + 1] if k + 1 < len(cuts) else None)
+        elif overlap:  # as the worker does: each batch planned while Redis applies the one before
+            await proc.feed(cut, k)
         else:
-            await proc.process(raws[i:i + s.batch_max_events])
+            await proc.process(cut)
     if overlap:
         await proc.flush()
     took = time.perf_counter() - started

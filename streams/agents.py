@@ -139,7 +139,7 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                 unsettled[id(batch)] = batch
                 try:
                     if overlap:
-                        settle(await processor.feed(batch.records, batch))
+                        settle(await processor.feed(batch.records, batch, upcoming=consumer.upcoming()))
                     else:
                         settle([(batch, await processor.process(batch.records))])
                 except asyncio.CancelledError:

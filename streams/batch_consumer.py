@@ -15,6 +15,7 @@ robinhood/faust#563: Faust reads ~10x slower than a plain ``AIOKafkaConsumer``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -55,6 +56,15 @@ class Batch:
         self.consumer._batch_released(self)
 
 
+class _Handoff(asyncio.Queue[Batch]):
+    """The fetch loop's queue of batches for the agent, which may look at the next one."""
+
+    _queue: collections.deque[Batch]  # asyncio.Queue's storage, for subclasses (as LifoQueue uses it)
+
+    def peek(self) -> Batch | None:
+        return self._queue[0] if self._queue else None
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """aiokafka-driven Faust consumer with a batch hand-off for selected topics."""
 
@@ -64,7 +74,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_topics: dict[str, int] = {}  # topic -> max events per batch
-        self._handoff: asyncio.Queue[Batch] = asyncio.Queue(self.handoff_size)
+        self._handoff = _Handoff(self.handoff_size)
         self._applied: dict[TP, int] = {}  # next offset to commit, per partition
         self._n_applied = 0
         self._in_flight = 0
@@ -118,6 +128,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         finally:
             if getter is not None:
                 getter.cancel()
+
+    def upcoming(self) -> list[RawRecord] | None:
+        """The records of the batch :meth:`batches` yields next, if one is fetched already and
+        still current (for :meth:`~streams.processor.BatchProcessor.feed` to parse ahead)."""
+        batch = self._handoff.peek()
+        if batch is None or batch.generation != self.app.consumer_generation_id:
+            return None
+        return batch.records
 
     def committed(self, topic: str) -> dict[int, int]:
         """Partition -> offset committed to Kafka (the next to read), for the assigned partitions

@@ -193,6 +193,10 @@ class BatchProcessor:
         #: second while nothing has been applied since start: see :meth:`_failed_alone`).
         self.poison_after, self.poison_after_cold = 3, 10
         self._held: _Held | None = None  # planned, not yet sent (feed / flush)
+        self._upcoming: Sequence[RawRecord] | None = None  # feed's upcoming, not yet parsed
+        #: ``(records, parse(records))`` of an upcoming batch parsed ahead.
+        self._parsed: tuple[Sequence[RawRecord], tuple[list[EventView], dict[tuple[int, int], RawRecord],
+                                                       list[DeadLetter]]] | None = None
 
     # --- parsing ------------------------------------------------------------------------------
     def parse(self, records: Sequence[RawRecord]) -> tuple[list[EventView], dict[tuple[int, int], RawRecord], list[DeadLetter]]:
@@ -227,8 +231,21 @@ class BatchProcessor:
         return await self._serial(self._job(records))
 
     def _job(self, records: Sequence[RawRecord], token: object = None) -> _Job:
-        views, by_pos, dead = self.parse(records)
+        early, self._parsed = self._parsed, None
+        if early is not None and early[0] is records:  # parsed ahead (feed's upcoming)
+            views, by_pos, dead = early[1]
+        else:
+            views, by_pos, dead = self.parse(records)
         return _Job(token, records, views, by_pos, dead)
+
+    def _parse_upcoming(self) -> None:
+        """Parse the records the caller said come next (see :meth:`feed`), now."""
+        upcoming, self._upcoming = self._upcoming, None
+        if upcoming:
+            try:
+                self._parsed = (upcoming, self.parse(upcoming))
+            except Exception:  # parsing raises nothing known; if it does, the next call parses again
+                logger.debug("parsing the upcoming batch ahead failed", exc_info=True)
 
     async def _serial(self, job: _Job) -> BatchOutcome:
         """Load, plan and apply ``job`` on its own, waiting out outages; raises nothing but cancellation."""
@@ -260,7 +277,8 @@ class BatchProcessor:
         metrics.EVENTS_SKIPPED.inc(outcome.skipped)
 
     # --- overlapped batches ----------------------------------------------------------------------
-    async def feed(self, records: Sequence[RawRecord], token: object) -> list[tuple[object, BatchOutcome]]:
+    async def feed(self, records: Sequence[RawRecord], token: object,
+                   upcoming: Sequence[RawRecord] | None = None) -> list[tuple[object, BatchOutcome]]:
         """Take the next batch; returns ``(token, outcome)`` of the batches Redis accepted since
         the last call, in the order they were fed. Raises nothing but cancellation.
 
@@ -272,8 +290,13 @@ class BatchProcessor:
         :meth:`flush` sends it. Anything unusual — the held batch not applied, a tombstone, a
         landmark move, a gap, a Redis rollback, a new model version, an error — and both go
         through :meth:`process`'s path one after the other, which sorts out what Redis has.
+
+        ``upcoming``: the records the caller will feed next, when it has them already. They are
+        parsed while Redis applies the held batch, where this process would otherwise wait,
+        instead of at the start of the next call, while Redis waits for the next load.
         """
         job = self._job(records, token)
+        self._upcoming = upcoming
         if not self.state.overlaps or not self._plannable(job):
             return [*await self.flush(), (token, await self._serial(job))]
         held, self._held = self._held, None
@@ -366,6 +389,7 @@ class BatchProcessor:
                                            overlapped=True)
                 if isinstance(planned, _Planned):
                     self._hold(job, ctx, planned, started, overlapped=True)
+            self._parse_upcoming()  # while Redis still runs held's apply
             result = await pending
         except asyncio.CancelledError:
             if pending is not None:

@@ -120,11 +120,27 @@ async def serially(w: Worker, cut: list[list[RawRecord]]) -> list[BatchOutcome]:
         await w.client.aclose()
 
 
-async def overlapped(w: Worker, cut: list[list[RawRecord]]) -> list[tuple[object, BatchOutcome]]:
+async def overlapped(w: Worker, cut: list[list[RawRecord]], parsed: list[tuple[int, int]] | None = None,
+                     ) -> list[tuple[object, BatchOutcome]]:
+    """Feed ``cut`` as the worker does, each batch with the next one as ``upcoming``. With
+    ``parsed``, each parse is recorded as (index of the batch parsed, index of the feed running)."""
+    if parsed is not None:
+        parse = w.proc.parse
+        running = [-1]
+
+        def recorded(records: Any) -> Any:
+            at = [j for j, b in enumerate(cut) if b is records]  # cut[9] is cut[4]: the one fed now or next
+            j = next((j for j in at if j in (running[0], running[0] + 1)), at[0] if at else None)
+            if j is not None:  # not records the processor read itself (a forget reads the user's)
+                parsed.append((j, running[0]))
+            return parse(records)
+        w.proc.parse = recorded  # type: ignore[method-assign]
     try:
         done = []
         for i, b in enumerate(cut):
-            done += await w.proc.feed(b, i)
+            if parsed is not None:
+                running[0] = i
+            done += await w.proc.feed(b, i, upcoming=cut[i + 1] if i + 1 < len(cut) else None)
         return done + await w.proc.flush()
     finally:
         await w.client.aclose()
@@ -138,10 +154,16 @@ def test_overlapped_batches_leave_exactly_what_serial_batches_leave(settings: Se
     one, two = Worker(prefixes("a")), Worker(prefixes("b"))
     serial = asyncio.run(serially(one, cut))
     before = counts()
-    done = asyncio.run(overlapped(two, cut))
+    parsed: list[tuple[int, int]] = []
+    done = asyncio.run(overlapped(two, cut, parsed))
     # In turn: the batch with the tombstone, and the replayed one (nothing to apply). Planned with
     # nothing in flight: the first, and the ones after those two. Every other one overlapped.
     assert counts(before) == {"overlapped": len(cut) - 5, "alone": 3, "in_turn": 2}
+    # Each batch parsed once (cut[9] is cut[4]: parsed again as the batch it is); those fed after
+    # an overlapped batch were parsed while Redis applied the batch before them.
+    assert sorted(j for j, _ in parsed) == list(range(len(cut)))
+    ahead = [j for j, running in parsed if running == j - 1]
+    assert len(ahead) >= len(cut) - 6 and all(running in (j, j - 1) for j, running in parsed)
 
     assert [t for t, _ in done] == list(range(len(cut)))  # every batch once, in the order fed
     assert [(o.applied, o.skipped) for _, o in done] == [(o.applied, o.skipped) for o in serial]
