@@ -291,11 +291,12 @@ async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], su
     started = time.perf_counter()
     if profile:
         prof.enable()
-    for i in range(0, len(by_time), s.batch_max_events):
-        if overlap:
-            await proc.feed(by_time[i: i + s.batch_max_events], i)
+    cuts = [by_time[i: i + s.batch_max_events] for i in range(0, len(by_time), s.batch_max_events)]
+    for k, cut in enumerate(cuts):
+        if overlap:  # with the next batch as upcoming, as the worker has it from its fetches
+            await proc.feed(cut, k, upcoming=cuts[k + 1] if k + 1 < len(cuts) else None)
         else:
-            await proc.process(by_time[i: i + s.batch_max_events])
+            await proc.process(cut)
     if overlap:
         await proc.flush()
     took = time.perf_counter() - started
