@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -40,12 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from write_path import publish_random_model  # noqa: E402
+
 from driftrec import benchinfo  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
 from streams.processor import BatchProcessor, RawRecord  # noqa: E402
-from streams.published import FactorCache, pack_factors  # noqa: E402
+from streams.published import FactorCache  # noqa: E402
 from streams.redis_state import RedisState  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -106,10 +107,7 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     sync.flushall()
     keys = Keys(s.key_prefix)
     if model:
-        y = np.random.default_rng(0).normal(0, 0.1, (len(item_ids), s.factors))
-        for part, blob in pack_factors(item_ids, y, alpha=1.0, regularization=s.fold_in_regularization).items():
-            sync.set(keys.model_blob("bench", part), blob)
-        sync.set(keys.model_current, "bench")
+        publish_random_model(sync, s, item_ids)
     client = aioredis.Redis.from_url(s.redis)
     state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
                        neighbours_k=s.neighbours_k, trending_k=s.trending_k)

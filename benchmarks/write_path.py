@@ -179,6 +179,16 @@ def run_baseline(s: Settings, n: int, ref: str, paths: tuple[str, ...] = CONSUME
         shutil.rmtree(tree, ignore_errors=True)
 
 
+def publish_random_model(r: redis.Redis, s: Settings, item_ids: list[str], version: str = "bench") -> None:
+    """Random item factors (seed 0) for ``item_ids`` as the live model of ``s``'s key prefix: the
+    fold-in mode, without training one."""
+    keys = Keys(s.key_prefix)
+    y = np.random.default_rng(0).normal(0, 0.1, (len(item_ids), s.factors))
+    for part, blob in pack_factors(item_ids, y, alpha=1.0, regularization=s.fold_in_regularization).items():
+        r.set(keys.model_blob(version, part), blob)
+    r.set(keys.model_current, version)
+
+
 def _copy_model(src: Settings, dst: Settings) -> None:
     """The published model of ``src``'s prefix, if any, under ``dst``'s prefix."""
     r = redis.Redis.from_url(src.redis)
@@ -458,13 +468,7 @@ def main() -> None:
         ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
         mode = "isgd"
         if args.model:
-            rng = np.random.default_rng(0)
-            ids = list(sim.item_ids)
-            r = redis.Redis.from_url(s.redis)
-            for part, blob in pack_factors(ids, rng.normal(0, 0.1, (len(ids), s.factors)), alpha=1.0,
-                                           regularization=s.fold_in_regularization).items():
-                r.set(Keys(s.key_prefix).model_blob("bench", part), blob)
-            r.set(Keys(s.key_prefix).model_current, "bench")
+            publish_random_model(redis.Redis.from_url(s.redis), s, list(sim.item_ids))
             mode = "fold-in"
         print(f"publishing {len(events):,} events ...", flush=True)
         records = asyncio.run(publish(s, events))

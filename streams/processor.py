@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
+from typing import cast
 
 import redis.exceptions
 from aiokafka.errors import KafkaError
@@ -193,7 +194,6 @@ class BatchProcessor:
         #: second while nothing has been applied since start: see :meth:`_failed_alone`).
         self.poison_after, self.poison_after_cold = 3, 10
         self._held: _Held | None = None  # planned, not yet sent (feed / flush)
-        self._upcoming: Sequence[RawRecord] | None = None  # feed's upcoming, not yet parsed
         #: ``(records, parse(records))`` of an upcoming batch parsed ahead.
         self._parsed: tuple[Sequence[RawRecord], tuple[list[EventView], dict[tuple[int, int], RawRecord],
                                                        list[DeadLetter]]] | None = None
@@ -238,9 +238,8 @@ class BatchProcessor:
             views, by_pos, dead = self.parse(records)
         return _Job(token, records, views, by_pos, dead)
 
-    def _parse_upcoming(self) -> None:
+    def _parse_ahead(self, upcoming: Sequence[RawRecord] | None) -> None:
         """Parse the records the caller said come next (see :meth:`feed`), now."""
-        upcoming, self._upcoming = self._upcoming, None
         if upcoming:
             try:
                 self._parsed = (upcoming, self.parse(upcoming))
@@ -296,13 +295,12 @@ class BatchProcessor:
         instead of at the start of the next call, while Redis waits for the next load.
         """
         job = self._job(records, token)
-        self._upcoming = upcoming
         if not self.state.overlaps or not self._plannable(job):
             return [*await self.flush(), (token, await self._serial(job))]
         held, self._held = self._held, None
         if held is None:
             return await self._start(job)
-        return await self._overlap(held, job)
+        return await self._overlap(held, job, upcoming)
 
     async def flush(self) -> list[tuple[object, BatchOutcome]]:
         """Apply the held batch, if any (see :meth:`feed`); raises nothing but cancellation."""
@@ -353,7 +351,8 @@ class BatchProcessor:
                                             item_vecs=planned.item_vecs)
         self._held = _Held(job, planned, ctx, prepared, started, overlapped)
 
-    async def _overlap(self, held: _Held, job: _Job) -> list[tuple[object, BatchOutcome]]:
+    async def _overlap(self, held: _Held, job: _Job,
+                       upcoming: Sequence[RawRecord] | None) -> list[tuple[object, BatchOutcome]]:
         """Send ``held``'s apply and plan ``job`` (and build its apply) while Redis runs it."""
         started = time.perf_counter()
         pending: asyncio.Future[int] | None = None
@@ -364,11 +363,11 @@ class BatchProcessor:
             # runs it while the reply is decoded; a new model version then sends the job the
             # serial way, which loads the model (as _load would have before planning).
             fresh_model = True
-            if self.factors is None or self._mode() is not None:
+            if not self._isgd(self._mode()):
                 model, users, parts, extra, items = self._load_args(job.views, job.dead)
                 loaded, pending = await self.state.load_then_apply(held.prepared, users, parts,
                                                                    user_extra=extra, items=items)
-                fresh_model = self.factors is None or loaded.model_version == self.factors.version
+                fresh_model = self._model_current(loaded)
             else:
                 loaded, model = await self._load(job.views, job.dead)
             carry = held.prepared.carry
@@ -389,7 +388,7 @@ class BatchProcessor:
                                            overlapped=True)
                 if isinstance(planned, _Planned):
                     self._hold(job, ctx, planned, started, overlapped=True)
-            self._parse_upcoming()  # while Redis still runs held's apply
+            self._parse_ahead(upcoming)  # while Redis still runs held's apply
             result = await pending
         except asyncio.CancelledError:
             if pending is not None:
@@ -445,7 +444,7 @@ class BatchProcessor:
         """Items whose ISGD vectors the plan may borrow for a new item (see
         :func:`~streams.vectors.isgd_partners_to_load`) that ``ctx`` lacks: a new item's
         co-clicked items are in the histories and the batch of the users who clicked it."""
-        if self.factors is None or model is not None:
+        if not self._isgd(model):
             return set()
         vecs, none = ctx.item_vecs, (None, None)
         users = set()
@@ -565,6 +564,14 @@ class BatchProcessor:
     def _mode(self) -> PublishedFactors | None:
         return self.factors.model if self.factors is not None else None
 
+    def _isgd(self, model: PublishedFactors | None) -> bool:
+        """Vectors on and no published model to fold in against: ISGD vectors."""
+        return self.factors is not None and model is None
+
+    def _model_current(self, ctx: BatchContext) -> bool:
+        """The model version ``ctx`` read is the one loaded here (or vectors are off)."""
+        return self.factors is None or ctx.model_version == self.factors.version
+
     def _load_args(self, views: list[EventView], dead: list[DeadLetter], upto: Mapping[int, int] | None = None,
                    ) -> tuple[PublishedFactors | None, list[str], set[int], str, list[str]]:
         """The model the plan will use, and what to load for it: users, partitions, the extra
@@ -588,9 +595,9 @@ class BatchProcessor:
         while True:
             model, users, parts, extra, items = self._load_args(views, dead, upto)
             ctx = await self.state.load(users, parts, user_extra=extra, items=items)
-            if self.factors is None or ctx.model_version == self.factors.version:
+            if self._model_current(ctx):
                 return ctx, model
-            await self.factors.refresh(ctx.model_version)
+            await cast(FactorCache, self.factors).refresh(ctx.model_version)  # not current: vectors on
             if self._mode() is model:
                 return ctx, model  # the new version could not be used; go on with what we have
             metrics.MODEL_RELOADS.inc()
