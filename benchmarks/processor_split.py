@@ -1,6 +1,6 @@
 """Where an overlapped micro-batch's time goes: the batch processor alone, step by step.
 
-Usage: python benchmarks/processor_split.py [--events 150000] [--model] [--rounds 2]
+Usage: python benchmarks/processor_split.py [--events 150000] [--model] [--rounds 2] [--apply-split]
                                             [--out benchmarks/results/processor_split.json]
 
 Feeds the write-path benchmark's simulator clicks (5,000 users, 10,000 items, seed 7; ``--model``
@@ -13,6 +13,13 @@ load script's round trip and the decoding of its reply, ISGD partner loads inclu
 and ``apply_round_trip`` (from sending a batch's apply to reading its reply: the next batch's plan
 and prepare run inside it). Also the process' CPU and Redis' CPU (``INFO cpu``) per event: when the
 wall time per event is above both, part of the work is still not overlapped.
+
+``--apply-split`` also splits the apply script's Redis time (``apply_split`` in the JSON): the
+commands it runs inside (``INFO commandstats`` of the last round, µs per event), what the payloads
+hold (bytes, ops and sorted-set pairs per event), and the server time of partial scripts run over
+the last round's real payloads: ``cmsgpack.unpack`` alone, then also walking the ``z`` ops and
+building their member and argument tables as the script does, then also one ``ZMSCORE`` call per
+``z`` op on a one-member scratch key (the cost of the call itself, not of the lookups).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -101,7 +109,64 @@ class Timer:
         state.send_apply = timed  # type: ignore[method-assign]
 
 
-async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bool) -> dict[str, Any]:
+_PARTIAL_SCRIPTS = {
+    "unpack": "local p = cmsgpack.unpack(ARGV[1]) return 1",
+    "unpack_walk_z": """local p = cmsgpack.unpack(ARGV[1])
+local t = 0
+for _, op in ipairs(p.ops) do
+  local kv = op[4]
+  if op[2] == 'z' then
+    local members, m = {}, 0
+    for x = 1, #kv, 2 do m = m + 1; members[m] = kv[x] end
+    local args, a = {}, 0
+    for y = 1, m do args[a + 1] = kv[2 * y]; args[a + 2] = members[y]; a = a + 2 end
+    t = t + a
+  end
+end
+return t""",
+    "unpack_walk_zmscore_call": """local p = cmsgpack.unpack(ARGV[1])
+for _, op in ipairs(p.ops) do
+  local kv = op[4]
+  if op[2] == 'z' and #kv > 0 then
+    local members, m = {}, 0
+    for x = 1, #kv, 2 do m = m + 1; members[m] = kv[x] end
+    redis.call('ZMSCORE', KEYS[1], unpack(members, 1, m))
+  end
+end
+return 1""",
+}
+
+
+def apply_split(sync: redis.Redis, payloads: list[bytes], n: int, inside: dict[str, Any]) -> dict[str, Any]:
+    """See the module docstring (``--apply-split``)."""
+    kinds: collections.Counter[str] = collections.Counter()
+    pairs = 0
+    for raw in payloads:
+        for op in msgpack.unpackb(raw, raw=True, strict_map_key=False)[b"ops"]:
+            kinds[op[1].decode()] += 1
+            if op[1] == b"z":
+                pairs += len(op[3]) // 2
+    scratch = "split:scratch"
+    sync.zadd(scratch, {"x": 1.0})
+    partial = {}
+    for name, source in _PARTIAL_SCRIPTS.items():
+        sha = sync.script_load(source)
+        sync.config_resetstat()
+        for raw in payloads:
+            sync.evalsha(sha, 1, scratch, raw)
+        partial[name] = round(sync.info("commandstats")["cmdstat_evalsha"]["usec"] / n, 2)
+    return {
+        "real_apply_usec_per_event_by_command": {k.removeprefix("cmdstat_"): round(v["usec"] / n, 2)
+                                                 for k, v in inside.items() if v["usec"] / n >= 0.05},
+        "payload_bytes_per_event": round(sum(map(len, payloads)) / n, 1),
+        "ops_per_event": {k: round(v / n, 2) for k, v in kinds.items()},
+        "z_pairs_per_event": round(pairs / n, 2),
+        "partial_script_server_usec_per_event": partial,
+    }
+
+
+async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bool,
+                    split: bool = False) -> dict[str, Any]:
     s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split")
     sync = redis.Redis(port=port)
     sync.flushall()
@@ -123,6 +188,14 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     timer.wrap_async(proc, "_plan", "plan")
     timer.wrap(state, "prepare_apply", "prepare_apply")
     timer.wrap_send_apply(state)
+    payloads: list[bytes] = []
+    if split:
+        send: Callable[..., Any] = state.send_apply
+
+        async def keep(prepared: Any) -> Any:
+            payloads.append(prepared.payload)
+            return await send(prepared)
+        state.send_apply = keep  # type: ignore[method-assign]
     # 4 partitions, offsets per partition, each batch a slice across them (the worker's view).
     raws = [RawRecord(s.clicks_topic, j % 4, j // 4, v) for j, v in enumerate(rows)]
     sync.config_resetstat()
@@ -135,6 +208,7 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     took = time.perf_counter() - started
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu1 = sync.info("cpu")
+    inside = sync.info("commandstats")
     applied = int(sync.hget(keys.meta, "applied_events") or 0)
     await client.aclose()
     n = len(raws)
@@ -148,6 +222,7 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
         "redis_cpu_us_per_event": us(sum(cpu1[k] - cpu0[k] for k in ("used_cpu_sys", "used_cpu_user"))),
         "step_wall_us_per_event": {k: us(v) for k, v in timer.seconds.items()},
         "step_calls": dict(timer.calls),
+        **({"apply_split": apply_split(sync, payloads, n, inside)} if split else {}),
     }
 
 
@@ -156,6 +231,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=150_000)
     ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--apply-split", action="store_true", help="also split the apply script's Redis time")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import reader as bench  # benchmarks/reader.py: a private redis-server
@@ -167,7 +243,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driftrec-split-"))
     proc = bench.private_redis(port, work)
     try:
-        rounds = [asyncio.run(one_round(port, rows, list(sim.item_ids), args.model)) for _ in range(args.rounds)]
+        rounds = [asyncio.run(one_round(port, rows, list(sim.item_ids), args.model,
+                                        args.apply_split and r == args.rounds - 1)) for r in range(args.rounds)]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -179,7 +256,8 @@ def main() -> None:
     result = {"vectors": "fold-in" if args.model else "isgd", "events": args.events, "rounds": rounds,
               "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7},
               "machine": machine, "commit": benchinfo.commit(),
-              "command": "python benchmarks/processor_split.py" + (" --model" if args.model else "")}
+              "command": "python benchmarks/processor_split.py" + (" --model" if args.model else "")
+              + (" --apply-split" if args.apply_split else "")}
     result["machine"]["load_avg_at_end"] = list(__import__("os").getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
