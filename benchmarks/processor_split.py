@@ -20,6 +20,13 @@ hold (bytes, ops and sorted-set pairs per event), and the server time of partial
 the last round's real payloads: ``cmsgpack.unpack`` alone, then also walking the ``z`` ops and
 building their member and argument tables as the script does, then also one ``ZMSCORE`` call per
 ``z`` op on a one-member scratch key (the cost of the call itself, not of the lookups).
+
+``--plan-ceiling`` asks what a free ``plan_batch`` would give (``plan_ceiling`` in the JSON): each
+round runs twice on a flushed Redis, first recording every batch's ``plan_batch`` result (and its
+time), then replaying those results instead of computing them; everything else is the same code
+on the same inputs. The replayed round's events/s against the plain rounds' median is the ceiling
+of making the pair arithmetic cost nothing (a native ``plan_batch``, say); the recorded round's
+own numbers include the copies it makes.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import copy
 import itertools
 import json
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -226,12 +235,45 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     }
 
 
+def plan_ceiling(port: int, rows: list[bytes], item_ids: list[str], model: bool) -> dict[str, Any]:
+    """One recorded and one replayed round (see ``--plan-ceiling``)."""
+    import streams.processor as processor
+
+    real = processor.plan_batch
+    recorded: list[Any] = []
+    spent = [0.0]
+
+    def record(*a: Any, **k: Any) -> Any:
+        started = time.perf_counter()
+        delta = real(*a, **k)
+        spent[0] += time.perf_counter() - started
+        recorded.append(copy.deepcopy(delta))
+        return delta
+
+    served = iter(recorded)
+
+    def replay(*a: Any, **k: Any) -> Any:
+        return next(served)
+
+    try:
+        processor.plan_batch = record
+        computed = asyncio.run(one_round(port, rows, item_ids, model))
+        processor.plan_batch = replay
+        free = asyncio.run(one_round(port, rows, item_ids, model))
+    finally:
+        processor.plan_batch = real
+    keep = ("events_per_s", "python_cpu_us_per_event", "redis_cpu_us_per_event", "applied")
+    return {"computed": {k: computed[k] for k in keep}, "replayed": {k: free[k] for k in keep},
+            "plan_batch_us_per_event": round(spent[0] / len(rows) * 1e6, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=150_000)
     ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--apply-split", action="store_true", help="also split the apply script's Redis time")
+    ap.add_argument("--plan-ceiling", action="store_true", help="also measure a round with plan_batch made free")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import reader as bench  # benchmarks/reader.py: a private redis-server
@@ -245,19 +287,26 @@ def main() -> None:
     try:
         rounds = [asyncio.run(one_round(port, rows, list(sim.item_ids), args.model,
                                         args.apply_split and r == args.rounds - 1)) for r in range(args.rounds)]
+        ceilings = ([plan_ceiling(port, rows, list(sim.item_ids), args.model) for _ in range(args.rounds)]
+                    if args.plan_ceiling else [])
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    for r in rounds:
+    for r in [*rounds, *(c[k] for c in ceilings for k in ("computed", "replayed"))]:
         if r["applied"] != args.events:
             raise SystemExit(f"applied {r['applied']} of {args.events} events")
     out = args.out or RESULTS / ("processor_split_foldin.json" if args.model else "processor_split.json")
+    if ceilings:  # the recorded rounds pay for the copies: compare the replayed ones with the plain rounds
+        plain = statistics.median(r["events_per_s"] for r in rounds)
+        for c in ceilings:
+            c["replayed_over_plain_median"] = round(c["replayed"]["events_per_s"] / plain, 3)
     result = {"vectors": "fold-in" if args.model else "isgd", "events": args.events, "rounds": rounds,
+              **({"plan_ceiling": ceilings} if ceilings else {}),
               "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7},
               "machine": machine, "commit": benchinfo.commit(),
               "command": "python benchmarks/processor_split.py" + (" --model" if args.model else "")
-              + (" --apply-split" if args.apply_split else "")}
+              + (" --apply-split" if args.apply_split else "") + (" --plan-ceiling" if args.plan_ceiling else "")}
     result["machine"]["load_avg_at_end"] = list(__import__("os").getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
