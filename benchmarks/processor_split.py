@@ -118,31 +118,28 @@ class Timer:
         state.send_apply = timed  # type: ignore[method-assign]
 
 
-_PARTIAL_SCRIPTS = {
-    "unpack": "local p = cmsgpack.unpack(ARGV[1]) return 1",
-    "unpack_walk_z": """local p = cmsgpack.unpack(ARGV[1])
-local t = 0
-for _, op in ipairs(p.ops) do
-  local kv = op[4]
-  if op[2] == 'z' then
-    local members, m = {}, 0
-    for x = 1, #kv, 2 do m = m + 1; members[m] = kv[x] end
-    local args, a = {}, 0
-    for y = 1, m do args[a + 1] = kv[2 * y]; args[a + 2] = members[y]; a = a + 2 end
-    t = t + a
-  end
-end
-return t""",
-    "unpack_walk_zmscore_call": """local p = cmsgpack.unpack(ARGV[1])
+def _partial_script(per_z_op: str) -> str:
+    """A script that decodes the payload and, for each ``z`` op, builds its member and argument
+    tables as apply_ops.lua does, then runs ``per_z_op`` (Lua; ``members``/``m`` in scope)."""
+    return f"""local p = cmsgpack.unpack(ARGV[1])
 for _, op in ipairs(p.ops) do
   local kv = op[4]
   if op[2] == 'z' and #kv > 0 then
-    local members, m = {}, 0
+    local members, m = {{}}, 0
     for x = 1, #kv, 2 do m = m + 1; members[m] = kv[x] end
-    redis.call('ZMSCORE', KEYS[1], unpack(members, 1, m))
+    local args, a = {{}}, 0
+    for y = 1, m do args[a + 1] = kv[2 * y]; args[a + 2] = members[y]; a = a + 2 end
+    {per_z_op}
   end
 end
-return 1""",
+return 1"""
+
+
+#: Each one does what the one before does, and more (see the module docstring).
+_PARTIAL_SCRIPTS = {
+    "unpack": "local p = cmsgpack.unpack(ARGV[1]) return 1",
+    "unpack_walk_z": _partial_script(""),
+    "unpack_walk_zmscore_call": _partial_script("redis.call('ZMSCORE', KEYS[1], unpack(members, 1, m))"),
 }
 
 
