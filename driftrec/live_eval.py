@@ -78,7 +78,8 @@ class LiveModel:
         head = {p: parts.get(p) for p in PARTS}
         tf = {p: v for p, v in parts.items() if p.startswith("tf_layer")}
         self.reader = build_model(version, head, tf, default_reg=settings.fold_in_regularization,
-                                  pool_size=settings.reader_similar_users_pool)
+                                  pool_size=settings.reader_similar_users_pool,
+                                  scan_items=settings.reader_scan_items)
 
 
 def new_state(settings: Settings, **overrides: object) -> InMemoryState:

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     reader_neighbours: int = Field(default=20, ge=1, description="Strongest neighbours read per recent item.")
     reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
     reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
+    reader_scan_items: int = Field(default=50_000, ge=1, description="Most published items the reader's per-request scans cover (user vector, TF model, similar items by factors): on a larger catalogue, those with the largest factor norms. Bounds a request's cost (about 0.3 ms of CPU per 10,000 items scanned); every item stays reachable through item-item neighbours and trending.")
     reader_cache_ttl_s: float = Field(default=0.5, ge=0, description="Longest the reader reuses a shared row (an item's neighbours, a similar user's top items) read for an earlier request; 0 = read every time. The shopper's own state is always read live.")
     reader_cache_rows: int = Field(default=10_000, ge=0, description="Most shared rows the reader keeps for reuse, per kind (a 20-neighbour row is about 3 KB).")
     reader_snapshot_interval_s: float = Field(default=2.0, gt=0, description="Refresh period of the in-memory trending snapshot (degraded mode, norms).")

@@ -112,7 +112,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     policy = DecayPolicy(settings.half_life_s)
     metrics = ReaderMetrics()
     models = ModelCache(store.model_parts, default_reg=settings.fold_in_regularization,
-                        pool_size=settings.reader_similar_users_pool)
+                        pool_size=settings.reader_similar_users_pool, scan_items=settings.reader_scan_items)
     snapshot = TrendingSnapshot(store, policy, n_items=settings.reader_snapshot_items,
                                 per_category=min(settings.trending_k, 500),
                                 interval_s=settings.reader_snapshot_interval_s)

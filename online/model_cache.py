@@ -89,6 +89,13 @@ class PublishedModel:
     at a time, and the scores are read before the next await), so a request allocates nothing
     catalogue-sized but the index array of the top-n selection. Two matrix-vector products
     measured faster than one ``(n, k + h) @ (k + h, 2)`` product here.
+
+    The per-request scans (user vector, TF logits, similar items by factors) cover the *scan
+    pool*: every item, or on a catalogue larger than ``Settings.reader_scan_items`` that many
+    items with the largest factor norms (:func:`build_model`), whose rows are copied into
+    ``scan_Y`` / ``scan_tf_out`` so a scan reads one contiguous block. A scan streams its whole
+    matrix from memory on every request (about 0.3 ms of reader CPU per 10,000 items here,
+    ``benchmarks/reader_floor.py``), so the pool is what bounds a request on a large catalogue.
     """
 
     version: str
@@ -106,14 +113,32 @@ class PublishedModel:
     user_index: dict[str, int] = field(default_factory=dict)
     user_factors: F32 | None = None
     loaded_at: float = field(default_factory=time.time)
+    #: Catalogue rows of the scan pool, ascending; None: every item (then the scan_* are the
+    #: full arrays themselves, not copies).
+    scan_rows: npt.NDArray[np.int64] | None = None
 
     @property
     def k(self) -> int:
         return int(self.Y.shape[1])
 
     def __post_init__(self) -> None:
-        self._vec_buf = np.empty(self.Y.shape[0], dtype=np.float32)
-        self._tf_buf = np.empty(self.Y.shape[0], dtype=np.float32)
+        self._set_scan_pool(self.scan_rows)
+
+    def _set_scan_pool(self, rows: npt.NDArray[np.int64] | None) -> None:
+        """Scan ``rows`` of the catalogue (ascending), or every item when None."""
+        self.scan_rows = rows
+        if rows is None:
+            self.scan_ids = self.item_ids
+            self.scan_Y = self.Y
+            self.scan_tf_out, self.scan_tf_bias = self.tf_out, self.tf_out_bias
+        else:
+            self.scan_ids = [self.item_ids[j] for j in rows.tolist()]
+            self.scan_Y = np.ascontiguousarray(self.Y[rows])
+            self.scan_tf_out = np.ascontiguousarray(self.tf_out[rows]) if self.tf_out is not None else None
+            self.scan_tf_bias = np.ascontiguousarray(self.tf_out_bias[rows]) if self.tf_out_bias is not None else None
+        self._norms: npt.NDArray[np.float32] | None = None
+        self._vec_buf = np.empty(self.scan_Y.shape[0], dtype=np.float32)
+        self._tf_buf = np.empty(self.scan_Y.shape[0], dtype=np.float32)
 
     @property
     def has_tf(self) -> bool:
@@ -167,12 +192,12 @@ class PublishedModel:
         vec: list[tuple[str, float]] = []
         tf: list[tuple[str, float]] = []
         if u is not None:
-            np.dot(self.Y, np.asarray(u, dtype=np.float32), out=self._vec_buf)
+            np.dot(self.scan_Y, np.asarray(u, dtype=np.float32), out=self._vec_buf)
             vec = self._top(self._vec_buf, n)
-        if h is not None and self.tf_out is not None and self.tf_out_bias is not None:
+        if h is not None and self.scan_tf_out is not None and self.scan_tf_bias is not None:
             row = self._tf_buf
-            np.dot(self.tf_out, np.asarray(h, dtype=np.float32), out=row)
-            row += self.tf_out_bias
+            np.dot(self.scan_tf_out, np.asarray(h, dtype=np.float32), out=row)
+            row += self.scan_tf_bias
             # Logits can be negative and blend keeps positive scores only: shift by the lowest
             # candidate's logit, which keeps the order (all a softmax needs).
             top = self._top(row, n)
@@ -189,7 +214,7 @@ class PublishedModel:
         else:
             part = np.arange(m)
         order = part[np.argsort(-row[part], kind="stable")]
-        ids = self.item_ids
+        ids = self.scan_ids
         return list(zip([ids[j] for j in order.tolist()], row[order].tolist(), strict=True))
 
     def nearest_users(self, u: F32, user: str, n: int) -> list[tuple[str, float]]:
@@ -209,30 +234,43 @@ class PublishedModel:
         return [(v, s) for v, s in out if v != user and s > 0][:n]
 
     def item_neighbours(self, item: str, n: int) -> list[tuple[str, float]]:
-        """Items whose factors have the highest cosine with ``item``'s (for similar items)."""
+        """Items of the scan pool whose factors have the highest cosine with ``item``'s (for
+        similar items); ``item`` itself may lie outside the pool."""
         row = self.item_index.get(item)
         if row is None:
             return []
         y = self.Y[row]
-        norms = self._item_norms()
-        ny = float(norms[row])
+        ny = float(np.sqrt(y @ y))
         if ny <= 0:
             return []
-        sims = (self.Y @ y) / (norms * ny + 1e-12)
-        sims[row] = -np.inf
+        norms = self._item_norms()
+        sims = (self.scan_Y @ y) / (norms * ny + 1e-12)
+        if self.scan_rows is None:
+            sims[row] = -np.inf
+        else:
+            at = int(np.searchsorted(self.scan_rows, row))
+            if at < self.scan_rows.size and self.scan_rows[at] == row:
+                sims[at] = -np.inf
         return [(i, s) for i, s in self._top(sims.astype(np.float32), n) if s > 0]
 
     def _item_norms(self) -> npt.NDArray[np.float32]:
-        norms = getattr(self, "_norms", None)
+        """Factor norms of the scan pool's rows."""
+        norms = self._norms
         if norms is None:
-            norms = np.sqrt((self.Y * self.Y).sum(axis=1))
+            norms = np.sqrt((self.scan_Y * self.scan_Y).sum(axis=1))
             self._norms = norms
         return norms
 
 
 def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mapping[str, bytes | None],
-                *, default_reg: float, pool_size: int) -> PublishedModel:
-    """Validate the published parts and build a :class:`PublishedModel` (CPU work: run off-loop)."""
+                *, default_reg: float, pool_size: int, scan_items: int | None = None) -> PublishedModel:
+    """Validate the published parts and build a :class:`PublishedModel` (CPU work: run off-loop).
+
+    ``pool_size`` caps the nearest-user pool (``reader_similar_users_pool``); ``scan_items`` the
+    items the per-request scans cover (``reader_scan_items``; None: all), those with the
+    largest factor norms, as the user pool is chosen: implicit ALS leaves items with little
+    evidence near zero, and a small-norm item rarely reaches a user's top scores.
+    """
     item_ids = decode_ids(parts.get("item_ids"), "item_ids")
     Y = _finite_f32(decode_array(parts.get("item_factors"), "item_factors"), "item_factors", 2)
     if Y.shape[0] != len(item_ids) or Y.shape[0] == 0 or Y.shape[1] == 0:
@@ -283,6 +321,12 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
         model.pool_unit = np.ascontiguousarray(U[keep] / norms[keep, None], dtype=np.float32)
         model.user_index = {u: i for i, u in enumerate(user_ids)}
         model.user_factors = U
+    if scan_items is not None and scan_items < len(item_ids):
+        if scan_items < 1:
+            raise ModelError(f"scan_items must be >= 1, got {scan_items}")
+        norms = np.sqrt((Y * Y).sum(axis=1))
+        keep = np.sort(np.argsort(-norms, kind="stable")[:scan_items]).astype(np.int64)
+        model._set_scan_pool(keep)
     return model
 
 
@@ -301,10 +345,12 @@ PartsReader = Callable[[str, Sequence[str]], Awaitable[dict[str, bytes | None]]]
 class ModelCache:
     """Holds the live :class:`PublishedModel`; loads a new version when the reader sees one."""
 
-    def __init__(self, read_parts: PartsReader, *, default_reg: float, pool_size: int) -> None:
+    def __init__(self, read_parts: PartsReader, *, default_reg: float, pool_size: int,
+                 scan_items: int | None = None) -> None:
         self._read_parts = read_parts
         self._default_reg = default_reg
         self._pool_size = pool_size
+        self._scan_items = scan_items
         self.model: PublishedModel | None = None
         self._loading: asyncio.Task[None] | None = None
         self._failed: dict[str, float] = {}
@@ -336,12 +382,14 @@ class ModelCache:
             names = [f"tf_layer{i}_{kind}" for i in range(n) for kind in ("weight", "bias")]
             tf_parts = await self._read_parts(version, names)
         model = await asyncio.to_thread(build_model, version, parts, tf_parts,
-                                        default_reg=self._default_reg, pool_size=self._pool_size)
+                                        default_reg=self._default_reg, pool_size=self._pool_size,
+                                        scan_items=self._scan_items)
         self.model = model
         self.loads += 1
         self._failed.pop(version, None)
-        logger.info("serving model %s: %d items, k=%d, tf=%s, user pool %d", version,
-                    len(model.item_ids), model.k, model.has_tf, len(model.pool_ids))
+        logger.info("serving model %s: %d items (%d scanned per request), k=%d, tf=%s, user pool %d",
+                    version, len(model.item_ids), len(model.scan_ids), model.k, model.has_tf,
+                    len(model.pool_ids))
         return model
 
     async def _load_logged(self, version: str) -> None:

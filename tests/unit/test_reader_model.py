@@ -112,6 +112,56 @@ def test_similar_items_by_factor_cosine() -> None:
     assert m.item_neighbours("unknown", 4) == []
 
 
+def test_a_scan_pool_covering_the_catalogue_is_the_catalogue_itself() -> None:
+    p, t = parts()
+    whole = build_model("v1", p, t, default_reg=0.1, pool_size=1000)
+    pooled = build_model("v1", p, t, default_reg=0.1, pool_size=1000, scan_items=40)
+    assert pooled.scan_rows is None and pooled.scan_Y is pooled.Y and pooled.scan_ids is pooled.item_ids
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        u = rng.normal(size=whole.k).astype(np.float32)
+        h = whole.tf_hidden_state([("i3", 1.0), ("i9", 2.0)])
+        assert pooled.score(u, h, 12) == whole.score(u, h, 12)
+        assert pooled.item_neighbours("i7", 6) == whole.item_neighbours("i7", 6)
+
+
+def test_a_scan_pool_scans_the_items_with_the_largest_factor_norms() -> None:
+    p, t = parts(n_items=60)
+    whole = build_model("v1", p, t, default_reg=0.1, pool_size=1000)
+    m = build_model("v1", p, t, default_reg=0.1, pool_size=1000, scan_items=15)
+    norms = np.linalg.norm(whole.Y, axis=1)
+    pool = {f"i{j}" for j in np.argsort(-norms)[:15]}
+    assert set(m.scan_ids) == pool and len(m.scan_ids) == 15
+    assert m.scan_rows is not None and list(m.scan_rows) == sorted(m.scan_rows)
+    rng = np.random.default_rng(4)
+    h = whole.tf_hidden_state([("i3", 1.0), ("i50", 2.0)])
+    logits = whole.tf_out @ h + whole.tf_out_bias  # type: ignore[operator]
+    for _ in range(10):
+        u = rng.normal(size=m.k).astype(np.float32)
+        vec, tf = m.score(u, h, 5)
+        # The pool's own top 5, with the scores the whole catalogue gives those items.
+        full = whole.Y @ u
+        in_pool = sorted(pool, key=lambda i: -full[int(i[1:])])[:5]
+        assert [i for i, _ in vec] == in_pool
+        assert [s for _, s in vec] == pytest.approx([float(full[int(i[1:])]) for i in in_pool], rel=1e-5)
+        assert [i for i, _ in tf] == sorted(pool, key=lambda i: -logits[int(i[1:])])[:5]
+    # Folding a user in still uses every item's factors, not only the pool's.
+    outside = next(f"i{j}" for j in range(60) if f"i{j}" not in pool)
+    assert m.user_vector(None, None, "new", [(outside, 2.0)]) is not None
+    np.testing.assert_array_equal(m.user_vector(None, None, "new", [(outside, 2.0)]),
+                                  whole.user_vector(None, None, "new", [(outside, 2.0)]))
+    # Similar items: the item may lie outside the pool; its neighbours come from the pool.
+    for item in (outside, sorted(pool)[0]):
+        sims = m.item_neighbours(item, 6)
+        assert sims and {i for i, _ in sims} <= pool - {item}
+
+
+def test_a_scan_pool_below_one_item_is_refused() -> None:
+    p, t = parts()
+    with pytest.raises(ModelError):
+        build_model("v1", p, t, default_reg=0.1, pool_size=1000, scan_items=0)
+
+
 @pytest.mark.parametrize("mutate", [
     lambda p, t: p.pop("item_factors"),
     lambda p, t: p.__setitem__("item_factors", b"garbage"),
