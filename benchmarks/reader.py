@@ -116,8 +116,14 @@ def npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[str, Any]:
-    """Fill Redis with a plausible shop state in the worker's key layout."""
+def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7, k: int = K,
+             tf_hidden: int = TF_HIDDEN) -> dict[str, Any]:
+    """Fill Redis with a plausible shop state in the worker's key layout.
+
+    ``k`` and ``tf_hidden`` size the published model: 32 and 64 by default, the sizes every
+    earlier reader result was measured at; ``driftrec train`` publishes ALS with 128 factors
+    and a TF model with a 256-wide hidden layer (``DEFAULT_PARAMS`` of driftrec/training/runner.py).
+    """
     rng = np.random.default_rng(seed)
     keys = Keys(PREFIX)
     t0 = 1.7e9
@@ -161,8 +167,8 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
             pipe.zadd(keys.item_nbrs(items[j]), nb)
         pipe.execute()
 
-    Y = (rng.normal(size=(n_items, K)) * 0.3).astype(np.float32)
-    U = (rng.normal(size=(n_users, K)) * 0.3).astype(np.float32)
+    Y = (rng.normal(size=(n_items, k)) * 0.3).astype(np.float32)
+    U = (rng.normal(size=(n_users, k)) * 0.3).astype(np.float32)
     for start in range(0, n_users, 1000):
         pipe = r.pipeline(transaction=False)
         for u in range(start, min(start + 1000, n_users)):
@@ -182,7 +188,7 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
             pipe.set(keys.user_vec(user), pack_vector(U[u].tobytes(), VERSION))
         pipe.execute()
 
-    dims = [n_items, TF_HIDDEN, n_items]
+    dims = [n_items, tf_hidden, n_items]
     pipe = r.pipeline(transaction=False)
     blob = keys.model_blob
     pipe.set(blob(VERSION, "item_ids"), "\n".join(items))
@@ -199,8 +205,8 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7) -> dict[
     pipe.set(keys.model_current, VERSION)
     pipe.execute()
     info = r.info("memory")
-    return {"items": n_items, "users": n_users, "categories": N_CATS, "factors": K,
-            "tf_hidden": TF_HIDDEN, "keys": r.dbsize(), "redis_used_mb": round(info["used_memory"] / 2**20, 1),
+    return {"items": n_items, "users": n_users, "categories": N_CATS, "factors": k,
+            "tf_hidden": tf_hidden, "keys": r.dbsize(), "redis_used_mb": round(info["used_memory"] / 2**20, 1),
             "fill_s": round(time.perf_counter() - started, 1)}
 
 
@@ -350,6 +356,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--factors", type=int, default=K, help="Published ALS factors (driftrec train: 128).")
+    ap.add_argument("--tf-hidden", type=int, default=TF_HIDDEN, help="TF hidden width (driftrec train: 256).")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--sweep", default="", help="Extra concurrencies to measure, comma-separated.")
@@ -376,14 +384,15 @@ def main() -> None:
         r = redis.Redis(port=rport)
         wait_redis(r)
         filled = r.get(f"{PREFIX}:bench-filled")
-        if filled is not None and json.loads(filled)[:2] == [args.items, args.users]:
-            data = json.loads(filled)[2]
+        shape = [args.items, args.users, args.factors, args.tf_hidden]
+        if filled is not None and json.loads(filled)[0] == shape:
+            data = json.loads(filled)[1]
         else:
             logger.info("filling Redis on port %d", rport)
             for key in r.scan_iter(match=f"{PREFIX}:*", count=5000):
                 r.delete(key)
-            data = populate(r, args.items, args.users)
-            r.set(f"{PREFIX}:bench-filled", json.dumps([args.items, args.users, data]))
+            data = populate(r, args.items, args.users, k=args.factors, tf_hidden=args.tf_hidden)
+            r.set(f"{PREFIX}:bench-filled", json.dumps([shape, data]))
         logger.info("data: %s", data)
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{rport}/0", "DRIFTREC_KEY_PREFIX": PREFIX,
                "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}

@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--factors", type=int, default=bench.K, help="Published ALS factors (driftrec train: 128).")
+    ap.add_argument("--tf-hidden", type=int, default=bench.TF_HIDDEN, help="TF hidden width (driftrec train: 256).")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader_floor.json")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -141,7 +143,8 @@ def main() -> None:
     server: subprocess.Popen[bytes] | None = None
     try:
         logger.info("filling Redis on port %d", rport)
-        data = bench.populate(redis.Redis(port=rport), args.items, args.users)
+        data = bench.populate(redis.Redis(port=rport), args.items, args.users, k=args.factors,
+                              tf_hidden=args.tf_hidden)
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{rport}/0", "DRIFTREC_KEY_PREFIX": bench.PREFIX,
                "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
         server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(hport)],

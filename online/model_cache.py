@@ -94,7 +94,8 @@ class PublishedModel:
     pool*: every item, or on a catalogue larger than ``Settings.reader_scan_items`` that many
     items with the largest factor norms (:func:`build_model`), whose rows are copied into
     ``scan_Y`` / ``scan_tf_out`` so a scan reads one contiguous block. A scan streams its whole
-    matrix from memory on every request (about 0.3 ms of reader CPU per 10,000 items here,
+    matrix from memory on every request ((k + TF hidden width) × 4 bytes per item: about 1.4 ms
+    of reader CPU per 10,000 items at ``driftrec train``'s default sizes here,
     ``benchmarks/reader_floor.py``), so the pool is what bounds a request on a large catalogue.
     """
 
