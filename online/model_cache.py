@@ -1,7 +1,8 @@
 """The published batch model held in memory: item factors, TF next-item arrays, nearest-user pool.
 
-What the reader expects under ``P:{m}:v:<version>:<part>`` (every part a Redis STRING; arrays are
-the bytes :func:`numpy.save` writes, read with ``allow_pickle=False``):
+What the reader expects under ``P:{m}:v:<version>:<part>`` (every part a Redis STRING, or chunks
+of one when over 64 MB: :mod:`driftrec.modelblobs`; arrays are the bytes :func:`numpy.save`
+writes, read with ``allow_pickle=False``):
 
 =================== ============================================================================
 part                content

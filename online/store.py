@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from driftrec import modelblobs
 from driftrec.keys import Keys
 from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
 from models.decay import read_factor
@@ -250,8 +251,16 @@ class ReaderStore:
         return Meta.parse(meta), pairs(pop), {c: pairs(v) for c, v in zip(categories, lists, strict=True)}
 
     async def model_parts(self, version: str, parts: Sequence[str]) -> dict[str, bytes | None]:
-        """Raw bytes of published model parts (missing parts are None)."""
+        """Raw bytes of published model parts (missing parts are None), chunked ones joined
+        (:mod:`driftrec.modelblobs`; a second round trip only when some part is chunked)."""
         pipe = self.blob_client.pipeline(transaction=False)
         for part in parts:
             pipe.get(self.keys.model_blob(version, part))
-        return dict(zip(parts, await pipe.execute(), strict=True))
+        got: dict[str, bytes | None] = dict(zip(parts, await pipe.execute(), strict=True))
+        requests = modelblobs.chunk_requests(got, lambda p: self.keys.model_blob(version, p))
+        if not requests:
+            return got
+        pipe = self.blob_client.pipeline(transaction=False)
+        for _, key in requests:
+            pipe.get(key)
+        return modelblobs.assemble(got, requests, await pipe.execute())

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
+from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
 from streams import metrics
@@ -150,6 +151,12 @@ class FactorCache:
             pipe.get(self.keys.model_blob(version, part))
         parts = dict(zip(PARTS, await pipe.execute(), strict=True))
         try:
+            requests = modelblobs.chunk_requests(parts, lambda p: self.keys.model_blob(version, p))
+            if requests:  # parts over one Redis value are stored in chunks (driftrec/modelblobs.py)
+                pipe = self.client.pipeline(transaction=False)
+                for _, key in requests:
+                    pipe.get(key)
+                parts = modelblobs.assemble(parts, requests, await pipe.execute())
             self.model = unpack_factors(version, parts, self.default_reg)
         except ModelError as exc:
             self._bad[version] = time.monotonic()

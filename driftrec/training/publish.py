@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
 from online.model_cache import PARTS as READER_PARTS
@@ -185,9 +186,11 @@ class Publisher:
     """
 
     def __init__(self, client: redis.Redis, keys: Keys, *, grace_s: float, default_reg: float,
-                 pool_size: int, clock: Callable[[], float] = time.time) -> None:
+                 pool_size: int, clock: Callable[[], float] = time.time,
+                 chunk_bytes: int = modelblobs.CHUNK_BYTES) -> None:
         self.client = client
         self.keys = keys
+        self.chunk_bytes = chunk_bytes
         self.grace_s = grace_s
         self.default_reg = default_reg
         self.pool_size = pool_size
@@ -198,10 +201,18 @@ class Publisher:
         return _text(self.client.get(self.keys.model_current))
 
     def read_parts(self, version: str, names: Sequence[str]) -> dict[str, bytes | None]:
+        """Parts by name (None when missing), chunked ones joined (:mod:`driftrec.modelblobs`)."""
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.get(self.keys.model_blob(version, name))
-        return dict(zip(names, pipe.execute(), strict=True))
+        parts = dict(zip(names, pipe.execute(), strict=True))
+        requests = modelblobs.chunk_requests(parts, lambda p: self.keys.model_blob(version, p))
+        if not requests:
+            return parts
+        pipe = self.client.pipeline(transaction=False)
+        for _, key in requests:
+            pipe.get(key)
+        return modelblobs.assemble(parts, requests, pipe.execute())
 
     def read_version(self, version: str) -> dict[str, bytes | None]:
         """Every part of a version: the reader's, the TF layers it names, and the manifest."""
@@ -254,10 +265,16 @@ class Publisher:
         self.client.hset(versions_key(self.keys), version, repr(self.clock()))
         names = [MANIFEST, *sorted(p for p in parts if p != MANIFEST)]
         try:
-            pipe = self.client.pipeline(transaction=False)
             for name in names:  # manifest first: if it is missing, nothing else was written
-                pipe.set(self.keys.model_blob(version, name), parts[name])
-            pipe.execute()
+                # A part over chunk_bytes goes in pieces (Redis refuses values over 512 MB by
+                # default), one pipeline per part so a large model is not buffered twice.
+                key = self.keys.model_blob(version, name)
+                head, chunks = modelblobs.split(parts[name], self.chunk_bytes)
+                pipe = self.client.pipeline(transaction=False)
+                for i, chunk in enumerate(chunks):
+                    pipe.set(modelblobs.chunk_key(key, i), chunk)
+                pipe.set(key, head)  # the head last: a reader never finds a head without its chunks
+                pipe.execute()
             back = self.read_parts(version, names)
             wrong = [n for n in names if back[n] != parts[n]]
             if wrong:
