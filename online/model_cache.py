@@ -242,17 +242,16 @@ class PublishedModel:
         if row is None:
             return []
         y = self.Y[row]
-        ny = float(np.sqrt(y @ y))
+        norms = self._item_norms()
+        at = row if self.scan_rows is None else int(np.searchsorted(self.scan_rows, row))
+        in_pool = self.scan_rows is None or (at < self.scan_rows.size and self.scan_rows[at] == row)
+        # The same float32 norm formula for an item inside or outside the pool.
+        ny = float(norms[at]) if in_pool else float(np.sqrt((self.Y[row:row + 1] * self.Y[row:row + 1]).sum(axis=1))[0])
         if ny <= 0:
             return []
-        norms = self._item_norms()
         sims = (self.scan_Y @ y) / (norms * ny + 1e-12)
-        if self.scan_rows is None:
-            sims[row] = -np.inf
-        else:
-            at = int(np.searchsorted(self.scan_rows, row))
-            if at < self.scan_rows.size and self.scan_rows[at] == row:
-                sims[at] = -np.inf
+        if in_pool:
+            sims[at] = -np.inf
         return [(i, s) for i, s in self._top(sims.astype(np.float32), n) if s > 0]
 
     def _item_norms(self) -> npt.NDArray[np.float32]:

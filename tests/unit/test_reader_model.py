@@ -110,6 +110,12 @@ def test_similar_items_by_factor_cosine() -> None:
     sims = m.item_neighbours("i2", 4)
     assert "i2" not in [i for i, _ in sims] and len(sims) <= 4
     assert m.item_neighbours("unknown", 4) == []
+    # Bit for bit the cosine of the whole catalogue's float32 factors.
+    norms = np.sqrt((m.Y * m.Y).sum(axis=1))
+    cos = ((m.Y @ m.Y[2]) / (norms * float(norms[2]) + 1e-12)).astype(np.float32)
+    cos[2] = -np.inf
+    order = np.argsort(-cos, kind="stable")[:4]
+    assert sims == [(f"i{j}", float(cos[j])) for j in order if cos[j] > 0]
 
 
 def test_a_scan_pool_covering_the_catalogue_is_the_catalogue_itself() -> None:
