@@ -9,16 +9,21 @@ gigabyte would hold Redis for its whole copy; 64 MB pieces avoid both. Chunk key
 version's pattern, so deleting a version (``model_blob(version, "*")``) removes them too.
 
 Readers fetch the heads first and then, in a second pipeline, the chunks of the parts that have
-them: :func:`chunk_requests` says which keys, :func:`assemble` joins and checks them.
+them: :func:`read_parts` (redis-py) and :func:`aread_parts` (redis-py asyncio) do both;
+:func:`chunk_requests` says which keys, :func:`assemble` joins and checks them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import redis
+import redis.asyncio as aioredis
+
 from driftrec.errors import ModelError
 
-__all__ = ["CHUNK_BYTES", "HEAD", "chunk_key", "split", "head_of", "chunk_requests", "assemble"]
+__all__ = ["CHUNK_BYTES", "HEAD", "chunk_key", "split", "head_of", "chunk_requests", "assemble",
+           "read_parts", "aread_parts"]
 
 #: Largest value written as one STRING.
 CHUNK_BYTES = 64 * 2**20
@@ -88,3 +93,34 @@ def assemble(parts: Mapping[str, bytes | None], requests: Sequence[tuple[str, st
                              f"its head says {head[0]} of {head[1]}")
         out[part] = value
     return out
+
+
+def read_parts(client: redis.Redis, names: Sequence[str], key_of: Callable[[str], str]) -> dict[str, bytes | None]:
+    """Parts by name (None when missing), chunked ones joined; ``client`` returns bytes."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(key_of(name))
+    parts: dict[str, bytes | None] = dict(zip(names, pipe.execute(), strict=True))
+    requests = chunk_requests(parts, key_of)
+    if not requests:
+        return parts
+    pipe = client.pipeline(transaction=False)
+    for _, key in requests:
+        pipe.get(key)
+    return assemble(parts, requests, pipe.execute())
+
+
+async def aread_parts(client: aioredis.Redis, names: Sequence[str],
+                      key_of: Callable[[str], str]) -> dict[str, bytes | None]:
+    """:func:`read_parts` on an asyncio client (the reader's and the worker's loaders)."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(key_of(name))
+    parts: dict[str, bytes | None] = dict(zip(names, await pipe.execute(), strict=True))
+    requests = chunk_requests(parts, key_of)
+    if not requests:
+        return parts
+    pipe = client.pipeline(transaction=False)
+    for _, key in requests:
+        pipe.get(key)
+    return assemble(parts, requests, await pipe.execute())

@@ -253,14 +253,4 @@ class ReaderStore:
     async def model_parts(self, version: str, parts: Sequence[str]) -> dict[str, bytes | None]:
         """Raw bytes of published model parts (missing parts are None), chunked ones joined
         (:mod:`driftrec.modelblobs`; a second round trip only when some part is chunked)."""
-        pipe = self.blob_client.pipeline(transaction=False)
-        for part in parts:
-            pipe.get(self.keys.model_blob(version, part))
-        got: dict[str, bytes | None] = dict(zip(parts, await pipe.execute(), strict=True))
-        requests = modelblobs.chunk_requests(got, lambda p: self.keys.model_blob(version, p))
-        if not requests:
-            return got
-        pipe = self.blob_client.pipeline(transaction=False)
-        for _, key in requests:
-            pipe.get(key)
-        return modelblobs.assemble(got, requests, await pipe.execute())
+        return await modelblobs.aread_parts(self.blob_client, parts, lambda p: self.keys.model_blob(version, p))

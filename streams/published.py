@@ -146,17 +146,9 @@ class FactorCache:
         failed_at = self._bad.get(version)
         if failed_at is not None and time.monotonic() - failed_at < _RETRY_BAD_VERSION_S:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for part in PARTS:
-            pipe.get(self.keys.model_blob(version, part))
-        parts = dict(zip(PARTS, await pipe.execute(), strict=True))
         try:
-            requests = modelblobs.chunk_requests(parts, lambda p: self.keys.model_blob(version, p))
-            if requests:  # parts over one Redis value are stored in chunks (driftrec/modelblobs.py)
-                pipe = self.client.pipeline(transaction=False)
-                for _, key in requests:
-                    pipe.get(key)
-                parts = modelblobs.assemble(parts, requests, await pipe.execute())
+            # Parts over one Redis value are stored in chunks (driftrec/modelblobs.py).
+            parts = await modelblobs.aread_parts(self.client, PARTS, lambda p: self.keys.model_blob(version, p))
             self.model = unpack_factors(version, parts, self.default_reg)
         except ModelError as exc:
             self._bad[version] = time.monotonic()

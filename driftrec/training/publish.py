@@ -202,17 +202,7 @@ class Publisher:
 
     def read_parts(self, version: str, names: Sequence[str]) -> dict[str, bytes | None]:
         """Parts by name (None when missing), chunked ones joined (:mod:`driftrec.modelblobs`)."""
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.get(self.keys.model_blob(version, name))
-        parts = dict(zip(names, pipe.execute(), strict=True))
-        requests = modelblobs.chunk_requests(parts, lambda p: self.keys.model_blob(version, p))
-        if not requests:
-            return parts
-        pipe = self.client.pipeline(transaction=False)
-        for _, key in requests:
-            pipe.get(key)
-        return modelblobs.assemble(parts, requests, pipe.execute())
+        return modelblobs.read_parts(self.client, names, lambda p: self.keys.model_blob(version, p))
 
     def read_version(self, version: str) -> dict[str, bytes | None]:
         """Every part of a version: the reader's, the TF layers it names, and the manifest."""

@@ -16,31 +16,21 @@ from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
 from driftrec.settings import Settings
-from driftrec.training.publish import MANIFEST, Publisher, npy
+from driftrec.training.publish import MANIFEST, Publisher
 from online.app import create_store
 from online.model_cache import ModelCache
 from streams.published import FactorCache
+from tests.unit.test_reader_model import parts as reader_model_parts
 
 pytestmark = pytest.mark.integration
 
 CHUNK = 4096
 
 
-def model_parts(seed: int = 0, n_items: int = 300, n_users: int = 200, k: int = 8) -> dict[str, bytes]:
-    rng = np.random.default_rng(seed)
-    dims = [n_items, 16, n_items]
-    parts = {
-        "item_ids": "\n".join(f"i{j}" for j in range(n_items)).encode(),
-        "item_factors": npy(rng.normal(size=(n_items, k)).astype(np.float32)),
-        "user_ids": "\n".join(f"u{j}" for j in range(n_users)).encode(),
-        "user_factors": npy(rng.normal(size=(n_users, k)).astype(np.float32)),
-        "alpha": npy(np.array([2.0])),
-        "regularization": npy(np.array([0.5])),
-        "tf_n_layers": npy(np.array([2], np.int32)),
-    }
-    for i in range(2):
-        parts[f"tf_layer{i}_weight"] = npy(rng.normal(size=(dims[i], dims[i + 1])).astype(np.float32))
-        parts[f"tf_layer{i}_bias"] = npy(rng.normal(size=dims[i + 1]).astype(np.float32))
+def model_parts(seed: int = 0) -> dict[str, bytes]:
+    """A version whose item factors, user factors and TF layers are each over ``CHUNK`` bytes."""
+    head, tf = reader_model_parts(seed=seed, n_items=300, n_users=200, k=8, hidden=(16,))
+    parts = {name: value for name, value in {**head, **tf}.items() if value is not None}
     parts[MANIFEST] = json.dumps({"parts": sorted(parts)}).encode()
     return parts
 
