@@ -95,32 +95,32 @@ def assemble(parts: Mapping[str, bytes | None], requests: Sequence[tuple[str, st
     return out
 
 
+
 def read_parts(client: redis.Redis, names: Sequence[str], key_of: Callable[[str], str]) -> dict[str, bytes | None]:
     """Parts by name (None when missing), chunked ones joined; ``client`` returns bytes."""
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.get(key_of(name))
-    parts: dict[str, bytes | None] = dict(zip(names, pipe.execute(), strict=True))
+    parts = dict(zip(names, _get(client, [key_of(n) for n in names]), strict=True))
     requests = chunk_requests(parts, key_of)
-    if not requests:
-        return parts
-    pipe = client.pipeline(transaction=False)
-    for _, key in requests:
-        pipe.get(key)
-    return assemble(parts, requests, pipe.execute())
+    return assemble(parts, requests, _get(client, [k for _, k in requests])) if requests else parts
 
 
 async def aread_parts(client: aioredis.Redis, names: Sequence[str],
                       key_of: Callable[[str], str]) -> dict[str, bytes | None]:
     """:func:`read_parts` on an asyncio client (the reader's and the worker's loaders)."""
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.get(key_of(name))
-    parts: dict[str, bytes | None] = dict(zip(names, await pipe.execute(), strict=True))
+    parts = dict(zip(names, await _aget(client, [key_of(n) for n in names]), strict=True))
     requests = chunk_requests(parts, key_of)
-    if not requests:
-        return parts
+    return assemble(parts, requests, await _aget(client, [k for _, k in requests])) if requests else parts
+
+
+def _get(client: redis.Redis, keys: Sequence[str]) -> list[bytes | None]:
+    """GET of every key, one pipeline."""
     pipe = client.pipeline(transaction=False)
-    for _, key in requests:
+    for key in keys:
         pipe.get(key)
-    return assemble(parts, requests, await pipe.execute())
+    return list(pipe.execute())
+
+
+async def _aget(client: aioredis.Redis, keys: Sequence[str]) -> list[bytes | None]:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    return list(await pipe.execute())
