@@ -108,7 +108,7 @@ class PublishedModel:
     alpha: float
     reg: float
     tf_hidden: list[tuple[F32, F32]] = field(default_factory=list)  # (W, b) of hidden layers
-    tf_out: F32 | None = None  # W_outᵀ, (n_items, h), C order for a contiguous gemv
+    tf_out: F32 | None = None  # W_outᵀ, (n_items, h), C order; None once a scan pool holds its rows
     tf_out_bias: F32 | None = None
     pool_ids: list[str] = field(default_factory=list)
     pool_unit: F32 | None = None  # unit-norm user factors of the nearest-user pool
@@ -138,13 +138,16 @@ class PublishedModel:
             self.scan_Y = np.ascontiguousarray(self.Y[rows])
             self.scan_tf_out = np.ascontiguousarray(self.tf_out[rows]) if self.tf_out is not None else None
             self.scan_tf_bias = np.ascontiguousarray(self.tf_out_bias[rows]) if self.tf_out_bias is not None else None
+            # Requests read only the pool's rows of the output layer: the whole layer (as large
+            # as the catalogue × the TF width, 1 GB at a million items) is not kept.
+            self.tf_out = self.tf_out_bias = None
         self._norms: npt.NDArray[np.float32] | None = None
         self._vec_buf = np.empty(self.scan_Y.shape[0], dtype=np.float32)
         self._tf_buf = np.empty(self.scan_Y.shape[0], dtype=np.float32)
 
     @property
     def has_tf(self) -> bool:
-        return self.tf_out is not None
+        return self.scan_tf_out is not None
 
     # --- per-request maths --------------------------------------------------------------------
     def user_vector(self, stored: bytes | None, stored_version: str | None, user: str,

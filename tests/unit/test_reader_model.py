@@ -139,6 +139,7 @@ def test_a_scan_pool_scans_the_items_with_the_largest_factor_norms() -> None:
     pool = {f"i{j}" for j in np.argsort(-norms)[:15]}
     assert set(m.scan_ids) == pool and len(m.scan_ids) == 15
     assert m.scan_rows is not None and list(m.scan_rows) == sorted(m.scan_rows)
+    assert m.has_tf and m.tf_out is None  # only the pool's rows of the output layer are kept
     rng = np.random.default_rng(4)
     h = whole.tf_hidden_state([("i3", 1.0), ("i50", 2.0)])
     logits = whole.tf_out @ h + whole.tf_out_bias  # type: ignore[operator]
