@@ -285,25 +285,43 @@ def row_cache(port: int) -> dict[str, float]:
             for cache, c in counts.items()}
 
 
-def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Namespace, script: Path,
-              redis_port: int, rounds: int = 4) -> dict[str, Any]:
-    """Alternate short wrk runs between readers (port, pid) on the same data: on a shared machine
-    only the ratios of one such run mean something. Medians over the rounds."""
-    seen: dict[str, list[dict[str, float]]] = {name: [] for name in readers}
-    names = list(readers)
+#: What :func:`medians` summarises of a run.
+MEDIAN_KEYS = ("req_per_s", "p50_ms", "p99_ms", "reader_cpu_ms_per_request", "redis_cpu_ms_per_request")
+
+
+def alternating_runs(wrk: str, targets: dict[str, tuple[int, int, str]], *, rounds: int, seconds: int,
+                     concurrency: int, script: Path, users: int, items: int,
+                     redis_port: int) -> dict[str, list[dict[str, Any]]]:
+    """Short wrk runs on each target (reader port, reader pid, request path), the order reversed
+    every other round, with the reader's and Redis' CPU per request added to each run: on a
+    shared machine only the ratios of one such run mean something."""
+    seen: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    names = list(targets)
     for k in range(rounds):
         for name in (names if k % 2 == 0 else names[::-1]):
-            port, pid = readers[name]
+            port, pid, path = targets[name]
             cpu0, rcpu0 = cpu_seconds(pid), redis_cpu_seconds(redis_port)
-            one = run_wrk(wrk, port, args.concurrency, max(5, args.duration // 4), script, args.users, args.items)
+            one = run_wrk(wrk, port, concurrency, seconds, script, users, items, path)
             one["reader_cpu_ms_per_request"] = (cpu_seconds(pid) - cpu0) * 1000 / max(one["n"], 1)
             one["redis_cpu_ms_per_request"] = (redis_cpu_seconds(redis_port) - rcpu0) * 1000 / max(one["n"], 1)
+            logger.info("round %d %s: %s", k, name, one)
             seen[name].append(one)
+    return seen
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in runs), 3) for key in MEDIAN_KEYS}
+
+
+def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Namespace, script: Path,
+              redis_port: int, rounds: int = 4) -> dict[str, Any]:
+    """Alternate short wrk runs between readers (port, pid) on the same data; medians over the rounds."""
+    seen = alternating_runs(wrk, {name: (port, pid, MAIN_PATH) for name, (port, pid) in readers.items()},
+                            rounds=rounds, seconds=max(5, args.duration // 4), concurrency=args.concurrency,
+                            script=script, users=args.users, items=args.items, redis_port=redis_port)
     out: dict[str, Any] = {"rounds": rounds, "concurrency": args.concurrency}
     for name, runs in seen.items():
-        out[name] = {key: round(statistics.median(r[key] for r in runs), 3)
-                     for key in ("req_per_s", "p50_ms", "p99_ms", "reader_cpu_ms_per_request",
-                                 "redis_cpu_ms_per_request")}
+        out[name] = medians(runs)
     out["redis_cpu_per_request_ratio"] = round(out["this"]["redis_cpu_ms_per_request"]
                                                / max(out["baseline"]["redis_cpu_ms_per_request"], 1e-9), 3)
     out["cpu_per_request_ratio"] = round(out["this"]["reader_cpu_ms_per_request"]

@@ -38,7 +38,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,10 +108,7 @@ def serve(port: int) -> None:
         if model is None:
             return json_response({"error": "no model"}, 503)
         want = 10 + len(r.history)  # n + the seen items blend filters out, as for_user asks
-        u = model.user_vector(r.vec, r.vec_version, user, decayed)
-        h = model.tf_hidden_state(decayed)
-        vec, tf = model.score(u, h, want)
-        similar = model.nearest_users(u, user, settings.reader_similar_users) if u is not None else []
+        vec, tf, similar = model.sources(r.vec, r.vec_version, user, decayed, want, settings.reader_similar_users)
         return json_response({"items": [i for i, _ in vec[:10]], "tf": len(tf), "similar": len(similar)})
 
     app.router.routes.insert(0, Route("/floor/{stage}/{user_id}", floor))
@@ -156,22 +152,13 @@ def main() -> None:
         jitter = cpu_jitter(5.0)
         for path in STAGES.values():  # warm every route (and the model) once
             bench.run_wrk(wrk, hport, args.concurrency, 2, script, args.users, args.items, path)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in STAGES}
-        names = list(STAGES)
-        for k in range(args.rounds):
-            for name in (names if k % 2 == 0 else names[::-1]):
-                cpu0, rcpu0 = bench.cpu_seconds(server.pid), bench.redis_cpu_seconds(rport)
-                one = bench.run_wrk(wrk, hport, args.concurrency, args.seconds, script, args.users,
-                                    args.items, STAGES[name])
-                one["reader_cpu_ms_per_request"] = (bench.cpu_seconds(server.pid) - cpu0) * 1000 / max(one["n"], 1)
-                one["redis_cpu_ms_per_request"] = (bench.redis_cpu_seconds(rport) - rcpu0) * 1000 / max(one["n"], 1)
-                logger.info("round %d %s: %s", k, name, one)
-                runs[name].append(one)
+        runs = bench.alternating_runs(
+            wrk, {name: (hport, server.pid, path) for name, path in STAGES.items()}, rounds=args.rounds,
+            seconds=args.seconds, concurrency=args.concurrency, script=script, users=args.users,
+            items=args.items, redis_port=rport)
         stages: dict[str, Any] = {}
         for name, rs in runs.items():
-            med = {key: round(statistics.median(r[key] for r in rs), 3)
-                   for key in ("req_per_s", "p50_ms", "p99_ms", "reader_cpu_ms_per_request",
-                               "redis_cpu_ms_per_request")}
+            med: dict[str, Any] = dict(bench.medians(rs))
             med["errors"] = sum(r["errors"] for r in rs)
             med["one_free_core_req_per_s"] = round(1000 / med["reader_cpu_ms_per_request"], 1)
             med["share_of_budget"] = round(med["reader_cpu_ms_per_request"] / BUDGET_MS, 2)

@@ -238,11 +238,8 @@ class LiveRecommender:
         similar: list[tuple[str, float]] = []
         model = self.model.reader if self.model is not None else None
         if model is not None and (decayed or user in self.vectors):
-            u = model.user_vector(self.vectors.get(user), self.vector_versions.get(user), user, decayed)
-            h = model.tf_hidden_state(decayed)
-            vec_scores, tf_scores = model.score(u, h, want)
-            if u is not None and s.reader_similar_users > 0:
-                similar = model.nearest_users(u, user, s.reader_similar_users)
+            vec_scores, tf_scores, similar = model.sources(
+                self.vectors.get(user), self.vector_versions.get(user), user, decayed, want, s.reader_similar_users)
         k_nbrs = min(s.neighbours_k, s.reader_neighbours)
         rows = {i: _zrevrange(st.cooc.get(i, {}), k_nbrs) for i, _ in recent}
         theirs = {v: _zrevrange(st.user_items.get(v, {}), PER_SIMILAR_USER) for v, _ in similar}

@@ -192,6 +192,22 @@ class PublishedModel:
             h = np.tanh(h @ W + b)
         return h.astype(np.float32)
 
+    def sources(self, stored: bytes | None, stored_version: str | None, user: str,
+                weights: Sequence[tuple[str, float]], want: int, n_similar: int, *,
+                vector: bool = True, tf: bool = True) -> tuple[list[tuple[str, float]], list[tuple[str, float]],
+                                                               list[tuple[str, float]]]:
+        """The model's three candidate lists for one user: top-``want`` by the user vector and by
+        the TF logits, and the ``n_similar`` nearest users (none when ``n_similar`` is 0).
+
+        ``vector``/``tf`` False skip a source (its blend weight is 0); the user vector is still
+        computed when the similar users need it. The reader and the evaluation both call this.
+        """
+        u = self.user_vector(stored, stored_version, user, weights) if vector or n_similar > 0 else None
+        h = self.tf_hidden_state(weights) if tf else None
+        vec, tf_scores = self.score(u if vector else None, h, want)
+        similar = self.nearest_users(u, user, n_similar) if u is not None and n_similar > 0 else []
+        return vec, tf_scores, similar
+
     def score(self, u: F32 | None, h: F32 | None, n: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         """Top-``n`` items by ``Y u`` and by the TF logits ``W_outᵀ h + b``."""
         vec: list[tuple[str, float]] = []
@@ -248,8 +264,7 @@ class PublishedModel:
         norms = self._item_norms()
         at = row if self.scan_rows is None else int(np.searchsorted(self.scan_rows, row))
         in_pool = self.scan_rows is None or (at < self.scan_rows.size and self.scan_rows[at] == row)
-        # The same float32 norm formula for an item inside or outside the pool.
-        ny = float(norms[at]) if in_pool else float(np.sqrt((self.Y[row:row + 1] * self.Y[row:row + 1]).sum(axis=1))[0])
+        ny = float(norms[at]) if in_pool else float(_row_norms(self.Y[row:row + 1])[0])
         if ny <= 0:
             return []
         sims = (self.scan_Y @ y) / (norms * ny + 1e-12)
@@ -261,9 +276,14 @@ class PublishedModel:
         """Factor norms of the scan pool's rows."""
         norms = self._norms
         if norms is None:
-            norms = np.sqrt((self.scan_Y * self.scan_Y).sum(axis=1))
-            self._norms = norms
+            norms = self._norms = _row_norms(self.scan_Y)
         return norms
+
+
+def _row_norms(a: F32) -> F32:
+    """Euclidean norm of each row, in float32 (one formula for every norm here, so an item's
+    norm is the same bits wherever it is computed)."""
+    return np.sqrt((a * a).sum(axis=1))
 
 
 def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mapping[str, bytes | None],
@@ -316,7 +336,7 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
         U = _finite_f32(decode_array(parts["user_factors"], "user_factors"), "user_factors", 2)
         if U.shape != (len(user_ids), Y.shape[1]):
             raise ModelError(f"user_factors has shape {U.shape} for {len(user_ids)} users, k={Y.shape[1]}")
-        norms = np.sqrt((U * U).sum(axis=1))
+        norms = _row_norms(U)
         # The pool keeps the users with the largest factor norms: ALS leaves users with little
         # evidence near zero, whose cosines are noise; the cap bounds the per-request product.
         keep = np.argsort(-norms, kind="stable")[:pool_size]
@@ -328,7 +348,7 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
     if scan_items is not None and scan_items < len(item_ids):
         if scan_items < 1:
             raise ModelError(f"scan_items must be >= 1, got {scan_items}")
-        norms = np.sqrt((Y * Y).sum(axis=1))
+        norms = _row_norms(Y)
         keep = np.sort(np.argsort(-norms, kind="stable")[:scan_items]).astype(np.int64)
         model._set_scan_pool(keep)
     return model

@@ -108,13 +108,9 @@ class Recommender:
         tf_scores: Pairs = []
         similar: Pairs = []
         if model is not None and (decayed or r.vec is not None):
-            u = None
-            if w.user_vector > 0 or w.similar_users > 0:
-                u = model.user_vector(r.vec, r.vec_version, user, decayed)
-            h = model.tf_hidden_state(decayed) if w.tf > 0 else None
-            vec_scores, tf_scores = model.score(u if w.user_vector > 0 else None, h, want)
-            if u is not None and w.similar_users > 0 and s.reader_similar_users > 0:
-                similar = model.nearest_users(u, user, s.reader_similar_users)
+            vec_scores, tf_scores, similar = model.sources(
+                r.vec, r.vec_version, user, decayed, want, s.reader_similar_users if w.similar_users > 0 else 0,
+                vector=w.user_vector > 0, tf=w.tf > 0)
 
         nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
         nbrs, theirs = await self._expansion(nbr_items, [v for v, _ in similar], r.meta.landmark)
