@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -232,10 +233,26 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(settings: Settings, sp
     for part, blob in parts.items():
         r.set(keys.model_blob("v1", part), blob)
     r.set(keys.model_current, "v1")
-    publish_events(s, events)
+    # The stream is live when the worker dies: 4,000 events wait in the topic at its start and a
+    # producer thread keeps adding 2,000/s until the kill, so the kill lands mid-stream however fast
+    # the machine is; whatever the thread did not send is published after the kill, in order.
+    sent = [4000]
+    publish_events(s, events[:sent[0]])
+    stop = threading.Event()
 
+    def trickle() -> None:
+        async def go() -> None:
+            async with Publisher(s) as pub:
+                while sent[0] < len(events) - 2000 and not stop.is_set():
+                    await pub.publish(events[sent[0]: sent[0] + 200])
+                    sent[0] += 200
+                    await asyncio.sleep(0.1)
+        asyncio.run(go())
+
+    producer = threading.Thread(target=trickle, daemon=True)
     t0 = time.monotonic()
     worker = spawn(["worker"], s)
+    producer.start()
     checked = 0
     # Until 4,000 events are applied and at least one Kafka commit was checked (the batch consumer
     # can apply 4,000 before its first commit).
@@ -249,15 +266,19 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(settings: Settings, sp
         checked += len(committed)
         time.sleep(0.2)
     worker.kill9()
-    at_kill = _applied(r, s)
-    assert at_kill < len(events), "the worker finished before it could be killed"
+    at_kill, published_at_kill = _applied(r, s), sent[0]
+    stop.set()
+    producer.join(30)
+    assert not producer.is_alive(), "the producer thread did not stop"
     assert checked, "the commit invariant was never checked"
+    publish_events(s, events[sent[0]:])
 
     restarted = spawn(["worker"], s)
     _wait(lambda: sum(_redis_offsets(r, s).values()) + s.topic_partitions == len(events), 120,
           "restart to catch up", restarted)
     assert _applied(r, s) == len(events), "every event applied exactly once"
-    print(f"crash test: killed at {at_kill} events, caught up {time.monotonic() - t0:.1f}s after start")
+    print(f"crash test: killed at {at_kill} of {published_at_kill} published events, "
+          f"caught up {time.monotonic() - t0:.1f}s after start")
 
     oracle = InMemoryState.from_settings(s, user_items_k=s.history_len, user_cats_k=32,
                                          landmark=float(r.hget(keys.meta, "landmark")))
