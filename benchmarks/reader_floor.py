@@ -101,7 +101,7 @@ def serve(port: int) -> None:
         decayed, recent = user_recent(r.weights, r.history, f, r.meta.now, rec.policy,
                                       k=settings.reader_recent_items, order=settings.reader_recent_order)
         if stage == "reads":
-            k_nbrs = min(settings.neighbours_k, settings.reader_neighbours)
+            k_nbrs = settings.neighbours_read
             nbrs, _ = await rec.store.read_expansion([i for i, _ in recent], k_nbrs, [], 0)
             return json_response({"items": [], "rows": sum(map(len, nbrs.values()))})
         model = rec.models.observe(r.model_version)

@@ -240,7 +240,7 @@ class LiveRecommender:
         if model is not None and (decayed or user in self.vectors):
             vec_scores, tf_scores, similar = model.sources(
                 self.vectors.get(user), self.vector_versions.get(user), user, decayed, want, s.reader_similar_users)
-        k_nbrs = min(s.neighbours_k, s.reader_neighbours)
+        k_nbrs = s.neighbours_read
         rows = {i: _zrevrange(st.cooc.get(i, {}), k_nbrs) for i, _ in recent}
         theirs = {v: _zrevrange(st.user_items.get(v, {}), PER_SIMILAR_USER) for v, _ in similar}
         cands = assemble(recent, rows, f, lambda items: {i: st.pop.get(i, 0.0) * f for i in items},

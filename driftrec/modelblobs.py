@@ -95,7 +95,6 @@ def assemble(parts: Mapping[str, bytes | None], requests: Sequence[tuple[str, st
     return out
 
 
-
 def read_parts(client: redis.Redis, names: Sequence[str], key_of: Callable[[str], str]) -> dict[str, bytes | None]:
     """Parts by name (None when missing), chunked ones joined; ``client`` returns bytes."""
     parts = dict(zip(names, _get(client, [key_of(n) for n in names]), strict=True))

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         return frozenset(self.event_weights)
 
     @property
+    def neighbours_read(self) -> int:
+        """Neighbours the reader reads per recent item: ``reader_neighbours``, within what the
+        worker keeps (``neighbours_k``)."""
+        return min(self.neighbours_k, self.reader_neighbours)
+
+    @property
     def local_stack(self) -> bool:
         """True when neither Kafka nor Redis was given from outside: driftrec runs its own."""
         return self.kafka_bootstrap_servers is None and self.redis_url is None

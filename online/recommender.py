@@ -131,8 +131,7 @@ class Recommender:
         theirs, want_users = self.user_rows.lookup(users, now, landmark)
         if want_items or want_users:
             got_nbrs, got_theirs = await self.store.read_expansion(
-                want_items, min(self.settings.neighbours_k, self.settings.reader_neighbours), want_users,
-                PER_SIMILAR_USER)
+                want_items, self.settings.neighbours_read, want_users, PER_SIMILAR_USER)
             self.nbr_rows.store(got_nbrs, now, landmark)
             self.user_rows.store(got_theirs, now, landmark)
             nbrs.update(got_nbrs)
