@@ -172,8 +172,10 @@ def apply_split(sync: redis.Redis, payloads: list[bytes], n: int, inside: dict[s
 
 
 async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bool,
-                    split: bool = False) -> dict[str, Any]:
-    s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split")
+                    split: bool = False, **overrides: Any) -> dict[str, Any]:
+    """One round on a flushed Redis; ``overrides``: settings that differ from the defaults."""
+    s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split",
+                 **overrides)
     sync = redis.Redis(port=port)
     sync.flushall()
     keys = Keys(s.key_prefix)
