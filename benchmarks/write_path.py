@@ -13,7 +13,8 @@ on free ports (under .driftrec-bench/). Steps, all on the same topic in the same
    its rate is taken from Redis' applied-event counter between 2% and 100% of the events
    (start-up excluded);
 4. the batch processor alone, in this process, on the same records (no Kafka, no Faust), and
-   optionally (``--profile``) again under cProfile: ``benchmarks/results/write_path_profile.txt``;
+   optionally (``--profile``) again under cProfile: ``benchmarks/results/write_path_profile.txt``
+   (``--profile-worker FILE`` runs step 3's worker under cProfile instead, stats to FILE);
 5. the ceiling Faust sets: a Faust worker built like ours whose agent only decodes the events,
    with the worker's batch consumer and with Faust's ``take_events`` stream.
 
@@ -136,6 +137,30 @@ def _rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a local process (all its threads), NaN when unknown."""
+    if not pid:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _service_pids(s: Settings, r: redis.Redis) -> dict[str, int | None]:
+    """Redis' pid (``INFO server``) and the local stack's Kafka pid (None for an external one)."""
+    kafka: int | None = None
+    try:
+        from driftrec.stack import LocalStack
+
+        kafka = next((st.pid for st in LocalStack(s).status() if st.name == "kafka" and st.running), None)
+    except Exception:  # noqa: BLE001  (external services: no local stack to ask)
+        kafka = None
+    redis_pid = int(r.info("server")["process_id"])
+    return {"redis": redis_pid if Path(f"/proc/{redis_pid}").exists() else None, "kafka": kafka}
+
+
 def _commandstats(r: redis.Redis) -> dict[str, int]:
     return {k: int(v["calls"]) for k, v in r.info("commandstats").items()}
 
@@ -202,16 +227,21 @@ def _copy_model(src: Settings, dst: Settings) -> None:
         r.set(b.model_current, version)
 
 
-def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
+def run_worker(s: Settings, n: int, cwd: Path = ROOT, profile_to: Path | None = None) -> dict[str, Any]:
     r = redis.Redis.from_url(s.redis)
     meta = Keys(s.key_prefix).meta
     before = _commandstats(r)
     env = dict(os.environ)
     env.update(s.to_env())
     log = open(Path(tempfile.gettempdir()) / "driftrec-bench-worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "driftrec.cli", "worker"], cwd=cwd, env=env,
+    # Under cProfile the stats are written when the worker exits (it stops on SIGTERM).
+    prof = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+    proc = subprocess.Popen([sys.executable, *prof, "-m", "driftrec.cli", "worker"], cwd=cwd, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []
+    # CPU seconds of the worker, Redis and Kafka at each sample: where the 2 cores go per event.
+    pids = {"worker": proc.pid, **_service_pids(s, r)}
+    cpu: list[dict[str, float]] = []
     peak = 0.0
     try:
         deadline = time.monotonic() + 1800
@@ -220,6 +250,7 @@ def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
                 raise SystemExit(f"worker died; see {log.name}")
             applied = int(r.hget(meta, "applied_events") or 0)
             samples.append((time.perf_counter(), applied))
+            cpu.append({name: _cpu_s(pid) for name, pid in pids.items()})
             peak = max(peak, _rss_peak_mb(proc.pid))
             if applied >= n or time.monotonic() > deadline:
                 break
@@ -245,6 +276,9 @@ def run_worker(s: Settings, n: int, cwd: Path = ROOT) -> dict[str, Any]:
         "redis_commands_by_type": {k.removeprefix("cmdstat_"): v for k, v in sorted(
             calls.items(), key=lambda kv: -kv[1]) if v},
         "peak_rss_mb": round(peak, 1),
+        # Between the 2 % sample and the last one; NaN (null) where a process could not be read.
+        "cpu_us_per_event": {name: (round((cpu[-1][name] - cpu[start][name]) / (a1 - a0) * 1e6, 1)
+                                    if cpu[-1][name] == cpu[-1][name] else None) for name in pids},
         # driftrec_worker_batches_total by path (absent for a REF that predates the metric).
         "batches_by_path": paths,
     }
@@ -440,6 +474,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
     ap.add_argument("--profile", action="store_true", help="also profile the processor alone")
+    ap.add_argument("--profile-worker", type=Path, metavar="FILE",
+                    help="run the worker under cProfile, writing its stats to FILE (slows it down)")
     ap.add_argument("--out", type=Path, help="result file (default: see the module docstring)")
     ap.add_argument("--baseline-ref", help="also run the worker with the consumption path of this commit")
     ap.add_argument("--baseline-paths", nargs="+", default=list(CONSUMER_PATHS), metavar="PATH",
@@ -495,7 +531,7 @@ def main() -> None:
             baseline = run_baseline(s, len(events), args.baseline_ref, tuple(args.baseline_paths))
             print(f"worker at {args.baseline_ref}: {baseline['events_per_s']:,.0f} events/s", flush=True)
         print(f"worker ({mode}) ...", flush=True)
-        worker = run_worker(s, len(events))
+        worker = run_worker(s, len(events), profile_to=args.profile_worker)
         print(f"worker: {worker['events_per_s']:,.0f} events/s", flush=True)
         result: dict[str, Any] = {
             "events": worker["events"],
@@ -512,6 +548,7 @@ def main() -> None:
             "redis_round_trips_per_event": worker["redis_round_trips_per_event"],
             "redis_commands_by_type": worker["redis_commands_by_type"],
             "batches_by_path": worker["batches_by_path"],
+            "cpu_us_per_event": worker["cpu_us_per_event"],
             "settings": {k: getattr(s, k) for k in ("batch_max_events", "batch_max_wait_s", "topic_partitions",
                                                     "cooc_window", "history_len", "neighbours_k", "factors")},
             "simulator": {"users": args.users, "items": args.items, "categories": 20, "seed": 7},
