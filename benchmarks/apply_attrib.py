@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
@@ -91,20 +90,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driftrec-attrib-"))
     proc = reader_bench.private_redis(port, work)
     payloads: list[bytes] = []
-    send = redis_state.RedisState.send_apply
-
-    async def keep(self: Any, prepared: Any) -> Any:
-        payloads.append(prepared.payload)
-        return await send(self, prepared)
-
     script_us: dict[str, list[float]] = {}
     by_command: dict[str, dict[str, float]] = {}
     try:
-        redis_state.RedisState.send_apply = keep  # type: ignore[method-assign]
-        try:
-            real = asyncio.run(processor_split.one_round(port, rows, items, args.model))
-        finally:
-            redis_state.RedisState.send_apply = send  # type: ignore[method-assign]
+        real = asyncio.run(processor_split.one_round(port, rows, items, args.model, record=payloads))
         sync = redis.Redis(port=port)
         scripts = variants(settings.neighbours_k)
         for r in range(args.rounds):

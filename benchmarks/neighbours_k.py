@@ -46,8 +46,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import processor_split  # noqa: E402
 import reader as reader_bench  # noqa: E402  (a private redis-server)
+import tune_live  # noqa: E402
 
 from driftrec import benchinfo  # noqa: E402
+from driftrec.chaos.memory import memory_usage  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
@@ -60,14 +62,14 @@ def row_memory(port: int, prefix: str, sample: int = 2000) -> dict[str, float]:
     """Mean ``MEMORY USAGE`` and length of up to ``sample`` neighbour rows, and the dataset size."""
     r = redis.Redis(port=port)
     pattern = Keys(prefix).item_nbrs("*")
-    keys = list(itertools.islice(r.scan_iter(match=pattern, count=1000), sample))
+    keys = [k.decode() for k in itertools.islice(r.scan_iter(match=pattern, count=1000), sample)]
+    sizes = memory_usage(r, keys)
     pipe = r.pipeline(transaction=False)
     for k in keys:
-        pipe.memory_usage(k)
         pipe.zcard(k)
         pipe.object("encoding", k)
     got = pipe.execute()
-    sizes, lens, encs = got[0::3], got[1::3], got[2::3]
+    lens, encs = got[0::2], got[1::2]
     return {"rows_sampled": len(keys), "row_bytes_mean": round(statistics.fmean(sizes), 1),
             "row_members_mean": round(statistics.fmean(lens), 2),
             "listpack_rows": sum(e in (b"listpack", "listpack") for e in encs),
@@ -121,23 +123,14 @@ def speed(ks: list[int], events: int, rounds: int) -> dict[str, Any]:
 
 
 def quality(dataset: str, ks: list[int], max_windows: int) -> dict[str, Any]:
-    from driftrec.evaluate import PrequentialOptions, _publish, load_stream
     from driftrec.live_eval import LiveRecommender
-    from models.baselines import Interactions
-    from models.blend import SOURCES, BlendWeights
-    from models.decay import EventWeights
-    from models.prequential import run_prequential, scored_mask
+    from models.prequential import run_prequential
 
     tuned = json.loads((RESULTS / TUNING[dataset]).read_text())
-    name, events = load_stream(dataset)
-    events = events[: len(events) // 2]  # the warm-up half only, as tune_live.py
-    start = len(events) // 2
-    mask = scored_mask(events, start, window_s=3600.0, max_windows=max_windows)
+    name, events, start, mask = tune_live.warm_up_half(dataset, max_windows)
     base = Settings().model_copy(update=tuned["best"]["settings"])
-    weights = BlendWeights(**{s: float(tuned["best"]["weights"].get(s, 0.0)) for s in SOURCES})
-    warm = Interactions(EventWeights(base.event_weights))
-    warm.add(events[:start])
-    _, model, _ = _publish(base, warm, PrequentialOptions(tf=False, als=tuned["als"]))
+    weights = tune_live.weights_of(tuned["best"]["weights"])
+    model = tune_live.publish_warm_up(base, events, start, tuned["als"])
     offset = events[start].offset
     methods = {f"k{k}": LiveRecommender(base.model_copy(update={"neighbours_k": k}), weights, model,
                                         publish_offset=offset) for k in ks}

@@ -172,8 +172,9 @@ def apply_split(sync: redis.Redis, payloads: list[bytes], n: int, inside: dict[s
 
 
 async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bool,
-                    split: bool = False, **overrides: Any) -> dict[str, Any]:
-    """One round on a flushed Redis; ``overrides``: settings that differ from the defaults."""
+                    split: bool = False, record: list[bytes] | None = None, **overrides: Any) -> dict[str, Any]:
+    """One round on a flushed Redis; ``record`` receives every apply payload sent, in order;
+    ``overrides``: settings that differ from the defaults."""
     s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split",
                  **overrides)
     sync = redis.Redis(port=port)
@@ -196,8 +197,8 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     timer.wrap_async(proc, "_plan", "plan")
     timer.wrap(state, "prepare_apply", "prepare_apply")
     timer.wrap_send_apply(state)
-    payloads: list[bytes] = []
-    if split:
+    payloads: list[bytes] = [] if record is None else record
+    if split or record is not None:
         send: Callable[..., Any] = state.send_apply
 
         async def keep(prepared: Any) -> Any:

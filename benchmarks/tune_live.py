@@ -55,6 +55,23 @@ def replay(events: list, start: int, mask: Any, configs: dict[str, Any], desc: s
     return res.summary()
 
 
+def warm_up_half(dataset: str, max_windows: int) -> tuple[str, list[Any], int, Any]:
+    """``(name, events, start, scored mask)`` of a data set's warm-up half: its first half warms
+    up, its second half (from ``start``) is scored; the evaluated half is never read."""
+    name, events = load_stream(dataset)
+    events = events[: len(events) // 2]  # the warm-up half only
+    start = len(events) // 2
+    return name, events, start, scored_mask(events, start, window_s=3600.0, max_windows=max_windows)
+
+
+def publish_warm_up(settings: Settings, events: list[Any], start: int, als: dict[str, Any]) -> Any:
+    """ALS with ``als``'s hyper-parameters, trained on ``events[:start]`` and published (no TF)."""
+    warm = Interactions(EventWeights(settings.event_weights))
+    warm.add(events[:start])
+    _, model, _ = _publish(settings, warm, PrequentialOptions(tf=False, als=als))
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset")
@@ -66,18 +83,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
-    name, events = load_stream(args.dataset)
-    events = events[: len(events) // 2]  # the warm-up half only
-    start = len(events) // 2
-    mask = scored_mask(events, start, window_s=3600.0, max_windows=args.max_windows)
+    name, events, start, mask = warm_up_half(args.dataset, args.max_windows)
     base = Settings()
-    warm = Interactions(EventWeights(base.event_weights))
-    warm.add(events[:start])
     # ALS as the evaluation tunes it (tune_batch_models) on this warm-up; no TF (its weight stays 0).
     from driftrec.evaluate import tune_batch_models
 
     choice = tune_batch_models(events[:start], base, PrequentialOptions())
-    _, model, _ = _publish(base, warm, PrequentialOptions(tf=False, als=choice["als"]))
+    model = publish_warm_up(base, events, start, choice["als"])
     report: dict[str, Any] = {"dataset": name, "tuning_events": len(events), "scored": int(mask.sum()),
                               "als": choice["als"], "stages": {}, "commit": commit(),
                               "command": "python benchmarks/tune_live.py " + " ".join(sys.argv[1:])}

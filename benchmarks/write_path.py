@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driftrec import benchinfo  # noqa: E402
+from driftrec.chaos.scale import cpu_s  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings, load_settings  # noqa: E402
@@ -139,13 +140,10 @@ def _rss_peak_mb(pid: int) -> float:
 
 def _cpu_s(pid: int | None) -> float:
     """User + system CPU seconds of a local process (all its threads), NaN when unknown."""
-    if not pid:
-        return float("nan")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_s(pid) if pid else float("nan")
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _service_pids(s: Settings, r: redis.Redis) -> dict[str, int | None]:

@@ -20,7 +20,7 @@ import redis
 from driftrec.keys import Keys
 from driftrec.userstate import decode_fields
 
-__all__ = ["memory_per_owner", "redis_memory_info", "encoding_what_if", "history_sizes"]
+__all__ = ["memory_per_owner", "memory_usage", "redis_memory_info", "encoding_what_if", "history_sizes"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ _USER_PARTS = ("iw", "cats", "vec")
 _ITEM_PARTS = ("nbr", "vec")
 
 
-def _usage(client: redis.Redis, names: list[str]) -> list[int]:
+def memory_usage(client: redis.Redis, names: list[str]) -> list[int]:
+    """``MEMORY USAGE ... SAMPLES 0`` of each key (0 when missing), one pipeline."""
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.execute_command("MEMORY", "USAGE", name, "SAMPLES", "0")
@@ -79,7 +80,7 @@ def memory_per_owner(client: redis.Redis, keys: Keys, users: list[str], items: l
     per_part: dict[str, list[int]] = {p: [] for p in _USER_PARTS}
     for u, n in zip(us, hist_len, strict=True):
         names = [f"{keys.prefix}:{{u:{u}}}:{p}" for p in _USER_PARTS]
-        sizes = _usage(client, names)
+        sizes = memory_usage(client, names)
         for p, b in zip(_USER_PARTS, sizes, strict=True):
             per_part[p].append(b)
         total = sum(sizes)
@@ -88,15 +89,15 @@ def memory_per_owner(client: redis.Redis, keys: Keys, users: list[str], items: l
             if n >= history_len:
                 at_cap.append(total)
     n_items = int(client.zcard(keys.popularity))
-    shared = _usage(client, [keys.popularity, keys.item_category])
+    shared = memory_usage(client, [keys.popularity, keys.item_category])
     trend_names = [k.decode() for k in client.scan_iter(match=keys.trending("*"), count=1000)]
-    trend_bytes = sum(_usage(client, trend_names)) if trend_names else 0
+    trend_bytes = sum(memory_usage(client, trend_names)) if trend_names else 0
     trend_entries = sum(int(client.zcard(t)) for t in trend_names)
     share = (shared[0] + shared[1]) / max(n_items, 1) + trend_bytes / max(trend_entries, 1)
     item_bytes: list[float] = []
     item_part: dict[str, list[int]] = {p: [] for p in _ITEM_PARTS}
     for i in its:
-        sizes = _usage(client, [f"{keys.prefix}:{{i:{i}}}:{p}" for p in _ITEM_PARTS])
+        sizes = memory_usage(client, [f"{keys.prefix}:{{i:{i}}}:{p}" for p in _ITEM_PARTS])
         for p, b in zip(_ITEM_PARTS, sizes, strict=True):
             item_part[p].append(b)
         if sum(sizes):
