@@ -172,8 +172,11 @@ def apply_split(sync: redis.Redis, payloads: list[bytes], n: int, inside: dict[s
 
 
 async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bool,
-                    split: bool = False, record: list[bytes] | None = None, **overrides: Any) -> dict[str, Any]:
+                    split: bool = False, record: list[bytes] | None = None,
+                    record_loads: list[tuple[int, list[str], list[bytes]]] | None = None,
+                    **overrides: Any) -> dict[str, Any]:
     """One round on a flushed Redis; ``record`` receives every apply payload sent, in order;
+    ``record_loads`` every load script call, as ``(applies sent before it, keys, args)``;
     ``overrides``: settings that differ from the defaults."""
     s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split",
                  **overrides)
@@ -198,13 +201,20 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     timer.wrap(state, "prepare_apply", "prepare_apply")
     timer.wrap_send_apply(state)
     payloads: list[bytes] = [] if record is None else record
-    if split or record is not None:
+    if split or record is not None or record_loads is not None:
         send: Callable[..., Any] = state.send_apply
 
         async def keep(prepared: Any) -> Any:
             payloads.append(prepared.payload)
             return await send(prepared)
         state.send_apply = keep  # type: ignore[method-assign]
+    if record_loads is not None:
+        script = state._load
+
+        async def load(keys: list[str], args: list[bytes]) -> Any:
+            record_loads.append((len(payloads), keys, args))
+            return await script(keys=keys, args=args)
+        state._load = load  # type: ignore[assignment]
     # 4 partitions, offsets per partition, each batch a slice across them (the worker's view).
     raws = [RawRecord(s.clicks_topic, j % 4, j // 4, v) for j, v in enumerate(rows)]
     sync.config_resetstat()
