@@ -25,17 +25,12 @@ increment, and the floor of the rest.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import itertools
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +38,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import processor_split  # noqa: E402
-import reader as reader_bench  # noqa: E402  (a private redis-server)
 from write_path import publish_random_model  # noqa: E402
 
 import streams.redis_state as redis_state  # noqa: E402
 from driftrec import benchinfo  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.settings import Settings  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 _Z_OP = "if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end"
@@ -74,25 +65,12 @@ def variants(neighbours_k: int) -> dict[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args, rows, items, settings, keys = processor_split.replay_setup(__doc__)
     n = args.events
-    sim = ShopSimulator(n_users=5000, n_items=10_000, n_categories=20, seed=7)
-    rows = [orjson.dumps(e) for e in itertools.islice(sim.events(n), n)]
-    items = list(sim.item_ids)
-    settings = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0", key_prefix="split")
-    keys = Keys(settings.key_prefix)  # processor_split.one_round's prefix
-    port = reader_bench.free_port()
-    work = Path(tempfile.mkdtemp(prefix="driftrec-attrib-"))
-    proc = reader_bench.private_redis(port, work)
     payloads: list[bytes] = []
     script_us: dict[str, list[float]] = {}
     by_command: dict[str, dict[str, float]] = {}
-    try:
+    with processor_split.private_redis("driftrec-attrib-") as port:
         real = asyncio.run(processor_split.one_round(port, rows, items, args.model, record=payloads))
         sync = redis.Redis(port=port)
         scripts = variants(settings.neighbours_k)
@@ -112,14 +90,9 @@ def main() -> None:
                     by_command[name] = {k.removeprefix("cmdstat_"): round(v["usec"] / n, 2) for k, v in stats.items()
                                         if k != "cmdstat_evalsha" and v["usec"] / n >= 0.05}
                 print(f"round {r} {name}: {script_us[name][-1]} µs per event", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in script_us.items()}
     result = {
-        "vectors": "fold-in" if args.model else "isgd", "events": n, "batches": len(payloads),
-        "real_run": {k: real[k] for k in ("events_per_s", "python_cpu_us_per_event", "redis_cpu_us_per_event")},
+        **processor_split.replay_head(args, payloads, real),
         "script_us_per_event": script_us, "median_script_us_per_event": med,
         "commands_us_per_event_round_0": by_command,
         "derived_us_per_event": {
@@ -129,7 +102,7 @@ def main() -> None:
             "other_ops": round(med["no_neighbour_rows"] - med["decode_and_guards"], 2),
             "decode_and_guards": med["decode_and_guards"],
         },
-        "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7},
+        "simulator": processor_split.SHOP,
         "machine": benchinfo.machine(["redis", "orjson"]), "commit": benchinfo.commit(),
         "command": "python benchmarks/apply_attrib.py " + " ".join(sys.argv[1:]),
     }

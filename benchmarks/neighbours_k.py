@@ -29,15 +29,12 @@ import asyncio
 import itertools
 import json
 import logging
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,14 +42,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import processor_split  # noqa: E402
-import reader as reader_bench  # noqa: E402  (a private redis-server)
 import tune_live  # noqa: E402
 
 from driftrec import benchinfo  # noqa: E402
 from driftrec.chaos.memory import memory_usage  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TUNING = {"ml-latest-small": "tuning_movielens.json", "uci-online-retail": "tuning_online-retail.json"}
@@ -77,14 +72,9 @@ def row_memory(port: int, prefix: str, sample: int = 2000) -> dict[str, float]:
 
 
 def speed(ks: list[int], events: int, rounds: int) -> dict[str, Any]:
-    sim = ShopSimulator(n_users=5000, n_items=10_000, n_categories=20, seed=7)
-    rows = [orjson.dumps(e) for e in itertools.islice(sim.events(events), events)]
-    items = list(sim.item_ids)
-    port = reader_bench.free_port()
-    work = Path(tempfile.mkdtemp(prefix="driftrec-nk-"))
-    proc = reader_bench.private_redis(port, work)
+    rows, items = processor_split.shop_clicks(events)
     runs: dict[int, list[dict[str, Any]]] = {k: [] for k in ks}
-    try:
+    with processor_split.private_redis("driftrec-nk-") as port:
         for r in range(rounds):
             order = ks if r % 2 == 0 else ks[::-1]
             for k in order:
@@ -100,10 +90,6 @@ def speed(ks: list[int], events: int, rounds: int) -> dict[str, Any]:
                        "redis_usec_per_event_by_command": per, **row_memory(port, "split")}
                 runs[k].append(run)
                 print(f"round {r} neighbours_k={k}: {json.dumps(run)}", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
     def med(k: int, key: str) -> float:
         return statistics.median(x[key] for x in runs[k])
@@ -119,7 +105,7 @@ def speed(ks: list[int], events: int, rounds: int) -> dict[str, Any]:
                                                          / med(base, "redis_cpu_us_per_event"), 3)}
                for k in ks}
     return {"events": events, "rounds": rounds, "runs": {str(k): v for k, v in runs.items()},
-            "medians": summary, "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7}}
+            "medians": summary, "simulator": processor_split.SHOP}
 
 
 def quality(dataset: str, ks: list[int], max_windows: int) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import copy
 import itertools
 import json
@@ -43,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,64 @@ from streams.published import FactorCache  # noqa: E402
 from streams.redis_state import RedisState  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+#: The write-path benchmark's shop, which the processor-alone benchmarks replay.
+SHOP = {"users": 5000, "items": 10_000, "categories": 20, "seed": 7}
+
+
+def shop_clicks(n: int) -> tuple[list[bytes], list[str]]:
+    """The first ``n`` clicks of :data:`SHOP` as JSON, and its catalogue."""
+    sim = ShopSimulator(n_users=SHOP["users"], n_items=SHOP["items"], n_categories=SHOP["categories"],
+                        seed=SHOP["seed"])
+    return [orjson.dumps(e) for e in itertools.islice(sim.events(n), n)], list(sim.item_ids)
+
+
+def replay_parser(doc: str | None, events: int = 100_000, rounds: int = 3) -> argparse.ArgumentParser:
+    """The options of the benchmarks that run the processor alone on :data:`SHOP`."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=events)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
+    ap.add_argument("--out", type=Path)
+    return ap
+
+
+def split_settings(port: int = 1, **overrides: Any) -> Settings:
+    """The settings :func:`one_round` runs with: no Kafka, Redis on ``port``, keys under ``split``."""
+    return Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split",
+                    **overrides)
+
+
+def replay_setup(doc: str | None) -> tuple[argparse.Namespace, list[bytes], list[str], Settings, Keys]:
+    """Parsed :func:`replay_parser` options, the clicks and catalogue of :data:`SHOP`, and the
+    settings and keys of :func:`one_round`: what a benchmark replaying one round's batches needs."""
+    args = replay_parser(doc).parse_args()
+    rows, items = shop_clicks(args.events)
+    settings = split_settings()
+    return args, rows, items, settings, Keys(settings.key_prefix)
+
+
+def replay_head(args: argparse.Namespace, payloads: list[bytes], real: dict[str, Any]) -> dict[str, Any]:
+    """The first fields of a replaying benchmark's result: mode, size and the recorded round's rates."""
+    return {"vectors": "fold-in" if args.model else "isgd", "events": args.events, "batches": len(payloads),
+            "real_run": {k: real[k] for k in ("events_per_s", "python_cpu_us_per_event", "redis_cpu_us_per_event")}}
+
+
+@contextlib.contextmanager
+def private_redis(prefix: str) -> Iterator[int]:
+    """A private ``redis-server`` (no persistence) for the ``with`` block; yields its port."""
+    import reader as bench  # benchmarks/reader.py
+
+    port = bench.free_port()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    proc = bench.private_redis(port, work)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Timer:
@@ -178,8 +237,7 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     """One round on a flushed Redis; ``record`` receives every apply payload sent, in order;
     ``record_loads`` every load script call, as ``(applies sent before it, keys, args)``;
     ``overrides``: settings that differ from the defaults."""
-    s = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="split",
-                 **overrides)
+    s = split_settings(port, **overrides)
     sync = redis.Redis(port=port)
     sync.flushall()
     keys = Keys(s.key_prefix)
@@ -278,31 +336,17 @@ def plan_ceiling(port: int, rows: list[bytes], item_ids: list[str], model: bool)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=150_000)
-    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap = replay_parser(__doc__, events=150_000, rounds=2)
     ap.add_argument("--apply-split", action="store_true", help="also split the apply script's Redis time")
     ap.add_argument("--plan-ceiling", action="store_true", help="also measure a round with plan_batch made free")
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    import reader as bench  # benchmarks/reader.py: a private redis-server
-
     machine = benchinfo.machine(["redis", "orjson", "numpy"])
-    sim = ShopSimulator(n_users=5000, n_items=10_000, n_categories=20, seed=7)
-    rows = [orjson.dumps(e) for e in itertools.islice(sim.events(args.events), args.events)]
-    port = bench.free_port()
-    work = Path(tempfile.mkdtemp(prefix="driftrec-split-"))
-    proc = bench.private_redis(port, work)
-    try:
-        rounds = [asyncio.run(one_round(port, rows, list(sim.item_ids), args.model,
+    rows, items = shop_clicks(args.events)
+    with private_redis("driftrec-split-") as port:
+        rounds = [asyncio.run(one_round(port, rows, items, args.model,
                                         args.apply_split and r == args.rounds - 1)) for r in range(args.rounds)]
-        ceilings = ([plan_ceiling(port, rows, list(sim.item_ids), args.model) for _ in range(args.rounds)]
+        ceilings = ([plan_ceiling(port, rows, items, args.model) for _ in range(args.rounds)]
                     if args.plan_ceiling else [])
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
     for r in [*rounds, *(c[k] for c in ceilings for k in ("computed", "replayed"))]:
         if r["applied"] != args.events:
             raise SystemExit(f"applied {r['applied']} of {args.events} events")
@@ -313,7 +357,7 @@ def main() -> None:
             c["replayed_over_plain_median"] = round(c["replayed"]["events_per_s"] / plain, 3)
     result = {"vectors": "fold-in" if args.model else "isgd", "events": args.events, "rounds": rounds,
               **({"plan_ceiling": ceilings} if ceilings else {}),
-              "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7},
+              "simulator": SHOP,
               "machine": machine, "commit": benchinfo.commit(),
               "command": "python benchmarks/processor_split.py" + (" --model" if args.model else "")
               + (" --apply-split" if args.apply_split else "") + (" --plan-ceiling" if args.plan_ceiling else "")}

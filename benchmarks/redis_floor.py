@@ -32,20 +32,15 @@ parsing, networking and execution) is read before and after, per event. Only
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import itertools
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
-import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +48,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import processor_split  # noqa: E402
-import reader as reader_bench  # noqa: E402  (a private redis-server)
 from write_path import publish_random_model  # noqa: E402
 
 import streams.redis_state as redis_state  # noqa: E402
 from driftrec import benchinfo  # noqa: E402
 from driftrec.chaos.scale import redis_cpu_s  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
-from driftrec.settings import Settings  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -111,26 +103,13 @@ def replay_pipeline(client: redis.Redis, payload: bytes, keys: Keys, zset: Calla
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args, rows, items, settings, keys = processor_split.replay_setup(__doc__)
     n = args.events
-    sim = ShopSimulator(n_users=5000, n_items=10_000, n_categories=20, seed=7)
-    rows = [orjson.dumps(e) for e in itertools.islice(sim.events(n), n)]
-    items = list(sim.item_ids)
-    settings = Settings(kafka_bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0", key_prefix="split")
-    keys = Keys(settings.key_prefix)  # processor_split.one_round's prefix
-    port = reader_bench.free_port()
-    work = Path(tempfile.mkdtemp(prefix="driftrec-floor-"))
-    proc = reader_bench.private_redis(port, work)
     payloads: list[bytes] = []
     loads: list[tuple[int, list[str], list[bytes]]] = []
     cpu_us: dict[str, list[float]] = {}
     commands: dict[str, float] = {}
-    try:
+    with processor_split.private_redis("driftrec-floor-") as port:
         real = asyncio.run(processor_split.one_round(port, rows, items, args.model, record=payloads,
                                                      record_loads=loads))
         sync = redis.Redis(port=port)
@@ -186,18 +165,13 @@ def main() -> None:
                     commands[name] = round(sum(v["calls"] for k, v in stats.items()
                                                if k not in ("cmdstat_info", "cmdstat_config")) / n, 2)
                 print(f"round {r} {name}: {cpu_us[name][-1]} µs of Redis CPU per event", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in cpu_us.items()}
     result = {
-        "vectors": "fold-in" if args.model else "isgd", "events": n, "batches": len(payloads),
-        "real_run": {k: real[k] for k in ("events_per_s", "python_cpu_us_per_event", "redis_cpu_us_per_event")},
+        **processor_split.replay_head(args, payloads, real),
         "redis_cpu_us_per_event": cpu_us, "median_redis_cpu_us_per_event": med,
         "max_events_per_s_of_one_redis": {k: round(1e6 / v) for k, v in med.items()},
         "redis_commands_per_event": commands,
-        "simulator": {"users": 5000, "items": 10_000, "categories": 20, "seed": 7},
+        "simulator": processor_split.SHOP,
         "machine": benchinfo.machine(["redis", "orjson", "msgpack"]), "commit": benchinfo.commit(),
         "command": "python benchmarks/redis_floor.py " + " ".join(sys.argv[1:]),
     }
