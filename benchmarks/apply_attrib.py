@@ -44,22 +44,29 @@ import streams.redis_state as redis_state  # noqa: E402
 from driftrec import benchinfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-_Z_OP = "if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end"
+#: How apply_ops.lua writes a sorted-set op; the variants here and in redis_floor.py replace it.
+Z_OP = "if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end"
+
+
+def apply_script() -> str:
+    """``apply_batch.lua`` as the worker loads it, checked to still hold the text the variants replace."""
+    full = redis_state.lua_source("apply_batch.lua")
+    if Z_OP not in full or "elseif kind == 'v' then" not in full:
+        raise SystemExit("apply_ops.lua changed: update the variants of benchmarks/apply_attrib.py and redis_floor.py")
+    return full
 
 
 def variants(neighbours_k: int) -> dict[str, str]:
-    full = redis_state.lua_source("apply_batch.lua")
-    if _Z_OP not in full or "elseif kind == 'v' then" not in full:
-        raise SystemExit("apply_ops.lua changed: update the variants of benchmarks/apply_attrib.py")
+    full = apply_script()
     rows = f"cap == {neighbours_k}"
     plain = ("if #kv > 0 then local s = {} for x = 1, #kv, 2 do s[x] = kv[x + 1]; s[x + 1] = kv[x] end "
              "redis.call('ZADD', key, unpack(s)) bounded(key, cap) end")
     return {
         "full": full,
         "no_vectors": full.replace("elseif kind == 'v' then", "elseif kind == 'v' and false then"),
-        "no_neighbour_rows": full.replace(_Z_OP, f"if not ({rows}) and #kv > 0 and zincr(key, kv) > 0 then "
+        "no_neighbour_rows": full.replace(Z_OP, f"if not ({rows}) and #kv > 0 and zincr(key, kv) > 0 then "
                                                  "bounded(key, cap) end"),
-        "neighbour_rows_plain_zadd": full.replace(_Z_OP, f"if {rows} then {plain} else {_Z_OP} end"),
+        "neighbour_rows_plain_zadd": full.replace(Z_OP, f"if {rows} then {plain} else {Z_OP} end"),
         "decode_and_guards": full.replace("for _, op in ipairs(p.ops) do", "for _, op in ipairs({}) do"),
     }
 

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driftrec.benchinfo import cpu_jitter  # noqa: E402
+from driftrec.chaos.scale import cpu_s, redis_cpu_s  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.userstate import encode_state, pack_vector  # noqa: E402
 from models.decay import SCORE_SCALE  # noqa: E402
@@ -333,14 +334,10 @@ def ab_rounds(wrk: str, readers: dict[str, tuple[int, int]], args: argparse.Name
 
 def redis_cpu_seconds(port: int) -> float:
     """User + system CPU of the Redis server so far (its own ``INFO cpu``)."""
-    info = redis.Redis(port=port).info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return redis_cpu_s(redis.Redis(port=port))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = cpu_s  # user + system CPU seconds of a process so far (from /proc)
 
 
 def load_average() -> float:

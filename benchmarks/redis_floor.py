@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import apply_attrib  # noqa: E402
 import processor_split  # noqa: E402
 from write_path import publish_random_model  # noqa: E402
 
@@ -113,51 +114,45 @@ def main() -> None:
         real = asyncio.run(processor_split.one_round(port, rows, items, args.model, record=payloads,
                                                      record_loads=loads))
         sync = redis.Redis(port=port)
-        sha_holder: dict[str, str] = {}
-
-        def lua(raw: bytes) -> None:
-            if sync.evalsha(sha_holder["sha"], 2, keys.offsets, keys.meta, raw)[0] != 1:
-                raise SystemExit("lua_apply: a replayed batch was not applied")
-
-        per_pair = redis_state.lua_source("apply_batch.lua").replace(
-            "if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end",
-            "for x = 1, #kv, 2 do redis.call('ZINCRBY', key, kv[x + 1], kv[x]) end bounded(key, cap)")
-        sha_pp: dict[str, str] = {}
-
-        def lua_pp(raw: bytes) -> None:
-            if sync.evalsha(sha_pp["sha"], 2, keys.offsets, keys.meta, raw)[0] != 1:
-                raise SystemExit("lua_zincrby: a replayed batch was not applied")
-
-        load_sha: dict[str, str] = {}
+        apply_src = apply_attrib.apply_script()
+        sources = {"apply": apply_src, "load": redis_state.lua_source("load_batch.lua"),
+                   "zincrby": apply_src.replace(apply_attrib.Z_OP, "for x = 1, #kv, 2 do redis.call('ZINCRBY', "
+                                                "key, kv[x + 1], kv[x]) end bounded(key, cap)")}
+        shas: dict[str, str] = {}
         loads_before: dict[int, list[tuple[list[str], list[bytes]]]] = {}
         for before, lkeys, largs in loads:
             loads_before.setdefault(before, []).append((lkeys, largs))
-        batch_of = {raw: i for i, raw in enumerate(payloads)}
 
-        def load_then_lua(raw: bytes) -> None:
-            for lkeys, largs in loads_before.get(batch_of[raw], ()):
-                sync.evalsha(load_sha["sha"], len(lkeys), *lkeys, *largs)
-            lua(raw)
+        def script(name: str) -> Callable[[int], None]:
+            def apply(i: int) -> None:
+                if sync.evalsha(shas[name], 2, keys.offsets, keys.meta, payloads[i])[0] != 1:
+                    raise SystemExit(f"{name}: a replayed batch was not applied")
+            return apply
 
-        ways: dict[str, Callable[[bytes], None]] = {
-            "lua_load_and_apply": load_then_lua,
-            "lua_apply": lua,
-            "lua_zincrby": lua_pp,
-            "pipeline_zincrby": lambda raw: replay_pipeline(sync, raw, keys, _zincrby),
-            "pipeline_plain_zadd": lambda raw: replay_pipeline(sync, raw, keys, _zadd),
+        apply_lua = script("apply")
+
+        def load_then_apply(i: int) -> None:
+            for lkeys, largs in loads_before.get(i, ()):
+                sync.evalsha(shas["load"], len(lkeys), *lkeys, *largs)
+            apply_lua(i)
+
+        ways: dict[str, Callable[[int], None]] = {
+            "lua_load_and_apply": load_then_apply,
+            "lua_apply": apply_lua,
+            "lua_zincrby": script("zincrby"),
+            "pipeline_zincrby": lambda i: replay_pipeline(sync, payloads[i], keys, _zincrby),
+            "pipeline_plain_zadd": lambda i: replay_pipeline(sync, payloads[i], keys, _zadd),
         }
         for r in range(args.rounds):
             for name, way in (ways.items() if r % 2 == 0 else reversed(ways.items())):
                 sync.flushall()
                 if args.model:
                     publish_random_model(sync, settings, items)
-                sha_holder["sha"] = sync.script_load(redis_state.lua_source("apply_batch.lua"))
-                sha_pp["sha"] = sync.script_load(per_pair)
-                load_sha["sha"] = sync.script_load(redis_state.lua_source("load_batch.lua"))
+                shas.update({name: sync.script_load(src) for name, src in sources.items()})
                 sync.config_resetstat()
                 before = redis_cpu_s(sync)
-                for raw in payloads:
-                    way(raw)
+                for i in range(len(payloads)):
+                    way(i)
                 spent = redis_cpu_s(sync) - before
                 cpu_us.setdefault(name, []).append(round(spent * 1e6 / n, 2))
                 if r == 0:
