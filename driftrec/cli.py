@@ -177,21 +177,31 @@ def replay(
 @app.command()
 def simulate(
     events: Annotated[int, typer.Option(help="Events to publish.")] = 10_000,
-    rate: Annotated[float | None, typer.Option(help="Events per second.")] = 200.0,
-    users: int = 500, items: int = 2000, categories: int = 12, seed: int = 7,
+    rate: Annotated[float | None, typer.Option(help="Events per second (0: as fast as possible).")] = 200.0,
+    shoppers: Annotated[int, typer.Option(help="Shoppers in a session at once (their clicks interleave).")] = 10_000,
+    users: Annotated[int, typer.Option(help="Registered shoppers sessions are drawn from (>= --shoppers).")] = 50_000,
+    items: int = 10_000, categories: int = 20, seed: int = 7,
 ) -> None:
-    """Publish clicks from the built-in shop simulator (drifting tastes)."""
+    """Publish live clicks from the built-in shop simulator (drifting tastes, interleaved shoppers).
+
+    Every click is stamped with the wall-clock time it is sent, so a run of any length is live
+    traffic to the worker; ids are fresh each run, so a second run adds clicks instead of
+    repeating (and being deduplicated against) the first.
+    """
     import itertools
-    import time
     import uuid
 
-    from driftrec.simulator import ShopSimulator
+    from driftrec.simulator import ShopSimulator, SimulatorConfigError, wall_clock
 
-    # Event time starts now and ids are fresh each run, so a second run adds new clicks
-    # instead of repeating (and being deduplicated against) the first.
-    sim = ShopSimulator(n_users=users, n_items=items, n_categories=categories, seed=seed,
-                        start_time=time.time(), id_prefix=f"sim-{uuid.uuid4().hex[:8]}")
-    _stream(itertools.islice(sim.events(events), events), events, rate)
+    rate = rate or None
+    try:
+        # Unthrottled runs get sessions shaped for 2,000 clicks/s; they still interleave shoppers.
+        sim = ShopSimulator.live(rate=rate or 2000.0, shoppers=shoppers, n_users=users, n_items=items,
+                                 n_categories=categories, seed=seed, id_prefix=f"sim-{uuid.uuid4().hex[:8]}")
+    except SimulatorConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _stream(wall_clock(itertools.islice(sim.events(events), events)), events, rate)
 
 
 @app.command()

@@ -102,6 +102,7 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
 
     from driftrec.publisher import publish_events
     from driftrec.runtime import ensure_services
+    from driftrec.simulator import wall_clock
 
     # The demo keeps to its own topics, consumer group and key prefix, and starts from scratch.
     settings = settings.model_copy(update={
@@ -128,7 +129,9 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
         else:
             from driftrec.simulator import ShopSimulator
 
-            sim = ShopSimulator(n_users=300, n_items=1500, n_categories=10, seed=7)
+            # Live clicks: a small shop, so the followed shoppers click often enough to watch.
+            sim = ShopSimulator.live(rate=rate, shoppers=100, n_users=300, n_items=1500,
+                                     n_categories=10, seed=7)
             batch = list(itertools.islice(sim.events(events), events))
             label = "the built-in shop simulator"
         # Follow the three most active shoppers of the stream, so their lists visibly move.
@@ -142,7 +145,9 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
 
         def produce() -> None:
             try:
-                result["report"] = publish_events(settings, batch, rate=rate)
+                # Simulated clicks are stamped as they are sent (MovieLens keeps its own times).
+                clicks = batch if ml is not None else wall_clock(batch)
+                result["report"] = publish_events(settings, clicks, rate=rate)
             finally:
                 done.set()
 

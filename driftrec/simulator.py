@@ -8,20 +8,26 @@ import itertools
 import logging
 import math
 import random
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from driftrec.errors import DriftrecError
 
-__all__ = ["ShopSimulator", "SimulatorConfigError"]
+__all__ = ["ShopSimulator", "SimulatorConfigError", "wall_clock", "DEFAULT_SHOPPERS"]
 
 logger = logging.getLogger(__name__)
 
 _MASK = (1 << 64) - 1
 _DAY = 86400.0
+
+#: Shoppers in a session at once in a live stream, unless asked otherwise: any 2,000 consecutive
+#: clicks then come from ~1,800 distinct shoppers, as in a shop whose tens of thousands of
+#: visitors each click every few seconds (the rate only sets how long each one waits).
+DEFAULT_SHOPPERS = 10_000
 
 
 class SimulatorConfigError(DriftrecError, ValueError):
@@ -171,6 +177,47 @@ class ShopSimulator:
     def _check(ok: bool, message: str) -> None:
         if not ok:
             raise SimulatorConfigError(message)
+
+    @classmethod
+    def live(cls, *, rate: float, shoppers: int = DEFAULT_SHOPPERS, n_users: int = 50_000,
+             **kwargs: Any) -> ShopSimulator:
+        """A shop whose stream, published at ``rate`` clicks per second, looks like live traffic.
+
+        The session rate is set so that the stream's event time runs at the wall clock's pace
+        at ``rate``, and the gap between one shopper's clicks so that about ``shoppers`` sessions
+        are open at once: each click of the stream comes from one of ~``shoppers`` interleaved
+        shoppers, as on a real site, instead of the offline stream's few long sessions per
+        window. Event time starts now. Publish the stream through :func:`wall_clock`, which
+        stamps each click with the time it is sent.
+
+        Parameters
+        ----------
+        rate : float
+            Clicks per second the stream will be published at (> 0).
+        shoppers : int
+            Sessions open at once (1 <= shoppers <= n_users).
+        n_users : int
+            Registered shoppers to draw sessions from; more than ``shoppers``, so that a shopper
+            whose session is open is not picked for another.
+        **kwargs
+            Any other :class:`ShopSimulator` parameter but ``start_time``,
+            ``sessions_per_user_per_day`` and ``mean_gap_s``, which this sets.
+        """
+        cls._check(rate > 0, "rate must be > 0")
+        cls._check(1 <= shoppers <= n_users, f"need 1 <= shoppers <= users (got {shoppers} shoppers, "
+                   f"{n_users} users)")
+        clash = {"start_time", "sessions_per_user_per_day", "mean_gap_s"} & set(kwargs)
+        cls._check(not clash, f"live() sets {sorted(clash)} itself")
+        views = float(kwargs.get("mean_views_per_session", 6.0))
+        p_cart, p_purchase = float(kwargs.get("p_cart", 0.1)), float(kwargs.get("p_purchase", 0.3))
+        per_session = views * (1.0 + p_cart * (1.0 + p_purchase))  # clicks of one session
+        # A session lasts ~views gaps, plus 0.2 of a gap after each cart and each purchase.
+        gaps_per_session = views * (1.0 + 0.2 * p_cart * (1.0 + p_purchase))
+        session_rate = rate / per_session  # sessions started per second
+        # Open sessions = session rate x session length (Little's law).
+        mean_gap_s = shoppers / (session_rate * gaps_per_session)
+        return cls(n_users=n_users, start_time=time.time(), mean_gap_s=mean_gap_s,
+                   sessions_per_user_per_day=session_rate * _DAY / n_users, **kwargs)
 
     # --- set-up -----------------------------------------------------------------------------
     def _build_catalogue(self, rng: np.random.Generator, k: int, exponent: float) -> None:
@@ -408,3 +455,16 @@ class ShopSimulator:
                         "session_id": f"{self.id_prefix}:drift:{tag}:{phase}",
                         "category": self.categories[cat]})
         return out
+
+
+def wall_clock(events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The events with each one's ``timestamp`` set to the wall-clock time it is taken.
+
+    A publisher that pulls one event just before sending it stamps every click with the time it
+    was published, as a live site does, however long the stream runs: the worker's
+    ``max_future_skew_s`` check never sees the simulator's own clicks as dated in the future.
+    """
+    now = time.time
+    for ev in events:
+        ev["timestamp"] = round(now(), 3)
+        yield ev

@@ -205,3 +205,63 @@ def test_bad_configuration_is_rejected(bad: dict[str, Any]) -> None:
 def test_unknown_user_is_rejected() -> None:
     with pytest.raises(SimulatorConfigError):
         _small().user_favourite("u999999", START)
+
+
+# --- live streams -----------------------------------------------------------------------------
+def _distinct_per_window(events: list[dict[str, Any]], window: int) -> list[int]:
+    return [len({ev["user_id"] for ev in events[i: i + window]})
+            for i in range(0, len(events) - window + 1, window)]
+
+
+def test_live_stream_interleaves_shoppers_like_a_shop() -> None:
+    """The default: any 2,000 consecutive clicks hold >= 1,000 distinct shoppers (issue 21)."""
+    sim = ShopSimulator.live(rate=2000.0, n_items=10_000, n_categories=20, seed=5)
+    events = list(sim.events(30_000))
+    counts = _distinct_per_window(events, 2000)
+    assert min(counts) >= 1000, counts
+    # The offline stream of a shop that size puts its few long sessions in a window.
+    offline = list(ShopSimulator(n_users=50_000, n_items=10_000, n_categories=20, seed=5).events(30_000))
+    assert max(_distinct_per_window(offline, 2000)) < min(counts)
+
+
+@pytest.mark.parametrize("rate", [200.0, 2000.0, 10_000.0])
+def test_live_event_time_runs_at_the_wall_clocks_pace(rate: float) -> None:
+    sim = ShopSimulator.live(rate=rate, shoppers=2000, n_users=10_000, n_items=2000, seed=1)
+    events = list(sim.events(40_000))
+    # After the first sessions fill up, event time advances ~1 s per `rate` clicks.
+    span = events[-1]["timestamp"] - events[10_000]["timestamp"]
+    assert span == pytest.approx(30_000 / rate, rel=0.15)
+
+
+def test_live_shoppers_sets_the_interleaving() -> None:
+    few = list(ShopSimulator.live(rate=1000.0, shoppers=200, n_users=5000, seed=2).events(20_000))
+    many = list(ShopSimulator.live(rate=1000.0, shoppers=4000, n_users=5000, seed=2).events(20_000))
+    # A window holds the sessions open at its start plus those started during it.
+    assert max(_distinct_per_window(few, 2000)) < 600 < 1000 < min(_distinct_per_window(many, 2000))
+
+
+def test_wall_clock_stamps_each_click_when_taken() -> None:
+    import time
+
+    from driftrec.simulator import wall_clock
+
+    sim = ShopSimulator.live(rate=500.0, shoppers=100, n_users=1000, seed=4)
+    before = time.time()
+    stamped = []
+    for ev in wall_clock(sim.events(50)):
+        stamped.append(ev["timestamp"])
+        time.sleep(0.002)
+    after = time.time()
+    assert before - 0.001 <= stamped[0] and stamped[-1] <= after + 0.001
+    assert all(a < b for a, b in itertools.pairwise(stamped))  # taken one by one, in order
+    validate_event({**ev})  # still a valid click
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(rate=0.0), "rate"),
+    (dict(rate=100.0, shoppers=2000, n_users=1000), "shoppers"),
+    (dict(rate=100.0, mean_gap_s=3.0), "sets"),
+])
+def test_live_rejects_what_it_cannot_honour(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(SimulatorConfigError, match=message):
+        ShopSimulator.live(**kw)
