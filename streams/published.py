@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
+from models.foldin import fold_in_basis
 from streams import metrics
 
 __all__ = ["PublishedFactors", "FactorCache", "pack_factors", "unpack_factors", "ISGD_MODEL", "PARTS"]
@@ -43,7 +44,9 @@ class PublishedFactors:
     """One published version's item factors, ready for fold-in.
 
     ``Yz`` is ``Y`` in float64 with one zero row appended: padded gathers index it with
-    ``n_items`` and pick up nothing (see :func:`streams.vectors.fold_in_many`).
+    ``n_items`` and pick up nothing (see :func:`models.foldin.fold_in_many`). ``Zz`` is
+    ``Yz (YᵀY + λI)⁻¹`` (:func:`models.foldin.fold_in_basis`; its last row is zero too), the
+    per-version part of the low-rank fold-in, or None where that matrix is singular.
     """
 
     version: str
@@ -54,6 +57,7 @@ class PublishedFactors:
     YtY: npt.NDArray[np.float64] = field(repr=False)
     alpha: float
     regularization: float
+    Zz: npt.NDArray[np.float64] | None = field(default=None, repr=False)
 
     @property
     def factors(self) -> int:
@@ -113,8 +117,9 @@ def unpack_factors(version: str, parts: Mapping[str, bytes | None], default_reg:
         raise ModelError(f"model {version!r}: non-finite factors or bad alpha/regularization")
     Y64 = Y.astype(np.float64)
     Yz = np.vstack([Y64, np.zeros((1, Y.shape[1]))])
+    YtY = Y64.T @ Y64
     return PublishedFactors(version, names, {name: i for i, name in enumerate(names)}, Y, Yz,
-                            Y64.T @ Y64, alpha, reg)
+                            YtY, alpha, reg, fold_in_basis(Yz, YtY, reg))
 
 
 class FactorCache:

@@ -3,8 +3,10 @@
 No I/O here: the processor hands in what the load read and gets back what the apply writes.
 
 * **Fold-in** (a model is published): every user of the batch gets
-  ``x_u = fold_in(Y, decayed weights of P:{u}:w after this batch)``. The weights are read at the
-  user's newest event time, which is a function of the user's own events only, so a replay or a
+  ``x_u = fold_in(Y, decayed weights of P:{u}:w after this batch)``, all users of the batch
+  solved together by :func:`models.foldin.fold_in_many` (low-rank, O(n² k) for n < k items).
+  The weights are read at the user's newest event time, which is a function of the user's own
+  events only, and the solve of one user does not depend on the others, so a replay or a
   crash that cuts the stream into other batches ends at the same vector. Items outside the
   model get a starting vector from the model items they are co-clicked with.
 * **ISGD** (no model yet): one step per applied event, in stream order, on the user's and the
@@ -25,6 +27,7 @@ import numpy.typing as npt
 from driftrec.events import TOMBSTONE_TYPE
 from models.decay import DecayPolicy, EventWeights
 from models.factors import cold_item_vector, init_vector
+from models.foldin import fold_in_many
 from models.online import BatchDelta, EventView
 from streams.published import ISGD_MODEL, PublishedFactors
 
@@ -88,41 +91,6 @@ def applied_events(events: Iterable[EventView], applied_offsets: Mapping[int, in
     return out
 
 
-def fold_in_many(Yz: F64, YtY: F64, rows: Sequence[npt.NDArray[np.intp]],
-                 confs: Sequence[F64], reg: float) -> F64:
-    """:func:`models.factors.fold_in` for many users at once (one batched solve).
-
-    Parameters
-    ----------
-    Yz : ndarray, shape (n_items + 1, k)
-        Item factors with a zero row appended; padding indexes that row and adds nothing.
-    YtY : ndarray, shape (k, k)
-        ``Y.T @ Y``.
-    rows, confs : sequences of 1-d arrays
-        Per user: distinct item rows and their (positive) confidences.
-    reg : float
-        L2 regularisation λ.
-
-    Returns
-    -------
-    ndarray, shape (len(rows), k)
-    """
-    n_users, k = len(rows), Yz.shape[1]
-    if n_users == 0:
-        return np.zeros((0, k))
-    width = max(len(r) for r in rows)
-    idx = np.full((n_users, width), Yz.shape[0] - 1, dtype=np.intp)
-    conf = np.zeros((n_users, width))
-    for u, (r, c) in enumerate(zip(rows, confs, strict=True)):
-        idx[u, : len(r)] = r
-        conf[u, : len(r)] = c
-    Yu = Yz[idx]  # (U, n, k); padded rows are zero
-    A = (Yu * (conf - 1.0)[:, :, None]).transpose(0, 2, 1) @ Yu
-    A += YtY + reg * np.eye(k)
-    b = np.einsum("unk,un->uk", Yu, np.where(conf > 0, conf, 0.0))
-    return np.linalg.solve(A, b[:, :, None])[:, :, 0]
-
-
 def _merged_weights(stored: Sequence[tuple[str, float]], inc: Mapping[str, float], keep: int) -> list[tuple[str, float]]:
     # What P:{u}:w holds after the apply: ZINCRBY each increment, then keep the `keep` largest
     # by (score, member), as ZREMRANGEBYRANK does.
@@ -167,7 +135,7 @@ def plan_fold_in(
         rows.append(np.fromiter((x for x, _ in r), dtype=np.intp, count=len(r)))
         confs.append(np.fromiter((c for _, c in r), dtype=np.float64, count=len(r)))
     if users:
-        X = fold_in_many(model.Yz, model.YtY, rows, confs, model.regularization)
+        X = fold_in_many(model.Yz, model.YtY, rows, confs, model.regularization, model.Zz)
         plan.users = {u: to_f32(x) for u, x in zip(users, X, strict=True)}
     for item in delta.pop:
         if item in index or item_vec_models.get(item) == model.version:

@@ -38,8 +38,8 @@ from driftrec.training.clicklog import ClickLog
 from driftrec.training.matrix import build_interactions
 from models.batch.base import top_n
 from models.decay import DecayPolicy
+from models.foldin import fold_in_basis, fold_in_many
 from online.model_cache import PublishedModel
-from streams.vectors import fold_in_many
 
 __all__ = ["Holdout", "SourceScore", "GateDecision", "make_holdout", "evaluate", "decide", "ndcg_at_k"]
 
@@ -171,9 +171,10 @@ def evaluate(model: PublishedModel, holdout: Holdout, k: int) -> dict[str, Sourc
     recs: dict[str, list[list[str]]] = {"vector": [[] for _ in range(n)]}
     if model.has_tf:
         recs["tf"] = [[] for _ in range(n)]
-    # The worker's batched fold-in (one stacked solve per chunk), on the version's Y, alpha, reg.
+    # The worker's batched fold-in (low-rank, with the version's basis Zz), on its Y, alpha, reg.
     Y64 = model.Y.astype(np.float64)
     Yz = np.vstack([Y64, np.zeros((1, model.k))])
+    Zz = fold_in_basis(Yz, model.YtY, model.reg)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         H: npt.NDArray[np.float32] | None = None
@@ -196,9 +197,9 @@ def evaluate(model: PublishedModel, holdout: Holdout, k: int) -> dict[str, Sourc
         if not active:
             continue
         act = np.asarray(active)
-        # Many small k x k solves: one BLAS thread each is ~3x faster than threads fighting.
+        # Many small solves: one BLAS thread each is ~3x faster than threads fighting.
         with threadpool_limits(1, "blas"):
-            U = fold_in_many(Yz, model.YtY, fold_rows, fold_conf, model.reg).astype(np.float32)
+            U = fold_in_many(Yz, model.YtY, fold_rows, fold_conf, model.reg, Zz).astype(np.float32)
         seen = [holdout.seen[start + a] for a in active]
         ranked = _rank(U @ model.Y.T, model, seen, k)
         for a, row in zip(active, ranked, strict=True):
