@@ -61,6 +61,10 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Bind address of the worker's metrics (0.0.0.0 in containers)."
     )
     redis_retry_max_s: float = Field(default=5.0, gt=0, description="Longest back-off between Redis retries.")
+    blas_threads: int = Field(
+        default=1, ge=1, description="Threads per BLAS library in the worker and the reader (threadpoolctl): "
+                                     "their solves and products are small, and more threads take the other "
+                                     "process' core.")
 
     # --- model maths ----------------------------------------------------------------------
     event_weights: dict[str, float] = Field(

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from driftrec.blas import limit_blas_threads
 from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client
@@ -107,6 +108,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     refresh_snapshot : bool
         Run the periodic snapshot refresh (tests turn it off and call ``refresh`` themselves).
     """
+    limit_blas_threads(settings.blas_threads)
     store = store if store is not None else create_store(settings)
     sink = sink if sink is not None else KafkaSink(settings)
     policy = DecayPolicy(settings.half_life_s)

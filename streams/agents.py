@@ -40,6 +40,7 @@ from typing import Any, cast
 import faust
 from prometheus_client import start_http_server
 
+from driftrec.blas import limit_blas_threads
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
@@ -68,6 +69,8 @@ SOURCE_HEADER = "driftrec-source"
 def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None = None,
                  vectors: bool = True) -> BatchProcessor:
     """Register the clicks agent on ``app``; returns the processor it uses."""
+    # numpy's and scipy's BLAS are loaded by now (streams.published imports models.foldin).
+    limit_blas_threads(settings.blas_threads)
     clicks = app.topic(settings.clicks_topic, value_type=bytes, value_serializer="raw",
                        key_type=bytes, key_serializer="raw", partitions=settings.topic_partitions)
     dlq = app.topic(settings.dead_letter_topic, value_type=bytes, value_serializer="raw",
