@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     reader_snapshot_interval_s: float = Field(default=2.0, gt=0, description="Refresh period of the in-memory trending snapshot (degraded mode, norms).")
     reader_snapshot_items: int = Field(default=20000, ge=1, description="Most popular items kept in the in-memory snapshot.")
     reader_redis_timeout_s: float = Field(default=0.5, gt=0, description="Reader's Redis socket timeout; past it the answer is degraded.")
+    reader_max_in_flight: int = Field(default=16, ge=1, description="Most ranking requests (recommendations, similar items) one reader process works on at once; past it a request is answered at once from the in-memory trending snapshot (\"degraded\": true, counted as shed), so overload never queues every request behind the others.")
+    reader_deadline_s: float = Field(default=0.1, gt=0, description="Longest one ranking request may take; past it the reader answers from the in-memory trending snapshot instead (\"degraded\": true, counted as shed).")
 
     # --- on-call (lag exporter, freshness canary, dashboard) ------------------------------
     exporter_port: int = Field(default=9308, description="Port of `driftrec lag --serve`: /metrics and /dashboard.")

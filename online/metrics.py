@@ -31,6 +31,10 @@ class ReaderMetrics:
                                  ["endpoint"], buckets=_BUCKETS, registry=r)
         self.degraded = Counter("driftrec_reader_degraded_answers", "Answers served from the in-memory "
                                 "snapshot because Redis was unreachable.", ["endpoint"], registry=r)
+        self.shed = Counter("driftrec_reader_shed_answers", "Ranking requests answered from the in-memory "
+                            "snapshot because the reader was overloaded, by endpoint and reason (in_flight: "
+                            "reader_max_in_flight requests were already being worked on; deadline: ranking "
+                            "took longer than reader_deadline_s).", ["endpoint", "reason"], registry=r)
         self.items_by_source = Counter("driftrec_reader_items_served", "Recommended items by the source "
                                        "that contributed most to them.", ["source"], registry=r)
         self.events = Counter("driftrec_reader_ingested_events", "Events POSTed, by outcome.",

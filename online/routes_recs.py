@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,6 +14,7 @@ from starlette.routing import Route
 
 from driftrec.errors import InvalidRequestError
 from models.blend import SOURCES, BlendWeights
+from online.admission import Admission
 from online.http import json_response
 from online.metrics import ReaderMetrics
 from online.params import category_param, check_id, id_list_param, int_param, reject_unknown
@@ -83,8 +85,25 @@ def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endp
 
 
 def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
-                          recorder: ServedRecorder | None = None) -> list[Route]:
+                          recorder: ServedRecorder | None = None,
+                          admission: Admission | None = None) -> list[Route]:
     base = rec.weights
+    gate = admission or Admission(rec.settings.reader_max_in_flight, rec.settings.reader_deadline_s)
+
+    async def admitted(endpoint: str, rank: Callable[[], Awaitable[Answer]],
+                       fallback: Callable[[], Answer]) -> Answer:
+        """``rank()``, unless the reader is full (shed at once) or it overruns the deadline."""
+        if not gate.enter():
+            metrics.shed.labels(endpoint, "in_flight").inc()
+            return fallback()
+        try:
+            async with asyncio.timeout(gate.deadline_s):
+                return await rank()
+        except TimeoutError:
+            metrics.shed.labels(endpoint, "deadline").inc()
+            return fallback()
+        finally:
+            gate.leave()
 
     def record(body: dict[str, object], strategy: str, answer: Answer) -> None:
         # Queued after the answer is built; written by the recorder's task, never on this path.
@@ -101,8 +120,10 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         context = id_list_param(q, "context", limit=20)
         category = category_param(q)
         weights = parse_weights(q, base)
-        answer = await rec.for_user(user, n, exclude=exclude, category=category, weights=weights,
-                                    context=context)
+        answer = await admitted(
+            "recommendations",
+            lambda: rec.for_user(user, n, exclude=exclude, category=category, weights=weights, context=context),
+            lambda: rec.degraded(n, category, {*exclude, *context}))
         strategy = q.get("strategy", "blend")
         body = _body(answer, {"user_id": user, "strategy": strategy}, metrics, "recommendations")
         record(body, strategy, answer)
@@ -113,7 +134,9 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         reject_unknown(q, _SIMILAR_PARAMS)
         item = check_id(request.path_params["item_id"], "item_id")
         n = int_param(q, "n", 10, 1, MAX_N)
-        answer = await rec.similar(item, n, category_param(q))
+        category = category_param(q)
+        answer = await admitted("similar", lambda: rec.similar(item, n, category),
+                                lambda: rec.degraded(n, category, {item}))
         body = _body(answer, {"item_id": item}, metrics, "similar")
         record(body, SIMILAR_STRATEGY, answer)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})

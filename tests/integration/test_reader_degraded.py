@@ -136,3 +136,62 @@ async def test_a_hung_redis_times_out_into_a_degraded_answer(settings: Settings,
         await asyncio.sleep(0.2)
         r = await client.get("/v1/recommendations/x")
         assert r.status_code == 200 and r.json()["degraded"] is False
+
+
+def _shed(app: object, reason: str) -> float:
+    metrics = app.state.metrics  # type: ignore[attr-defined]
+    return sum(metrics.shed.labels(e, reason)._value.get() for e in ("recommendations", "similar"))
+
+
+async def test_past_max_in_flight_requests_are_answered_at_once_from_memory(
+        settings: Settings, private_redis: PrivateRedis) -> None:
+    """Overload does not queue: with the slots taken (Redis hung), the next requests are shed."""
+    s = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{private_redis.port}/0",
+                                    "reader_redis_timeout_s": 3.0, "reader_deadline_s": 5.0,
+                                    "reader_max_in_flight": 2})
+    st = fill(s)
+    async with reader(s) as (app, client):
+        assert (await client.get("/v1/recommendations/x")).json()["degraded"] is False
+        private_redis.freeze(True)
+        try:
+            stuck = [asyncio.create_task(client.get(f"/v1/recommendations/u{i}")) for i in range(2)]
+            await asyncio.sleep(0.3)  # both hold a slot, waiting on the hung Redis
+            assert app.state.metrics is not None and not any(t.done() for t in stuck)
+            started = time.monotonic()
+            shed = [await client.get(f"/v1/recommendations/v{i}", params={"n": 4}) for i in range(3)]
+            shed.append(await client.get("/v1/items/i1/similar", params={"n": 4}))
+            elapsed = time.monotonic() - started
+            for r in shed:
+                assert r.status_code == 200 and r.json()["degraded"] is True
+            assert [x["item_id"] for x in shed[0].json()["items"]] == [i for i, _ in st.popular(4)]
+            assert elapsed < 0.5, elapsed  # answered at once, not after the Redis timeout
+            assert _shed(app, "in_flight") == 4 and _shed(app, "deadline") == 0
+        finally:
+            private_redis.freeze(False)
+        for r in await asyncio.gather(*stuck):
+            assert r.status_code == 200
+        # The slots are free again: answers are live.
+        r = await client.get("/v1/recommendations/x")
+        assert r.json()["degraded"] is False
+        assert _shed(app, "in_flight") == 4
+
+
+async def test_a_request_past_the_deadline_is_answered_from_memory(
+        settings: Settings, private_redis: PrivateRedis) -> None:
+    s = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{private_redis.port}/0",
+                                    "reader_redis_timeout_s": 5.0, "reader_deadline_s": 0.3})
+    fill(s)
+    async with reader(s) as (app, client):
+        assert (await client.get("/v1/recommendations/x")).json()["degraded"] is False
+        private_redis.freeze(True)
+        try:
+            started = time.monotonic()
+            r = await client.get("/v1/recommendations/x")
+            elapsed = time.monotonic() - started
+        finally:
+            private_redis.freeze(False)
+        assert r.status_code == 200 and r.json()["degraded"] is True
+        assert 0.3 <= elapsed < 1.5, elapsed  # the deadline, not the 5 s Redis timeout
+        assert _shed(app, "deadline") == 1
+        await asyncio.sleep(0.2)
+        assert (await client.get("/v1/recommendations/x")).json()["degraded"] is False
