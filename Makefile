@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DRIFTREC := $(VENV)/bin/driftrec
 
-.PHONY: help install demo test test-unit test-integration lint stop bench chaos clean
+.PHONY: help install demo test test-unit test-integration lint stop bench bench-write-path chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -37,7 +37,10 @@ lint: install ## ruff + mypy
 stop: ## Stop the local Kafka and Redis
 	$(DRIFTREC) stack down
 
-bench: install ## Write-path benchmark (writes benchmarks/results/write_path.json)
+bench: install ## The whole system at the defaults: worker, freshness, Redis stalls, reader open-loop (benchmarks/results/system.json)
+	$(PY) benchmarks/system.py
+
+bench-write-path: install ## Write path alone: Kafka -> worker -> Redis (benchmarks/results/write_path.json)
 	$(PY) benchmarks/write_path.py
 
 chaos: install ## Chaos suite: kill -9 worker/Redis, stop Kafka during a 100k replay + poison flood (benchmarks/results/chaos.json)

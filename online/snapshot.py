@@ -8,6 +8,7 @@ recommendation needs no third round trip for them; they are at most one refresh 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -163,5 +164,6 @@ class TrendingSnapshot:
         factor = 1.0
         if self.meta is not None:
             factor = self.policy.read_factor(self.meta.landmark, self.meta.now)
-        out = [(i, s * factor) for i, s in source if i not in exclude][:n]
-        return out, label
+        # Stops after n kept items: a shed or degraded answer must cost O(n), not the snapshot.
+        kept = (pair for pair in source if pair[0] not in exclude)
+        return [(i, s * factor) for i, s in itertools.islice(kept, n)], label
