@@ -516,56 +516,76 @@ def model_shape(s: Settings, version: str) -> dict[str, Any]:
     return {"model_factors": int(y.shape[1]), "tf_hidden": hidden, "items": int(y.shape[0])}
 
 
+async def drain(r: redis.Redis, s: Settings, published: int, worker: Proc, limit_s: float = 300.0) -> float:
+    """Wait until the worker has applied ``published`` clicks (the warm-up log included)."""
+    started = time.monotonic()
+    while applied(r, s) < published and time.monotonic() - started < limit_s:
+        worker.check()
+        await asyncio.sleep(0.5)
+    return round(time.monotonic() - started, 1)
+
+
+async def worker_step(ph: Phase, plan: Plan, clicks: Clicks, prober: Prober, worker: Proc, r: redis.Redis,
+                      rate: int, profile: bool, attempt: int) -> dict[str, Any]:
+    """Clicks at ``rate`` for ``plan.step_seconds`` with freshness probes; does the worker keep up?"""
+    s = ph.s
+    stop = asyncio.Event()
+    probes: list[Probe] = []
+    a0, c0 = applied(r, s), time.monotonic()
+    load = asyncio.create_task(clicks.run(rate, stop))
+    probing = asyncio.create_task(prober.every(0.5, stop, probes))
+    spy = None
+    if profile:  # py-spy samples the running worker from outside; it changes nothing in it
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.proc.pid),
+            "--duration", str(int(plan.step_seconds)), "--format", "raw", "--rate", "50",
+            "-o", str(ph.work / f"worker-{rate}-{attempt}.txt"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.sleep(plan.step_seconds)
+    if spy is not None:
+        await spy.wait()
+    a1, c1 = applied(r, s), time.monotonic()
+    stop.set()
+    await asyncio.gather(load, probing)
+    f = freshness(probes)
+    per_s = (a1 - a0) / (c1 - c0)
+    keeps_up = per_s >= 0.97 * rate
+    fresh = keeps_up and f["lost"] == 0 and f["p99_ms"] is not None and f["p99_ms"] <= 1000
+    ph.series.setdefault("step_probes", []).extend((p.sent_at, p.ms, rate) for p in probes)
+    print(f"[{ph.name}] worker at {rate}/s (try {attempt}): applied {per_s:,.0f}/s, freshness p99 "
+          f"{f['p99_ms']} ms, lost {f['lost']}", flush=True)
+    worker.check()
+    return {"offered_per_s": rate, "attempt": attempt, "applied_per_s": round(per_s, 1), **f,
+            "keeps_up": keeps_up, "fresh": fresh}
+
+
 async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_proc: Proc, r: redis.Redis,
                  base: str, targets: Path, vegeta_: str, out: dict[str, Any], profile: bool = False) -> None:
     s = ph.s
     t0 = time.monotonic()
     async with Prober(s, base, clicks.items, ph.name, t0) as prober:
         # Worker step-up: the highest fixed rate it keeps up with, freshness p99 <= 1 s.
-        steps = []
+        steps: list[dict[str, Any]] = []
         best = 0
+        # A rate that fails is offered once more before the step-up stops: on a shared machine one
+        # noisy moment (another process's burst) should not end the search; both tries are kept.
         for rate in plan.worker_rates:
-            stop = asyncio.Event()
-            probes: list[Probe] = []
-            a0, c0 = applied(r, s), time.monotonic()
-            load = asyncio.create_task(clicks.run(rate, stop))
-            probing = asyncio.create_task(prober.every(0.5, stop, probes))
-            spy = None
-            if profile:  # py-spy samples the running worker from outside; it changes nothing in it
-                spy = await asyncio.create_subprocess_exec(
-                    str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.proc.pid), "--duration", str(int(plan.step_seconds)),
-                    "--format", "raw", "--rate", "50", "-o", str(ph.work / f"worker-{rate}.txt"),
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-            await asyncio.sleep(plan.step_seconds)
-            if spy is not None:
-                await spy.wait()
-            a1, c1 = applied(r, s), time.monotonic()
-            stop.set()
-            await asyncio.gather(load, probing)
-            f = freshness(probes)
-            keeps_up = (a1 - a0) / (c1 - c0) >= 0.97 * rate
-            step = {"offered_per_s": rate, "applied_per_s": round((a1 - a0) / (c1 - c0), 1), **f,
-                    "keeps_up": keeps_up}
-            steps.append(step)
-            ph.series.setdefault("step_probes", []).extend((p.sent_at, p.ms, rate) for p in probes)
-            print(f"[{ph.name}] worker at {rate}/s: applied {step['applied_per_s']:,.0f}/s, freshness p99 "
-                  f"{f['p99_ms']} ms, lost {f['lost']}", flush=True)
-            worker.check()
-            if keeps_up and f["lost"] == 0 and f["p99_ms"] is not None and f["p99_ms"] <= 1000:
-                best = rate
-            else:
+            for attempt in (1, 2):
+                step = await worker_step(ph, plan, clicks, prober, worker, r, rate, profile, attempt)
+                steps.append(step)
+                if step["fresh"]:
+                    break
+                await drain(r, s, clicks.sent + prober.sent, worker)
+            if not steps[-1]["fresh"]:
                 break
+            best = rate
         out["worker_steps"] = steps
         out["worker_max_rate_fresh_1s"] = best
         # What the worker applies while it keeps every click fresh (the highest such step).
-        out["worker_events_per_s"] = next((st["applied_per_s"] for st in steps if st["offered_per_s"] == best), 0.0)
+        out["worker_events_per_s"] = next((st["applied_per_s"] for st in steps
+                                           if st["offered_per_s"] == best and st["fresh"]), 0.0)
         # Let the worker drain what the last step left before the 2,000/s window.
-        published = clicks.sent + prober.sent  # the warm-up log included
-        drained = time.monotonic()
-        while applied(r, s) < published and time.monotonic() - drained < 300:
-            worker.check()
-            await asyncio.sleep(0.5)
-        out["drain_seconds"] = round(time.monotonic() - drained, 1)
+        out["drain_seconds"] = await drain(r, s, clicks.sent + prober.sent, worker)
 
         # 2,000 clicks/s: freshness, Redis stalls, then the reader under writes.
         r.config_set("slowlog-log-slower-than", 1000)
@@ -574,7 +594,7 @@ async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_pro
         stop = asyncio.Event()
         load = asyncio.create_task(clicks.run(plan.background_rate, stop))
         a0, c0 = applied(r, s), time.monotonic()
-        probes = []
+        probes: list[Probe] = []
         stop_probes = asyncio.Event()
         probing = asyncio.create_task(prober.every(0.4, stop_probes, probes))
         await asyncio.sleep(plan.freshness_seconds)
