@@ -107,7 +107,7 @@ def fold_in_direct(Yz: F64, YtY: F64, rows: Rows, confs: Confs, reg: float) -> F
     return np.linalg.solve(A, b[:, :, None])[:, :, 0]
 
 
-def fold_in_lowrank(Yz: F64, Zz: F64, rows: Rows, confs: Confs, width: int) -> F64:
+def fold_in_lowrank(Yz: F64, Zz: F64, rows: Rows, confs: Confs, width: int, YZz: F64 | None = None) -> F64:
     """The same users as :func:`fold_in_direct`, by the Woodbury identity (module docstring).
 
     Parameters
@@ -121,6 +121,9 @@ def fold_in_lowrank(Yz: F64, Zz: F64, rows: Rows, confs: Confs, width: int) -> F
     width : int
         Padded width, at least every user's row count. Pass the same width for a user
         whatever its company (:func:`bucket_width`): the result then does not depend on it.
+    YZz : ndarray, shape (n_items + 1, 2k), optional
+        ``[Yz | Zz]`` side by side (C order): one gather fetches a user's rows of both, a
+        third of the cost of two (the gather was the costliest step of the worker's fold-in).
 
     Returns
     -------
@@ -132,7 +135,11 @@ def fold_in_lowrank(Yz: F64, Zz: F64, rows: Rows, confs: Confs, width: int) -> F
     idx, conf = _pad(Yz, rows, confs, width)
     d = np.where(conf > 0, conf - 1.0, 0.0)  # padding: 0
     s = np.sqrt(np.abs(d))
-    Yu, Zu = Yz[idx], Zz[idx]  # (U, w, k)
+    if YZz is not None:
+        YZu = YZz[idx]  # (U, w, 2k)
+        Yu, Zu = YZu[:, :, :k], YZu[:, :, k:]
+    else:
+        Yu, Zu = Yz[idx], Zz[idx]  # (U, w, k)
     g = (conf[:, None, :] @ Zu)[:, 0, :]  # A0⁻¹ Y_uᵀ c
     K = Yu @ Zu.transpose(0, 2, 1)  # Y_u A0⁻¹ Y_uᵀ, symmetric PSD
     K *= s[:, :, None]
@@ -150,7 +157,7 @@ def bucket_width(n: int) -> int:
 
 
 def fold_in_many(Yz: F64, YtY: F64, rows: Rows, confs: Confs, reg: float,
-                 Zz: F64 | None = None) -> F64:
+                 Zz: F64 | None = None, YZz: F64 | None = None) -> F64:
     """Fold many users in: low-rank where it is cheaper, else direct.
 
     Users are grouped by :func:`bucket_width`; a bucket narrower than ``k`` takes
@@ -162,6 +169,8 @@ def fold_in_many(Yz: F64, YtY: F64, rows: Rows, confs: Confs, reg: float,
         As for :func:`fold_in_direct`.
     Zz : ndarray, shape (n_items + 1, k), optional
         :func:`fold_in_basis` of ``Yz``; None solves every user directly.
+    YZz : ndarray, shape (n_items + 1, 2k), optional
+        ``[Yz | Zz]`` side by side, for the low-rank gather (:func:`fold_in_lowrank`).
 
     Returns
     -------
@@ -180,7 +189,7 @@ def fold_in_many(Yz: F64, YtY: F64, rows: Rows, confs: Confs, reg: float,
             direct.extend(members)
             continue
         out[members] = fold_in_lowrank(Yz, Zz, [rows[u] for u in members],
-                                       [confs[u] for u in members], width)
+                                       [confs[u] for u in members], width, YZz)
     if direct:
         out[direct] = fold_in_direct(Yz, YtY, [rows[u] for u in direct],
                                      [confs[u] for u in direct], reg)

@@ -46,7 +46,8 @@ class PublishedFactors:
     ``Yz`` is ``Y`` in float64 with one zero row appended: padded gathers index it with
     ``n_items`` and pick up nothing (see :func:`models.foldin.fold_in_many`). ``Zz`` is
     ``Yz (YᵀY + λI)⁻¹`` (:func:`models.foldin.fold_in_basis`; its last row is zero too), the
-    per-version part of the low-rank fold-in, or None where that matrix is singular.
+    per-version part of the low-rank fold-in, or None where that matrix is singular; ``YZz``
+    is ``[Yz | Zz]`` side by side, so the fold-in gathers a user's rows of both at once.
     """
 
     version: str
@@ -58,6 +59,7 @@ class PublishedFactors:
     alpha: float
     regularization: float
     Zz: npt.NDArray[np.float64] | None = field(default=None, repr=False)
+    YZz: npt.NDArray[np.float64] | None = field(default=None, repr=False)
 
     @property
     def factors(self) -> int:
@@ -118,8 +120,10 @@ def unpack_factors(version: str, parts: Mapping[str, bytes | None], default_reg:
     Y64 = Y.astype(np.float64)
     Yz = np.vstack([Y64, np.zeros((1, Y.shape[1]))])
     YtY = Y64.T @ Y64
+    Zz = fold_in_basis(Yz, YtY, reg)
+    YZz = None if Zz is None else np.ascontiguousarray(np.hstack([Yz, Zz]))
     return PublishedFactors(version, names, {name: i for i, name in enumerate(names)}, Y, Yz,
-                            YtY, alpha, reg, fold_in_basis(Yz, YtY, reg))
+                            YtY, alpha, reg, Zz, YZz)
 
 
 class FactorCache:

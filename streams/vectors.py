@@ -135,7 +135,7 @@ def plan_fold_in(
         rows.append(np.fromiter((x for x, _ in r), dtype=np.intp, count=len(r)))
         confs.append(np.fromiter((c for _, c in r), dtype=np.float64, count=len(r)))
     if users:
-        X = fold_in_many(model.Yz, model.YtY, rows, confs, model.regularization, model.Zz)
+        X = fold_in_many(model.Yz, model.YtY, rows, confs, model.regularization, model.Zz, model.YZz)
         plan.users = {u: to_f32(x) for u, x in zip(users, X, strict=True)}
     for item in delta.pop:
         if item in index or item_vec_models.get(item) == model.version:

@@ -153,3 +153,19 @@ def test_published_factors_carry_the_basis() -> None:
     assert m.Zz is not None and m.Zz.shape == m.Yz.shape
     np.testing.assert_allclose(m.Zz @ (m.YtY + 0.3 * np.eye(8)), m.Yz, atol=1e-12)
     assert not m.Zz[-1].any()  # the padding row stays zero
+    # [Yz | Zz] side by side, for the one-gather fold-in.
+    assert m.YZz is not None and m.YZz.flags.c_contiguous
+    np.testing.assert_array_equal(m.YZz, np.hstack([m.Yz, m.Zz]))
+
+
+@pytest.mark.parametrize("k", [8, 128])
+def test_one_gather_of_yz_and_zz_side_by_side_gives_the_same_vectors(k: int) -> None:
+    Y, Yz, YtY, Zz, reg = _model(k, 400, seed=k)
+    rng = np.random.default_rng(5)
+    rows, confs = _users(rng, [1, 2, 3, 5, 9, 17, 33, 50], 400, "mixed")
+    YZz = np.ascontiguousarray(np.hstack([Yz, Zz]))
+    # Same arithmetic on strided views: equal up to BLAS kernel rounding.
+    np.testing.assert_allclose(fold_in_many(Yz, YtY, rows, confs, reg, Zz, YZz),
+                               fold_in_many(Yz, YtY, rows, confs, reg, Zz), rtol=1e-12, atol=1e-15)
+    want = np.stack([_dense(Y, YtY, r, c, reg) for r, c in zip(rows, confs, strict=True)])
+    _assert_close(fold_in_many(Yz, YtY, rows, confs, reg, Zz, YZz), want)
