@@ -108,6 +108,7 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
     settings = settings.model_copy(update={
         "clicks_topic": "driftrec.demo.clicks", "dead_letter_topic": "driftrec.demo.dlq",
         "consumer_group": "driftrec-demo", "key_prefix": "demo",
+        "allow_anonymous_writes": True,  # a local demo: curl -X POST /v1/events works as shown
     })
     print("starting Kafka (KRaft) and Redis ...", flush=True)
     ensure_services(settings)

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     worker_overlap_batches: bool = Field(
         default=True, description="Plan the next micro-batch while Redis applies the one before it "
                                   "(single Redis node; a cluster applies them in turn).")
+    apply_chunk_cost: float = Field(
+        default=800, ge=0, description="Most estimated Redis work (units of about 1 us on the dev machine) of "
+                                       "one script call applying part of a micro-batch (streams/chunked.py): a batch "
+                                       "is applied in chunks behind a write-ahead copy, so no command holds Redis "
+                                       "(and the readers queued behind it) for long; 0 = each batch in one script.")
+    fault_exit_after_chunk: int = Field(
+        default=0, ge=0, description="Testing only: the worker kills itself (SIGKILL) after this many chunks of "
+                                     "the first batch with more chunks; 0 = off.")
     worker_web_port: int = Field(default=6066, description="Faust web port (bound to 127.0.0.1).")
     worker_metrics_port: int = Field(default=9108, description="Prometheus port of the worker.")
     worker_metrics_host: str = Field(
@@ -90,7 +98,8 @@ class Settings(BaseSettings):
     # --- reader ---------------------------------------------------------------------------
     reader_host: str = Field(default="127.0.0.1", description="Reader bind address.")
     reader_port: int = Field(default=8000, description="Reader HTTP port.")
-    api_keys: tuple[str, ...] = Field(default=(), description="API keys allowed to POST events / DELETE users; empty = open.")
+    api_keys: tuple[str, ...] = Field(default=(), description="API keys allowed to POST events / DELETE users; empty = writes refused (403) unless allow_anonymous_writes.")
+    allow_anonymous_writes: bool = Field(default=False, description="Take POST /v1/events and DELETE /v1/users/{id} without an API key when none is configured (the demo and tests; never on a reader the internet can reach).")
     max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest HTTP request body accepted.")
     reader_blend_weights: dict[str, float] = Field(
         default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending); unset = models.blend defaults.")
@@ -100,7 +109,12 @@ class Settings(BaseSettings):
     reader_neighbours: int = Field(default=20, ge=1, description="Strongest neighbours read per recent item.")
     reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
     reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
-    reader_scan_items: int = Field(default=20_000, ge=1, description="Most published items the reader's per-request scans cover (user vector, TF model, similar items by factors): on a larger catalogue, those with the largest factor norms. Bounds a request's cost: each scanned item streams (factors + TF hidden width) x 4 bytes from memory per request, about 1.4 ms of CPU per 10,000 items at driftrec train's 128 factors and 256-wide TF layer. Every item stays reachable through item-item neighbours and trending.")
+    reader_scan_items: int = Field(default=20_000, ge=1, description="Without reader_ann (or below reader_ann_min_rows items): most published items the reader's per-request exact scans cover (user vector, TF model, similar items by factors): on a larger catalogue, those with the largest factor norms. Bounds a request's cost: each scanned item streams (factors + TF hidden width) x 4 bytes from memory per request, about 1.4 ms of CPU per 10,000 items at driftrec train's 128 factors and 256-wide TF layer. Every item stays reachable through item-item neighbours and trending.")
+    reader_ann: bool = Field(default=True, description="Search the published model (user vector over the item factors, TF output layer, nearest-user pool, similar items by factor cosine) through HNSW indexes (usearch) built when a version loads, and re-score their candidates exactly: a request's cost stops growing with the catalogue, which is then searched whole (reader_scan_items no longer applies). False: exact scans.")
+    reader_ann_min_rows: int = Field(default=2000, ge=1, description="A published matrix with fewer rows (items, or users in the pool) is scanned exactly even with reader_ann: below this, the exact scan is cheaper than the graph search.")
+    reader_ann_overfetch: float = Field(default=3.0, ge=1, description="Candidates an index search fetches per item (or user) a source wants; they are re-scored exactly and cut, so more candidates trade CPU for recall.")
+    reader_ann_expansion: int = Field(default=128, ge=1, description="HNSW search breadth (ef): candidates kept while walking the graph, at least the candidates fetched.")
+    reader_ann_build_threads: int = Field(default=1, ge=1, description="Threads one index build uses when a model version loads (the old version serves meanwhile); more threads build faster but take the request loop's core.")
     reader_cache_ttl_s: float = Field(default=0.5, ge=0, description="Longest the reader reuses a shared row (an item's neighbours, a similar user's top items) read for an earlier request; 0 = read every time. The shopper's own state is always read live.")
     reader_cache_rows: int = Field(default=10_000, ge=0, description="Most shared rows the reader keeps for reuse, per kind (a 20-neighbour row is about 3 KB).")
     reader_snapshot_interval_s: float = Field(default=2.0, gt=0, description="Refresh period of the in-memory trending snapshot (degraded mode, norms).")

@@ -15,6 +15,7 @@ from driftrec.errors import DriftrecError
 
 __all__ = [
     "Unauthorized",
+    "Forbidden",
     "PayloadTooLarge",
     "Unavailable",
     "json_error",
@@ -30,6 +31,12 @@ class Unauthorized(DriftrecError):
     """A write endpoint was called without a valid API key."""
 
     http_status = 401
+
+
+class Forbidden(DriftrecError):
+    """A write endpoint was called on a reader that takes no anonymous writes and has no API key."""
+
+    http_status = 403
 
 
 class PayloadTooLarge(DriftrecError):

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from driftrec.errors import InvalidRequestError
-from online.errors import PayloadTooLarge, Unauthorized
+from online.errors import Forbidden, PayloadTooLarge, Unauthorized
 
 __all__ = ["json_response", "require_api_key", "read_body"]
 
@@ -23,14 +23,20 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
-def require_api_key(request: Request, keys: tuple[str, ...]) -> None:
+def require_api_key(request: Request, keys: tuple[str, ...], allow_anonymous: bool = False) -> None:
     """Accept ``X-API-Key: <key>`` or ``Authorization: Bearer <key>`` when keys are configured.
 
-    Every configured key is compared, in constant time, whatever matched: the time taken says
-    nothing about how much of a guess was right, nor which key it was close to.
+    With no key configured, writes are refused (403) unless the operator allowed anonymous
+    writes explicitly (``allow_anonymous_writes``): a reader exposed by mistake must not take
+    events or forget users for anyone who asks. Every configured key is compared, in constant
+    time, whatever matched: the time taken says nothing about how much of a guess was right,
+    nor which key it was close to.
     """
     if not keys:
-        return
+        if allow_anonymous:
+            return
+        raise Forbidden("writes are off: this reader has no API key configured (set DRIFTREC_API_KEYS, "
+                        "or DRIFTREC_ALLOW_ANONYMOUS_WRITES=true to take writes without one)")
     given = request.headers.get("x-api-key")
     if given is None:
         auth = request.headers.get("authorization", "")

@@ -56,7 +56,7 @@ def event_routes(settings: Settings, sink: EventSink, metrics: ReaderMetrics) ->
     allowed = settings.event_types
 
     async def post_events(request: Request) -> Response:
-        require_api_key(request, settings.api_keys)
+        require_api_key(request, settings.api_keys, settings.allow_anonymous_writes)
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype not in ("application/json", ""):
             raise InvalidRequestError("Content-Type must be application/json")

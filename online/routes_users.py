@@ -51,7 +51,7 @@ def user_routes(settings: Settings, store: ReaderStore, sink: EventSink, metrics
         })
 
     async def forget(request: Request) -> Response:
-        require_api_key(request, settings.api_keys)
+        require_api_key(request, settings.api_keys, settings.allow_anonymous_writes)
         user = check_id(request.path_params["user_id"], "user_id")
         event = tombstone(user)
         await sink.send_all([event])

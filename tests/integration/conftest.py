@@ -62,6 +62,8 @@ def settings(services: Settings, request: pytest.FixtureRequest) -> Iterator[Set
         "consumer_group": f"g-{tag}", "key_prefix": f"test{tag}",
         "worker_web_port": free_port(), "worker_metrics_port": free_port(), "reader_port": free_port(),
         "batch_max_wait_s": 0.02,
+        # Tests POST events and forget users without keys; test_reader_events checks the default.
+        "allow_anonymous_writes": True,
     })
     ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
     yield s

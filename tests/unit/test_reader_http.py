@@ -49,6 +49,7 @@ def call(app: Any, method: str, url: str, **kw: Any) -> httpx.Response:
 
 def app_with(sink: ListSink, **settings: Any) -> Any:
     # Redis on a port nothing listens on: these routes never read it.
+    settings.setdefault("allow_anonymous_writes", True)
     s = Settings(redis_url="redis://127.0.0.1:9/0", kafka_bootstrap_servers="127.0.0.1:9", **settings)
     return create_app(s, sink=sink, refresh_snapshot=False)
 
@@ -150,3 +151,22 @@ def test_metrics_count_requests_by_route_and_status() -> None:
     assert 'driftrec_reader_requests_total{endpoint="/v1/recommendations/{user_id}",method="GET",status="400"} 1.0' in text
     assert 'driftrec_reader_request_seconds_bucket{endpoint="/v1/events",le="0.005"}' in text
     assert 'driftrec_reader_ingested_events_total{outcome="accepted"} 1.0' in text
+
+
+@pytest.mark.parametrize("method, url, kw", [
+    ("POST", "/v1/events", {"json": [ev(1)]}),
+    ("DELETE", "/v1/users/u1", {}),
+])
+def test_writes_are_refused_without_a_key_unless_anonymous_writes_are_allowed(
+        method: str, url: str, kw: dict[str, Any]) -> None:
+    sink = ListSink()
+    r = call(app_with(sink, allow_anonymous_writes=False), method, url, **kw)
+    assert r.status_code == 403 and "DRIFTREC_API_KEYS" in r.json()["detail"]
+    assert sink.events == []  # nothing produced
+    # A configured key opens them (whatever allow_anonymous_writes says) ...
+    r = call(app_with(sink, allow_anonymous_writes=False, api_keys=("k1",)), method, url,
+             headers={"X-API-Key": "k1"}, **kw)
+    assert r.status_code in (200, 202) and len(sink.events) == 1
+    # ... and so does the explicit setting, which the demo and the tests use.
+    r = call(app_with(sink, allow_anonymous_writes=True), method, url, **kw)
+    assert r.status_code in (200, 202) and len(sink.events) == 2
