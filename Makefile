@@ -22,7 +22,7 @@ demo: install ## Live demo: Kafka + Redis + worker + reader, clicks streamed, re
 	$(DRIFTREC) demo
 
 test: install ## The whole suite: unit tests, then integration tests on real Kafka and Redis it starts
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -rs -p no:cacheprovider tests
 
 test-unit: install ## Unit tests only (no I/O)
 	$(PY) -m pytest -q tests/unit

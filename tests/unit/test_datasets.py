@@ -192,8 +192,13 @@ def test_unknown_or_missing_files_raise(tmp_path: Path) -> None:
         load_retailrocket(_write(tmp_path / "e.csv", "ts,visitor\n"))
 
 
-# --- the real files (../shared/datasets): missing means FAIL ---------------------------------
+# --- the real files (../shared/datasets) ---------------------------------------------------------
 def _real(relative: str) -> Path:
+    """A real data set's file. The data sets are licensed and never committed: a clone without
+    the folder (``$DRIFTREC_DATASETS`` or ``../shared/datasets``) skips these tests and says so;
+    a folder that is there but lacks a file fails."""
+    if not SHARED.is_dir():
+        pytest.skip(f"no real data sets here ({SHARED} does not exist; see docs/datasets.md)")
     path = SHARED / relative
     assert path.is_file(), f"real data set missing: {path} (see docs/datasets.md)"
     return path
