@@ -244,8 +244,11 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     if model:
         publish_random_model(sync, s, item_ids)
     client = aioredis.Redis.from_url(s.redis)
+    # A recorded round replays apply_batch.lua's payloads: one script per batch, as chunk cost 0 sends.
+    recorded = split or record is not None or record_loads is not None
     state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                       neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+                       neighbours_k=s.neighbours_k, trending_k=s.trending_k,
+                       chunk_cost=0 if recorded else s.apply_chunk_cost)
 
     async def sink(dead: Any) -> None:
         pass
@@ -259,7 +262,7 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
     timer.wrap(state, "prepare_apply", "prepare_apply")
     timer.wrap_send_apply(state)
     payloads: list[bytes] = [] if record is None else record
-    if split or record is not None or record_loads is not None:
+    if recorded:
         send: Callable[..., Any] = state.send_apply
 
         async def keep(prepared: Any) -> Any:

@@ -8,13 +8,13 @@ the single-node pair of scripts (``load_batch.lua``, ``apply_batch.lua``) become
    histories and the vectors or weights the batch needs. A batch of these partitions left in
    flight by a crash is finished first (step 5 from its write-ahead copy).
 2. **plan**: as on one node (:class:`streams.processor.BatchProcessor`, unchanged).
-3. **begin** (``cluster_begin.lua``, slot of ``{g}``): the offsets still those the load saw, no
+3. **begin** (``begin_batch.lua``, slot of ``{g}``): the offsets still those the load saw, no
    other batch of these partitions in flight, the landmark unchanged; then the batch's
    write-ahead copy (every slot group's payload) is stored and its partitions marked in flight.
 4. **groups** (``apply_slot.lua``): one script call per slot, all pipelined; each checks and
    moves a guard hash ``P:{<slot tag>}:applied`` stored under a tag of that slot, so replaying
    the copy applies each group at most once.
-5. **finish** (``cluster_finish.lua``, slot of ``{g}``): offsets, event counter, drop the copy.
+5. **finish** (``finish_batch.lua``, slot of ``{g}``): offsets, event counter, drop the copy.
 
 Because the copy holds the plan made from the state before the batch, a crash anywhere ends at
 exactly the state of one clean pass; a crash between 3 and 5 is finished by the next load (of
@@ -39,6 +39,8 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from driftrec.keys import Keys
 from driftrec.userstate import pack_vector
 from models.online import BatchDelta
+from streams import chunked
+from streams.chunked import inflight_key, wal_key
 from streams.redis_state import (
     APPLIED,
     LANDMARK_MOVED,
@@ -59,8 +61,8 @@ __all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_ke
 logger = logging.getLogger(__name__)
 
 _SLOT_LUA = lua_source("apply_slot.lua")
-_BEGIN_LUA = lua_source("cluster_begin.lua")
-_FINISH_LUA = lua_source("cluster_finish.lua")
+_BEGIN_LUA = lua_source(chunked.BEGIN)
+_FINISH_LUA = lua_source(chunked.FINISH)
 _CATS_KEPT = 32
 _pack = msgpack.Packer(use_bin_type=False).pack  # Redis' cmsgpack knows the old raw types only
 _flat = chain.from_iterable
@@ -90,16 +92,6 @@ def guard_key(keys: Keys, slot: int) -> str:
     return f"{keys.prefix}:{{{slot_tag(slot)}}}:applied"
 
 
-def inflight_key(keys: Keys) -> str:
-    """HASH ``<topic>:<partition>`` -> id of the batch being applied to that partition."""
-    return f"{keys.prefix}:{{g}}:inflight"
-
-
-def wal_key(keys: Keys, batch_id: str) -> str:
-    """STRING: the write-ahead copy of one batch in flight."""
-    return f"{keys.prefix}:{{g}}:wal:{batch_id}"
-
-
 def _num(x: float) -> str:
     return repr(float(x))
 
@@ -120,14 +112,13 @@ class ClusterRedisState(RedisState):
     overlaps = False
 
     def __init__(self, client: Any, keys: Keys, topic: str, *, window: int, history_len: int,
-                 neighbours_k: int, trending_k: int) -> None:
+                 neighbours_k: int, trending_k: int, chunk_cost: float = chunked.CHUNK_COST) -> None:
         super().__init__(client, keys, topic, window=window, history_len=history_len,
-                         neighbours_k=neighbours_k, trending_k=trending_k)
+                         neighbours_k=neighbours_k, trending_k=trending_k, chunk_cost=chunk_cost)
         self._slot = client.register_script(_SLOT_LUA)
         self._begin = client.register_script(_BEGIN_LUA)
         self._finish = client.register_script(_FINISH_LUA)
         self._gkeys = [keys.offsets, keys.meta, inflight_key(keys)]
-        self.recovered = 0  # batches finished from a write-ahead copy
 
     async def _run(self, fn: Any) -> Any:
         try:

@@ -372,7 +372,9 @@ class BatchProcessor:
                 loaded, model = await self._load(job.views, job.dead)
             carry = held.prepared.carry
             ctx: BatchContext | None = None
-            if (fresh_model and carry is not None and loaded.model_version == held.ctx.model_version
+            # A batch left in flight (a dead worker's) is finished by the serial path's load.
+            if (fresh_model and carry is not None and not loaded.inflight
+                    and loaded.model_version == held.ctx.model_version
                     and loaded.landmark_raw in (None, held.ctx.landmark_raw)):
                 ctx = carry.overlay(loaded)
                 if not self._in_step(loaded, ctx, job):

@@ -2,12 +2,13 @@
 
 Two round trips per batch, whatever its size: ``lua/load_batch.lua`` reads the applied offsets,
 the decay landmark, the live model version, the item HASH (history and fold-in weights) of every
-user in the batch and the vectors the batch needs; ``lua/apply_batch.lua`` applies every increment
-and vector together with the new offsets (effectively once: the script refuses a batch whose
-expected offsets are no longer the stored ones). A user's item HASH has one writer (its
-partition), so the worker merges the batch into what it loaded and writes back only the changed
-entries (:func:`user_item_ops`). Both payloads are msgpack: doubles travel bit for bit and
-vectors as raw float32 bytes.
+user in the batch and the vectors the batch needs; the apply writes every increment and vector
+together with the new offsets, effectively once: in chunks of bounded Redis cost behind a
+write-ahead copy (:mod:`streams.chunked`, one pipeline), or with ``chunk_cost`` 0 in one script,
+``lua/apply_batch.lua``, which refuses a batch whose expected offsets are no longer the stored
+ones. A user's item HASH has one writer (its partition), so the worker merges the batch into what
+it loaded and writes back only the changed entries (:func:`user_item_ops`). The payloads are
+msgpack: doubles travel bit for bit and vectors as raw float32 bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import signal
 import struct
 import time
 import uuid
@@ -40,7 +43,7 @@ from driftrec.userstate import (
 )
 from models.decay import SCORE_SCALE
 from models.online import BatchDelta, merge_user_items
-from streams import metrics
+from streams import chunked, metrics
 from streams.vectors import VectorPlan
 
 __all__ = [
@@ -67,6 +70,9 @@ def lua_source(name: str) -> str:
 
 _APPLY_LUA = lua_source("apply_batch.lua")
 _LOAD_LUA = lua_source("load_batch.lua")
+_BEGIN_LUA = lua_source(chunked.BEGIN)
+_CHUNK_LUA = lua_source(chunked.APPLY_CHUNK)
+_FINISH_LUA = lua_source(chunked.FINISH)
 _CATS_KEPT = 32
 _ENTRY_SIZES = {ENTRY_BYTES}
 # Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
@@ -98,6 +104,8 @@ class BatchContext:
     user_vecs: dict[str, tuple[bytes | None, str | None]] = field(default_factory=dict)
     #: Stored ``(vec, model)`` of the items asked for.
     item_vecs: dict[str, tuple[bytes | None, str | None]] = field(default_factory=dict)
+    #: Ids of batches left in flight (begun, not finished) on the partitions asked for.
+    inflight: frozenset[str] = frozenset()
 
     @property
     def applied_offsets(self) -> dict[int, int]:
@@ -141,10 +149,13 @@ class Carry:
 
 @dataclass(frozen=True)
 class PreparedApply:
-    """A batch's apply, built: the script's msgpack payload and, when asked for, its :class:`Carry`."""
+    """A batch's apply, built: ``apply_batch.lua``'s msgpack payload, or its chunks
+    (:class:`streams.chunked.ChunkedApply`, then ``payload`` is empty), and, when asked for,
+    its :class:`Carry`."""
 
     payload: bytes
     carry: Carry | None = None
+    chunked: chunked.ChunkedApply | None = None
 
 
 def _carry(delta: BatchDelta, ctx: BatchContext, lm: str, vectors: VectorPlan | None,
@@ -243,8 +254,10 @@ def _split_raw(rows: Any) -> tuple[list[tuple[str, float]], list[tuple[str, floa
 
 def loaded_context(parts: list[int], users: list[str], items: list[str], user_extra: str,
                    offs: Sequence[bytes | None], landmark: bytes | None, current: bytes | None,
-                   hists: Sequence[Any], extra: Sequence[Any], ivecs: Sequence[Any]) -> BatchContext:
-    """The :class:`BatchContext` of what a load read, in the order it asked (single node and Cluster)."""
+                   hists: Sequence[Any], extra: Sequence[Any], ivecs: Sequence[Any],
+                   busy: Sequence[bytes | None] = ()) -> BatchContext:
+    """The :class:`BatchContext` of what a load read, in the order it asked (single node and
+    Cluster); ``busy``: the in-flight marks of the partitions."""
     lm_raw = landmark.decode() if landmark else None
     states = [_split_raw(rows) for rows in hists]
     return BatchContext(
@@ -257,6 +270,7 @@ def loaded_context(parts: list[int], users: list[str], items: list[str], user_ex
         user_vecs=({u: _vec(row) for u, row in zip(users, extra, strict=True)}
                    if user_extra == USER_VECTORS else {}),
         item_vecs={i: _vec(row) for i, row in zip(items, ivecs, strict=True)},
+        inflight=frozenset(b.decode() for b in busy if b),
     )
 
 
@@ -297,7 +311,8 @@ class RedisState:
     """The worker's view of Redis for one topic (the clicks topic)."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, topic: str, *, window: int,
-                 history_len: int, neighbours_k: int, trending_k: int) -> None:
+                 history_len: int, neighbours_k: int, trending_k: int,
+                 chunk_cost: float = chunked.CHUNK_COST) -> None:
         self.client = client
         self.keys = keys
         self.topic = topic
@@ -305,9 +320,19 @@ class RedisState:
         self.history_len = history_len
         self.neighbours_k = neighbours_k
         self.trending_k = trending_k
+        #: Budget of one apply chunk (:mod:`streams.chunked`); 0: each batch in one script.
+        self.chunk_cost = chunk_cost
         self._apply = client.register_script(_APPLY_LUA)
         self._load = client.register_script(_LOAD_LUA)
+        self._chunks = chunked.Scripts(client, keys, {chunked.BEGIN: _BEGIN_LUA, chunked.APPLY_CHUNK: _CHUNK_LUA,
+                                                      chunked.FINISH: _FINISH_LUA})
+        #: The chunked apply sent last, until its replies are read: reads wait for it.
+        self._applying: asyncio.Future[int] | None = None
+        #: Testing only (setting ``fault_exit_after_chunk``): the process kills itself (SIGKILL)
+        #: once this many chunks of a batch with more chunks are applied.
+        self.exit_after_chunk = 0
         self.commands_sent = 0  # Redis commands issued, for the benchmark's per-event cost
+        self.recovered = 0  # batches finished from a write-ahead copy
         self.rescaler_id = uuid.uuid4().hex  # names this worker in the landmark-move lease
 
     def _field(self, partition: int) -> str:
@@ -315,8 +340,31 @@ class RedisState:
 
     async def load(self, users: Iterable[str], partitions: Iterable[int], *,
                    user_extra: str = NO_USER_EXTRA, items: Iterable[str] = ()) -> BatchContext:
-        """One script call: offsets, landmark, model version, histories and the vectors asked for."""
-        return (await self._load_reply(users, partitions, user_extra, items))()
+        """One script call: offsets, landmark, model version, histories and the vectors asked for.
+        A batch left in flight on these partitions (its worker died mid-apply) is finished from
+        its write-ahead copy first, and the load repeated."""
+        users, items = list(users), list(items)
+        while True:
+            ctx = (await self._load_reply(users, partitions, user_extra, items))()
+            if not ctx.inflight:
+                return ctx
+            if not await self.finish_inflight(ctx.inflight):
+                await asyncio.sleep(1.0)  # a copy is gone (evicted, deleted by hand): see the log
+
+    async def finish_inflight(self, batch_ids: Iterable[str]) -> bool:
+        """Finish batches a crash left in flight, from their write-ahead copies; False when one
+        is still in flight without its copy (lost: its partitions stay blocked)."""
+        found = True
+        for batch_id in sorted(batch_ids):
+            done = await self._chunks.finish_copy(batch_id)
+            if done:
+                self.recovered += 1
+                logger.warning("finished batch %s, left in flight, from its write-ahead copy", batch_id)
+            elif done is False:
+                found = False
+                logger.error("batch %s is in flight but has no write-ahead copy (evicted? Redis must run "
+                             "with maxmemory-policy noeviction)", batch_id)
+        return found
 
     async def load_then_apply(self, prepared: PreparedApply, users: Iterable[str], partitions: Iterable[int], *,
                               user_extra: str = NO_USER_EXTRA, items: Iterable[str] = (),
@@ -334,21 +382,40 @@ class RedisState:
 
     async def _load_reply(self, users: Iterable[str], partitions: Iterable[int], user_extra: str,
                           items: Iterable[str]) -> Callable[[], BatchContext]:
-        """Run the load script; a function that decodes its reply into the :class:`BatchContext`."""
+        """Run the load script; a function that decodes its reply into the :class:`BatchContext`.
+
+        With a chunk budget, a batch's users and items are read by several calls of bounded cost
+        (:func:`streams.chunked.load_parts`), one after another so that other clients' commands
+        run between them. Only the first reads the offsets (and the in-flight marks, the landmark,
+        the model version): a batch applied to these partitions after it moves them, and the
+        apply's offset guard refuses a batch planned on what was read before that."""
         k = self.keys
         users = list(dict.fromkeys(users))
         items = list(dict.fromkeys(items))
         parts = sorted(set(partitions))
-        user_keys = [k.user_vec(u) for u in users] if user_extra == USER_VECTORS else []
-        spec = {"f": [self._field(p) for p in parts], "um": user_extra if user_keys else "",
-                "hk": [k.user_state(u) for u in users], "uk": user_keys,
-                "ik": [k.item_vec(i) for i in items]}
-        raw = await self._load(keys=[k.offsets, k.meta, k.model_current], args=[_pack(spec)])
-        self.commands_sent += 1
+        hk = [k.user_state(u) for u in users]
+        uk = [k.user_vec(u) for u in users] if user_extra == USER_VECTORS else []
+        ik = [k.item_vec(i) for i in items]
+        applying = self._applying
+        if applying is not None and not applying.done():
+            # Its chunks take turns with other commands: a read sent now could land between two.
+            await asyncio.wait([applying])
+        script_keys = [k.offsets, k.meta, k.model_current, chunked.inflight_key(k)]
+        raws = []
+        for j, (us, its) in enumerate(chunked.load_parts(len(users), len(items), bool(uk), self.chunk_cost)):
+            part_uk = uk[us.start:us.stop]
+            spec = {"f": [self._field(p) for p in parts] if j == 0 else [], "um": user_extra if part_uk else "",
+                    "hk": hk[us.start:us.stop], "uk": part_uk, "ik": ik[its.start:its.stop]}
+            raws.append(await self._load(keys=script_keys, args=[_pack(spec)]))
+        self.commands_sent += len(raws)
 
         def decode() -> BatchContext:
-            offs, landmark, current, hists, extra, ivecs = msgpack.unpackb(raw, raw=True)
-            return loaded_context(parts, users, items, user_extra, offs, landmark, current, hists, extra, ivecs)
+            offs, landmark, current, hists, extra, ivecs, busy = msgpack.unpackb(raws[0], raw=True)
+            for raw in raws[1:]:
+                more = msgpack.unpackb(raw, raw=True)
+                hists, extra, ivecs = [*hists, *more[3]], [*extra, *more[4]], [*ivecs, *more[5]]
+            return loaded_context(parts, users, items, user_extra, offs, landmark, current, hists, extra, ivecs,
+                                  busy)
         return decode
 
     async def load_item_vecs(self, items: Iterable[str]) -> dict[str, tuple[bytes | None, str | None]]:
@@ -364,6 +431,8 @@ class RedisState:
         script then neither checks nor sets the landmark.
         """
         prepared = self.prepare_apply(delta, ctx, landmark, vectors)
+        if prepared.chunked is not None:
+            return await (await self.send_apply(prepared))
         started = time.perf_counter()
         result = await self._apply(keys=[self.keys.offsets, self.keys.meta], args=[prepared.payload])
         metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - started)
@@ -418,16 +487,15 @@ class RedisState:
         else:
             lm = _num(landmark)
         t = delta.last_event_time
-        payload = {
-            "g": {self._field(p): ctx.stored_offsets.get(p, "-1") for p in delta.offsets},
-            "lm": lm,
-            "off": {self._field(p): str(o) for p, o in delta.offsets.items()},
-            "t": _num(t if math.isfinite(t) else 0.0),
-            "n": delta.applied,
-            "k": keys,
-            "ops": ops,
-        }
+        guards = {self._field(p): ctx.stored_offsets.get(p, "-1") for p in delta.offsets}
+        offsets = {self._field(p): str(o) for p, o in delta.offsets.items()}
+        last = _num(t if math.isfinite(t) else 0.0)
         carry = _carry(delta, ctx, lm, vectors, item_vecs, after) if item_vecs is not None and after is not None else None
+        if self.chunk_cost > 0:
+            return PreparedApply(b"", carry, chunked.build(
+                keys, ops, self.chunk_cost, guards=guards, landmark=lm, offsets=offsets, last_time=last,
+                applied=delta.applied))
+        payload = {"g": guards, "lm": lm, "off": offsets, "t": last, "n": delta.applied, "k": keys, "ops": ops}
         return PreparedApply(_pack(payload), carry)
 
     #: Whether :meth:`send_apply` may overlap a batch's apply with the next one's plan.
@@ -438,8 +506,12 @@ class RedisState:
 
         On a connection of its own, so the worker can load and plan the next batch while Redis
         runs this one (streams/processor.py, :meth:`~streams.processor.BatchProcessor.feed`). The
-        script is sent before this returns: anything sent to Redis afterwards runs after it.
+        script is sent before this returns: anything sent to Redis afterwards runs after it
+        (chunked: after its first chunk; this state's own loads wait for the last).
         """
+        if prepared.chunked is not None:
+            self._applying = await self._send_chunked(prepared.chunked)
+            return self._applying
         k = self.keys
         pool = self.client.connection_pool
         conn = await pool.get_connection()
@@ -470,6 +542,27 @@ class RedisState:
 
         return asyncio.ensure_future(reply())
 
+    async def _send_chunked(self, c: chunked.ChunkedApply) -> asyncio.Future[int]:
+        crash = 0 < self.exit_after_chunk < len(c.chunks)
+        commands = self._chunks.commands(c, upto=self.exit_after_chunk if crash else None)
+        replies = await self._chunks.send(commands)
+        self.commands_sent += len(commands)
+        started = time.perf_counter()
+
+        async def reply() -> int:
+            got = await replies()
+            if crash:  # the fault a test asks for: a kill -9 between two chunks of a batch
+                logger.warning("fault_exit_after_chunk: dying after chunk %d of %d", self.exit_after_chunk,
+                               len(c.chunks))
+                os.kill(os.getpid(), signal.SIGKILL)
+            metrics.REDIS_APPLY_SECONDS.observe(time.perf_counter() - started)
+            result = chunked.outcome(got)
+            if result in (0, -1):  # not begun: its copy would only expire
+                await self.client.delete(chunked.wal_key(self.keys, c.batch_id))
+            return APPLIED if result == 1 else LANDMARK_MOVED if result == -1 else STALE_OFFSETS
+
+        return asyncio.ensure_future(reply())
+
     async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
         """Move the decay landmark up to event time ``t``, or finish a move another worker began
         (:func:`streams.rescale.run_rescale`); False when another worker is at it."""
@@ -488,7 +581,10 @@ class RedisState:
         return await run_rescale(self, self.rescaler_id, before_keys=self._before_rescale_keys, **kwargs)
 
     async def _before_rescale_keys(self) -> None:
-        """Runs once the rescale fence is up, before any key changes (Redis Cluster: batches in flight)."""
+        """Runs once the rescale fence is up, before any key changes: finishes the batches in
+        flight (begun before the fence, so planned at the old landmark)."""
+        busy = await self.client.hgetall(chunked.inflight_key(self.keys))
+        await self.finish_inflight({v.decode() if isinstance(v, bytes) else v for v in busy.values()})
 
     async def init_landmark(self, landmark: float) -> float:
         """Set the decay landmark if none is stored yet; return the stored one."""

@@ -1,6 +1,9 @@
--- Shared by apply_batch.lua and apply_slot.lua: each includes it where it says
+-- Shared by apply_batch.lua, apply_chunk.lua and apply_slot.lua: each includes it where it says
 -- `-- #include apply_ops.lua` (streams/redis_state.py lua_source). It applies `p.ops`, the
--- packed increments of one batch (or of one hash slot's share of it), to their keys.
+-- packed increments of one batch (or of one chunk or hash slot's share of it), to their keys.
+-- A "z" op with a negative cap is the last part of an op split over several chunks
+-- (streams/chunked.py): it cuts the key to -cap whether or not this part added a member, since
+-- the parts before it may have (they carry cap 0: no cut until the whole op is in).
 local CHUNK = 1000  -- pairs per variadic call: stays far below Lua's C-stack limit for unpack
 local function bounded(key, cap)
   if cap > 0 then
@@ -68,7 +71,10 @@ for _, op in ipairs(p.ops) do
   local kind = op[2]
   local cap = op[3]
   local kv = op[4]
-  if kind == 'z' then
+  if kind == 'z' and cap < 0 then  -- the last part of a split op (see the top)
+    if #kv > 0 then zincr(key, kv) end
+    bounded(key, -cap)
+  elseif kind == 'z' then
     -- The key was cut to `cap` whenever it last grew, so with no new member it still fits.
     if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end
   elseif kind == 's' then
