@@ -69,6 +69,7 @@ class LiveModel:
     """One published version, decoded by the worker's and by the reader's own loaders."""
 
     def __init__(self, version: str, parts: dict[str, bytes], settings: Settings) -> None:
+        from online.ann import ann_config
         from online.model_cache import PARTS, build_model
         from streams.published import unpack_factors
 
@@ -79,7 +80,7 @@ class LiveModel:
         tf = {p: v for p, v in parts.items() if p.startswith("tf_layer")}
         self.reader = build_model(version, head, tf, default_reg=settings.fold_in_regularization,
                                   pool_size=settings.reader_similar_users_pool,
-                                  scan_items=settings.reader_scan_items)
+                                  scan_items=settings.reader_scan_items, ann=ann_config(settings))
 
 
 def new_state(settings: Settings, **overrides: object) -> InMemoryState:

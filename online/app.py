@@ -23,6 +23,7 @@ from driftrec.redis_conn import async_client
 from driftrec.settings import Settings
 from models.blend import BlendWeights
 from models.decay import DecayPolicy
+from online.ann import ann_config
 from online.errors import EXCEPTION_HANDLERS
 from online.ingest import EventSink, KafkaSink
 from online.metrics import MetricsMiddleware, ReaderMetrics
@@ -114,7 +115,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     policy = DecayPolicy(settings.half_life_s)
     metrics = ReaderMetrics()
     models = ModelCache(store.model_parts, default_reg=settings.fold_in_regularization,
-                        pool_size=settings.reader_similar_users_pool, scan_items=settings.reader_scan_items)
+                        pool_size=settings.reader_similar_users_pool, scan_items=settings.reader_scan_items,
+                        ann=ann_config(settings))
     snapshot = TrendingSnapshot(store, policy, n_items=settings.reader_snapshot_items,
                                 per_category=min(settings.trending_k, 500),
                                 interval_s=settings.reader_snapshot_interval_s)

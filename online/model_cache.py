@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from driftrec.errors import ModelError
 from models.factors import fold_in
+from online.ann import AnnConfig, AnnIndex, top_of
 
 __all__ = ["PublishedModel", "ModelCache", "decode_ids", "decode_array", "build_model", "PARTS"]
 
@@ -98,6 +99,12 @@ class PublishedModel:
     matrix from memory on every request ((k + TF hidden width) × 4 bytes per item: about 1.4 ms
     of reader CPU per 10,000 items at ``driftrec train``'s default sizes here,
     ``benchmarks/reader_floor.py``), so the pool is what bounds a request on a large catalogue.
+
+    With :meth:`build_indexes` (``Settings.reader_ann``), each scan of at least
+    ``AnnConfig.min_rows`` rows is replaced by an HNSW search (:mod:`online.ann`) for
+    ``overfetch × n`` candidates, re-scored exactly from the same arrays and cut to ``n``: the
+    scores are the exact scan's, the candidate set approximate, and a request's cost no longer
+    grows with the catalogue, so the index covers every item (no scan pool).
     """
 
     version: str
@@ -144,6 +151,45 @@ class PublishedModel:
         self._norms: npt.NDArray[np.float32] | None = None
         self._vec_buf = np.empty(self.scan_Y.shape[0], dtype=np.float32)
         self._tf_buf = np.empty(self.scan_Y.shape[0], dtype=np.float32)
+        self.ann: AnnConfig | None = None
+        self.ann_vec: AnnIndex | None = None
+        self.ann_tf: AnnIndex | None = None
+        self.ann_users: AnnIndex | None = None
+        self.ann_items: AnnIndex | None = None
+
+    def build_indexes(self, config: AnnConfig) -> None:
+        """Build an HNSW index over each scanned matrix of at least ``config.min_rows`` rows
+        (CPU work, seconds per 10,000 rows: run off the event loop).
+
+        Inner product over ``scan_Y`` (user vector) and over the rows ``[w_i, b_i]`` of the TF
+        output layer (queried with ``[h, 1]``: ``w_i·h + b_i`` is the logit), cosine over
+        ``scan_Y`` (similar items), inner product over the unit-norm user pool (cosine).
+        """
+        self._item_norms()  # similar items read the norms; compute them here, not on a request
+        if self.scan_Y.shape[0] >= config.min_rows:
+            self.ann_vec = AnnIndex(self.scan_Y, "ip", config)
+            self.ann_items = AnnIndex(self.scan_Y, "cos", config)
+            if self.scan_tf_out is not None and self.scan_tf_bias is not None:
+                width = self.scan_tf_out.shape[1]
+                aug = np.empty((self.scan_tf_out.shape[0], width + 1), dtype=np.float32)
+                aug[:, :width] = self.scan_tf_out
+                aug[:, width] = self.scan_tf_bias
+                # The output layer is kept once, as the index's rows: the re-score reads the
+                # weights through a view of them.
+                self.scan_tf_out = aug[:, :width]
+                if self.scan_rows is None:
+                    self.tf_out = self.scan_tf_out
+                self.ann_tf = AnnIndex(aug, "ip", config)
+        if self.pool_unit is not None and self.pool_unit.shape[0] >= config.min_rows:
+            self.ann_users = AnnIndex(self.pool_unit, "ip", config)
+        self.ann = config
+
+    def index_stats(self) -> dict[str, dict[str, float]]:
+        """Rows, build seconds and graph bytes of each index built."""
+        return {name: {"rows": ix.rows, "build_s": round(ix.build_s, 3), "memory_bytes": ix.memory_bytes}
+                for name, ix in (("user_vector", self.ann_vec), ("tf", self.ann_tf),
+                                 ("similar_users", self.ann_users), ("similar_items", self.ann_items))
+                if ix is not None}
 
     @property
     def has_tf(self) -> bool:
@@ -213,30 +259,45 @@ class PublishedModel:
         vec: list[tuple[str, float]] = []
         tf: list[tuple[str, float]] = []
         if u is not None:
-            np.dot(self.scan_Y, np.asarray(u, dtype=np.float32), out=self._vec_buf)
-            vec = self._top(self._vec_buf, n)
+            u = np.asarray(u, dtype=np.float32)
+            rows = self._candidates(self.ann_vec, u, n)
+            if rows is not None:
+                vec = self._top(self.scan_Y[rows] @ u, n, rows)
+            else:
+                np.dot(self.scan_Y, u, out=self._vec_buf)
+                vec = self._top(self._vec_buf, n)
         if h is not None and self.scan_tf_out is not None and self.scan_tf_bias is not None:
-            row = self._tf_buf
-            np.dot(self.scan_tf_out, np.asarray(h, dtype=np.float32), out=row)
-            row += self.scan_tf_bias
+            h = np.asarray(h, dtype=np.float32)
+            rows = self._candidates(self.ann_tf, np.append(h, np.float32(1.0)), n)
+            if rows is not None:
+                row = self.scan_tf_out[rows] @ h
+                row += self.scan_tf_bias[rows]
+            else:
+                row = self._tf_buf
+                np.dot(self.scan_tf_out, h, out=row)
+                row += self.scan_tf_bias
             # Logits can be negative and blend keeps positive scores only: shift by the lowest
             # candidate's logit, which keeps the order (all a softmax needs).
-            top = self._top(row, n)
+            top = self._top(row, n, rows)
             floor = top[-1][1] if top else 0.0
             tf = [(i, s - floor + 1e-6) for i, s in top]
         return vec, tf
 
-    def _top(self, row: npt.NDArray[np.float32], n: int) -> list[tuple[str, float]]:
-        m = row.shape[0]
-        if m == 0 or n <= 0:
-            return []
-        if n < m:
-            part = np.argpartition(row, m - n)[m - n:]
-        else:
-            part = np.arange(m)
-        order = part[np.argsort(-row[part], kind="stable")]
+    def _candidates(self, index: AnnIndex | None, query: F32, n: int) -> npt.NDArray[np.int64] | None:
+        """Candidate rows for the top ``n`` from ``index``; None: scan every row exactly (no
+        index, or as many candidates as rows)."""
+        if index is None or self.ann is None:
+            return None
+        count = self.ann.fetch(n)
+        return index.candidates(query, count) if count < index.rows else None
+
+    def _top(self, row: npt.NDArray[np.float32], n: int,
+             rows: npt.NDArray[np.int64] | None = None) -> list[tuple[str, float]]:
+        """The top ``n`` of ``row``: scores of every scanned item, or of the scan rows ``rows``."""
+        order = top_of(row, n)
+        at = order.tolist() if rows is None else rows[order].tolist()
         ids = self.scan_ids
-        return list(zip([ids[j] for j in order.tolist()], row[order].tolist(), strict=True))
+        return list(zip([ids[j] for j in at], row[order].tolist(), strict=True))
 
     def nearest_users(self, u: F32, user: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` pool users with the highest cosine to ``u`` (the user itself left out)."""
@@ -245,13 +306,14 @@ class PublishedModel:
         norm = float(np.sqrt(u @ u))
         if norm <= 0:
             return []
-        sims = self.pool_unit @ (u / norm)
-        m = sims.shape[0]
-        take = min(n + 1, m)
-        part = np.argpartition(sims, m - take)[m - take:]
-        order = part[np.argsort(-sims[part], kind="stable")]
+        q = u / norm
+        take = min(n + 1, self.pool_unit.shape[0])
+        rows = self._candidates(self.ann_users, q, take)
+        sims = self.pool_unit @ q if rows is None else self.pool_unit[rows] @ q
+        order = top_of(sims, take)
+        at = order.tolist() if rows is None else rows[order].tolist()
         pool_ids = self.pool_ids
-        out = list(zip([pool_ids[j] for j in order.tolist()], sims[order].tolist(), strict=True))
+        out = list(zip([pool_ids[j] for j in at], sims[order].tolist(), strict=True))
         return [(v, s) for v, s in out if v != user and s > 0][:n]
 
     def item_neighbours(self, item: str, n: int) -> list[tuple[str, float]]:
@@ -267,10 +329,16 @@ class PublishedModel:
         ny = float(norms[at]) if in_pool else float(_row_norms(self.Y[row:row + 1])[0])
         if ny <= 0:
             return []
-        sims = (self.scan_Y @ y) / (norms * ny + 1e-12)
-        if in_pool:
-            sims[at] = -np.inf
-        return [(i, s) for i, s in self._top(sims.astype(np.float32), n) if s > 0]
+        rows = self._candidates(self.ann_items, y, n + 1)
+        if rows is None:
+            sims = (self.scan_Y @ y) / (norms * ny + 1e-12)
+            if in_pool:
+                sims[at] = -np.inf
+        else:
+            sims = (self.scan_Y[rows] @ y) / (norms[rows] * ny + 1e-12)
+            if in_pool:
+                sims[rows == at] = -np.inf
+        return [(i, s) for i, s in self._top(sims.astype(np.float32), n, rows) if s > 0]
 
     def _item_norms(self) -> npt.NDArray[np.float32]:
         """Factor norms of the scan pool's rows."""
@@ -287,13 +355,16 @@ def _row_norms(a: F32) -> F32:
 
 
 def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mapping[str, bytes | None],
-                *, default_reg: float, pool_size: int, scan_items: int | None = None) -> PublishedModel:
+                *, default_reg: float, pool_size: int, scan_items: int | None = None,
+                ann: AnnConfig | None = None) -> PublishedModel:
     """Validate the published parts and build a :class:`PublishedModel` (CPU work: run off-loop).
 
     ``pool_size`` caps the nearest-user pool (``reader_similar_users_pool``); ``scan_items`` the
     items the per-request scans cover (``reader_scan_items``; None: all), those with the
     largest factor norms, as the user pool is chosen: implicit ALS leaves items with little
-    evidence near zero, and a small-norm item rarely reaches a user's top scores.
+    evidence near zero, and a small-norm item rarely reaches a user's top scores. ``ann``
+    (``reader_ann``) builds the HNSW indexes (:meth:`PublishedModel.build_indexes`); a catalogue
+    of at least ``ann.min_rows`` items is then indexed whole and ``scan_items`` does not apply.
     """
     item_ids = decode_ids(parts.get("item_ids"), "item_ids")
     Y = _finite_f32(decode_array(parts.get("item_factors"), "item_factors"), "item_factors", 2)
@@ -345,12 +416,15 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
         model.pool_unit = np.ascontiguousarray(U[keep] / norms[keep, None], dtype=np.float32)
         model.user_index = {u: i for i, u in enumerate(user_ids)}
         model.user_factors = U
-    if scan_items is not None and scan_items < len(item_ids):
-        if scan_items < 1:
-            raise ModelError(f"scan_items must be >= 1, got {scan_items}")
+    if scan_items is not None and scan_items < 1:
+        raise ModelError(f"scan_items must be >= 1, got {scan_items}")
+    indexed = ann is not None and len(item_ids) >= ann.min_rows
+    if scan_items is not None and scan_items < len(item_ids) and not indexed:
         norms = _row_norms(Y)
         keep = np.sort(np.argsort(-norms, kind="stable")[:scan_items]).astype(np.int64)
         model._set_scan_pool(keep)
+    if ann is not None:
+        model.build_indexes(ann)
     return model
 
 
@@ -370,11 +444,12 @@ class ModelCache:
     """Holds the live :class:`PublishedModel`; loads a new version when the reader sees one."""
 
     def __init__(self, read_parts: PartsReader, *, default_reg: float, pool_size: int,
-                 scan_items: int | None = None) -> None:
+                 scan_items: int | None = None, ann: AnnConfig | None = None) -> None:
         self._read_parts = read_parts
         self._default_reg = default_reg
         self._pool_size = pool_size
         self._scan_items = scan_items
+        self._ann = ann
         self.model: PublishedModel | None = None
         self._loading: asyncio.Task[None] | None = None
         self._failed: dict[str, float] = {}
@@ -405,15 +480,17 @@ class ModelCache:
                 raise ModelError(f"tf_n_layers must be 2..16, got {n}")
             names = [f"tf_layer{i}_{kind}" for i in range(n) for kind in ("weight", "bias")]
             tf_parts = await self._read_parts(version, names)
+        # The parse and the index builds run in a thread: usearch releases the GIL while it
+        # builds, so the loop keeps serving the old version meanwhile.
         model = await asyncio.to_thread(build_model, version, parts, tf_parts,
                                         default_reg=self._default_reg, pool_size=self._pool_size,
-                                        scan_items=self._scan_items)
+                                        scan_items=self._scan_items, ann=self._ann)
         self.model = model
         self.loads += 1
         self._failed.pop(version, None)
-        logger.info("serving model %s: %d items (%d scanned per request), k=%d, tf=%s, user pool %d",
-                    version, len(model.item_ids), len(model.scan_ids), model.k, model.has_tf,
-                    len(model.pool_ids))
+        logger.info("serving model %s: %d items (%d searchable per request), k=%d, tf=%s, user pool %d, "
+                    "indexes %s", version, len(model.item_ids), len(model.scan_ids), model.k, model.has_tf,
+                    len(model.pool_ids), model.index_stats() or "none (exact scans)")
         return model
 
     async def _load_logged(self, version: str) -> None:
