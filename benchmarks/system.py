@@ -24,8 +24,8 @@ KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are both set, installs its two outside too
 5. **worker step-up**: clicks published through kcat at rising fixed rates, 20 s each, with
    freshness probes; the highest rate at which the worker keeps up (applies >= 97 % of the
    offered rate) with freshness p99 <= 1 s and no probe lost (``worker_max_rate_fresh_1s``), and
-   the events/s it applied there (**worker_events_per_s**); ``--profile-worker`` records a py-spy
-   profile of the worker at each step;
+   the events/s it applied there (**worker_events_per_s**); ``--profile`` records py-spy
+   profiles of the worker at each step and of the reader at each offered rate;
 6. **2,000 clicks/s background**: freshness probes (clicks for new shoppers from a bare aiokafka
    producer, timed from the broker's acknowledgement until ``GET /v1/users/{u}/history`` on the
    reader shows the click; polled every 20 ms; lost = not shown within 30 s), Redis stalls (the
@@ -212,6 +212,14 @@ def http_ok(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+def py_spy(proc: Proc, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``proc`` from outside for ``seconds`` (raw stacks to ``out``); it changes
+    nothing in the process, but takes CPU of its own: profiled runs are not for the numbers."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.proc.pid),
+                             "--duration", str(int(seconds)), "--format", "raw", "--rate", "50", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def settle(url: str, procs: tuple[Proc, ...], timeout: float = 300.0) -> float:
@@ -476,7 +484,10 @@ def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = Fa
             reader_at[str(rate)] = {"offered_per_s": rate, "skipped": f"saturated at {saturated_at}/s"}
             continue
         degraded0 = metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers")
+        spy = py_spy(reader_proc, plan.reader_seconds, ph.work / f"reader-{rate}.txt") if profile else None
         res = vegeta(vegeta_, targets, rate, plan.reader_seconds, ph.work)
+        if spy is not None:
+            spy.wait(60)
         res["degraded"] = int(metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers") - degraded0)
         reader_at[str(rate)] = res
         print(f"[{ph.name}] reader {rate}/s: p50 {res['p50_ms']} p99 {res['p99_ms']} p99.9 {res['p999_ms']} ms, "
@@ -534,16 +545,10 @@ async def worker_step(ph: Phase, plan: Plan, clicks: Clicks, prober: Prober, wor
     a0, c0 = applied(r, s), time.monotonic()
     load = asyncio.create_task(clicks.run(rate, stop))
     probing = asyncio.create_task(prober.every(0.5, stop, probes))
-    spy = None
-    if profile:  # py-spy samples the running worker from outside; it changes nothing in it
-        spy = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.proc.pid),
-            "--duration", str(int(plan.step_seconds)), "--format", "raw", "--rate", "50",
-            "-o", str(ph.work / f"worker-{rate}-{attempt}.txt"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    spy = py_spy(worker, plan.step_seconds, ph.work / f"worker-{rate}-{attempt}.txt") if profile else None
     await asyncio.sleep(plan.step_seconds)
     if spy is not None:
-        await spy.wait()
+        await asyncio.to_thread(spy.wait, 60)
     a1, c1 = applied(r, s), time.monotonic()
     stop.set()
     await asyncio.gather(load, probing)
@@ -713,8 +718,9 @@ def main() -> None:
     ap.add_argument("--baseline-ref", help="also measure commit REF on the same stack in the same run")
     ap.add_argument("--quick", action="store_true", help="a small run to check the harness (numbers not comparable)")
     ap.add_argument("--out", type=Path, help="result file (default benchmarks/results/system.json)")
-    ap.add_argument("--profile-worker", action="store_true",
-                    help="py-spy the worker during each step of the step-up (raw profiles in the logs folder)")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the worker at each step and the reader at each rate (raw profiles in the "
+                         "logs folder; the profiler's CPU perturbs the numbers)")
     ap.add_argument("--reader-rates", help="comma-separated offered rates for the reader alone (default: the plan's)")
     ap.add_argument("--table", type=Path, metavar="RESULT",
                     help="print the README's table from a result file and stop")
@@ -745,7 +751,7 @@ def main() -> None:
             (work / name).mkdir()
             with code_tree(ref) as tree:
                 ph = Phase(name, tree, s, work / name)
-                res = run_phase(ph, plan, kcat, vegeta_, args.profile_worker)
+                res = run_phase(ph, plan, kcat, vegeta_, args.profile)
             series[name] = ph.series
             if ref is None:
                 result.update(res)  # its "commit" is the tree's when its processes started
