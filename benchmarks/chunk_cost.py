@@ -1,8 +1,8 @@
 """Calibrates the chunk cost model of streams/chunked.py: each apply chunk's Redis time against
 what it holds.
 
-Usage: python benchmarks/chunk_cost.py [--events 40000] [--factors 128] [--chunk-cost 800]
-                                       [--out benchmarks/results/chunk_cost.json]
+Usage: python benchmarks/chunk_cost.py [--events 40000] [--factors 128] [--chunk-cost 500] [--isgd]
+                                       [--replays 3] [--out benchmarks/results/chunk_cost.json]
 
 The batch processor alone (no Kafka) feeds live-shaped clicks (``ShopSimulator.live`` at 2,000/s:
 interleaved shoppers, 50k users, 10k items; a random published model of ``--factors``, the
@@ -13,7 +13,8 @@ Each chunk's server time (``apply_chunk.lua``, ``INFO commandstats`` before and 
 holds: ops, sorted-set pairs, hash fields written and deleted, vector components, SETs, DELs.
 A least-squares fit of time on those counts gives the µs of each; the result also has how the
 model's estimate (:func:`streams.chunked.op_cost`) compares with the measured time, and the
-slowest chunk, begin and finish.
+slowest chunk, begin, finish and load call. ``--chunk-cost 0`` records and replays one
+``apply_batch.lua`` per batch instead (the apply before chunks): ``whole_batch_script_us``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ async def run(port: int, args: argparse.Namespace) -> dict[str, Any]:
         recorded.append(("EVALSHA", load_sha, len(keys), *keys, *args))
         return await load(keys=keys, args=args)
     state._load = keep_load  # type: ignore[assignment]
+    send_apply = state.send_apply
+    apply_sha = state._apply.sha
+
+    async def keep_whole(prepared: Any) -> Any:  # --chunk-cost 0: one apply_batch.lua per batch
+        if prepared.chunked is None:
+            recorded.append(("EVALSHA", apply_sha, 2, keys.offsets, keys.meta, prepared.payload))
+        return await send_apply(prepared)
+    state.send_apply = keep_whole  # type: ignore[method-assign]
 
     async def sink(dead: Any) -> None:
         pass
@@ -126,7 +135,8 @@ async def run(port: int, args: argparse.Namespace) -> dict[str, Any]:
     await client.aclose()
     # Replayed alone, command after command, on a flushed Redis (each meets the state it met),
     # ``--replays`` times: the least time of each is its cost without the worker on the same cores.
-    shas = {v: k for k, v in state._chunks.sha.items()} | {load_sha: "load_batch.lua"}
+    shas = {v: k for k, v in state._chunks.sha.items()} | {load_sha: "load_batch.lua", apply_sha: "apply_batch.lua"}
+    whole: dict[int, int] = {}
     loads: list[tuple[dict[str, float], int]] = []
     timed: dict[tuple[str, int], int] = {}
     others: dict[str, int] = {}
@@ -134,13 +144,15 @@ async def run(port: int, args: argparse.Namespace) -> dict[str, Any]:
         sync.flushall()
         seen: dict[tuple[str, int], int] = {}
         worst: dict[str, int] = {}
-        for c in recorded:
+        for j, c in enumerate(recorded):
             before = evalsha_usec(sync)
             sync.execute_command(*c)
             took = evalsha_usec(sync) - before  # the script and every command it ran
             name = shas.get(c[1], "other")
             if name == chunked.APPLY_CHUNK:
                 seen[(c[4], int(c[5]))] = took
+            elif name == "apply_batch.lua":
+                whole[j] = min(took, whole.get(j, took))
             elif name == "load_batch.lua" and len(loads) < len(recorded):
                 spec = msgpack.unpackb(c[-1], raw=True)
                 loads.append(({"users": len(spec[b"hk"]), "user_vectors": len(spec[b"uk"]),
@@ -150,25 +162,29 @@ async def run(port: int, args: argparse.Namespace) -> dict[str, Any]:
                 worst[name] = max(worst.get(name, 0), took)
         timed = {k: min(v, timed.get(k, v)) for k, v in seen.items()}
         others = {k: min(v, others.get(k, v)) for k, v in worst.items()}
+    head = {"chunk_cost": args.chunk_cost, "factors": args.factors, "events": args.events,
+            "vectors": "isgd" if args.isgd else "fold-in", "slowest_other_scripts_us": others,
+            "loads": [{**f, "us": us} for f, us in loads[:len(loads) // args.replays]]}
+    if whole:
+        w = sorted(whole.values())
+        return head | {"whole_batch_script_us": {"batches": len(w), "max": w[-1], "p50": w[len(w) // 2],
+                                                 "per_event": round(sum(w) / args.events, 1)}}
     keys_ = [key for key in sent if key in timed]
     X = np.array([[features(sent[key])[f] for f in FEATURES] + [1.0] for key in keys_])
     y = np.array([timed[key] for key in keys_], dtype=float)
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     est = np.array([estimate(sent[key]) for key in keys_])
     ratio = y / est
-    return {
-        "chunks": len(keys_), "chunk_cost": args.chunk_cost, "factors": args.factors, "events": args.events,
+    return head | {
+        "chunks": len(keys_),
         "chunk_us": {"max": int(y.max()), "p99": float(np.percentile(y, 99)), "p50": float(np.median(y)),
                      "mean": round(float(y.mean()), 1)},
-        "slowest_other_scripts_us": others,
         "fit_us_per": {f: round(float(c), 3) for f, c in zip((*FEATURES, "chunk"), coef, strict=True)},
         "fit_r2": round(float(1 - ((X @ coef - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()), 3),
         "measured_over_estimate": {"p50": round(float(np.median(ratio)), 3),
                                    "p99": round(float(np.percentile(ratio, 99)), 3),
                                    "max": round(float(ratio.max()), 3)},
         "mean_features_per_chunk": {f: round(float(X[:, j].mean()), 1) for j, f in enumerate(FEATURES)},
-        "vectors": "isgd" if args.isgd else "fold-in",
-        "loads": [{**f, "us": us} for f, us in loads[:len(loads) // args.replays]],
         "chunk_rows": {"columns": [*FEATURES, "us"],
                        "rows": [[*map(int, x[:-1]), int(t)] for x, t in zip(X, y, strict=True)]},
     }
@@ -189,8 +205,7 @@ def main() -> None:
                "command": "python benchmarks/chunk_cost.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("chunks", "chunk_us", "slowest_other_scripts_us", "fit_us_per",
-                                             "fit_r2", "measured_over_estimate")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("loads", "chunk_rows", "machine")}, indent=1))
 
 
 if __name__ == "__main__":

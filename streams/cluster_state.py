@@ -8,12 +8,14 @@ the single-node pair of scripts (``load_batch.lua``, ``apply_batch.lua``) become
    histories and the vectors or weights the batch needs. A batch of these partitions left in
    flight by a crash is finished first (step 5 from its write-ahead copy).
 2. **plan**: as on one node (:class:`streams.processor.BatchProcessor`, unchanged).
-3. **begin** (``begin_batch.lua``, slot of ``{g}``): the offsets still those the load saw, no
-   other batch of these partitions in flight, the landmark unchanged; then the batch's
-   write-ahead copy (every slot group's payload) is stored and its partitions marked in flight.
+3. **begin**: the batch's write-ahead copy (every slot group's payload) by a plain ``SET`` with an
+   expiry, then ``begin_batch.lua`` (slot of ``{g}``): the offsets still those the load saw, no
+   other batch of these partitions in flight, the landmark unchanged; then the copy is made
+   permanent and the partitions marked in flight.
 4. **groups** (``apply_slot.lua``): one script call per slot, all pipelined; each checks and
    moves a guard hash ``P:{<slot tag>}:applied`` stored under a tag of that slot, so replaying
-   the copy applies each group at most once.
+   the copy applies each group at most once. A slot whose ops cost more than
+   ``apply_chunk_cost`` is applied in several parts, each with guard fields of its own.
 5. **finish** (``finish_batch.lua``, slot of ``{g}``): offsets, event counter, drop the copy.
 
 Because the copy holds the plan made from the state before the batch, a crash anywhere ends at
@@ -217,15 +219,25 @@ class ClusterRedisState(RedisState):
         return out
 
     def _groups(self, ops: list[tuple[str, str, int, list[Any]]], ends: dict[str, str]) -> list[tuple[str, bytes]]:
-        """One (guard key, payload) per slot; ops keep their order inside a slot."""
+        """(guard key, payload) of each slot's ops, in order; a slot whose ops cost more than the
+        chunk budget (the ``{g}`` slot: popularity, trending, categories) in several parts of
+        bounded cost (:func:`streams.chunked.cut_ops`), in order. Part ``j`` > 0 is guarded by
+        the fields ``<topic>:<partition>#<j>`` of the slot's guard hash, so each part is applied
+        once on its own."""
         by_slot: dict[int, tuple[list[str], list[list[Any]]]] = {}
         for key, kind, cap, flat in ops:
             slot = key_slot(key.encode())
             names, rows = by_slot.setdefault(slot, ([], []))
             names.append(key)
             rows.append([len(names), kind, cap, flat])
-        return [(guard_key(self.keys, slot), _pack({"e": ends, "k": names, "ops": rows}))
-                for slot, (names, rows) in sorted(by_slot.items())]
+        out: list[tuple[str, bytes]] = []
+        for slot, (names, rows) in sorted(by_slot.items()):
+            parts = chunked.cut_ops(names, rows, self.chunk_cost) if self.chunk_cost > 0 else [(0, names, rows)]
+            for j, (o, part_keys, part_ops) in enumerate(parts):
+                guards = ends if j == 0 else {f"{f}#{j}": off for f, off in ends.items()}
+                out.append((guard_key(self.keys, slot), _pack({"e": guards, "o": o, "k": part_keys,
+                                                                "ops": part_ops})))
+        return out
 
     async def apply(self, delta: BatchDelta, ctx: BatchContext, landmark: float | None,
                     vectors: VectorPlan | None = None) -> int:
@@ -244,9 +256,14 @@ class ClusterRedisState(RedisState):
         copy = _pack({"groups": groups, "finish": finish})
         expected = {self._field(p): ctx.stored_offsets.get(p, "-1") for p in delta.offsets}
         wal = wal_key(self.keys, batch_id)
+        # The copy first, by a plain SET (as on one node: a script storing it held its node ms).
+        await self._run(lambda: self.client.set(wal, copy, px=chunked.COPY_TTL_MS))
+        self.commands_sent += 1
         (res,) = await self._scripts(self._begin, [(
-            [*self._gkeys, wal], [_pack({"g": expected, "lm": lm, "id": batch_id}), copy])])
+            [*self._gkeys, wal], [_pack({"g": expected, "lm": lm, "id": batch_id})])])
         code = int(res[0])
+        if code != 1:
+            await self._run(lambda: self.client.delete(wal))
         if code == -1:
             return LANDMARK_MOVED
         if code != 1:

@@ -1,7 +1,8 @@
 -- Single node: applies chunk `i` of a micro-batch in flight, once and in order (streams/chunked.py).
 -- KEYS[1] = chunk progress hash (batch id -> chunks applied; begin_batch.lua sets it to 0).
--- ARGV[1] = batch id, ARGV[2] = i (1-based), ARGV[3] = msgpack {k = {key, ...},
---           ops = {{index into k, op, cap, {...}}, ...}}: apply_batch.lua's ops on any keys.
+-- ARGV[1] = batch id, ARGV[2] = i (1-based), ARGV[3] = msgpack {o = offset, k = {key, ...},
+--           ops = {{index, op, cap, {...}}, ...}}: apply_batch.lua's ops, each on key k[index - o]
+--           (the ops keep their index in the whole batch's key list, of which k is a slice).
 -- Applies only when exactly i - 1 chunks are in: a chunk arrives twice when a worker's successor
 -- finishes the batch from its write-ahead copy while the worker still sends it, and each sender
 -- sends its chunks in order, so every chunk is applied once, in order, by whoever comes first.

@@ -65,9 +65,10 @@ local function zincr(key, kv)
   return added
 end
 local fmts = {}
+local koff = p.o or 0  -- a chunk's ops keep their batch-wide key index: its keys start after it
 
 for _, op in ipairs(p.ops) do
-  local key = p.k[op[1]]
+  local key = p.k[op[1] - koff]
   local kind = op[2]
   local cap = op[3]
   local kv = op[4]

@@ -2,8 +2,10 @@
 -- KEYS[1] = the slot's guard hash P:{<slot tag>}:applied: "<topic>:<partition>" -> the end
 --           offset of the last batch whose updates to this slot are in. Every key of the
 --           payload hashes to KEYS[1]'s slot (streams/cluster_state.py groups them so).
--- ARGV[1] = msgpack {e = {field = the batch's end offset (string)}, k = {key, ...},
---                    ops = {{index into k, op, cap, {...}}, ...}}
+-- ARGV[1] = msgpack {e = {field = the batch's end offset (string)}, o = offset, k = {key, ...},
+--                    ops = {{index, op, cap, {...}}, ...}}: each op on key k[index - o]. A
+--           slot's group over the chunk budget comes in parts (streams/chunked.py cut_ops), part
+--           j > 0 guarded by the fields "<topic>:<partition>#<j>" instead.
 -- The ops are apply_batch.lua's ("z", "s", "x", "t", "v", "d"; see there) and must stay in step.
 -- Effectively once per slot group: a batch is replayed from its write-ahead copy after a crash,
 -- so a group may arrive twice; the guard already at or past the batch's end offset means it is

@@ -6,10 +6,10 @@
 --           KEYS[5] (single node only) = chunk progress hash (batch id -> chunks applied).
 -- ARGV[1] = msgpack {g = {field = expected stored offset (string)}, lm = landmark ('' when the
 --                    batch carries no decayed scores), id = batch id}
--- ARGV[2] = the write-ahead copy: every part's payload and the finish payload (msgpack), stored
---           here (Redis Cluster); absent on a single node, where a plain SET with an expiry put it
---           in KEYS[4] just before (a large argument: Redis takes it without copying, and the
---           script does not hold Redis while it is copied), and this makes it permanent.
+-- ARGV[2] (optional) = the write-ahead copy: every part's payload and the finish payload
+--           (msgpack), stored here. The worker leaves it out: a plain SET with an expiry put the
+--           copy in KEYS[4] just before (a large argument, which Redis takes without copying; a
+--           script copying it held Redis 2-5 ms), and this makes it permanent.
 -- Refuses when a partition's offset moved since the load ({0, field, stored}), when another
 -- batch of a partition is still in flight ({2, field, id}: finish it first), when the copy is
 -- not there ({3}), or while the decay landmark differs or a rescale runs ({-1}). Returns {1}
@@ -27,7 +27,7 @@ if ARGV[2] then
 else
   if redis.call('EXISTS', KEYS[4]) == 0 then return {3} end
   redis.call('PERSIST', KEYS[4])
-  redis.call('HSET', KEYS[5], p.id, 0)
 end
+if KEYS[5] then redis.call('HSET', KEYS[5], p.id, 0) end
 for part, _ in pairs(p.g) do redis.call('HSET', KEYS[3], part, p.id) end
 return {1}

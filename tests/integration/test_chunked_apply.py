@@ -1,7 +1,8 @@
 """Micro-batches applied in chunks of bounded cost (streams/chunked.py) on real Redis: the same
 state as one script per batch, and exactly once when the worker dies between two chunks, whether
 it is then restarted (a real ``kill -9``, compared with the in-memory oracle) or keeps sending its
-chunks while another finishes the batch from its write-ahead copy.
+chunks while another finishes the batch from its write-ahead copy; on Redis Cluster, a slot's
+group over the budget applied in parts, once each across a crash between two of them.
 """
 
 from __future__ import annotations
@@ -15,19 +16,25 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
+from driftrec.chaos.stack import LocalRedisCluster
+from driftrec.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.keys import Keys
 from driftrec.publisher import publish_events
+from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.userstate import decode_fields
 from models.online import InMemoryState
 from streams import chunked
+from streams.cluster_state import ClusterRedisState, guard_key
 from streams.forget import Forgetter
 from streams.processor import BatchProcessor, DeadLetter, RawRecord
 from streams.published import FactorCache, pack_factors
 from streams.redis_state import RedisState
 from tests.integration.test_overlap import batches, dump, prefixes, publish_model, records  # noqa: F401
+from tests.integration.test_redis_cluster import _records as cluster_records
 from tests.integration.test_write_path_guarantees import (
     _applied,
     _close,
@@ -273,3 +280,57 @@ def test_kill_9_between_two_chunks_then_restart_equals_the_oracle(settings: Sett
         assert times == oracle.hist[user]
     assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
     assert _redis_offsets(r, s) == oracle.offsets
+
+
+def test_cluster_slot_groups_over_the_budget_are_applied_in_parts_once_across_a_crash(
+        cluster: LocalRedisCluster) -> None:
+    """Redis Cluster: the ``{g}`` slot's group (popularity, trending, categories of a whole batch)
+    is applied in parts of bounded cost, each with a guard field of its own; a process that dies
+    between two parts leaves the rest to the next load."""
+    s = Settings(redis_url=cluster.url, kafka_bootstrap_servers="unused:1", key_prefix="clparts",
+                 clicks_topic="clicks", apply_chunk_cost=SMALL)
+    keys = Keys(s.key_prefix)
+    records = cluster_records(3000, seed=8)
+    sync = sync_client(s.redis)
+
+    def raw(rs: list[TopicRecord]) -> list[RawRecord]:
+        return [RawRecord(s.clicks_topic, r.partition, r.offset, r.value) for r in rs]
+
+    def state(client: Any) -> ClusterRedisState:
+        return ClusterRedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
+                                 neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=SMALL)
+
+    async def run() -> int:
+        client = async_client(s.redis, socket_timeout=10)
+
+        async def sink(dead: Any) -> None:
+            raise AssertionError(dead)
+
+        first = state(client)
+        await BatchProcessor(s, first, sink).process(raw(records[:1000]))
+        dying = state(client)
+
+        async def dies(batch_id: str, groups: list[tuple[str, bytes]], finish: Any) -> None:
+            g = guard_key(keys, key_slot(keys.popularity.encode()))
+            parts = [j for j, (guard, _) in enumerate(groups) if guard == g]
+            assert len(parts) > 3, "the {g} slot's group is cut into parts"
+            await dying._scripts(dying._slot, [([guard], [p]) for guard, p in groups[:parts[2]]])
+            raise Crash()
+        dying._complete = dies  # type: ignore[method-assign]
+        with pytest.raises(Crash):
+            await BatchProcessor(s, dying, sink).process(raw(records[1000:2000]))
+        again = state(client)
+        for i in range(1000, len(records), 700):
+            await BatchProcessor(s, again, sink).process(raw(records[i: i + 700]))
+        await client.aclose()
+        return again.recovered
+
+    assert asyncio.run(run()) == 1
+    g = guard_key(keys, key_slot(keys.popularity.encode()))
+    assert any(b"#" in f for f in sync.hkeys(g)), "parts past the first have guard fields of their own"
+    snap = read_redis(sync, keys)
+    views, _ = views_of(records, s.event_types)
+    cmp = compare(snap, build_oracle(s, views, float(snap.meta["landmark"])), s)
+    assert cmp.equal, cmp.as_dict()
+    assert snap.applied == len(records)
+    sync.close()

@@ -38,11 +38,11 @@ def _ops(seed: int) -> tuple[list[str], list[list[Any]]]:
     return keys, ops
 
 
-def _atoms(names: list[str], rows: list[list[Any]]) -> list[tuple[Any, ...]]:
+def _atoms(names: list[str], rows: list[list[Any]], o: int = 0) -> list[tuple[Any, ...]]:
     """Each op as its elements ``(key, op, element)`` (a vector, a SET or a DEL as one element)."""
     out: list[tuple[Any, ...]] = []
     for index, kind, _, flat in rows:
-        key, step = names[index - 1], {"z": 2, "s": 2, "x": 1}.get(kind)
+        key, step = names[index - 1 - o], {"z": 2, "s": 2, "x": 1}.get(kind)
         if step is None:
             out.append((key, kind, tuple(flat)))
         else:
@@ -57,34 +57,35 @@ def test_chunks_keep_every_op_in_order_within_the_budget() -> None:
         for budget in (50, 300, 800, 5000):
             chunks = cut_ops(keys, ops, budget)
             got = []
-            for names, rows in chunks:
-                assert [r[0] for r in rows] == list(range(1, len(names) + 1))
+            for o, names, rows in chunks:
+                # The ops keep their batch-wide index, the keys are the slice after o.
+                assert sorted({r[0] for r in rows}) == list(range(o + 1, o + len(names) + 1))
                 cost = sum(op_cost(kind, cap, flat) for _, kind, cap, flat in rows)
                 # Over the budget only: one vector op alone (it cannot be split).
                 assert cost <= budget or (len(rows) == 1 and rows[0][1] == "v"), (budget, cost, rows[0][1])
-                got += _atoms(names, rows)
+                got += _atoms(names, rows, o)
             assert got == want
-            assert max(len(rows) for _, rows in chunks) > 1 or budget == 50
+            assert max(len(rows) for _, _, rows in chunks) > 1 or budget == 50
 
 
 def test_a_split_sorted_set_op_is_cut_to_its_bound_once_at_the_end() -> None:
     flat = [x for m in range(1000) for x in (f"m{m}", 1.0)]
     chunks = cut_ops(["row", "other"], [[1, "z", 50, flat], [2, "z", 50, ["a", 1.0]]], 200)
-    caps = [row[2] for names, rows in chunks for row in rows if names[row[0] - 1] == "row"]
+    caps = [row[2] for o, names, rows in chunks for row in rows if names[row[0] - 1 - o] == "row"]
     assert len(caps) > 3 and caps[:-1] == [0] * (len(caps) - 1) and caps[-1] == -50
-    assert [row[2] for names, rows in chunks for row in rows if names[row[0] - 1] == "other"] == [50]
+    assert [row[2] for o, names, rows in chunks for row in rows if names[row[0] - 1 - o] == "other"] == [50]
     # An unbounded set's parts stay unbounded; hash writes are split by field pairs.
     for kind in ("z", "s"):
-        caps = [row[2] for _, rows in cut_ops(["k"], [[1, kind, 0, flat]], 200) for row in rows]
+        caps = [row[2] for _, _, rows in cut_ops(["k"], [[1, kind, 0, flat]], 200) for row in rows]
         assert set(caps) == {0} and len(caps) > 3
-    for _, rows in cut_ops(["k"], [[1, "s", 0, flat]], 200):
+    for _, _, rows in cut_ops(["k"], [[1, "s", 0, flat]], 200):
         assert len(rows[0][3]) % 2 == 0
 
 
 def test_a_tiny_budget_still_makes_progress() -> None:
     flat = [x for m in range(10) for x in (f"m{m}", 1.0)]
     chunks = cut_ops(["k"], [[1, "z", 5, flat]], 1)
-    assert len(chunks) == 10 and [c[1][0][2] for c in chunks] == [0] * 9 + [-5]
+    assert len(chunks) == 10 and [c[2][0][2] for c in chunks] == [0] * 9 + [-5]
     assert op_cost("z", 5, flat[:2]) == OP_COST + chunked.PER_ELEMENT["z"]
 
 
