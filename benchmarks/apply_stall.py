@@ -240,12 +240,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--phases", nargs="+", default=["backlog", "live"], choices=["backlog", "live"])
     ap.add_argument("--redis-nice", type=int, help="run Redis at this nice value (e.g. -10; needs root)")
+    ap.add_argument("--no-aof", action="store_true", help="turn the local stack's AOF off (CONFIG SET appendonly no)")
     ap.add_argument("--out", type=Path, default=RESULTS / "apply_stall.json")
     args = ap.parse_args()
     machine = benchinfo.machine(("redis", "faust", "aiokafka"))
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with services() as base:
         _renice(redis.Redis.from_url(base.redis), args.redis_nice)
+        if args.no_aof:
+            redis.Redis.from_url(base.redis).config_set("appendonly", "no")
         for rnd in range(args.rounds):
             costs = args.chunk_costs if rnd % 2 == 0 else list(reversed(args.chunk_costs))
             for cost in costs:
@@ -268,7 +271,7 @@ def main() -> None:
     } for phase, rows in by_phase.items()} for cost, by_phase in runs.items()}
     out = {"summary": summary, "runs": runs, "shop": SHOP, "factors": args.factors, "events": args.events,
            "rate": args.rate, "seconds": args.seconds, "slowlog_log_slower_than_us": SLOWLOG_US,
-           "redis_nice": args.redis_nice,
+           "redis_nice": args.redis_nice, "aof": not args.no_aof,
            "machine": machine, "commit": benchinfo.commit(),
            "command": "python benchmarks/apply_stall.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)

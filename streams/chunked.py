@@ -65,8 +65,11 @@ PER_ELEMENT = {"z": 1.6, "Z": 3.3, "s": 0.6, "x": 0.5, "v": 0.12}
 PER_OP = {"t": 2.3, "d": 3.0, "v": 2.0}
 #: Rows bounded below this many members stay listpacks (Redis' ``zset-max-listpack-entries``).
 _LISTPACK = 128
-#: Load cost units per user item HASH read whole, per vector read (``load_batch.lua``).
-LOAD_COST = {"hk": 6.0, "uk": 1.5, "ik": 1.5}
+#: Load cost units per user item HASH read whole (and packed into the reply), per user vector
+#: and per item vector read (``load_batch.lua``; ``benchmarks/chunk_cost.py``: ~1.5 µs a user
+#: HASH, ~3.9 with its vector, ~2.5 an item vector, replayed alone; these are near the 90th
+#: percentiles).
+LOAD_COST = {"hk": 2.5, "uk": 2.5, "ik": 3.5}
 #: Milliseconds a write-ahead copy stored ahead of its begin lives unless the begin keeps it.
 COPY_TTL_MS = 600_000
 #: Script reply codes of begin / finish (``begin_batch.lua``, ``finish_batch.lua``).
