@@ -23,7 +23,9 @@ command, by script name, and how many passed 1 and 2 ms; ``INFO latencystats`` o
 reader's command waits for Redis (plus this process' own scheduling, on the same two cores).
 On a machine whose two cores also run Kafka, the worker, the publisher and other work, SLOWLOG's
 wall-clock durations include the time Redis was not scheduled at all; ``--redis-nice -10`` runs
-Redis at that priority (root), as a Redis with a core of its own would see its commands.
+Redis at that priority (root), and ``--pin`` puts Redis on CPU 0 and Kafka, the worker, the
+publisher and this process on CPU 1: closer to what a Redis with a core of its own sees (other
+processes on the machine still run where they like).
 """
 
 from __future__ import annotations
@@ -119,6 +121,12 @@ def _reset(r: redis.Redis) -> None:
 def _renice(r: redis.Redis, nice: int | None) -> None:
     if nice is not None:
         os.setpriority(os.PRIO_PROCESS, int(r.info("server")["process_id"]), nice)
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def _stalls(r: redis.Redis, names: dict[str, str]) -> dict[str, Any]:
@@ -240,6 +248,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--phases", nargs="+", default=["backlog", "live"], choices=["backlog", "live"])
     ap.add_argument("--redis-nice", type=int, help="run Redis at this nice value (e.g. -10; needs root)")
+    ap.add_argument("--pin", action="store_true", help="Redis on CPU 0, everything this starts on CPU 1")
     ap.add_argument("--no-aof", action="store_true", help="turn the local stack's AOF off (CONFIG SET appendonly no)")
     ap.add_argument("--out", type=Path, default=RESULTS / "apply_stall.json")
     args = ap.parse_args()
@@ -247,6 +256,14 @@ def main() -> None:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with services() as base:
         _renice(redis.Redis.from_url(base.redis), args.redis_nice)
+        if args.pin:
+            from write_path import _service_pids
+
+            pids = _service_pids(base, redis.Redis.from_url(base.redis))
+            _pin(pids["redis"] or 0, {0})
+            if pids["kafka"]:
+                _pin(pids["kafka"], {1})
+            os.sched_setaffinity(0, {1})  # this process, and the worker and publisher it starts
         if args.no_aof:
             redis.Redis.from_url(base.redis).config_set("appendonly", "no")
         for rnd in range(args.rounds):
@@ -271,7 +288,7 @@ def main() -> None:
     } for phase, rows in by_phase.items()} for cost, by_phase in runs.items()}
     out = {"summary": summary, "runs": runs, "shop": SHOP, "factors": args.factors, "events": args.events,
            "rate": args.rate, "seconds": args.seconds, "slowlog_log_slower_than_us": SLOWLOG_US,
-           "redis_nice": args.redis_nice, "aof": not args.no_aof,
+           "redis_nice": args.redis_nice, "aof": not args.no_aof, "pinned": args.pin,
            "machine": machine, "commit": benchinfo.commit(),
            "command": "python benchmarks/apply_stall.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
