@@ -61,7 +61,7 @@ class Services(Protocol):
 class Fault:
     """``worker_kill9`` / ``redis_kill9`` / ``redis_rollback`` fire at a share ``at`` of the events
     applied, ``kafka_stop`` at a share of the events published; ``hold_s`` is how long the service
-    stays down (for ``redis_rollback``: how many applied scripts the AOF loses)."""
+    stays down (for ``redis_rollback``: how many applied batches the AOF loses)."""
 
     kind: str
     at: float

@@ -126,10 +126,10 @@ class PrivateStack:
         """Start Redis again (it replays its AOF) and wait until it answers."""
         self.stack.up(timeout_s)
 
-    def drop_aof_tail(self, transactions: int) -> int:
-        """Cut the last ``transactions`` MULTI/EXEC blocks (one per applied script) off the AOF
-        of a stopped Redis: what an OS crash loses with ``appendfsync everysec``."""
-        return drop_aof_tail(self.stack.redis_dir, transactions)
+    def drop_aof_tail(self, batches: int) -> int:
+        """Cut the AOF of a stopped Redis back to before its last ``batches`` applied batches
+        (and whatever came after them): what an OS crash loses with ``appendfsync everysec``."""
+        return drop_aof_tail(self.stack.redis_dir, batches)
 
     def stop_kafka(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the broker (controlled shutdown) and wait for it to exit; SIGKILL if it hangs."""
@@ -148,20 +148,28 @@ class PrivateStack:
         os.kill(self.kafka_pid, signal.SIGSTOP if frozen else signal.SIGCONT)  # type: ignore[arg-type]
 
 
-def drop_aof_tail(redis_dir: Path, transactions: int) -> int:
-    """Truncate the newest incremental AOF before its last ``transactions`` MULTI blocks; returns
-    the bytes dropped. Scripts reach the AOF as their effects wrapped in MULTI/EXEC."""
+def drop_aof_tail(redis_dir: Path, batches: int) -> int:
+    """Truncate the newest incremental AOF before the last ``batches`` MULTI blocks that count
+    applied events; returns the bytes dropped.
+
+    Scripts reach the AOF as their effects wrapped in MULTI/EXEC. A batch's events are counted
+    (``HINCRBY ... applied_events``) by its last script: the one script of a batch applied whole,
+    or the finish of a batch applied in chunks (``streams/chunked.py``), whose begin and chunks
+    come before it. Counting those blocks loses ``batches`` whole applied batches, plus any
+    chunks of a batch still in flight after them, whatever the chunking.
+    """
     incr = sorted((redis_dir / "appendonlydir").glob("*.incr.aof"), key=lambda p: p.stat().st_mtime)
     if not incr:
         raise StackError(f"no incremental AOF under {redis_dir}")
     path = incr[-1]
     data = path.read_bytes()
     marker = b"*1\r\n$5\r\nMULTI\r\n"
-    cut = len(data)
-    for _ in range(transactions):
+    cut, found = len(data), 0
+    while found < batches:
         at = data.rfind(marker, 0, cut)
         if at < 0:
             break
+        found += b"applied_events" in data[at:cut]
         cut = at
     with open(path, "r+b") as fh:
         fh.truncate(cut)

@@ -37,8 +37,8 @@ class SharedKafkaPrivateRedis:
     def start_redis(self) -> None:
         self.redis_server.start()  # same port and folder: it replays its AOF
 
-    def drop_aof_tail(self, transactions: int) -> int:
-        return drop_aof_tail(self.redis_server.workdir, transactions)
+    def drop_aof_tail(self, batches: int) -> int:
+        return drop_aof_tail(self.redis_server.workdir, batches)
 
     def stop_kafka(self) -> None:
         raise AssertionError("the short chaos test must not stop the shared broker")
@@ -71,7 +71,7 @@ def test_worker_and_redis_killed_mid_stream_end_at_the_oracle(chaos_services: Sh
     redis_fault = r["faults"][1]
     assert redis_fault["applied_after_restart"] is not None
     assert redis_fault["applied_after_restart"] >= redis_fault["applied_before"]
-    # Then Redis lost acknowledged writes (its AOF's last five scripts, as an OS crash would):
+    # Then Redis lost acknowledged writes (its AOF's last five batches, as an OS crash would):
     # the worker read those records back from Kafka, so the end state above still holds.
     rollback = r["faults"][2]
     assert rollback["aof_bytes_dropped"] > 0 and rollback["applied_lost_by_restart"] > 0, rollback
