@@ -25,8 +25,6 @@ from driftrec.publisher import publish_events
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from driftrec.userstate import decode_fields
-from models.online import InMemoryState
 from streams import chunked
 from streams.cluster_state import ClusterRedisState, guard_key
 from streams.forget import Forgetter
@@ -37,12 +35,9 @@ from tests.integration.test_overlap import batches, dump, prefixes, publish_mode
 from tests.integration.test_redis_cluster import _records as cluster_records
 from tests.integration.test_write_path_guarantees import (
     _applied,
-    _close,
-    _read_topic,
     _redis_offsets,
-    _views,
     _wait,
-    _zset,
+    assert_state_is_the_oracles,
 )
 
 pytestmark = pytest.mark.integration
@@ -261,25 +256,7 @@ def test_kill_9_between_two_chunks_then_restart_equals_the_oracle(settings: Sett
     print(f"chunk crash test: killed with {at_kill} events applied and batch {batch_id} at chunk 7")
     _no_batch_in_flight(r, s)
 
-    oracle = InMemoryState.from_settings(s, user_items_k=s.history_len, user_cats_k=32,
-                                         landmark=float(r.hget(keys.meta, "landmark")))
-    views = sorted(_views(asyncio.run(_read_topic(s, s.clicks_topic, s.topic_partitions))),
-                   key=lambda v: (v.partition, v.offset))
-    for i in range(0, len(views), 1000):
-        oracle.process(views[i: i + 1000])
-    assert oracle.applied == len(events)
-    _close(_zset(r, keys.popularity), oracle.pop, "pop")
-    for cat, row in oracle.trend.items():
-        _close(_zset(r, keys.trending(cat)), row, f"trend:{cat}")
-    for item, row in oracle.cooc.items():
-        _close(_zset(r, keys.item_nbrs(item)), row, f"nbr:{item}")
-    for user in oracle.user_items:
-        times, weights = decode_fields(r.hgetall(keys.user_state(user)))
-        _close(weights, oracle.user_items[user], f"w:{user}")
-        _close(_zset(r, keys.user_cats(user)), oracle.user_cats[user], f"cats:{user}")
-        assert times == oracle.hist[user]
-    assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
-    assert _redis_offsets(r, s) == oracle.offsets
+    assert_state_is_the_oracles(r, s, keys, len(events))
 
 
 def test_cluster_slot_groups_over_the_budget_are_applied_in_parts_once_across_a_crash(

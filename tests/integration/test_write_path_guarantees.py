@@ -133,6 +133,31 @@ def _close(a: dict[str, float], b: dict[str, float], what: str) -> None:
         assert math.isclose(v, b[k], rel_tol=1e-9, abs_tol=1e-12), f"{what}[{k}]: {v} != {b[k]}"
 
 
+def assert_state_is_the_oracles(r: redis.Redis, s: Settings, keys: Keys, n_events: int) -> InMemoryState:
+    """Every key under ``s``'s prefix equals the in-process oracle fed the whole topic in order,
+    and the oracle applied all ``n_events`` (each exactly once); returns the oracle."""
+    oracle = InMemoryState.from_settings(s, user_items_k=s.history_len, user_cats_k=32,
+                                         landmark=float(r.hget(keys.meta, "landmark")))
+    views = sorted(_views(asyncio.run(_read_topic(s, s.clicks_topic, s.topic_partitions))),
+                   key=lambda v: (v.partition, v.offset))
+    for i in range(0, len(views), 1000):
+        oracle.process(views[i: i + 1000])
+    assert oracle.applied == n_events
+    _close(_zset(r, keys.popularity), oracle.pop, "pop")
+    for cat, row in oracle.trend.items():
+        _close(_zset(r, keys.trending(cat)), row, f"trend:{cat}")
+    for item, row in oracle.cooc.items():
+        _close(_zset(r, keys.item_nbrs(item)), row, f"nbr:{item}")
+    for user in oracle.user_items:
+        times, weights = decode_fields(r.hgetall(keys.user_state(user)))
+        _close(weights, oracle.user_items[user], f"w:{user}")
+        _close(_zset(r, keys.user_cats(user)), oracle.user_cats[user], f"cats:{user}")
+        assert times == oracle.hist[user]
+    assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
+    assert _redis_offsets(r, s) == oracle.offsets
+    return oracle
+
+
 async def _send_raw(s: Settings, rows: list[tuple[bytes | None, bytes]]) -> None:
     async with Publisher(s, validate=False) as pub:
         for key, value in rows:
@@ -280,26 +305,7 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(settings: Settings, sp
     print(f"crash test: killed at {at_kill} of {published_at_kill} published events, "
           f"caught up {time.monotonic() - t0:.1f}s after start")
 
-    oracle = InMemoryState.from_settings(s, user_items_k=s.history_len, user_cats_k=32,
-                                         landmark=float(r.hget(keys.meta, "landmark")))
-    views = sorted(_views(asyncio.run(_read_topic(s, s.clicks_topic, s.topic_partitions))),
-                   key=lambda v: (v.partition, v.offset))
-    for i in range(0, len(views), 1000):
-        oracle.process(views[i: i + 1000])
-    assert oracle.applied == len(events)
-
-    _close(_zset(r, keys.popularity), oracle.pop, "pop")
-    for cat, row in oracle.trend.items():
-        _close(_zset(r, keys.trending(cat)), row, f"trend:{cat}")
-    for item, row in oracle.cooc.items():
-        _close(_zset(r, keys.item_nbrs(item)), row, f"nbr:{item}")
-    for user in oracle.user_items:
-        times, weights = decode_fields(r.hgetall(keys.user_state(user)))
-        _close(weights, oracle.user_items[user], f"w:{user}")
-        _close(_zset(r, keys.user_cats(user)), oracle.user_cats[user], f"cats:{user}")
-        assert times == oracle.hist[user]
-    assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
-    assert _redis_offsets(r, s) == oracle.offsets
+    oracle = assert_state_is_the_oracles(r, s, keys, len(events))
 
     # User vectors: the fold-in of the final decayed weights, read at the user's newest event.
     Y = np.asarray(np.load(__import__("io").BytesIO(parts["item_factors"])), dtype=np.float64)
