@@ -24,12 +24,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.benchinfo import commit, machine
+from driftrec.datasets.base import shared_datasets_dir
 from models.batch import MODELS, create_model
 from models.offline import encode_ids, evaluate_model, load_ratings_table, stratified_split, to_csr
 
 logger = logging.getLogger("benchmarks.offline_models")
 
-DEFAULT_RATINGS = "/work/shared/datasets/ml-latest-small/ratings.csv"
+#: MovieLens beside the checkout (``$DRIFTREC_DATASETS`` or ``../shared/datasets``; docs/datasets.md).
+DEFAULT_RATINGS = str(shared_datasets_dir() / "ml-latest-small" / "ratings.csv")
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Validation grids. Kept small enough that the whole run stays near 5 minutes on 2 cores;
