@@ -31,8 +31,8 @@ test-integration: install ## Integration tests only
 	$(PY) -m pytest -q tests/integration
 
 lint: install ## ruff + mypy
-	$(VENV)/bin/ruff check driftrec streams models online tests benchmarks
-	$(VENV)/bin/mypy driftrec streams models online
+	$(VENV)/bin/ruff check driftrec tests benchmarks tools
+	$(VENV)/bin/mypy driftrec
 
 stop: ## Stop the local Kafka and Redis
 	$(DRIFTREC) stack down

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import processor_split  # noqa: E402
 from write_path import publish_random_model  # noqa: E402
 
-import streams.redis_state as redis_state  # noqa: E402
-from driftrec import benchinfo  # noqa: E402
+import driftrec.streams.redis_state as redis_state  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: How apply_ops.lua writes a sorted-set op; the variants here and in redis_floor.py replace it.

@@ -37,10 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec.chaos.poison import run_poison  # noqa: E402
-from driftrec.chaos.procs import commit, machine  # noqa: E402
-from driftrec.chaos.scenario import ChaosConfig, Fault, run_chaos  # noqa: E402
-from driftrec.chaos.stack import PrivateStack  # noqa: E402
+from tools.chaos.poison import run_poison  # noqa: E402
+from tools.chaos.procs import commit, machine  # noqa: E402
+from tools.chaos.scenario import ChaosConfig, Fault, run_chaos  # noqa: E402
+from tools.chaos.stack import PrivateStack  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ Redis (``--replays`` times, the least time kept: the cost without the processor 
 Each chunk's server time (``apply_chunk.lua``, ``INFO commandstats`` before and after it) is matched with what its payload
 holds: ops, sorted-set pairs, hash fields written and deleted, vector components, SETs, DELs.
 A least-squares fit of time on those counts gives the µs of each; the result also has how the
-model's estimate (:func:`streams.chunked.op_cost`) compares with the measured time, and the
+model's estimate (:func:`driftrec.streams.chunked.op_cost`) compares with the measured time, and the
 slowest chunk, begin, finish and load call. ``--chunk-cost 0`` records and replays one
 ``apply_batch.lua`` per batch instead (the apply before chunks): ``whole_batch_script_us``.
 """
@@ -40,13 +40,13 @@ import processor_split  # noqa: E402
 from apply_stall import SHOP  # noqa: E402
 from write_path import publish_random_model  # noqa: E402
 
-from driftrec import benchinfo  # noqa: E402
+from tools import benchinfo  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.simulator import ShopSimulator, wall_clock  # noqa: E402
-from streams import chunked  # noqa: E402
-from streams.processor import BatchProcessor, RawRecord  # noqa: E402
-from streams.published import FactorCache  # noqa: E402
-from streams.redis_state import RedisState  # noqa: E402
+from driftrec.streams import chunked  # noqa: E402
+from driftrec.streams.processor import BatchProcessor, RawRecord  # noqa: E402
+from driftrec.streams.published import FactorCache  # noqa: E402
+from driftrec.streams.redis_state import RedisState  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FEATURES = ("ops", "z_pairs", "s_fields", "x_fields", "v_components", "t_ops", "d_ops", "z_cuts")

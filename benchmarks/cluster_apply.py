@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/cluster_apply.py [--events 30000] [--out benchmarks/results/cluster_apply.json]
 
-No Kafka and no Faust: simulator records go straight to :class:`streams.processor.BatchProcessor`
+No Kafka and no Faust: simulator records go straight to :class:`driftrec.streams.processor.BatchProcessor`
 in batches of ``--batch`` (what the worker's micro-batches are), against a private
 ``redis-server`` and against three ``redis-server --cluster-enabled yes`` nodes joined with
 ``redis-cli --cluster create`` (all on this machine). Reports events/s, Redis CPU per 1,000
@@ -28,9 +28,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec.chaos.procs import commit, machine  # noqa: E402
-from driftrec.chaos.stack import LocalRedisCluster, PrivateRedis  # noqa: E402
-from driftrec.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of  # noqa: E402
+from tools.chaos.procs import commit, machine  # noqa: E402
+from tools.chaos.stack import LocalRedisCluster, PrivateRedis  # noqa: E402
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.redis_conn import async_client, cluster_nodes, is_cluster_url, sync_client  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
@@ -61,10 +61,10 @@ def _redis_cpu(url: str) -> float:
 
 
 def run(url: str, records: list[TopicRecord], batch: int) -> dict[str, Any]:
-    from streams.cluster_state import ClusterRedisState
-    from streams.processor import BatchProcessor, RawRecord
-    from streams.published import FactorCache
-    from streams.redis_state import RedisState
+    from driftrec.streams.cluster_state import ClusterRedisState
+    from driftrec.streams.processor import BatchProcessor, RawRecord
+    from driftrec.streams.published import FactorCache
+    from driftrec.streams.redis_state import RedisState
 
     s = Settings(redis_url=url, kafka_bootstrap_servers="unused:1", key_prefix="capply", clicks_topic="clicks")
     keys = Keys(s.key_prefix)

@@ -21,7 +21,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from driftrec.benchinfo import commit, machine
+from tools.benchinfo import commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,7 +57,7 @@ def _tuned(dataset: str) -> dict[str, Any] | None:
 def run_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     from driftrec.evaluate import PrequentialOptions, offline, prequential
     from driftrec.settings import Settings
-    from models.blend import BlendWeights
+    from driftrec.models.blend import BlendWeights
 
     tuned = _tuned(dataset) if args.tuned else None
     settings = Settings(**tuned["settings"]) if tuned else Settings()
@@ -198,7 +198,7 @@ def main() -> None:
         (args.out / "evaluation.md").write_text(markdown(report, plots))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("models.batch.als").setLevel(logging.WARNING)
+    logging.getLogger("driftrec.models.batch.als").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     report: dict[str, Any] = {"commit": commit(), "machine": machine(),
                               "command": "nice python benchmarks/evaluate.py " + " ".join(sys.argv[1:]),

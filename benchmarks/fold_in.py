@@ -7,9 +7,9 @@ One micro-batch of interleaved traffic folds ~1,600 distinct users in (2,000 eve
 history sizes n are drawn like such traffic: 80% of users 1-5 items, 15% 6-20, 5% 21-50
 (``history_len`` is 50), items Zipf-like over the catalogue, confidences ``alpha * w`` with
 alpha 2 and log-normal decayed weights (so both below and above 1). Random item factors
-(``N(0, 0.1)``) and λ = 0.1. ``old`` is :func:`models.foldin.fold_in_direct` (the worker's
+(``N(0, 0.1)``) and λ = 0.1. ``old`` is :func:`driftrec.models.foldin.fold_in_direct` (the worker's
 solve before the change: one stacked k x k solve, padded to the widest user), ``new`` is
-:func:`models.foldin.fold_in_many` with the model's ``Zz``. BLAS runs on one thread, as the
+:func:`driftrec.models.foldin.fold_in_many` with the model's ``Zz``. BLAS runs on one thread, as the
 worker does (``blas_threads``). Times are medians of ``--repeats`` calls, CPU seconds.
 """
 
@@ -29,8 +29,8 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec import benchinfo  # noqa: E402
-from models.foldin import fold_in_basis, fold_in_direct, fold_in_lowrank, fold_in_many  # noqa: E402
+from tools import benchinfo  # noqa: E402
+from driftrec.models.foldin import fold_in_basis, fold_in_direct, fold_in_lowrank, fold_in_many  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -35,9 +35,9 @@ from driftrec.events import TOMBSTONE_TYPE, fast_validate  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
-from models.online import BatchDelta, EventView  # noqa: E402
-from streams.forget import Forgetter  # noqa: E402
-from streams.gapfill import read_log  # noqa: E402
+from driftrec.models.online import BatchDelta, EventView  # noqa: E402
+from driftrec.streams.forget import Forgetter  # noqa: E402
+from driftrec.streams.gapfill import read_log  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

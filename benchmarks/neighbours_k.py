@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import processor_split  # noqa: E402
 import tune_live  # noqa: E402
 
-from driftrec import benchinfo  # noqa: E402
-from driftrec.chaos.memory import memory_usage  # noqa: E402
+from tools import benchinfo  # noqa: E402
+from tools.chaos.memory import memory_usage  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 
@@ -110,7 +110,7 @@ def speed(ks: list[int], events: int, rounds: int) -> dict[str, Any]:
 
 def quality(dataset: str, ks: list[int], max_windows: int) -> dict[str, Any]:
     from driftrec.live_eval import LiveRecommender
-    from models.prequential import run_prequential
+    from driftrec.models.prequential import run_prequential
 
     tuned = json.loads((RESULTS / TUNING[dataset]).read_text())
     name, events, start, mask = tune_live.warm_up_half(dataset, max_windows)

@@ -11,8 +11,8 @@ import random
 import time
 
 from driftrec.settings import Settings
-from models.decay import DecayPolicy, EventWeights
-from models.online import EventView, InMemoryState, plan_batch
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.online import EventView, InMemoryState, plan_batch
 
 
 def synthetic(n: int, users: int, items: int, seed: int) -> list[EventView]:

@@ -45,9 +45,9 @@ import orjson, redis, redis.asyncio as aioredis
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from streams.processor import BatchProcessor, RawRecord
-from streams.published import FactorCache
-from streams.redis_state import RedisState
+from driftrec.streams.processor import BatchProcessor, RawRecord
+from driftrec.streams.published import FactorCache
+from driftrec.streams.redis_state import RedisState
 
 port, n = int(sys.argv[1]), int(sys.argv[2])
 overlap, model = "overlap" in sys.argv[3:], "model" in sys.argv[3:]
@@ -67,7 +67,7 @@ async def main():
     sync = redis.Redis(port=port)
     if model:  # item factors for every item: the fold-in mode
         import numpy as np
-        from streams.published import pack_factors
+        from driftrec.streams.published import pack_factors
         y = np.random.default_rng(0).normal(0, 0.1, (len(sim.item_ids), s.factors))
         for part, blob in pack_factors(list(sim.item_ids), y, alpha=1.0,
                                        regularization=s.fold_in_regularization).items():

@@ -5,7 +5,7 @@ Usage: python benchmarks/processor_split.py [--events 150000] [--model] [--round
 
 Feeds the write-path benchmark's simulator clicks (5,000 users, 10,000 items, seed 7; ``--model``
 publishes item factors first, for the fold-in mode, else ISGD vectors) to
-:meth:`streams.processor.BatchProcessor.feed` in ``batch_max_events`` slices across 4 partitions,
+:meth:`driftrec.streams.processor.BatchProcessor.feed` in ``batch_max_events`` slices across 4 partitions,
 as the worker does, against a private ``redis-server`` (flushed before each round). Each step is
 timed by wrapping it (wall time, µs per event): ``parse`` (decoding and validation), ``load`` (the
 load script's round trip and the decoding of its reply, ISGD partner loads included),
@@ -59,13 +59,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from write_path import publish_random_model  # noqa: E402
 
-from driftrec import benchinfo  # noqa: E402
+from tools import benchinfo  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
-from streams.processor import BatchProcessor, RawRecord  # noqa: E402
-from streams.published import FactorCache  # noqa: E402
-from streams.redis_state import RedisState  # noqa: E402
+from driftrec.streams.processor import BatchProcessor, RawRecord  # noqa: E402
+from driftrec.streams.published import FactorCache  # noqa: E402
+from driftrec.streams.redis_state import RedisState  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -308,7 +308,7 @@ async def one_round(port: int, rows: list[bytes], item_ids: list[str], model: bo
 
 def plan_ceiling(port: int, rows: list[bytes], item_ids: list[str], model: bool) -> dict[str, Any]:
     """One recorded and one replayed round (see ``--plan-ceiling``)."""
-    import streams.processor as processor
+    import driftrec.streams.processor as processor
 
     real = processor.plan_batch
     recorded: list[Any] = []

@@ -5,7 +5,7 @@ Usage: python benchmarks/reader_ann.py [--items 10000 1000000] [--requests 400]
 
 For each catalogue size a synthetic model at ``driftrec train``'s default sizes (128 ALS
 factors, one 256-wide TF hidden layer, a 10,000-user nearest-user pool) is published as parts
-and loaded with :func:`online.model_cache.build_model` three ways:
+and loaded with :func:`driftrec.online.model_cache.build_model` three ways:
 
 ``exact_all``
     exact scans of every item (``scan_items`` None, no index);
@@ -54,10 +54,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec import benchinfo  # noqa: E402
+from tools import benchinfo  # noqa: E402
 from driftrec.settings import load_settings  # noqa: E402
-from online.ann import ann_config  # noqa: E402
-from online.model_cache import PARTS, PublishedModel, build_model  # noqa: E402
+from driftrec.online.ann import ann_config  # noqa: E402
+from driftrec.online.model_cache import PARTS, PublishedModel, build_model  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader_ann")
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from driftrec.benchinfo import commit, machine  # noqa: E402
+from tools.benchinfo import commit, machine  # noqa: E402
 
 CHILD = r'''
 import os, sys
@@ -42,7 +42,7 @@ os.environ.update(REDIS_URL=f"redis://127.0.0.1:{port}/0", DRIFTREC_KEY_PREFIX="
 import online
 assert online.__file__.startswith(root), online.__file__
 from driftrec.settings import Settings
-from online.app import create_app
+from driftrec.online.app import create_app
 app = create_app(Settings(), refresh_snapshot=True)
 rec = app.state.recommender
 

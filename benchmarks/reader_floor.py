@@ -7,19 +7,19 @@ The reader target is p99 <= 5 ms at >= 2,000 req/s per reader process: at most 0
 core per recommendation. This benchmark measures how much of that budget the prescribed parts
 take *before* any recommendation logic, on the reader benchmark's shop (``benchmarks/reader.py``:
 10k items, 50k users, a published model with TF arrays, in a private ``redis-server``). One
-``driftrec serve``-like process (the real app from :func:`online.app.create_app`, uvicorn with
+``driftrec serve``-like process (the real app from :func:`driftrec.online.app.create_app`, uvicorn with
 uvloop and httptools, BLAS on one thread, ``tune_gc``) gets extra routes, one per stage, each
 doing a prefix of what a recommendation does with the real code:
 
 ``http``
     Starlette + uvicorn + the reader's middleware answer ``{"items": []}`` (no Redis).
 ``read``
-    ``http`` plus the first round trip: :meth:`online.store.ReaderStore.read_user` (meta,
+    ``http`` plus the first round trip: :meth:`driftrec.online.store.ReaderStore.read_user` (meta,
     model version, the user's HASH and vector, decoded), the one read a recommendation cannot skip.
 ``reads``
     ``read`` plus the second round trip the item-item source needs, whose keys come from the
     first answer: the neighbour rows of the user's recent items
-    (:meth:`online.store.ReaderStore.read_expansion`, no row cache, no similar users).
+    (:meth:`driftrec.online.store.ReaderStore.read_expansion`, no row cache, no similar users).
 ``scans``
     ``read`` plus the three exact scans of the catalogue the issue asks for (the user vector
     against the item factors, the TF model's output layer, the nearest-user pool), each with its
@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import reader as bench  # noqa: E402
 
-from driftrec.benchinfo import commit, cpu_jitter, machine  # noqa: E402
+from tools.benchinfo import commit, cpu_jitter, machine  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader_floor")
 
@@ -80,9 +80,9 @@ def serve(port: int) -> None:
     from starlette.routing import Route
 
     from driftrec.settings import load_settings
-    from models.candidates import user_recent
-    from online.app import create_app, tune_gc
-    from online.http import json_response
+    from driftrec.models.candidates import user_recent
+    from driftrec.online.app import create_app, tune_gc
+    from driftrec.online.http import json_response
 
     settings = load_settings()
     app = create_app(settings)

@@ -2,10 +2,10 @@
 
 Usage: python benchmarks/rescale.py [--events 100000] [--out benchmarks/results/rescale.json]
 
-No Kafka and no Faust: simulator records go straight to :class:`streams.processor.BatchProcessor`
+No Kafka and no Faust: simulator records go straight to :class:`driftrec.streams.processor.BatchProcessor`
 against a private ``redis-server`` (AOF everysec, as the local stack runs it), which builds a state
 of ``--events`` clicks (2,000 users, 5,000 items). Then one landmark move
-(:func:`streams.rescale.run_rescale`, what the worker runs every ~14 half-lives of event time) is
+(:func:`driftrec.streams.rescale.run_rescale`, what the worker runs every ~14 half-lives of event time) is
 timed: wall seconds, Redis CPU, keys rewritten by kind, and the same per key, which is what scales
 to a production keyspace (docs/capacity.md). The state is checked against the oracle moved the same
 way, bit for bit.
@@ -27,20 +27,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cluster_apply import _records, _redis_cpu  # noqa: E402
-from driftrec.chaos.procs import commit, machine  # noqa: E402
-from driftrec.chaos.stack import PrivateRedis  # noqa: E402
-from driftrec.chaos.state import build_oracle, compare, read_redis, views_of  # noqa: E402
+from tools.chaos.procs import commit, machine  # noqa: E402
+from tools.chaos.stack import PrivateRedis  # noqa: E402
+from tools.chaos.state import build_oracle, compare, read_redis, views_of  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.redis_conn import async_client, sync_client  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
-from models.decay import DecayPolicy  # noqa: E402
+from driftrec.models.decay import DecayPolicy  # noqa: E402
 
 
 def run(url: str, events: int, batch: int) -> dict[str, Any]:
-    from streams.processor import BatchProcessor, RawRecord
-    from streams.published import FactorCache
-    from streams.redis_state import RedisState
-    from streams.rescale import run_rescale
+    from driftrec.streams.processor import BatchProcessor, RawRecord
+    from driftrec.streams.published import FactorCache
+    from driftrec.streams.redis_state import RedisState
+    from driftrec.streams.rescale import run_rescale
 
     records = _records(events)
     s = Settings(redis_url=url, kafka_bootstrap_servers="unused:1", key_prefix="rescale", clicks_topic="clicks")

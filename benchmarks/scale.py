@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec.chaos.procs import commit, machine  # noqa: E402
-from driftrec.chaos.scale import run_scale  # noqa: E402
-from driftrec.chaos.stack import PrivateStack  # noqa: E402
+from tools.chaos.procs import commit, machine  # noqa: E402
+from tools.chaos.scale import run_scale  # noqa: E402
+from tools.chaos.stack import PrivateStack  # noqa: E402
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec import benchinfo  # noqa: E402
+from tools import benchinfo  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
@@ -517,7 +517,7 @@ def model_shape(s: Settings, version: str) -> dict[str, Any]:
     """Factors of the published ALS model, the TF hidden width and the item count, read with the
     project's own model reader (chunked parts joined)."""
     from driftrec.training.runner import make_publisher
-    from online.model_cache import decode_array
+    from driftrec.online.model_cache import decode_array
 
     parts = make_publisher(s).read_version(version)
     y = decode_array(parts.get("item_factors"), "item_factors")

@@ -22,14 +22,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from driftrec.benchinfo import commit
+from tools.benchinfo import commit
 from driftrec.evaluate import PrequentialOptions, _publish, load_stream
 from driftrec.live_eval import LiveRecommender
 from driftrec.settings import Settings
-from models.baselines import Interactions, RawCooccurrenceRecommender
-from models.blend import SOURCES, BlendWeights
-from models.decay import EventWeights
-from models.prequential import run_prequential, scored_mask
+from driftrec.models.baselines import Interactions, RawCooccurrenceRecommender
+from driftrec.models.blend import SOURCES, BlendWeights
+from driftrec.models.decay import EventWeights
+from driftrec.models.prequential import run_prequential, scored_mask
 
 DAY = 86400.0
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -59,13 +59,13 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driftrec import benchinfo  # noqa: E402
-from driftrec.chaos.scale import cpu_s  # noqa: E402
+from tools import benchinfo  # noqa: E402
+from tools.chaos.scale import cpu_s  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings, load_settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
-from streams.published import pack_factors  # noqa: E402
+from driftrec.streams.published import pack_factors  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -305,9 +305,9 @@ async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], su
     does, else one after another (``process``)."""
     import redis.asyncio as aioredis
 
-    from streams.processor import BatchProcessor, RawRecord
-    from streams.published import FactorCache
-    from streams.redis_state import RedisState
+    from driftrec.streams.processor import BatchProcessor, RawRecord
+    from driftrec.streams.published import FactorCache
+    from driftrec.streams.redis_state import RedisState
 
     worker_keys = Keys(s.key_prefix)
     s = s.model_copy(update={"key_prefix": s.key_prefix + suffix})
@@ -375,13 +375,13 @@ def noop_agent(n: int, variant: str) -> None:
 
     Variants: ``take_events`` (Faust's stream, batched by ``take_events``), ``events_noack`` (the
     stream's events with acks off, batched here and acked after the batch), ``batches`` (the
-    worker's :class:`~streams.batch_consumer.BatchConsumer`: whole fetches, no per-event stream);
+    worker's :class:`~driftrec.streams.batch_consumer.BatchConsumer`: whole fetches, no per-event stream);
     ``+uvloop`` runs it on uvloop, ``+quiet`` swaps Faust's Monitor for one that records nothing.
     """
     from faust.sensors import Monitor
     from faust.worker import Worker
 
-    from streams.app import create_app
+    from driftrec.streams.app import create_app
 
     if "uvloop" in variant:
         import mode.loop
@@ -392,7 +392,7 @@ def noop_agent(n: int, variant: str) -> None:
     if variant.startswith("batches"):
         app = create_app(s)
     else:
-        from streams.app import faust_settings
+        from driftrec.streams.app import faust_settings
 
         conf = faust_settings(s)
         if "quiet" in variant:
@@ -440,7 +440,7 @@ def noop_agent(n: int, variant: str) -> None:
                     count(len(buf))
                     buf.clear()
         else:
-            from streams.batch_consumer import BatchConsumer
+            from driftrec.streams.batch_consumer import BatchConsumer
 
             consumer: BatchConsumer = app.consumer  # type: ignore[assignment]
             async for batch in consumer.batches(stream, s.batch_max_events):

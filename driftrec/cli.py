@@ -67,8 +67,8 @@ def stack_status() -> None:
 def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run the Faust worker: clicks topic -> Redis."""
     from driftrec.runtime import ensure_services
-    from streams.agents import build_worker
-    from streams.app import create_app
+    from driftrec.streams.agents import build_worker
+    from driftrec.streams.app import create_app
 
     # Log the wait for Kafka; Faust sets up its own logging later, so our handler goes again.
     before = list(logging.getLogger().handlers)
@@ -81,7 +81,7 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     from driftrec.errors import StoreFormatError
     from driftrec.keys import Keys
     from driftrec.redis_conn import sync_client
-    from streams.redis_state import check_score_format
+    from driftrec.streams.redis_state import check_score_format
 
     try:
         check_score_format(sync_client(s.redis, socket_timeout=10, socket_connect_timeout=5), Keys(s.key_prefix))
@@ -106,7 +106,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         os.environ.setdefault(var, "1")
     import uvicorn
 
-    from online.app import create_app, tune_gc
+    from driftrec.online.app import create_app, tune_gc
 
     s = _settings()
     reader = create_app(s)
@@ -337,7 +337,7 @@ def evaluate(
     try:
         if protocol == "prequential":
             from driftrec.evaluate import PrequentialOptions, prequential
-            from models.blend import BlendWeights
+            from driftrec.models.blend import BlendWeights
 
             opts = PrequentialOptions(max_windows=max_windows or None, max_events=max_events,
                                       batch_size=batch_size, tf=not no_tf, hourly_both=hourly_both)

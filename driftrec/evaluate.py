@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from driftrec.settings import Settings
-from models.blend import SOURCES, BlendWeights
-from models.decay import EventWeights
-from models.online import EventView
-from models.prequential import (
+from driftrec.models.blend import SOURCES, BlendWeights
+from driftrec.models.decay import EventWeights
+from driftrec.models.online import EventView
+from driftrec.models.prequential import (
     PrequentialResult,
     Recommender,
     event_views,
@@ -107,10 +107,10 @@ def load_stream(dataset: str | Path, max_events: int | None = None) -> tuple[str
 def _publish(settings: Settings, warm: Any, options: PrequentialOptions) -> tuple[Any, Any, Any]:
     """Train ALS (and the TF next-items network) on the warm-up and publish them as one version."""
     from driftrec.live_eval import LiveModel, publish_parts
-    from models.batch.registry import create_model
+    from driftrec.models.batch.registry import create_model
 
     x = warm.matrix()
-    from models.batch.als import ALSModel
+    from driftrec.models.batch.als import ALSModel
 
     als = ALSModel(**options.als).fit(x, seed=options.seed)
     users = [u for u, _ in sorted(warm.users.items(), key=lambda kv: kv[1])]
@@ -135,8 +135,8 @@ def tune_batch_models(warm: Sequence[EventView], settings: Settings, options: Pr
     protocol with a single refit. The better of the best ALS and the best item-kNN becomes the
     hourly batch model.
     """
-    from models.baselines import Interactions, top_unseen
-    from models.batch.registry import create_model
+    from driftrec.models.baselines import Interactions, top_unseen
+    from driftrec.models.batch.registry import create_model
 
     cut = int(len(warm) * (1 - holdout))
     data = Interactions(EventWeights(settings.event_weights))
@@ -183,7 +183,7 @@ def build_methods(settings: Settings, events: Sequence[EventView], start: int,
     can score them together; ``hourly`` names the hourly models to run.
     """
     from driftrec.live_eval import LiveRecommender
-    from models.baselines import (
+    from driftrec.models.baselines import (
         HourlyBatchRecommender,
         Interactions,
         ISGDRecommender,
@@ -191,7 +191,7 @@ def build_methods(settings: Settings, events: Sequence[EventView], start: int,
         RawCooccurrenceRecommender,
         StaticModelRecommender,
     )
-    from models.batch.registry import create_model
+    from driftrec.models.batch.registry import create_model
 
     ew = EventWeights(settings.event_weights)
     warm = Interactions(ew)
@@ -326,7 +326,7 @@ def _table(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Path]:
     """(users, items, timestamps, file) of a ratings file, or of any event log ``load_any`` reads."""
     from driftrec.datasets import detect_layout, load_any
     from driftrec.datasets.base import shared_datasets_dir
-    from models.offline import load_ratings_table
+    from driftrec.models.offline import load_ratings_table
 
     p = Path(path)
     if not p.exists():
@@ -350,8 +350,8 @@ def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn
     user's earliest 75 % train. Returns precision/recall/NDCG/MAP at ``k``, coverage and
     popularity bias per model.
     """
-    from models.batch.registry import create_model
-    from models.offline import encode_ids, evaluate_model, stratified_split, time_split, to_csr
+    from driftrec.models.batch.registry import create_model
+    from driftrec.models.offline import encode_ids, evaluate_model, stratified_split, time_split, to_csr
 
     users, items, ts, p = _table(path)
     u, _ = encode_ids(users)

@@ -1,11 +1,11 @@
 """The live recommender in-process: the worker's updates on an InMemoryState, the reader's reads, blend().
 
 The evaluation must score exactly what production serves. So this module calls the worker's
-maths (:meth:`models.online.InMemoryState.plan` / ``apply`` — the reference of the Lua
-script — and :func:`streams.vectors.plan_fold_in` for user vectors), holds the published model
-in the reader's own class (:class:`online.model_cache.PublishedModel`), gathers
-:class:`models.blend.Candidates` the way ``online.recommender.Recommender._for_user`` reads
-Redis, and ranks with :func:`models.blend.blend`. Only the I/O is replaced by dict reads.
+maths (:meth:`driftrec.models.online.InMemoryState.plan` / ``apply`` — the reference of the Lua
+script — and :func:`driftrec.streams.vectors.plan_fold_in` for user vectors), holds the published model
+in the reader's own class (:class:`driftrec.online.model_cache.PublishedModel`), gathers
+:class:`driftrec.models.blend.Candidates` the way ``online.recommender.Recommender._for_user`` reads
+Redis, and ranks with :func:`driftrec.models.blend.blend`. Only the I/O is replaced by dict reads.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import numpy as np
 import numpy.typing as npt
 
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, blend
-from models.candidates import (
+from driftrec.models.blend import BlendWeights, Candidates, blend
+from driftrec.models.candidates import (
     MAX_TRENDING_READ,
     PER_SIMILAR_USER,
     assemble,
     trending_depth,
     user_recent,
 )
-from models.online import EventView, InMemoryState
+from driftrec.models.online import EventView, InMemoryState
 
 __all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
 
@@ -69,9 +69,9 @@ class LiveModel:
     """One published version, decoded by the worker's and by the reader's own loaders."""
 
     def __init__(self, version: str, parts: dict[str, bytes], settings: Settings) -> None:
-        from online.ann import ann_config
-        from online.model_cache import PARTS, build_model
-        from streams.published import unpack_factors
+        from driftrec.online.ann import ann_config
+        from driftrec.online.model_cache import PARTS, build_model
+        from driftrec.streams.published import unpack_factors
 
         self.version = version
         self.parts = parts
@@ -180,7 +180,7 @@ class LiveRecommender:
             self._top.reset()
         delta = st.plan(events)
         if self.model is not None and delta.hist and events[-1].offset >= self.publish_offset:
-            from streams.vectors import plan_fold_in
+            from driftrec.streams.vectors import plan_fold_in
 
             users = delta.hist.keys()
             stored = {u: list(st.user_items.get(u, {}).items()) for u in users}

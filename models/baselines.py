@@ -11,11 +11,11 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from models.batch.base import BatchModel
-from models.cooccurrence import top_k
-from models.decay import DecayPolicy, EventWeights
-from models.factors import init_vector, isgd_update
-from models.online import EventView, InMemoryState
+from driftrec.models.batch.base import BatchModel
+from driftrec.models.cooccurrence import top_k
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.factors import init_vector, isgd_update
+from driftrec.models.online import EventView, InMemoryState
 
 __all__ = [
     "Interactions",
@@ -159,8 +159,8 @@ class HourlyBatchRecommender:
     for hours in which a known user asks, which gives the answers fitting every hour would.
 
     For ``itemknn`` the whole item-item table is not needed: a user's scores use only the rows
-    of their own items, and :func:`models.batch.knn.topk_cosine` — the call
-    :class:`~models.batch.knn.ItemKNNModel` makes — computes each row independently, so the
+    of their own items, and :func:`driftrec.models.batch.knn.topk_cosine` — the call
+    :class:`~driftrec.models.batch.knn.ItemKNNModel` makes — computes each row independently, so the
     rows of the asking users' items give the fitted model's numbers. ``schedule`` (hour start →
     users who will ask in that hour; who asks, never what they click) lets one call cover every
     asking user of the hour; without it each user costs one call. Other kinds are fitted whole.
@@ -211,8 +211,8 @@ class HourlyBatchRecommender:
         known = [u for u in users if self._known(u) is not None]
         template = self.make_model()
         if self.kind == "itemknn":
-            from models.batch.knn import topk_cosine
-            from models.batch.weighting import Weighting
+            from driftrec.models.batch.knn import topk_cosine
+            from driftrec.models.batch.weighting import Weighting
 
             items_t = Weighting.fit(getattr(template, "weighting_kind", "none"), x).apply(x).T.tocsr()
             sub = x[rows]
@@ -287,8 +287,8 @@ class RawCooccurrenceRecommender:
 class ISGDRecommender:
     """Incremental SGD matrix factorisation for positive-only feedback (Vinagre et al., 2014).
 
-    One :func:`models.factors.isgd_update` per event; new users and items start from
-    :func:`models.factors.init_vector`; a user is scored against every item met so far.
+    One :func:`driftrec.models.factors.isgd_update` per event; new users and items start from
+    :func:`driftrec.models.factors.init_vector`; a user is scored against every item met so far.
     """
 
     def __init__(self, factors: int = 32, lr: float = 0.05, reg: float = 0.01, seed: int = 0,

@@ -119,7 +119,7 @@ def recent_items(decayed: Sequence[tuple[str, float]], newest_first: Sequence[st
 def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float], dict[str, str]]:
     """Σ over recent items r of weight(r) · sim(r, j), and the recent item that gave most to j.
 
-    ``sim`` is :func:`models.cooccurrence.similarity`, inlined with each item's square-root norm
+    ``sim`` is :func:`driftrec.models.cooccurrence.similarity`, inlined with each item's square-root norm
     computed once (the same floating-point operations, so the same values): this loop runs
     ``recent × neighbours`` times per request.
     """

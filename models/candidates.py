@@ -1,7 +1,7 @@
-"""What one recommendation reads, turned into :class:`models.blend.Candidates`: the reader and the evaluation share it.
+"""What one recommendation reads, turned into :class:`driftrec.models.blend.Candidates`: the reader and the evaluation share it.
 
 The reader (``online/recommender.py``) gathers its inputs from Redis and the published model; the
-prequential evaluation (``driftrec/live_eval.py``) from :class:`models.online.InMemoryState`.
+prequential evaluation (``driftrec/live_eval.py``) from :class:`driftrec.models.online.InMemoryState`.
 Both hand them to these functions, so the choice of recent items, the decay of every stored
 score to one ``now``, the similar-users scores and the depth of each read are one piece of code.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from models.blend import Candidates, recent_items
-from models.decay import DecayPolicy
+from driftrec.models.blend import Candidates, recent_items
+from driftrec.models.decay import DecayPolicy
 
 __all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "similar_user_scores",
            "assemble"]
@@ -47,7 +47,7 @@ def user_recent(stored: Iterable[tuple[str, float]], history: Sequence[tuple[str
         The stream's event time of the read.
     policy : DecayPolicy
     k, order : int, str
-        ``reader_recent_items`` and ``reader_recent_order`` (:func:`models.blend.recent_items`).
+        ``reader_recent_items`` and ``reader_recent_order`` (:func:`driftrec.models.blend.recent_items`).
     context : sequence of str
         Session items the caller knows of and the stream does not yet: the most recent of all,
         weighted as the strongest stored item.

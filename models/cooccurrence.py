@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from models.decay import DecayPolicy
+from driftrec.models.decay import DecayPolicy
 
 __all__ = [
     "window_partners",

@@ -1,6 +1,6 @@
 """Batched implicit-ALS fold-in: many users against one model, by a direct or a low-rank solve.
 
-Both give :func:`models.factors.fold_in` for every user (up to rounding) and the result for a
+Both give :func:`driftrec.models.factors.fold_in` for every user (up to rounding) and the result for a
 user depends on that user's rows and confidences only, never on the other users of the call.
 
 With ``A0 = YᵀY + λI`` and a user's distinct rows ``Y_u`` (n × k) and confidences ``c``::
@@ -79,7 +79,7 @@ def _pad(Yz: F64, rows: Rows, confs: Confs, width: int) -> tuple[npt.NDArray[np.
 
 
 def fold_in_direct(Yz: F64, YtY: F64, rows: Rows, confs: Confs, reg: float) -> F64:
-    """:func:`models.factors.fold_in` for many users, one stacked k × k solve (the reference).
+    """:func:`driftrec.models.factors.fold_in` for many users, one stacked k × k solve (the reference).
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 Popularity, trending and co-occurrence are sums over events, and co-occurrence only pairs an
 event with earlier events *of the same user* (per-user windows). So the part of those sums one
-user put in is exactly what :func:`models.online.plan_batch` produces for that user's events
+user put in is exactly what :func:`driftrec.models.online.plan_batch` produces for that user's events
 alone, starting from an empty history, at the current landmark (forward-decay scores are relative
 to the landmark, and a rescale multiplies every stored score alike, so the share planned at
 today's landmark equals what is stored). A ``forget_user`` tombstone empties the user's history,
@@ -10,7 +10,7 @@ so the user's events split into segments at their tombstones; each tombstone tak
 segment that ends with it, once (the batch that applies the tombstone carries the negated share,
 behind the same offset guard).
 
-:class:`ForgettingState` is :class:`models.online.InMemoryState` with a per-user event log, so it
+:class:`ForgettingState` is :class:`driftrec.models.online.InMemoryState` with a per-user event log, so it
 subtracts on forget as the worker does (the worker reads the log back from Kafka instead).
 """
 
@@ -22,8 +22,8 @@ from operator import attrgetter
 from typing import Any
 
 from driftrec.events import TOMBSTONE_TYPE
-from models.decay import DecayPolicy, EventWeights
-from models.online import FORGET_RESIDUE, BatchDelta, EventView, InMemoryState, plan_batch
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.online import FORGET_RESIDUE, BatchDelta, EventView, InMemoryState, plan_batch
 
 __all__ = ["events_to_forget", "forget_share", "subtract_share", "ForgettingState"]
 
@@ -93,7 +93,7 @@ def forget_share(
 ) -> BatchDelta:
     """What ``events`` added to popularity, trending and co-occurrence, at ``landmark``.
 
-    :func:`models.online.plan_batch` of the events alone: empty histories (a segment starts
+    :func:`driftrec.models.online.plan_batch` of the events alone: empty histories (a segment starts
     after a tombstone or at the user's first event), no offset guard (they were applied before,
     or are in the batch being planned). Events too far past ``landmark`` to have been applied
     at it are left out (logged): they never reached the store.
@@ -107,7 +107,7 @@ def forget_share(
     landmark : float
         The batch's landmark.
     window, window_s, history_len : int, float, int
-        As for :func:`models.online.plan_batch`.
+        As for :func:`driftrec.models.online.plan_batch`.
 
     Returns
     -------

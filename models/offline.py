@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from driftrec.errors import ModelError
 
 if TYPE_CHECKING:
-    from models.batch.base import BatchModel
+    from driftrec.models.batch.base import BatchModel
 
 __all__ = [
     "catalogue_coverage",

@@ -12,8 +12,8 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from driftrec.events import TOMBSTONE_TYPE
-from models.cooccurrence import similarity, top_k
-from models.decay import SCORE_SCALE, DecayPolicy, EventWeights, quantise
+from driftrec.models.cooccurrence import similarity, top_k
+from driftrec.models.decay import SCORE_SCALE, DecayPolicy, EventWeights, quantise
 
 __all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState", "FORGET_RESIDUE"]
 
@@ -51,7 +51,7 @@ class BatchDelta:
     tombstone: delete that user's keys first, then apply the increments listed for the user
     (they come from events after the tombstone). :func:`plan_batch` leaves the item-level
     aggregates the user added before; the worker adds their negated share to ``pop``, ``trend``
-    and ``cooc`` (:func:`models.forget.subtract_share`), so an increment ``<= 0`` there is a
+    and ``cooc`` (:func:`driftrec.models.forget.subtract_share`), so an increment ``<= 0`` there is a
     subtraction (see :meth:`InMemoryState.apply`).
     """
 
@@ -126,7 +126,7 @@ def plan_batch(
         The stored forward-decay landmark. It must not need moving for any event of the batch
         (check :meth:`DecayPolicy.needs_rescale` with the batch's latest time first).
     window, window_s : int, float
-        Co-occurrence window (:func:`models.cooccurrence.window_partners`).
+        Co-occurrence window (:func:`driftrec.models.cooccurrence.window_partners`).
     history_len : int
         Entries kept in a user's history.
 

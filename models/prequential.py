@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.online import EventView
+from driftrec.models.online import EventView
 
 __all__ = [
     "Recommender",

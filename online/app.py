@@ -21,23 +21,23 @@ from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client
 from driftrec.settings import Settings
-from models.blend import BlendWeights
-from models.decay import DecayPolicy
-from online.ann import ann_config
-from online.errors import EXCEPTION_HANDLERS
-from online.ingest import EventSink, KafkaSink
-from online.metrics import MetricsMiddleware, ReaderMetrics
-from online.model_cache import ModelCache
-from online.openapi import openapi_document
-from online.recommender import Recommender
-from online.resp import RespPool
-from online.routes_events import event_routes
-from online.routes_ops import ops_routes
-from online.routes_recs import recommendation_routes
-from online.routes_users import user_routes
-from online.served import ServedRecorder
-from online.snapshot import TrendingSnapshot
-from online.store import ReaderStore
+from driftrec.models.blend import BlendWeights
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.ann import ann_config
+from driftrec.online.errors import EXCEPTION_HANDLERS
+from driftrec.online.ingest import EventSink, KafkaSink
+from driftrec.online.metrics import MetricsMiddleware, ReaderMetrics
+from driftrec.online.model_cache import ModelCache
+from driftrec.online.openapi import openapi_document
+from driftrec.online.recommender import Recommender
+from driftrec.online.resp import RespPool
+from driftrec.online.routes_events import event_routes
+from driftrec.online.routes_ops import ops_routes
+from driftrec.online.routes_recs import recommendation_routes
+from driftrec.online.routes_users import user_routes
+from driftrec.online.served import ServedRecorder
+from driftrec.online.snapshot import TrendingSnapshot
+from driftrec.online.store import ReaderStore
 
 __all__ = ["create_app", "create_store", "configured_weights", "tune_gc"]
 

@@ -88,7 +88,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return json_error(500, "internal", "internal error")
 
 
-#: Starlette ``exception_handlers`` for :func:`online.app.create_app`.
+#: Starlette ``exception_handlers`` for :func:`driftrec.online.app.create_app`.
 EXCEPTION_HANDLERS = {
     DriftrecError: _on_driftrec_error,
     HTTPException: _on_http_error,

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from driftrec.errors import InvalidRequestError
-from online.errors import Forbidden, PayloadTooLarge, Unauthorized
+from driftrec.online.errors import Forbidden, PayloadTooLarge, Unauthorized
 
 __all__ = ["json_response", "require_api_key", "read_body"]
 

@@ -10,7 +10,7 @@ from typing import Protocol
 from driftrec.events import ClickEvent
 from driftrec.publisher import Publisher
 from driftrec.settings import Settings
-from online.errors import Unavailable
+from driftrec.online.errors import Unavailable
 
 __all__ = ["EventSink", "KafkaSink"]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from online.rowcache import RowCache
+from driftrec.online.rowcache import RowCache
 
 __all__ = ["ReaderMetrics", "MetricsMiddleware"]
 
@@ -63,7 +63,7 @@ class ReaderMetrics:
         child[1].observe(seconds)
 
     def count_served(self, outcome: str, n: int) -> None:
-        """Records of served answers by outcome (:class:`online.served.ServedRecorder`)."""
+        """Records of served answers by outcome (:class:`driftrec.online.served.ServedRecorder`)."""
         self.served_records.labels(outcome).inc(n)
 
     def watch(self, snapshot_age: Callable[[], float | None], model_version: Callable[[], str | None],

@@ -37,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from driftrec.errors import ModelError
-from models.factors import fold_in
-from online.ann import AnnConfig, AnnIndex, top_of
+from driftrec.models.factors import fold_in
+from driftrec.online.ann import AnnConfig, AnnIndex, top_of
 
 __all__ = ["PublishedModel", "ModelCache", "decode_ids", "decode_array", "build_model", "PARTS"]
 
@@ -101,7 +101,7 @@ class PublishedModel:
     ``benchmarks/reader_floor.py``), so the pool is what bounds a request on a large catalogue.
 
     With :meth:`build_indexes` (``Settings.reader_ann``), each scan of at least
-    ``AnnConfig.min_rows`` rows is replaced by an HNSW search (:mod:`online.ann`) for
+    ``AnnConfig.min_rows`` rows is replaced by an HNSW search (:mod:`driftrec.online.ann`) for
     ``overfetch × n`` candidates, re-scored exactly from the same arrays and cut to ``n``: the
     scores are the exact scan's, the candidate set approximate, and a request's cost grows far
     slower than the catalogue (``benchmarks/reader_ann.py``: 1.9x from 10,000 to 1,000,000 random

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from models.blend import SOURCES
-from online.params import ID_PATTERN
+from driftrec.models.blend import SOURCES
+from driftrec.online.params import ID_PATTERN
 
 __all__ = ["openapi_document"]
 

@@ -1,7 +1,7 @@
 """Gathers every source's candidates from Redis and the published model, then calls ``blend``.
 
-The ranking itself is :func:`models.blend.blend`, the function the evaluation runs too; this
-module only reads, decays everything to one ``now`` and fills :class:`models.blend.Candidates`.
+The ranking itself is :func:`driftrec.models.blend.blend`, the function the evaluation runs too; this
+module only reads, decays everything to one ``now`` and fills :class:`driftrec.models.blend.Candidates`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 import redis.exceptions
 
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, Scored, blend
-from models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
-from models.decay import DecayPolicy
-from online.model_cache import ModelCache
-from online.rowcache import RowCache
-from online.snapshot import TrendingSnapshot
-from online.store import Pairs, ReaderStore
+from driftrec.models.blend import BlendWeights, Candidates, Scored, blend
+from driftrec.models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.model_cache import ModelCache
+from driftrec.online.rowcache import RowCache
+from driftrec.online.snapshot import TrendingSnapshot
+from driftrec.online.store import Pairs, ReaderStore
 
 __all__ = ["Answer", "Recommender", "STORE_DOWN"]
 

@@ -150,7 +150,7 @@ class RespPool:
         Connections kept open between batches.
     resp3 : bool
         Speak RESP3 (``HELLO 3``): scores arrive as doubles, ``WITHSCORES`` replies as
-        ``[member, score]`` pairs and hashes as dicts (:func:`online.store.pairs` reads both).
+        ``[member, score]`` pairs and hashes as dicts (:func:`driftrec.online.store.pairs` reads both).
     """
 
     def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from online.http import json_response
-from online.metrics import ReaderMetrics
-from online.model_cache import ModelCache
-from online.recommender import STORE_DOWN
-from online.snapshot import TrendingSnapshot
-from online.store import ReaderStore
+from driftrec.online.http import json_response
+from driftrec.online.metrics import ReaderMetrics
+from driftrec.online.model_cache import ModelCache
+from driftrec.online.recommender import STORE_DOWN
+from driftrec.online.snapshot import TrendingSnapshot
+from driftrec.online.store import ReaderStore
 
 __all__ = ["ops_routes"]
 

@@ -13,13 +13,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from driftrec.errors import InvalidRequestError
-from models.blend import SOURCES, BlendWeights
-from online.admission import Admission
-from online.http import json_response
-from online.metrics import ReaderMetrics
-from online.params import category_param, check_id, id_list_param, int_param, reject_unknown
-from online.recommender import Answer, Recommender
-from online.served import ServedRecorder
+from driftrec.models.blend import SOURCES, BlendWeights
+from driftrec.online.admission import Admission
+from driftrec.online.http import json_response
+from driftrec.online.metrics import ReaderMetrics
+from driftrec.online.params import category_param, check_id, id_list_param, int_param, reject_unknown
+from driftrec.online.recommender import Answer, Recommender
+from driftrec.online.served import ServedRecorder
 
 __all__ = ["recommendation_routes", "STRATEGIES", "SIMILAR_STRATEGY", "parse_weights"]
 

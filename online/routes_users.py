@@ -12,11 +12,11 @@ from starlette.routing import Route
 
 from driftrec.events import TOMBSTONE_TYPE, ClickEvent, validate_event
 from driftrec.settings import Settings
-from online.http import json_response, require_api_key
-from online.ingest import EventSink
-from online.metrics import ReaderMetrics
-from online.params import check_id, int_param, reject_unknown
-from online.store import ReaderStore
+from driftrec.online.http import json_response, require_api_key
+from driftrec.online.ingest import EventSink
+from driftrec.online.metrics import ReaderMetrics
+from driftrec.online.params import check_id, int_param, reject_unknown
+from driftrec.online.store import ReaderStore
 
 __all__ = ["user_routes", "tombstone"]
 

@@ -10,7 +10,7 @@ own state (history, weights, vector) is never cached: their own click shows in t
 
 Rows hold stored forward-decayed scores, which are relative to the decay landmark; a row read
 under another landmark than the request's is a miss (a landmark moves rarely: see
-:meth:`models.decay.DecayPolicy.needs_rescale`).
+:meth:`driftrec.models.decay.DecayPolicy.needs_rescale`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from driftrec.keys import Keys
-from models.blend import Scored
+from driftrec.models.blend import Scored
 
 __all__ = ["ServedRecorder", "STRATEGY_FIELD", "SERVED_TTL_S"]
 

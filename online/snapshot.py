@@ -14,8 +14,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from models.decay import DecayPolicy
-from online.store import Meta, Pairs, ReaderStore
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.store import Meta, Pairs, ReaderStore
 
 __all__ = ["TrendingSnapshot"]
 

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from driftrec import modelblobs
 from driftrec.keys import Keys
 from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
-from models.decay import read_factor
-from online.resp import RespPool
+from driftrec.models.decay import read_factor
+from driftrec.online.resp import RespPool
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
 
@@ -54,7 +54,7 @@ class Meta:
 
     def factor(self, rate: float) -> float:
         """``exp(−λ (now − L)) / S``: multiplies a stored forward score (whole units of
-        1/:data:`~models.decay.SCORE_SCALE`) into its value at ``now``."""
+        1/:data:`~driftrec.models.decay.SCORE_SCALE`) into its value at ``now``."""
         return read_factor(rate, self.landmark, self.now)
 
 
@@ -123,7 +123,7 @@ class ReaderStore:
     """What the reader reads; every method is one Redis round trip.
 
     ``client`` decodes replies to ``str`` (hiredis does it in C); ``blob_client`` returns bytes,
-    for published model arrays. ``fast`` (a :class:`online.resp.RespPool` on the same server),
+    for published model arrays. ``fast`` (a :class:`driftrec.online.resp.RespPool` on the same server),
     when given, carries the per-request pipelines; without it they go through ``client``.
     Either way every command is sent raw and its reply parsed here.
     """
@@ -173,7 +173,7 @@ class ReaderStore:
 
         ``trend_key`` None leaves trending out (the caller has it from the snapshot). The
         vector's float32 bytes arrive as text decoded with ``surrogateescape`` (see
-        :func:`online.app.create_store`), which turns back into the exact bytes.
+        :func:`driftrec.online.app.create_store`), which turns back into the exact bytes.
         """
         k = self.keys
         cmds = [self._meta_cmd(), ["GET", k.model_current], ["HGETALL", k.user_state(user)],

@@ -3,7 +3,7 @@
 ``concurrency=1`` on purpose: with more, a crash can lose a message (faust issue #606), and one
 writer per partition is what makes a user's state safe to update without locks.
 
-Batches: the app's consumer is a :class:`~streams.batch_consumer.BatchConsumer`, which hands the
+Batches: the app's consumer is a :class:`~driftrec.streams.batch_consumer.BatchConsumer`, which hands the
 agent each fetch from aiokafka's ``getmany`` as lists of records (at most ``batch_max_events``),
 instead of Faust's per-event stream (``take_events``). Faust's per-message path (a ``wait_first``
 with two tasks per message in the fetcher, an ``Event`` and a queue hop per message, sensors and
@@ -44,14 +44,14 @@ from driftrec.blas import limit_blas_threads
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
-from streams import metrics
-from streams.batch_consumer import Batch, BatchConsumer
-from streams.cluster_state import ClusterRedisState
-from streams.forget import Forgetter
-from streams.gapfill import KafkaGapFiller
-from streams.processor import BatchProcessor, DeadLetter
-from streams.published import FactorCache
-from streams.redis_state import RedisState
+from driftrec.streams import metrics
+from driftrec.streams.batch_consumer import Batch, BatchConsumer
+from driftrec.streams.cluster_state import ClusterRedisState
+from driftrec.streams.forget import Forgetter
+from driftrec.streams.gapfill import KafkaGapFiller
+from driftrec.streams.processor import BatchProcessor, DeadLetter
+from driftrec.streams.published import FactorCache
+from driftrec.streams.redis_state import RedisState
 
 __all__ = ["build_worker", "REASON_HEADER", "SOURCE_HEADER"]
 

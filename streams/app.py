@@ -7,7 +7,7 @@ from typing import Any
 import faust
 
 from driftrec.settings import Settings
-from streams.batch_consumer import BatchApp
+from driftrec.streams.batch_consumer import BatchApp
 
 __all__ = ["create_app", "faust_settings"]
 

@@ -7,7 +7,7 @@ an agent that only decodes at a few thousand events/s, while aiokafka's ``getman
 thousands of records per call. :class:`BatchConsumer` keeps everything else Faust does (the
 consumer group, rebalances, flow control, the commit timer, ``wait_empty`` on stop and revoke)
 but, for the topics registered with :meth:`BatchConsumer.batches`, passes each ``getmany`` result
-to the agent as lists of :class:`~streams.processor.RawRecord` (the gap users report in
+to the agent as lists of :class:`~driftrec.streams.processor.RawRecord` (the gap users report in
 robinhood/faust#563: Faust reads ~10x slower than a plain ``AIOKafkaConsumer``). The agent calls
 :meth:`Batch.applied` once Redis accepted a batch; only then can its offsets be committed.
 """
@@ -26,7 +26,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.processor import RawRecord
+from driftrec.streams.processor import RawRecord
 
 __all__ = ["Batch", "BatchConsumer", "BatchTransport", "BatchApp", "split_fetch"]
 
@@ -131,7 +131,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def upcoming(self) -> list[RawRecord] | None:
         """The records of the batch :meth:`batches` yields next, if one is fetched already and
-        still current (for :meth:`~streams.processor.BatchProcessor.feed` to parse ahead)."""
+        still current (for :meth:`~driftrec.streams.processor.BatchProcessor.feed` to parse ahead)."""
         batch = self._handoff.peek()
         if batch is None or batch.generation != self.app.consumer_generation_id:
             return None

@@ -2,7 +2,7 @@
 
 Redis runs one command at a time, so one script applying a whole batch (~50 µs of Redis per event,
 ~100 ms for 2,000 events) makes every reader request wait behind it. Here a batch's ops (the
-ops of ``apply_batch.lua``, built by :meth:`streams.redis_state.RedisState.prepare_apply`) are cut
+ops of ``apply_batch.lua``, built by :meth:`driftrec.streams.redis_state.RedisState.prepare_apply`) are cut
 into chunks whose estimated cost (:func:`op_cost`, in units of about a microsecond of Redis time on
 the 2-core dev machine) stays within a budget (setting ``apply_chunk_cost``), and sent as one
 pipeline on one connection:

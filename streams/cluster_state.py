@@ -7,7 +7,7 @@ the single-node pair of scripts (``load_batch.lua``, ``apply_batch.lua``) become
    offsets, the in-flight marks, the landmark, the live model version, the batch users'
    histories and the vectors or weights the batch needs. A batch of these partitions left in
    flight by a crash is finished first (step 5 from its write-ahead copy).
-2. **plan**: as on one node (:class:`streams.processor.BatchProcessor`, unchanged).
+2. **plan**: as on one node (:class:`driftrec.streams.processor.BatchProcessor`, unchanged).
 3. **begin**: the batch's write-ahead copy (every slot group's payload) by a plain ``SET`` with an
    expiry, then ``begin_batch.lua`` (slot of ``{g}``): the offsets still those the load saw, no
    other batch of these partitions in flight, the landmark unchanged; then the copy is made
@@ -40,10 +40,10 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from driftrec.keys import Keys
 from driftrec.userstate import pack_vector
-from models.online import BatchDelta
-from streams import chunked
-from streams.chunked import inflight_key, wal_key
-from streams.redis_state import (
+from driftrec.models.online import BatchDelta
+from driftrec.streams import chunked
+from driftrec.streams.chunked import inflight_key, wal_key
+from driftrec.streams.redis_state import (
     APPLIED,
     LANDMARK_MOVED,
     NO_USER_EXTRA,
@@ -56,7 +56,7 @@ from streams.redis_state import (
     lua_source,
     user_item_ops,
 )
-from streams.vectors import VectorPlan
+from driftrec.streams.vectors import VectorPlan
 
 __all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_key"]
 
@@ -221,7 +221,7 @@ class ClusterRedisState(RedisState):
     def _groups(self, ops: list[tuple[str, str, int, list[Any]]], ends: dict[str, str]) -> list[tuple[str, bytes]]:
         """(guard key, payload) of each slot's ops, in order; a slot whose ops cost more than the
         chunk budget (the ``{g}`` slot: popularity, trending, categories) in several parts of
-        bounded cost (:func:`streams.chunked.cut_ops`), in order. Part ``j`` > 0 is guarded by
+        bounded cost (:func:`driftrec.streams.chunked.cut_ops`), in order. Part ``j`` > 0 is guarded by
         the fields ``<topic>:<partition>#<j>`` of the slot's guard hash, so each part is applied
         once on its own."""
         by_slot: dict[int, tuple[list[str], list[list[Any]]]] = {}

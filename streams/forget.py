@@ -4,7 +4,7 @@ A ``forget_user`` tombstone is keyed by the user like their clicks, so it lands 
 partition after every click they sent before it. When a batch applies tombstones, the worker
 reads each victim's partition from the log start up to the tombstone, keeps the records whose
 message key is the victim's (compared as bytes: nothing else is parsed), parses them as the
-batch's records are parsed, and adds the negated share (:mod:`models.forget`) to the batch's
+batch's records are parsed, and adds the negated share (:mod:`driftrec.models.forget`) to the batch's
 delta. The subtraction therefore rides on the batch's own atomic apply and offset guard: a replay
 after a crash skips the tombstone by offset and never subtracts twice.
 
@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from driftrec.events import TOMBSTONE_TYPE
 from driftrec.settings import Settings
-from models.decay import DecayPolicy, EventWeights
-from models.forget import events_to_forget, forget_share, subtract_share
-from models.online import BatchDelta, EventView
-from streams import metrics
-from streams.gapfill import read_log
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.forget import events_to_forget, forget_share, subtract_share
+from driftrec.models.online import BatchDelta, EventView
+from driftrec.streams import metrics
+from driftrec.streams.gapfill import read_log
 
 __all__ = ["Forgetter", "LogReader"]
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 Rows = list[tuple[int, int, bytes | None]]
 #: Reads ``{partition: (start or None for the log start, end)}`` filtered by ``keys``; returns
-#: the rows and each partition's log start offset (:func:`streams.gapfill.read_log`).
+#: the rows and each partition's log start offset (:func:`driftrec.streams.gapfill.read_log`).
 LogReader = Callable[[Mapping[int, tuple[int | None, int]], Mapping[int, Collection[bytes]]],
                      Awaitable[tuple[Rows, dict[int, int]]]]
 #: The processor's parser: raw (partition, offset, value) rows to event views.
@@ -50,7 +50,7 @@ class Forgetter:
     settings : Settings
         Decay, weights and co-occurrence window, as the batch is planned with.
     reader : LogReader or None
-        Reads the clicks topic; default :func:`streams.gapfill.read_log` on ``settings``.
+        Reads the clicks topic; default :func:`driftrec.streams.gapfill.read_log` on ``settings``.
     """
 
     def __init__(self, settings: Settings, reader: LogReader | None = None) -> None:

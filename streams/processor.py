@@ -25,13 +25,13 @@ from aiokafka.errors import KafkaError
 from driftrec.errors import InvalidEventError
 from driftrec.events import TOMBSTONE_TYPE, fast_validate
 from driftrec.settings import Settings
-from models.decay import DecayPolicy, EventWeights
-from models.online import BatchDelta, EventView, plan_batch
-from streams import metrics
-from streams.forget import Forgetter
-from streams.gapfill import KafkaGapFiller, find_gaps
-from streams.published import FactorCache, PublishedFactors
-from streams.redis_state import (
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.online import BatchDelta, EventView, plan_batch
+from driftrec.streams import metrics
+from driftrec.streams.forget import Forgetter
+from driftrec.streams.gapfill import KafkaGapFiller, find_gaps
+from driftrec.streams.published import FactorCache, PublishedFactors
+from driftrec.streams.redis_state import (
     APPLIED,
     LANDMARK_MOVED,
     NO_USER_EXTRA,
@@ -41,7 +41,7 @@ from streams.redis_state import (
     PreparedApply,
     RedisState,
 )
-from streams.vectors import (
+from driftrec.streams.vectors import (
     ISGD_MODEL,
     VectorPlan,
     applied_events,
@@ -283,7 +283,7 @@ class BatchProcessor:
 
         A batch is planned while Redis still applies the one before it: its load goes to Redis
         ahead of that apply (so it cannot wait behind it), and for the keys that apply writes it
-        reads the values the apply leaves (:class:`streams.redis_state.Carry`, exact for one
+        reads the values the apply leaves (:class:`driftrec.streams.redis_state.Carry`, exact for one
         worker: a user's keys have one writer). The new batch is then *held*, planned but not
         sent, until the next ``feed`` sends it ahead of planning the batch after, or
         :meth:`flush` sends it. Anything unusual — the held batch not applied, a tombstone, a
@@ -444,7 +444,7 @@ class BatchProcessor:
     def _isgd_partners(self, views: list[EventView], ctx: BatchContext,
                        model: PublishedFactors | None) -> set[str]:
         """Items whose ISGD vectors the plan may borrow for a new item (see
-        :func:`~streams.vectors.isgd_partners_to_load`) that ``ctx`` lacks: a new item's
+        :func:`~driftrec.streams.vectors.isgd_partners_to_load`) that ``ctx`` lacks: a new item's
         co-clicked items are in the histories and the batch of the users who clicked it."""
         if not self._isgd(model):
             return set()

@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
-from models.foldin import fold_in_basis
-from streams import metrics
+from driftrec.models.foldin import fold_in_basis
+from driftrec.streams import metrics
 
 __all__ = ["PublishedFactors", "FactorCache", "pack_factors", "unpack_factors", "ISGD_MODEL", "PARTS"]
 
@@ -44,8 +44,8 @@ class PublishedFactors:
     """One published version's item factors, ready for fold-in.
 
     ``Yz`` is ``Y`` in float64 with one zero row appended: padded gathers index it with
-    ``n_items`` and pick up nothing (see :func:`models.foldin.fold_in_many`). ``Zz`` is
-    ``Yz (YᵀY + λI)⁻¹`` (:func:`models.foldin.fold_in_basis`; its last row is zero too), the
+    ``n_items`` and pick up nothing (see :func:`driftrec.models.foldin.fold_in_many`). ``Zz`` is
+    ``Yz (YᵀY + λI)⁻¹`` (:func:`driftrec.models.foldin.fold_in_basis`; its last row is zero too), the
     per-version part of the low-rank fold-in, or None where that matrix is singular; ``YZz``
     is ``[Yz | Zz]`` side by side, so the fold-in gathers a user's rows of both at once.
     """

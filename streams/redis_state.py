@@ -4,7 +4,7 @@ Two round trips per batch, whatever its size: ``lua/load_batch.lua`` reads the a
 the decay landmark, the live model version, the item HASH (history and fold-in weights) of every
 user in the batch and the vectors the batch needs; the apply writes every increment and vector
 together with the new offsets, effectively once: in chunks of bounded Redis cost behind a
-write-ahead copy (:mod:`streams.chunked`, one pipeline), or with ``chunk_cost`` 0 in one script,
+write-ahead copy (:mod:`driftrec.streams.chunked`, one pipeline), or with ``chunk_cost`` 0 in one script,
 ``lua/apply_batch.lua``, which refuses a batch whose expected offsets are no longer the stored
 ones. A user's item HASH has one writer (its partition), so the worker merges the batch into what
 it loaded and writes back only the changed entries (:func:`user_item_ops`). The payloads are
@@ -41,10 +41,10 @@ from driftrec.userstate import (
     split_state,
     unpack_vector,
 )
-from models.decay import SCORE_SCALE
-from models.online import BatchDelta, merge_user_items
-from streams import chunked, metrics
-from streams.vectors import VectorPlan
+from driftrec.models.decay import SCORE_SCALE
+from driftrec.models.online import BatchDelta, merge_user_items
+from driftrec.streams import chunked, metrics
+from driftrec.streams.vectors import VectorPlan
 
 __all__ = [
     "lua_source", "check_score_format",
@@ -59,7 +59,7 @@ APPLIED, STALE_OFFSETS, LANDMARK_MOVED = 1, 0, -1
 #: What the load reads per user beside the item HASH (which holds the fold-in weights too):
 #: ISGD vectors, or nothing (``USER_WEIGHTS`` reads nothing more).
 USER_WEIGHTS, USER_VECTORS, NO_USER_EXTRA = "w", "v", ""
-_LUA = resources.files("streams").joinpath("lua")
+_LUA = resources.files("driftrec.streams").joinpath("lua")
 
 
 def lua_source(name: str) -> str:
@@ -150,7 +150,7 @@ class Carry:
 @dataclass(frozen=True)
 class PreparedApply:
     """A batch's apply, built: ``apply_batch.lua``'s msgpack payload, or its chunks
-    (:class:`streams.chunked.ChunkedApply`, then ``payload`` is empty), and, when asked for,
+    (:class:`driftrec.streams.chunked.ChunkedApply`, then ``payload`` is empty), and, when asked for,
     its :class:`Carry`."""
 
     payload: bytes
@@ -196,7 +196,7 @@ def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext, history_len:
                   after: dict[str, tuple[dict[str, float], dict[str, float]]] | None = None,
                   ) -> list[tuple[str, str, list[Any]]]:
     """``(key, op, flat args)``: the writes that turn each batch user's stored item HASH into
-    its merge with ``delta`` (:func:`models.online.merge_user_items`): ``"s"`` HSET of the
+    its merge with ``delta`` (:func:`driftrec.models.online.merge_user_items`): ``"s"`` HSET of the
     changed entries, ``"x"`` HDEL of the entries both bounds dropped. A forgotten user's key is
     deleted first (by the caller's ``"d"``), so everything it has after the batch is written.
     ``after``, when given, receives each batch user's merged ``(times, weights)``: what the HASH
@@ -320,7 +320,7 @@ class RedisState:
         self.history_len = history_len
         self.neighbours_k = neighbours_k
         self.trending_k = trending_k
-        #: Budget of one apply chunk (:mod:`streams.chunked`); 0: each batch in one script.
+        #: Budget of one apply chunk (:mod:`driftrec.streams.chunked`); 0: each batch in one script.
         self.chunk_cost = chunk_cost
         self._apply = client.register_script(_APPLY_LUA)
         self._load = client.register_script(_LOAD_LUA)
@@ -385,7 +385,7 @@ class RedisState:
         """Run the load script; a function that decodes its reply into the :class:`BatchContext`.
 
         With a chunk budget, a batch's users and items are read by several calls of bounded cost
-        (:func:`streams.chunked.load_parts`), one after another so that other clients' commands
+        (:func:`driftrec.streams.chunked.load_parts`), one after another so that other clients' commands
         run between them. Only the first reads the offsets (and the in-flight marks, the landmark,
         the model version): a batch applied to these partitions after it moves them, and the
         apply's offset guard refuses a batch planned on what was read before that."""
@@ -505,7 +505,7 @@ class RedisState:
         """Send the apply script for ``prepared`` now; the returned future reads its reply.
 
         On a connection of its own, so the worker can load and plan the next batch while Redis
-        runs this one (streams/processor.py, :meth:`~streams.processor.BatchProcessor.feed`). The
+        runs this one (streams/processor.py, :meth:`~driftrec.streams.processor.BatchProcessor.feed`). The
         script is sent before this returns: anything sent to Redis afterwards runs after it
         (chunked: after its first chunk; this state's own loads wait for the last).
         """
@@ -565,7 +565,7 @@ class RedisState:
 
     async def rescale(self, policy: Any, old_landmark: float, t: float) -> bool:
         """Move the decay landmark up to event time ``t``, or finish a move another worker began
-        (:func:`streams.rescale.run_rescale`); False when another worker is at it."""
+        (:func:`driftrec.streams.rescale.run_rescale`); False when another worker is at it."""
         new_landmark = policy.next_landmark(t, old_landmark)
         return await self._run_rescale(plan=(new_landmark, policy.rescale_factor(old_landmark, new_landmark)),
                                        expect_landmark=old_landmark)
@@ -576,7 +576,7 @@ class RedisState:
         return await self._run_rescale(plan=None)
 
     async def _run_rescale(self, **kwargs: Any) -> bool:
-        from streams.rescale import run_rescale  # it builds on this module
+        from driftrec.streams.rescale import run_rescale  # it builds on this module
 
         return await run_rescale(self, self.rescaler_id, before_keys=self._before_rescale_keys, **kwargs)
 

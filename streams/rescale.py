@@ -26,7 +26,7 @@ from typing import Any
 from redis.crc import key_slot
 
 from driftrec.keys import Keys
-from streams.redis_state import _num, lua_source
+from driftrec.streams.redis_state import _num, lua_source
 
 __all__ = ["LEASE_S", "progress_key", "lease_key", "run_rescale"]
 
@@ -49,7 +49,7 @@ return 1"""
 
 def progress_key(keys: Keys, slot: int) -> str:
     """STRING ``<plan>\\n<key>``: the last key of this hash slot a rescale finished (in name order)."""
-    from streams.cluster_state import slot_tag  # cluster_state imports this module's neighbours
+    from driftrec.streams.cluster_state import slot_tag  # cluster_state imports this module's neighbours
 
     return f"{keys.prefix}:{{{slot_tag(slot)}}}:rescaled"
 
@@ -81,7 +81,7 @@ async def _acquire(client: Any, keys: Keys, owner: str) -> bool:
 async def run_rescale(state: Any, owner: str, *, plan: tuple[float, float] | None,
                       expect_landmark: float | None = None,
                       before_keys: Callable[[], Awaitable[None]] | None = None) -> bool:
-    """Rescale every decayed key of ``state`` (a :class:`~streams.redis_state.RedisState`) and move
+    """Rescale every decayed key of ``state`` (a :class:`~driftrec.streams.redis_state.RedisState`) and move
     the landmark; True when this call finished a rescale. ``owner`` names the worker in the lease
     (the same across its own retries, so a retry takes its lease back).
 

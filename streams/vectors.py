@@ -4,7 +4,7 @@ No I/O here: the processor hands in what the load read and gets back what the ap
 
 * **Fold-in** (a model is published): every user of the batch gets
   ``x_u = fold_in(Y, decayed weights of P:{u}:w after this batch)``, all users of the batch
-  solved together by :func:`models.foldin.fold_in_many` (low-rank, O(n² k) for n < k items).
+  solved together by :func:`driftrec.models.foldin.fold_in_many` (low-rank, O(n² k) for n < k items).
   The weights are read at the user's newest event time, which is a function of the user's own
   events only, and the solve of one user does not depend on the others, so a replay or a
   crash that cuts the stream into other batches ends at the same vector. Items outside the
@@ -25,11 +25,11 @@ import numpy as np
 import numpy.typing as npt
 
 from driftrec.events import TOMBSTONE_TYPE
-from models.decay import DecayPolicy, EventWeights
-from models.factors import cold_item_vector, init_vector
-from models.foldin import fold_in_many
-from models.online import BatchDelta, EventView
-from streams.published import ISGD_MODEL, PublishedFactors
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.factors import cold_item_vector, init_vector
+from driftrec.models.foldin import fold_in_many
+from driftrec.models.online import BatchDelta, EventView
+from driftrec.streams.published import ISGD_MODEL, PublishedFactors
 
 __all__ = [
     "VectorPlan",
@@ -75,7 +75,7 @@ def from_f32(raw: bytes | None, k: int) -> F64 | None:
 
 def applied_events(events: Iterable[EventView], applied_offsets: Mapping[int, int],
                    weights: EventWeights) -> list[EventView]:
-    """The events :func:`models.online.plan_batch` applies, in the order it applies them.
+    """The events :func:`driftrec.models.online.plan_batch` applies, in the order it applies them.
 
     Tombstones are included (they reset the user); events with no weight are not.
     """
@@ -176,7 +176,7 @@ def isgd_rounds(users: Sequence[int], items: Sequence[int]) -> list[int]:
 
 
 def isgd_many(U: F64, V: F64, users: Sequence[int], items: Sequence[int], lr: float, reg: float) -> None:
-    """:func:`models.factors.isgd_update` for a sequence of (user row, item row) events, in place.
+    """:func:`driftrec.models.factors.isgd_update` for a sequence of (user row, item row) events, in place.
 
     ``U`` holds user vectors, ``V`` item vectors (rows), both updated in place.
 
@@ -213,7 +213,7 @@ def plan_isgd(
 
     ``user_vecs`` / ``item_vecs`` map an id to its stored ``(vec bytes, model tag)``;
     ``item_vecs`` also holds the co-clicked items :func:`isgd_partners_to_load` asked for.
-    A user or item without an ISGD vector starts from :func:`models.factors.init_vector`, except
+    A user or item without an ISGD vector starts from :func:`driftrec.models.factors.init_vector`, except
     an item co-clicked with items that have one: it starts from their weighted mean.
     """
     plan = VectorPlan(ISGD_MODEL)

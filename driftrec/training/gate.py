@@ -7,13 +7,13 @@ Protocol (one gate run):
    the live model is never scored on events it was trained on.
 2. **Candidate.** The requested models are trained with the same recipe and seed on the events
    up to the cut, packed exactly as they would be published, and decoded with the reader's own
-   loader (:func:`online.model_cache.build_model`).
+   loader (:func:`driftrec.online.model_cache.build_model`).
 3. **Scoring.** Every holdout user with history before the cut is folded in as the reader does
    it: decayed weights at the cut, the ``history_len`` largest, ALS fold-in with the version's
    ``alpha``/``regularization`` (``vector`` source) and the TF forward pass (``tf`` source).
    Items of the user's history are never recommended and do not count as hits. Metrics at
    ``k``: hit rate (share of users with a hit) and nDCG with binary gains (the definition of
-   :func:`models.offline.ranking_metrics`).
+   :func:`driftrec.models.offline.ranking_metrics`).
 4. **Decision.** Published when there is no live model (or it cannot be read), else when every
    source both versions have scores at least ``live − margin`` on ``gate_metric``. Too few
    holdout users (``gate_min_users``) keeps the live model: nothing new enough to judge on.
@@ -36,10 +36,10 @@ from threadpoolctl import threadpool_limits
 
 from driftrec.training.clicklog import ClickLog
 from driftrec.training.matrix import build_interactions
-from models.batch.base import top_n
-from models.decay import DecayPolicy
-from models.foldin import fold_in_basis, fold_in_many
-from online.model_cache import PublishedModel
+from driftrec.models.batch.base import top_n
+from driftrec.models.decay import DecayPolicy
+from driftrec.models.foldin import fold_in_basis, fold_in_many
+from driftrec.online.model_cache import PublishedModel
 
 __all__ = ["Holdout", "SourceScore", "GateDecision", "make_holdout", "evaluate", "decide", "ndcg_at_k"]
 

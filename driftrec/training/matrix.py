@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from driftrec.errors import ModelError
 from driftrec.training.clicklog import ClickLog
-from models.decay import DecayPolicy
+from driftrec.models.decay import DecayPolicy
 
 __all__ = ["Interactions", "build_interactions", "MIN_WEIGHT"]
 

@@ -34,12 +34,12 @@ import redis
 from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
-from online.model_cache import PARTS as READER_PARTS
-from online.model_cache import PublishedModel, build_model, decode_array
-from streams.published import pack_factors, unpack_factors
+from driftrec.online.model_cache import PARTS as READER_PARTS
+from driftrec.online.model_cache import PublishedModel, build_model, decode_array
+from driftrec.streams.published import pack_factors, unpack_factors
 
 if TYPE_CHECKING:
-    from models.batch.base import BatchModel
+    from driftrec.models.batch.base import BatchModel
 
 __all__ = [
     "MANIFEST", "GATE_LOG_MAX", "PUBLISHABLE", "versions_key", "gate_log_key", "npy",

@@ -1,6 +1,6 @@
 """Batch recommenders behind one contract (:class:`BatchModel`) and their registry."""
 
-from models.batch.base import BatchModel, load_path
-from models.batch.registry import MODELS, create_model
+from driftrec.models.batch.base import BatchModel, load_path
+from driftrec.models.batch.registry import MODELS, create_model
 
 __all__ = ["MODELS", "BatchModel", "create_model", "load_path"]

@@ -10,8 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import as_interactions
-from models.batch.factor_base import FactorModel
+from driftrec.models.batch.base import as_interactions
+from driftrec.models.batch.factor_base import FactorModel
 
 __all__ = ["ALSModel", "fold_in_users"]
 

@@ -256,7 +256,7 @@ class BatchModel(abc.ABC):
         if version != FORMAT_VERSION:
             raise ModelError(f"export format {version} is not {FORMAT_VERSION}")
         if cls is BatchModel:
-            from models.batch.registry import MODELS  # local: the registry imports us
+            from driftrec.models.batch.registry import MODELS  # local: the registry imports us
 
             if name not in MODELS:
                 raise ModelError(f"unknown model {name!r}; known: {sorted(MODELS)}")

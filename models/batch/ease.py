@@ -12,7 +12,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel, as_interactions, csr_from_arrays, csr_to_arrays
+from driftrec.models.batch.base import BatchModel, as_interactions, csr_from_arrays, csr_to_arrays
 
 __all__ = ["EASEModel", "ease_weights"]
 

@@ -9,8 +9,8 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from models.batch.base import BatchModel
-from models.batch.weighting import Weighting
+from driftrec.models.batch.base import BatchModel
+from driftrec.models.batch.weighting import Weighting
 
 __all__ = ["FactorModel"]
 

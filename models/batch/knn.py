@@ -10,8 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel, as_interactions, csr_from_arrays, csr_to_arrays
-from models.batch.weighting import Weighting
+from driftrec.models.batch.base import BatchModel, as_interactions, csr_from_arrays, csr_to_arrays
+from driftrec.models.batch.weighting import Weighting
 
 __all__ = ["ItemKNNModel", "UserKNNModel", "topk_cosine"]
 

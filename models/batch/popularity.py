@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel, as_interactions
+from driftrec.models.batch.base import BatchModel, as_interactions
 
 __all__ = ["PopularityModel"]
 

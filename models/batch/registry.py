@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 from driftrec.errors import ModelError
-from models.batch.als import ALSModel
-from models.batch.base import BatchModel
-from models.batch.ease import EASEModel
-from models.batch.knn import ItemKNNModel, UserKNNModel
-from models.batch.popularity import PopularityModel
-from models.batch.svd import SVDModel
-from models.batch.tf_next import TFNextItemModel
+from driftrec.models.batch.als import ALSModel
+from driftrec.models.batch.base import BatchModel
+from driftrec.models.batch.ease import EASEModel
+from driftrec.models.batch.knn import ItemKNNModel, UserKNNModel
+from driftrec.models.batch.popularity import PopularityModel
+from driftrec.models.batch.svd import SVDModel
+from driftrec.models.batch.tf_next import TFNextItemModel
 
 __all__ = ["MODELS", "create_model"]
 

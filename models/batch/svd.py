@@ -11,8 +11,8 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from driftrec.errors import ModelError
-from models.batch.base import as_interactions
-from models.batch.factor_base import FactorModel
+from driftrec.models.batch.base import as_interactions
+from driftrec.models.batch.factor_base import FactorModel
 
 __all__ = ["SVDModel"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel, as_interactions, csr_from_arrays, csr_to_arrays
+from driftrec.models.batch.base import BatchModel, as_interactions, csr_from_arrays, csr_to_arrays
 
 __all__ = ["TFNextItemModel", "forward", "FULL_SOFTMAX_MAX_ITEMS"]
 
@@ -206,7 +206,7 @@ class TFNextItemModel(BatchModel):
             return nll
 
         if k_neg:
-            from models.batch.tf_sampled import build_sampled_step, sample_batch
+            from driftrec.models.batch.tf_sampled import build_sampled_step, sample_batch
 
             sampled_step = build_sampled_step(tf, w_vars, b_vars, self.learning_rate, l2)
             # Negatives from popularity ** 0.75, drawn by the numpy generator like all randomness.

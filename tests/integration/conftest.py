@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from driftrec.chaos.stack import LocalRedisCluster
+from tools.chaos.stack import LocalRedisCluster
 from driftrec.kafka_admin import ensure_topics
 from driftrec.settings import Settings
 from tests.integration.services import Proc, free_port, provide_services

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from driftrec.chaos.procs import Child, wait_http
-from driftrec.chaos.stack import free_port
+from tools.chaos.procs import Child, wait_http
+from tools.chaos.stack import free_port
 from driftrec.settings import Settings, load_settings
 
 __all__ = ["free_port", "docker_answers", "provide_services", "Proc", "wait_http", "ROOT"]
@@ -69,7 +69,7 @@ def provide_services() -> Iterator[Settings]:
 
 class Proc(Child):
     """A driftrec subcommand in a child process started at once from the project root, with
-    settings passed through the environment (:class:`driftrec.chaos.procs.Child`)."""
+    settings passed through the environment (:class:`tools.chaos.procs.Child`)."""
 
     def __init__(self, settings: Settings, args: list[str], log: Path) -> None:
         super().__init__(settings, args, log, cwd=ROOT)

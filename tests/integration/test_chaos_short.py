@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from driftrec.chaos.poison import run_poison
-from driftrec.chaos.scenario import ChaosConfig, Fault, run_chaos
-from driftrec.chaos.stack import PrivateRedis, drop_aof_tail
+from tools.chaos.poison import run_poison
+from tools.chaos.scenario import ChaosConfig, Fault, run_chaos
+from tools.chaos.stack import PrivateRedis, drop_aof_tail
 from driftrec.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -18,19 +18,19 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from driftrec.chaos.stack import LocalRedisCluster
-from driftrec.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.keys import Keys
 from driftrec.publisher import publish_events
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from streams import chunked
-from streams.cluster_state import ClusterRedisState, guard_key
-from streams.forget import Forgetter
-from streams.processor import BatchProcessor, DeadLetter, RawRecord
-from streams.published import FactorCache, pack_factors
-from streams.redis_state import RedisState
+from driftrec.streams import chunked
+from driftrec.streams.cluster_state import ClusterRedisState, guard_key
+from driftrec.streams.forget import Forgetter
+from driftrec.streams.processor import BatchProcessor, DeadLetter, RawRecord
+from driftrec.streams.published import FactorCache, pack_factors
+from driftrec.streams.redis_state import RedisState
 from tests.integration.test_overlap import batches, dump, prefixes, publish_model, records  # noqa: F401
 from tests.integration.test_redis_cluster import _records as cluster_records
 from tests.integration.test_write_path_guarantees import (

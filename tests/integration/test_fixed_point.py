@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 import redis
 
-from driftrec.chaos.stack import LocalRedisCluster
-from driftrec.chaos.state import compare, read_redis, views_of
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import compare, read_redis, views_of
 from driftrec.errors import StoreFormatError
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from models.decay import SCORE_SCALE, DecayPolicy
-from models.online import EventView, InMemoryState
-from streams import rescale
-from streams.processor import RawRecord
-from streams.redis_state import check_score_format
+from driftrec.models.decay import SCORE_SCALE, DecayPolicy
+from driftrec.models.online import EventView, InMemoryState
+from driftrec.streams import rescale
+from driftrec.streams.processor import RawRecord
+from driftrec.streams.redis_state import check_score_format
 from tests.integration.test_forget_stores import processor, produce
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 The processor reads the victims' clicks back from the test's own topic (streams/forget.py,
 key-filtered), and the apply scripts (apply_batch.lua, apply_slot.lua) subtract. Batches are cut
 off by a crash and replayed with other boundaries: the end state equals
-:class:`models.forget.ForgettingState` fed the stream, and popularity, trending and co-occurrence
+:class:`driftrec.models.forget.ForgettingState` fed the stream, and popularity, trending and co-occurrence
 equal a replay that never saw the forgotten clicks.
 """
 
@@ -18,19 +18,19 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from driftrec.chaos.stack import LocalRedisCluster
-from driftrec.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.events import TOMBSTONE_TYPE
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from models.forget import ForgettingState
-from models.online import EventView
-from streams.cluster_state import ClusterRedisState, inflight_key
-from streams.forget import Forgetter
-from streams.processor import BatchProcessor, RawRecord
-from streams.redis_state import RedisState
+from driftrec.models.forget import ForgettingState
+from driftrec.models.online import EventView
+from driftrec.streams.cluster_state import ClusterRedisState, inflight_key
+from driftrec.streams.forget import Forgetter
+from driftrec.streams.processor import BatchProcessor, RawRecord
+from driftrec.streams.redis_state import RedisState
 
 pytestmark = pytest.mark.integration
 

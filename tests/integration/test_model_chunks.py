@@ -17,9 +17,9 @@ from driftrec.errors import ModelError
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.training.publish import MANIFEST, Publisher
-from online.app import create_store
-from online.model_cache import ModelCache
-from streams.published import FactorCache
+from driftrec.online.app import create_store
+from driftrec.online.model_cache import ModelCache
+from driftrec.streams.published import FactorCache
 from tests.unit.test_reader_model import parts as reader_model_parts
 
 pytestmark = pytest.mark.integration

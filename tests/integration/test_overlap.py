@@ -2,7 +2,7 @@
 it (``BatchProcessor.feed``) leaves exactly the state applying them one after another leaves.
 
 ``feed`` loads the next batch ahead of the held batch's apply and reads the keys that apply
-writes from its :class:`~streams.redis_state.Carry`; a wrong carried value (a history, a user
+writes from its :class:`~driftrec.streams.redis_state.Carry`; a wrong carried value (a history, a user
 or item vector, an offset) would change that batch's plan and show up here as a differing key.
 Also: what ``feed`` hands back (every batch once, in order), a held batch another writer got
 to first, and a Redis error while a batch is in flight.
@@ -24,12 +24,12 @@ import redis.exceptions
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from online.routes_users import tombstone
-from streams import metrics
-from streams.forget import Forgetter
-from streams.processor import BatchOutcome, BatchProcessor, DeadLetter, RawRecord
-from streams.published import FactorCache, pack_factors
-from streams.redis_state import RedisState
+from driftrec.online.routes_users import tombstone
+from driftrec.streams import metrics
+from driftrec.streams.forget import Forgetter
+from driftrec.streams.processor import BatchOutcome, BatchProcessor, DeadLetter, RawRecord
+from driftrec.streams.published import FactorCache, pack_factors
+from driftrec.streams.redis_state import RedisState
 from tests.integration.test_forget_stores import produce
 
 pytestmark = pytest.mark.integration

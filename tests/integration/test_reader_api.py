@@ -11,10 +11,10 @@ import redis
 
 from driftrec.keys import Keys
 from driftrec.settings import Settings
-from models.blend import BlendWeights, Candidates, blend
-from models.cooccurrence import top_k
-from models.factors import fold_in
-from models.online import InMemoryState
+from driftrec.models.blend import BlendWeights, Candidates, blend
+from driftrec.models.cooccurrence import top_k
+from driftrec.models.factors import fold_in
+from driftrec.models.online import InMemoryState
 from tests.integration.test_reader_support import (
     publish_model,
     reader,

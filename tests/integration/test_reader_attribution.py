@@ -17,7 +17,7 @@ from driftrec.keys import Keys
 from driftrec.oncall.attribution import STRATEGY_FIELD, Attributor, parse_click
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
-from online.served import STRATEGY_FIELD as READER_STRATEGY_FIELD
+from driftrec.online.served import STRATEGY_FIELD as READER_STRATEGY_FIELD
 from tests.integration.services import free_port, wait_http
 from tests.integration.test_reader_support import (
     reader,

@@ -15,7 +15,7 @@ import redis
 
 from driftrec.keys import Keys
 from driftrec.settings import Settings
-from models.online import InMemoryState
+from driftrec.models.online import InMemoryState
 from tests.integration.services import free_port
 from tests.integration.test_reader_support import reader, reference_state, shop_events, write_state
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer
 
 from driftrec.events import TOMBSTONE_TYPE
 from driftrec.settings import Settings
-from online.ingest import KafkaSink
+from driftrec.online.ingest import KafkaSink
 from tests.integration.services import free_port
 from tests.integration.test_reader_support import reader
 

@@ -17,8 +17,8 @@ from redis.client import NEVER_DECODE
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.userstate import decode_fields
-from models.online import InMemoryState
-from online.ingest import KafkaSink
+from driftrec.models.online import InMemoryState
+from driftrec.online.ingest import KafkaSink
 from tests.integration.test_reader_support import reader, reference_state, shop_events
 
 pytestmark = pytest.mark.integration

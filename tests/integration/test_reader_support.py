@@ -1,8 +1,8 @@
 """Helpers of the reader's integration tests (no tests here): a reference state, written to Redis.
 
-The reference is :class:`models.online.InMemoryState` fed simulator clicks; :func:`write_state`
+The reference is :class:`driftrec.models.online.InMemoryState` fed simulator clicks; :func:`write_state`
 stores it in the worker's key layout, so the reader's answers can be compared with
-:func:`models.blend.blend` run on the same state.
+:func:`driftrec.models.blend.blend` run on the same state.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.userstate import encode_state
-from models.online import EventView, InMemoryState
-from online.app import create_app, create_store
-from online.errors import Unavailable
+from driftrec.models.online import EventView, InMemoryState
+from driftrec.online.app import create_app, create_store
+from driftrec.online.errors import Unavailable
 
 __all__ = ["shop_events", "reference_state", "write_state", "reader", "ListSink", "npy", "publish_model"]
 

@@ -17,16 +17,16 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from driftrec.chaos.scenario import ChaosConfig, Fault, check_vectors, publish_model, run_chaos
-from driftrec.chaos.stack import LocalRedisCluster
-from driftrec.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
+from tools.chaos.scenario import ChaosConfig, Fault, check_vectors, publish_model, run_chaos
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, cluster_nodes, is_cluster_url, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from streams.cluster_state import ClusterRedisState, guard_key, inflight_key
-from streams.processor import BatchProcessor, RawRecord
-from streams.published import FactorCache
+from driftrec.streams.cluster_state import ClusterRedisState, guard_key, inflight_key
+from driftrec.streams.processor import BatchProcessor, RawRecord
+from driftrec.streams.published import FactorCache
 
 pytestmark = pytest.mark.integration
 

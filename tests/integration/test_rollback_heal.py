@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from driftrec.chaos.procs import Child
-from driftrec.chaos.scenario import ChaosConfig, run_settings, sim_rows
-from driftrec.chaos.stack import PrivateRedis, drop_aof_tail
-from driftrec.chaos.state import (
+from tools.chaos.procs import Child
+from tools.chaos.scenario import ChaosConfig, run_settings, sim_rows
+from tools.chaos.stack import PrivateRedis, drop_aof_tail
+from tools.chaos.state import (
     build_oracle,
     compare,
     last_offsets,
@@ -29,7 +29,7 @@ from driftrec.chaos.state import (
     read_topic,
     views_of,
 )
-from driftrec.chaos.traffic import publish_steady, wait_zero_lag
+from tools.chaos.traffic import publish_steady, wait_zero_lag
 from driftrec.keys import Keys
 from driftrec.redis_conn import sync_client
 from driftrec.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from driftrec.chaos.scale import run_scale
+from tools.chaos.scale import run_scale
 from driftrec.settings import Settings
 
 pytestmark = pytest.mark.integration

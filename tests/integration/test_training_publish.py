@@ -30,11 +30,11 @@ from driftrec.training.publish import (
     versions_key,
 )
 from driftrec.training.runner import TrainConfig, make_publisher, train_once
-from models.batch import create_model
-from models.decay import DecayPolicy
-from online.app import create_store
-from online.model_cache import ModelCache
-from streams.published import FactorCache
+from driftrec.models.batch import create_model
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.app import create_store
+from driftrec.online.model_cache import ModelCache
+from driftrec.streams.published import FactorCache
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from driftrec.training.clicklog import read_topic
 from driftrec.training.matrix import build_interactions
 from driftrec.training.runner import TrainConfig, make_publisher, train_once
 from driftrec.userstate import encode_state
-from models.decay import DecayPolicy
+from driftrec.models.decay import DecayPolicy
 from tests.integration.services import wait_http
 
 pytestmark = pytest.mark.integration

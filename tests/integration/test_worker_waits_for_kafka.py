@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from driftrec.chaos.stack import PrivateStack, free_port
+from tools.chaos.stack import PrivateStack, free_port
 from driftrec.keys import Keys
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings

@@ -1,7 +1,7 @@
 """The write path on the real broker and Redis: poison, replay, crash and drift.
 
 Each test runs ``driftrec worker`` subprocesses against its own topics and Redis prefix and checks
-the Redis state against an in-process oracle (:class:`models.online.InMemoryState`) fed the very
+the Redis state against an in-process oracle (:class:`driftrec.models.online.InMemoryState`) fed the very
 records the broker holds, in their (partition, offset) order.
 """
 
@@ -30,9 +30,9 @@ from driftrec.publisher import Publisher, publish_events
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.userstate import decode_fields, unpack_vector
-from models.factors import fold_in
-from models.online import EventView, InMemoryState
-from streams.published import pack_factors
+from driftrec.models.factors import fold_in
+from driftrec.models.online import EventView, InMemoryState
+from driftrec.streams.published import pack_factors
 from tests.integration.services import wait_http
 
 pytestmark = pytest.mark.integration

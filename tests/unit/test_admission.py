@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from online.admission import Admission
+from driftrec.online.admission import Admission
 
 
 def test_slots_are_bounded_and_given_back() -> None:

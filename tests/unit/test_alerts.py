@@ -33,8 +33,8 @@ def _exported() -> set[str]:
     snap = LagSnapshot(0.0, {"g": GroupInfo("g", "Stable", 1)},
                        [PartitionLag("g", "t", 0, 10, 0, 5, 5, 1.0)], {("t", 0): (0, 10)})
     names = _names(ExporterMetrics(lambda: snap).registry)
-    from online.metrics import ReaderMetrics
-    from streams import metrics as worker_metrics
+    from driftrec.online.metrics import ReaderMetrics
+    from driftrec.streams import metrics as worker_metrics
 
     names |= _names(ReaderMetrics().registry)
     for obj in vars(worker_metrics).values():

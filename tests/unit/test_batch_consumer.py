@@ -10,9 +10,9 @@ import pytest
 from faust.types import TP
 
 from driftrec.settings import load_settings
-from streams.app import create_app
-from streams.batch_consumer import Batch, BatchConsumer, split_fetch
-from streams.processor import RawRecord
+from driftrec.streams.app import create_app
+from driftrec.streams.batch_consumer import Batch, BatchConsumer, split_fetch
+from driftrec.streams.processor import RawRecord
 
 
 @dataclass

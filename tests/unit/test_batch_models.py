@@ -11,11 +11,11 @@ import pytest
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch import MODELS, BatchModel, create_model, load_path
-from models.batch.als import ALSModel, fold_in_users
-from models.batch.base import top_n
-from models.batch.ease import EASEModel
-from models.batch.weighting import Weighting
+from driftrec.models.batch import MODELS, BatchModel, create_model, load_path
+from driftrec.models.batch.als import ALSModel, fold_in_users
+from driftrec.models.batch.base import top_n
+from driftrec.models.batch.ease import EASEModel
+from driftrec.models.batch.weighting import Weighting
 
 # Small hyperparameters so the whole file stays fast (TF: a handful of epochs).
 TINY: dict[str, dict[str, Any]] = {

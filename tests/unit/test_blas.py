@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-import models.foldin  # noqa: F401  (loads scipy's BLAS too, as the worker does)
+import driftrec.models.foldin  # noqa: F401  (loads scipy's BLAS too, as the worker does)
 from driftrec.blas import blas_threads, limit_blas_threads
 from driftrec.settings import Settings
 
@@ -27,7 +27,7 @@ def test_helper_caps_every_loaded_blas() -> None:
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_reader_app_caps_blas_threads(tmp_path: Path, n: int) -> None:
-    from online.app import create_app
+    from driftrec.online.app import create_app
 
     with threadpool_limits(limits=3, user_api="blas"):
         create_app(_settings(tmp_path, n), refresh_snapshot=False)
@@ -35,8 +35,8 @@ def test_reader_app_caps_blas_threads(tmp_path: Path, n: int) -> None:
 
 
 def test_worker_caps_blas_threads(tmp_path: Path) -> None:
-    from streams.agents import build_worker
-    from streams.app import create_app
+    from driftrec.streams.agents import build_worker
+    from driftrec.streams.app import create_app
 
     s = _settings(tmp_path, 1)
     with threadpool_limits(limits=3, user_api="blas"):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.blend import recent_items
+from driftrec.models.blend import recent_items
 
 DECAYED = [("a", 5.0), ("b", 4.0), ("c", 3.0), ("d", 2.0)]  # strongest first
 

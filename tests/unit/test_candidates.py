@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from models.candidates import (
+from driftrec.models.candidates import (
     MAX_TRENDING_READ,
     assemble,
     similar_user_scores,
     trending_depth,
     user_recent,
 )
-from models.decay import DecayPolicy
+from driftrec.models.decay import DecayPolicy
 
 POLICY = DecayPolicy(100.0)
 

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 import redis.exceptions
 
-from driftrec.chaos.fuzz import FAMILIES, bad_events, is_rejected
-from driftrec.chaos.state import compare, snapshot_of
+from tools.chaos.fuzz import FAMILIES, bad_events, is_rejected
+from tools.chaos.state import compare, snapshot_of
 from driftrec.settings import Settings
-from models.online import EventView, InMemoryState
-from online.resp import RespPool, _Connection
+from driftrec.models.online import EventView, InMemoryState
+from driftrec.online.resp import RespPool, _Connection
 
 WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 
@@ -103,7 +103,7 @@ def test_the_pool_drops_idle_connections_that_were_lost() -> None:
 
 
 def test_a_batch_beyond_the_stored_offsets_is_a_gap_to_read_back() -> None:
-    from streams.gapfill import find_gaps
+    from driftrec.streams.gapfill import find_gaps
 
     positions = [(0, 120), (0, 121), (1, 50), (2, 10), (3, 7)]
     stored = {0: 99, 1: 49, 2: -1}  # 3: Redis never saw the partition

@@ -9,8 +9,8 @@ from typing import Any
 import msgpack
 
 from driftrec.settings import Settings
-from streams import chunked
-from streams.chunked import LOAD_COST, OP_COST, build, cut_ops, load_parts, op_cost
+from driftrec.streams import chunked
+from driftrec.streams.chunked import LOAD_COST, OP_COST, build, cut_ops, load_parts, op_cost
 
 
 def _ops(seed: int) -> tuple[list[str], list[list[Any]]]:

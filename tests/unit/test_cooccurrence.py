@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.cooccurrence import (
+from driftrec.models.cooccurrence import (
     cooccurrence_increments,
     similarity,
     similarity_array,
     top_k,
     window_partners,
 )
-from models.decay import SCORE_SCALE, DecayPolicy
+from driftrec.models.decay import SCORE_SCALE, DecayPolicy
 
 HIST = [("a", 100.0), ("b", 200.0), ("c", 300.0), ("d", 400.0)]
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.factors import (
+from driftrec.models.factors import (
     cold_item_vector,
     fold_in,
     init_vector,

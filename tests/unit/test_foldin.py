@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.factors import fold_in
-from models.foldin import (
+from driftrec.models.factors import fold_in
+from driftrec.models.foldin import (
     bucket_width,
     fold_in_basis,
     fold_in_direct,
     fold_in_lowrank,
     fold_in_many,
 )
-from streams.published import pack_factors, unpack_factors
+from driftrec.streams.published import pack_factors, unpack_factors
 
 RTOL = 1e-8
 F64 = np.ndarray

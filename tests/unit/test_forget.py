@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftrec.events import TOMBSTONE_TYPE
-from models.decay import DecayPolicy
-from models.forget import ForgettingState, events_to_forget, forget_share, subtract_share
-from models.online import FORGET_RESIDUE, BatchDelta, EventView, InMemoryState
-from streams.forget import Forgetter
-from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
+from driftrec.models.decay import DecayPolicy
+from driftrec.models.forget import ForgettingState, events_to_forget, forget_share, subtract_share
+from driftrec.models.online import FORGET_RESIDUE, BatchDelta, EventView, InMemoryState
+from driftrec.streams.forget import Forgetter
+from driftrec.streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord
 from tests.unit.test_online_batch import (
     BIG,
     WEIGHTS,
@@ -180,7 +180,7 @@ def test_a_replayed_tombstone_does_not_subtract_twice(events: list[EventView], p
 
 
 class FakeTopic:
-    """Records by partition, read back as :func:`streams.gapfill.read_log` does."""
+    """Records by partition, read back as :func:`driftrec.streams.gapfill.read_log` does."""
 
     def __init__(self, log_start: int = 0) -> None:
         self.rows: dict[int, list[tuple[int, bytes, bytes]]] = {}
@@ -251,7 +251,7 @@ def test_the_processor_subtracts_the_read_back_share_in_the_tombstones_batch(bat
 
 
 def test_a_trimmed_log_is_counted_as_an_incomplete_forget() -> None:
-    from streams import metrics
+    from driftrec.streams import metrics
 
     topic = FakeTopic(log_start=1)
     records = [topic.add(click(0, "u1", "i1"), 0), topic.add(click(1, "u1", "i2"), 0),

@@ -12,9 +12,9 @@ import pytest
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel
-from models.batch.popularity import PopularityModel
-from models.offline import (
+from driftrec.models.batch.base import BatchModel
+from driftrec.models.batch.popularity import PopularityModel
+from driftrec.models.offline import (
     catalogue_coverage,
     encode_ids,
     evaluate_model,

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftrec.events import TOMBSTONE_TYPE
-from models.cooccurrence import window_partners
-from models.decay import SCORE_SCALE, DecayPolicy, EventWeights
-from models.online import BatchDelta, EventView, InMemoryState, plan_batch
+from driftrec.models.cooccurrence import window_partners
+from driftrec.models.decay import SCORE_SCALE, DecayPolicy, EventWeights
+from driftrec.models.online import BatchDelta, EventView, InMemoryState, plan_batch
 
 WEIGHTS = EventWeights({"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0})
 BIG = 10**9  # bounds that are never reached: no pruning

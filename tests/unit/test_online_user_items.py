@@ -18,9 +18,9 @@ from driftrec.userstate import (
     strongest,
     unpack_entry,
 )
-from models.decay import DecayPolicy, EventWeights
-from models.online import EventView, InMemoryState
-from streams.redis_state import BatchContext, loaded_context, user_item_ops
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.online import EventView, InMemoryState
+from driftrec.streams.redis_state import BatchContext, loaded_context, user_item_ops
 
 KEYS = Keys("t")
 WEIGHTS = EventWeights({"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0})

@@ -8,8 +8,8 @@ from collections.abc import Sequence, Set
 import numpy as np
 import pytest
 
-from models.online import EventView
-from models.prequential import (
+from driftrec.models.online import EventView
+from driftrec.models.prequential import (
     PrequentialResult,
     event_views,
     hit_metrics,

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.baselines import (
+from driftrec.models.baselines import (
     HourlyBatchRecommender,
     Interactions,
     ISGDRecommender,
@@ -18,11 +18,11 @@ from models.baselines import (
     StaticModelRecommender,
     top_unseen,
 )
-from models.batch.knn import ItemKNNModel
-from models.blend import Candidates, item_item_scores
-from models.cooccurrence import similarity
-from models.decay import EventWeights
-from models.online import EventView
+from driftrec.models.batch.knn import ItemKNNModel
+from driftrec.models.blend import Candidates, item_item_scores
+from driftrec.models.cooccurrence import similarity
+from driftrec.models.decay import EventWeights
+from driftrec.models.online import EventView
 
 W = EventWeights({"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0})
 STORE = {"window": 10, "window_s": 1e9, "history_len": 50, "neighbours_k": 50, "trending_k": 50}

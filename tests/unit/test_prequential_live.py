@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from driftrec.live_eval import LiveModel, LiveRecommender, _TopCache, _zrevrange, publish_parts
 from driftrec.settings import Settings
-from models.blend import SOURCES, BlendWeights
-from models.online import EventView
-from models.prequential import run_prequential
+from driftrec.models.blend import SOURCES, BlendWeights
+from driftrec.models.online import EventView
+from driftrec.models.prequential import run_prequential
 
 ONLY = {s: 0.0 for s in SOURCES}
 

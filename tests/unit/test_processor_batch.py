@@ -1,7 +1,7 @@
 """BatchProcessor policies without I/O: outages are retried, bad data and poison records dead-lettered.
 
-The store is a small in-memory stand-in for :class:`streams.redis_state.RedisState` (offset guard
-as the Lua script has it) over :class:`models.online.InMemoryState`; the real script is covered by
+The store is a small in-memory stand-in for :class:`driftrec.streams.redis_state.RedisState` (offset guard
+as the Lua script has it) over :class:`driftrec.models.online.InMemoryState`; the real script is covered by
 the integration tests.
 """
 
@@ -18,9 +18,9 @@ import redis.exceptions
 
 from driftrec.events import TOMBSTONE_TYPE
 from driftrec.settings import Settings
-from models.online import BatchDelta, InMemoryState
-from streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord, is_retryable
-from streams.redis_state import APPLIED, STALE_OFFSETS, BatchContext
+from driftrec.models.online import BatchDelta, InMemoryState
+from driftrec.streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord, is_retryable
+from driftrec.streams.redis_state import APPLIED, STALE_OFFSETS, BatchContext
 
 S = Settings(kafka_bootstrap_servers="x:1", redis_url="redis://x:1/0")
 
@@ -78,7 +78,7 @@ def _processor(store: MemoryStore, sent: list[DeadLetter]) -> BatchProcessor:
     async def sink(dead: Sequence[DeadLetter]) -> None:
         sent.extend(dead)
 
-    from streams.published import FactorCache
+    from driftrec.streams.published import FactorCache
 
     factors = FactorCache(None, None, 0.1)  # type: ignore[arg-type]  # never asked to load: no model
     proc = BatchProcessor(S, store, sink, factors, backoff=Backoff(0.001, 0.002))  # type: ignore[arg-type]

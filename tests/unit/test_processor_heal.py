@@ -12,14 +12,14 @@ import redis.exceptions
 from faust.types import TP
 
 from driftrec.settings import load_settings
-from streams.app import create_app
-from streams.batch_consumer import BatchConsumer
-from streams.processor import BatchProcessor, DeadLetter, RawRecord
+from driftrec.streams.app import create_app
+from driftrec.streams.batch_consumer import BatchConsumer
+from driftrec.streams.processor import BatchProcessor, DeadLetter, RawRecord
 from tests.unit.test_processor_batch import MemoryStore, _good, _processor
 
 
 class LogFiller:
-    """A topic in memory, read back as :class:`streams.gapfill.KafkaGapFiller` reads Kafka."""
+    """A topic in memory, read back as :class:`driftrec.streams.gapfill.KafkaGapFiller` reads Kafka."""
 
     max_records = 1000
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.blend import SOURCES, BlendWeights, Candidates, Scored, _reason, blend
+from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, _reason, blend
 
 
 def _definition(c: Candidates, n: int, exclude: set[str], weights: BlendWeights, shrinkage: float) -> list[Scored]:

@@ -13,9 +13,9 @@ from starlette.routing import Route
 
 from driftrec.events import TOMBSTONE_TYPE, ClickEvent
 from driftrec.settings import Settings
-from online.app import create_app
-from online.errors import Unavailable
-from online.routes_events import MAX_EVENTS, split_batch
+from driftrec.online.app import create_app
+from driftrec.online.errors import Unavailable
+from driftrec.online.routes_events import MAX_EVENTS, split_batch
 
 
 class ListSink:

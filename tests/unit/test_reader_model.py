@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from driftrec.errors import ModelError
-from models.batch.tf_next import forward
-from models.factors import fold_in
-from online.model_cache import ModelCache, PublishedModel, build_model, decode_ids
+from driftrec.models.batch.tf_next import forward
+from driftrec.models.factors import fold_in
+from driftrec.online.model_cache import ModelCache, PublishedModel, build_model, decode_ids
 
 
 def npy(a: np.ndarray) -> bytes:

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
-from models.blend import BlendWeights
-from online.params import (
+from driftrec.models.blend import BlendWeights
+from driftrec.online.params import (
     category_param,
     check_id,
     float_param,
@@ -17,7 +17,7 @@ from online.params import (
     int_param,
     reject_unknown,
 )
-from online.routes_recs import parse_weights
+from driftrec.online.routes_recs import parse_weights
 
 
 def test_ids() -> None:

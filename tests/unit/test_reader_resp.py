@@ -8,7 +8,7 @@ import hiredis
 import pytest
 import redis.exceptions
 
-from online.resp import RespPool, _Connection, pack
+from driftrec.online.resp import RespPool, _Connection, pack
 
 
 def test_pack_is_resp_arrays_of_bulk_strings() -> None:

@@ -7,10 +7,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.decay import DecayPolicy
-from online.rowcache import RowCache
-from online.snapshot import TrendingSnapshot
-from online.store import Meta
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.rowcache import RowCache
+from driftrec.online.snapshot import TrendingSnapshot
+from driftrec.online.store import Meta
 
 ROW = [("b", 2.0), ("c", 1.0)]
 

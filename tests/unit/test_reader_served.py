@@ -10,9 +10,9 @@ import redis.exceptions
 
 from driftrec.keys import Keys
 from driftrec.oncall.attribution import STRATEGY_FIELD
-from models.blend import Scored
-from online.served import STRATEGY_FIELD as READER_FIELD
-from online.served import ServedRecorder
+from driftrec.models.blend import Scored
+from driftrec.online.served import STRATEGY_FIELD as READER_FIELD
+from driftrec.online.served import ServedRecorder
 
 
 def _items(*pairs: tuple[str, str]) -> list[Scored]:

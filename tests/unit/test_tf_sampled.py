@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from driftrec.errors import ModelError
-from models.batch.base import BatchModel
-from models.batch.tf_next import FULL_SOFTMAX_MAX_ITEMS, TFNextItemModel
+from driftrec.models.batch.base import BatchModel
+from driftrec.models.batch.tf_next import FULL_SOFTMAX_MAX_ITEMS, TFNextItemModel
 from tests.unit.test_batch_models import two_block_matrix
 
 TINY = {"hidden": (8,), "epochs": 30, "batch_size": 8, "learning_rate": 1e-2, "num_sampled": 4}

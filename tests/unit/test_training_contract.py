@@ -1,7 +1,7 @@
 """Contract every batch model passes on a tiny click log: fit, recommend, save, load, publish.
 
 "Publish" means the packed version decodes with the reader's loader
-(:func:`online.model_cache.build_model`) and the worker's (:func:`streams.published.unpack_factors`)
+(:func:`driftrec.online.model_cache.build_model`) and the worker's (:func:`driftrec.streams.published.unpack_factors`)
 and scores exactly as the trained model; a model the online format cannot carry fails with a
 clear :class:`ModelError` instead.
 """
@@ -30,10 +30,10 @@ from driftrec.training.publish import (
     npy,
     pack_models,
 )
-from models.batch import MODELS, BatchModel, create_model, load_path
-from models.batch.tf_next import forward
-from models.decay import DecayPolicy
-from streams.published import unpack_factors
+from driftrec.models.batch import MODELS, BatchModel, create_model, load_path
+from driftrec.models.batch.tf_next import forward
+from driftrec.models.decay import DecayPolicy
+from driftrec.streams.published import unpack_factors
 
 S = Settings()
 TINY: dict[str, dict[str, Any]] = {

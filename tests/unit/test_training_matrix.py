@@ -13,8 +13,8 @@ from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import events_to_log
 from driftrec.training.matrix import MIN_WEIGHT, build_interactions
-from models.decay import DecayPolicy
-from models.online import EventView, InMemoryState
+from driftrec.models.decay import DecayPolicy
+from driftrec.models.online import EventView, InMemoryState
 
 S = Settings()
 POLICY = DecayPolicy(S.half_life_s)

@@ -13,7 +13,7 @@ from driftrec.errors import InvalidRequestError, ModelError
 from driftrec.settings import Settings
 from driftrec.training.runner import DEFAULT_PARAMS, TrainConfig, parse_params, train_once
 from driftrec.training.schedule import parse_interval, run_every
-from models.batch import MODELS, load_path
+from driftrec.models.batch import MODELS, load_path
 
 S = Settings()
 
@@ -27,7 +27,7 @@ def test_parse_params_reads_json_values_and_rejects_bad_keys() -> None:
 
 
 def test_default_params_build_every_model() -> None:
-    from models.batch import create_model
+    from driftrec.models.batch import create_model
 
     assert set(DEFAULT_PARAMS) == set(MODELS)
     for name, params in DEFAULT_PARAMS.items():

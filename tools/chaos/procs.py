@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from driftrec.benchinfo import commit, machine
+from tools.benchinfo import commit, machine
 from driftrec.settings import Settings
 
 __all__ = ["Child", "rss_mb", "wait_http", "machine", "commit", "ROOT"]

@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from driftrec.chaos.fuzz import bad_events
-from driftrec.chaos.procs import Child
-from driftrec.chaos.scenario import ChaosConfig, run_settings, sim_rows
-from driftrec.chaos.state import (
+from tools.chaos.fuzz import bad_events
+from tools.chaos.procs import Child
+from tools.chaos.scenario import ChaosConfig, run_settings, sim_rows
+from tools.chaos.state import (
     build_oracle,
     compare,
     last_offsets,
@@ -23,11 +23,11 @@ from driftrec.chaos.state import (
     read_topic,
     views_of,
 )
-from driftrec.chaos.traffic import PublishStats, Row, publish_steady
+from tools.chaos.traffic import PublishStats, Row, publish_steady
 from driftrec.keys import Keys
 from driftrec.redis_conn import sync_client
 from driftrec.settings import Settings
-from streams.agents import REASON_HEADER, SOURCE_HEADER
+from driftrec.streams.agents import REASON_HEADER, SOURCE_HEADER
 
 __all__ = ["run_poison"]
 

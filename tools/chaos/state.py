@@ -1,6 +1,6 @@
 """The final Redis state of a run against the in-process oracle fed the same records.
 
-The oracle is :class:`models.online.InMemoryState` fed every record the clicks topic holds, in
+The oracle is :class:`driftrec.models.online.InMemoryState` fed every record the clicks topic holds, in
 (partition, offset) order, in chunks; it applies exactly what the worker writes. Quantities no
 bound ever cut are batch-independent and must match (floats to ``rel_tol``): popularity,
 trending lists below ``trending_k``, category tastes, histories (newest ``history_len`` items by
@@ -31,7 +31,7 @@ from driftrec.events import fast_validate
 from driftrec.keys import Keys
 from driftrec.settings import Settings
 from driftrec.userstate import decode_fields, unpack_vector
-from models.online import EventView, InMemoryState
+from driftrec.models.online import EventView, InMemoryState
 
 __all__ = ["TopicRecord", "read_topic", "views_of", "build_oracle", "RedisSnapshot", "read_redis",
            "compare", "Comparison", "snapshot_of", "last_offsets", "duplicate_ids"]

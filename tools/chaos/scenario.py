@@ -20,9 +20,9 @@ import numpy as np
 import orjson
 import redis
 
-from driftrec.chaos.procs import Child, wait_http
-from driftrec.chaos.stack import free_port
-from driftrec.chaos.state import (
+from tools.chaos.procs import Child, wait_http
+from tools.chaos.stack import free_port
+from tools.chaos.state import (
     build_oracle,
     compare,
     duplicate_ids,
@@ -31,14 +31,14 @@ from driftrec.chaos.state import (
     read_topic,
     views_of,
 )
-from driftrec.chaos.traffic import PublishStats, ReaderPoller, Row, publish_steady, wait_zero_lag
+from tools.chaos.traffic import PublishStats, ReaderPoller, Row, publish_steady, wait_zero_lag
 from driftrec.kafka_admin import ensure_topics
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from models.factors import fold_in
-from models.online import InMemoryState
+from driftrec.models.factors import fold_in
+from driftrec.models.online import InMemoryState
 
 __all__ = ["Fault", "ChaosConfig", "Services", "run_chaos", "run_settings", "sim_rows", "publish_model",
            "check_vectors"]
@@ -105,7 +105,7 @@ def sim_rows(cfg: ChaosConfig) -> tuple[ShopSimulator, list[Row]]:
 def publish_model(client: redis.Redis, keys: Keys, sim: ShopSimulator, share: float = 0.8,
                   factors: int = 8, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Random item factors for ``share`` of the items as live version ``v1`` (users get folded in)."""
-    from streams.published import pack_factors
+    from driftrec.streams.published import pack_factors
 
     rng = np.random.default_rng(seed)
     items = list(sim.item_ids)[: int(len(sim.item_ids) * share)]

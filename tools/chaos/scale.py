@@ -14,10 +14,10 @@ from typing import Any
 
 import redis
 
-from driftrec.chaos.procs import Child
-from driftrec.chaos.scenario import ChaosConfig, run_settings, sim_rows
-from driftrec.chaos.stack import free_port
-from driftrec.chaos.state import (
+from tools.chaos.procs import Child
+from tools.chaos.scenario import ChaosConfig, run_settings, sim_rows
+from tools.chaos.stack import free_port
+from tools.chaos.state import (
     RedisSnapshot,
     build_oracle,
     compare,
@@ -26,7 +26,7 @@ from driftrec.chaos.state import (
     read_topic,
     views_of,
 )
-from driftrec.chaos.traffic import PublishStats, publish_steady
+from tools.chaos.traffic import PublishStats, publish_steady
 from driftrec.keys import Keys
 from driftrec.oncall.lag import LagCollector, LagError
 from driftrec.redis_conn import sync_client
@@ -130,7 +130,7 @@ def _reader_cost(s: Settings, logs: Path, views: list[Any], n: int) -> dict[str,
     import random
     import urllib.request
 
-    from driftrec.chaos.procs import wait_http
+    from tools.chaos.procs import wait_http
 
     s = s.model_copy(update={"reader_port": free_port()})
     client = sync_client(s.redis)
