@@ -50,13 +50,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from write_path import _free_port, publish, publish_random_model, run_worker, services  # noqa: E402
 
-from tools import benchinfo  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator, wall_clock  # noqa: E402
 from driftrec.streams import chunked  # noqa: E402
 from driftrec.streams.redis_state import _APPLY_LUA, _BEGIN_LUA, _CHUNK_LUA, _FINISH_LUA, _LOAD_LUA  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHOP = {"users": 50_000, "items": 10_000, "categories": 20, "shoppers": 10_000, "seed": 7}

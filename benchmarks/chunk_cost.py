@@ -40,13 +40,13 @@ import processor_split  # noqa: E402
 from apply_stall import SHOP  # noqa: E402
 from write_path import publish_random_model  # noqa: E402
 
-from tools import benchinfo  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.simulator import ShopSimulator, wall_clock  # noqa: E402
 from driftrec.streams import chunked  # noqa: E402
 from driftrec.streams.processor import BatchProcessor, RawRecord  # noqa: E402
 from driftrec.streams.published import FactorCache  # noqa: E402
 from driftrec.streams.redis_state import RedisState  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FEATURES = ("ops", "z_pairs", "s_fields", "x_fields", "v_components", "t_ops", "d_ops", "z_cuts")

@@ -28,13 +28,13 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.chaos.procs import commit, machine  # noqa: E402
-from tools.chaos.stack import LocalRedisCluster, PrivateRedis  # noqa: E402
-from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.redis_conn import async_client, cluster_nodes, is_cluster_url, sync_client  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
+from tools.chaos.procs import commit, machine  # noqa: E402
+from tools.chaos.stack import LocalRedisCluster, PrivateRedis  # noqa: E402
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of  # noqa: E402
 
 
 def _records(n: int, partitions: int = 4) -> list[TopicRecord]:

@@ -56,8 +56,8 @@ def _tuned(dataset: str) -> dict[str, Any] | None:
 
 def run_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     from driftrec.evaluate import PrequentialOptions, offline, prequential
-    from driftrec.settings import Settings
     from driftrec.models.blend import BlendWeights
+    from driftrec.settings import Settings
 
     tuned = _tuned(dataset) if args.tuned else None
     settings = Settings(**tuned["settings"]) if tuned else Settings()

@@ -29,8 +29,8 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import benchinfo  # noqa: E402
 from driftrec.models.foldin import fold_in_basis, fold_in_direct, fold_in_lowrank, fold_in_many  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

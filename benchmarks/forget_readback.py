@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.write_path import _git_commit, _machine, publish, services  # noqa: E402
 from driftrec.events import TOMBSTONE_TYPE, fast_validate  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
+from driftrec.models.online import BatchDelta, EventView  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
-from driftrec.models.online import BatchDelta, EventView  # noqa: E402
 from driftrec.streams.forget import Forgetter  # noqa: E402
 from driftrec.streams.gapfill import read_log  # noqa: E402
 

@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import processor_split  # noqa: E402
 import tune_live  # noqa: E402
 
-from tools import benchinfo  # noqa: E402
-from tools.chaos.memory import memory_usage  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
+from tools import benchinfo  # noqa: E402
+from tools.chaos.memory import memory_usage  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TUNING = {"ml-latest-small": "tuning_movielens.json", "uci-online-retail": "tuning_online-retail.json"}

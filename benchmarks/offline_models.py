@@ -23,10 +23,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from tools.benchinfo import commit, machine
 from driftrec.datasets.base import shared_datasets_dir
 from driftrec.models.batch import MODELS, create_model
-from driftrec.models.offline import encode_ids, evaluate_model, load_ratings_table, stratified_split, to_csr
+from driftrec.models.offline import (
+    encode_ids,
+    evaluate_model,
+    load_ratings_table,
+    stratified_split,
+    to_csr,
+)
+from tools.benchinfo import commit, machine
 
 logger = logging.getLogger("benchmarks.offline_models")
 

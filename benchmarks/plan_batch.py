@@ -10,9 +10,9 @@ import itertools
 import random
 import time
 
-from driftrec.settings import Settings
 from driftrec.models.decay import DecayPolicy, EventWeights
 from driftrec.models.online import EventView, InMemoryState, plan_batch
+from driftrec.settings import Settings
 
 
 def synthetic(n: int, users: int, items: int, seed: int) -> list[EventView]:

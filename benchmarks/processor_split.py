@@ -59,13 +59,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from write_path import publish_random_model  # noqa: E402
 
-from tools import benchinfo  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
 from driftrec.streams.processor import BatchProcessor, RawRecord  # noqa: E402
 from driftrec.streams.published import FactorCache  # noqa: E402
 from driftrec.streams.redis_state import RedisState  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

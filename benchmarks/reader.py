@@ -38,11 +38,11 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from driftrec.keys import Keys  # noqa: E402
+from driftrec.models.decay import SCORE_SCALE  # noqa: E402
+from driftrec.userstate import encode_state, pack_vector  # noqa: E402
 from tools.benchinfo import cpu_jitter  # noqa: E402
 from tools.chaos.scale import cpu_s, redis_cpu_s  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.userstate import encode_state, pack_vector  # noqa: E402
-from driftrec.models.decay import SCORE_SCALE  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader")
 

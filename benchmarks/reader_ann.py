@@ -54,10 +54,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import benchinfo  # noqa: E402
-from driftrec.settings import load_settings  # noqa: E402
 from driftrec.online.ann import ann_config  # noqa: E402
 from driftrec.online.model_cache import PARTS, PublishedModel, build_model  # noqa: E402
+from driftrec.settings import load_settings  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader_ann")
 

@@ -79,10 +79,10 @@ def serve(port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from driftrec.settings import load_settings
     from driftrec.models.candidates import user_recent
     from driftrec.online.app import create_app, tune_gc
     from driftrec.online.http import json_response
+    from driftrec.settings import load_settings
 
     settings = load_settings()
     app = create_app(settings)

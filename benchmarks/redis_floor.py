@@ -52,9 +52,9 @@ import processor_split  # noqa: E402
 from write_path import publish_random_model  # noqa: E402
 
 import driftrec.streams.redis_state as redis_state  # noqa: E402
+from driftrec.keys import Keys  # noqa: E402
 from tools import benchinfo  # noqa: E402
 from tools.chaos.scale import redis_cpu_s  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cluster_apply import _records, _redis_cpu  # noqa: E402
+from driftrec.keys import Keys  # noqa: E402
+from driftrec.models.decay import DecayPolicy  # noqa: E402
+from driftrec.redis_conn import async_client, sync_client  # noqa: E402
+from driftrec.settings import Settings  # noqa: E402
 from tools.chaos.procs import commit, machine  # noqa: E402
 from tools.chaos.stack import PrivateRedis  # noqa: E402
 from tools.chaos.state import build_oracle, compare, read_redis, views_of  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.redis_conn import async_client, sync_client  # noqa: E402
-from driftrec.settings import Settings  # noqa: E402
-from driftrec.models.decay import DecayPolicy  # noqa: E402
 
 
 def run(url: str, events: int, batch: int) -> dict[str, Any]:

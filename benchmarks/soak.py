@@ -34,6 +34,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from driftrec.keys import Keys  # noqa: E402
+from driftrec.simulator import ShopSimulator  # noqa: E402
 from tools.chaos.memory import (  # noqa: E402
     encoding_what_if,
     history_sizes,
@@ -44,8 +46,6 @@ from tools.chaos.procs import Child, commit, machine, rss_mb, wait_http  # noqa:
 from tools.chaos.scenario import run_settings  # noqa: E402
 from tools.chaos.stack import PrivateStack  # noqa: E402
 from tools.chaos.traffic import PublishStats, ReaderPoller, publish_steady  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
 
 
 class Sampler(threading.Thread):

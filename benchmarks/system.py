@@ -69,11 +69,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import benchinfo  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
+from tools import benchinfo  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from write_path import _free_port, services  # noqa: E402
@@ -516,8 +516,8 @@ def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = Fa
 def model_shape(s: Settings, version: str) -> dict[str, Any]:
     """Factors of the published ALS model, the TF hidden width and the item count, read with the
     project's own model reader (chunked parts joined)."""
-    from driftrec.training.runner import make_publisher
     from driftrec.online.model_cache import decode_array
+    from driftrec.training.runner import make_publisher
 
     parts = make_publisher(s).read_version(version)
     y = decode_array(parts.get("item_factors"), "item_factors")

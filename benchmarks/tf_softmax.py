@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tools.benchinfo import commit, machine
-from driftrec.training.runner import DEFAULT_PARAMS
 from driftrec.models.batch.tf_next import TFNextItemModel
 from driftrec.models.offline import encode_ids, evaluate_model, stratified_split, to_csr
+from driftrec.training.runner import DEFAULT_PARAMS
+from tools.benchinfo import commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "tf_softmax.json"

@@ -22,14 +22,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tools.benchinfo import commit
 from driftrec.evaluate import PrequentialOptions, _publish, load_stream
 from driftrec.live_eval import LiveRecommender
-from driftrec.settings import Settings
 from driftrec.models.baselines import Interactions, RawCooccurrenceRecommender
 from driftrec.models.blend import SOURCES, BlendWeights
 from driftrec.models.decay import EventWeights
 from driftrec.models.prequential import run_prequential, scored_mask
+from driftrec.settings import Settings
+from tools.benchinfo import commit
 
 DAY = 86400.0
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -59,13 +59,13 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools import benchinfo  # noqa: E402
-from tools.chaos.scale import cpu_s  # noqa: E402
 from driftrec.kafka_admin import ensure_topics  # noqa: E402
 from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings, load_settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
 from driftrec.streams.published import pack_factors  # noqa: E402
+from tools import benchinfo  # noqa: E402
+from tools.chaos.scale import cpu_s  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

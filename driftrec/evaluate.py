@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from driftrec.settings import Settings
 from driftrec.models.blend import SOURCES, BlendWeights
 from driftrec.models.decay import EventWeights
 from driftrec.models.online import EventView
@@ -22,6 +21,7 @@ from driftrec.models.prequential import (
     run_prequential,
     scored_mask,
 )
+from driftrec.settings import Settings
 
 __all__ = [
     "PrequentialOptions",
@@ -351,7 +351,13 @@ def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn
     popularity bias per model.
     """
     from driftrec.models.batch.registry import create_model
-    from driftrec.models.offline import encode_ids, evaluate_model, stratified_split, time_split, to_csr
+    from driftrec.models.offline import (
+        encode_ids,
+        evaluate_model,
+        stratified_split,
+        time_split,
+        to_csr,
+    )
 
     users, items, ts, p = _table(path)
     u, _ = encode_ids(users)

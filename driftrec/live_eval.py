@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from driftrec.settings import Settings
 from driftrec.models.blend import BlendWeights, Candidates, blend
 from driftrec.models.candidates import (
     MAX_TRENDING_READ,
@@ -29,6 +28,7 @@ from driftrec.models.candidates import (
     user_recent,
 )
 from driftrec.models.online import EventView, InMemoryState
+from driftrec.settings import Settings
 
 __all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
 

@@ -19,8 +19,6 @@ from starlette.routing import Route
 from driftrec.blas import limit_blas_threads
 from driftrec.errors import InvalidRequestError
 from driftrec.keys import Keys
-from driftrec.redis_conn import async_client
-from driftrec.settings import Settings
 from driftrec.models.blend import BlendWeights
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.ann import ann_config
@@ -38,6 +36,8 @@ from driftrec.online.routes_users import user_routes
 from driftrec.online.served import ServedRecorder
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import ReaderStore
+from driftrec.redis_conn import async_client
+from driftrec.settings import Settings
 
 __all__ = ["create_app", "create_store", "configured_weights", "tune_gc"]
 

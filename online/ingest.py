@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from driftrec.events import ClickEvent
+from driftrec.online.errors import Unavailable
 from driftrec.publisher import Publisher
 from driftrec.settings import Settings
-from driftrec.online.errors import Unavailable
 
 __all__ = ["EventSink", "KafkaSink"]
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 
 import redis.exceptions
 
-from driftrec.settings import Settings
 from driftrec.models.blend import BlendWeights, Candidates, Scored, blend
 from driftrec.models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
 from driftrec.models.decay import DecayPolicy
@@ -22,6 +21,7 @@ from driftrec.online.model_cache import ModelCache
 from driftrec.online.rowcache import RowCache
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import Pairs, ReaderStore
+from driftrec.settings import Settings
 
 __all__ = ["Answer", "Recommender", "STORE_DOWN"]
 

@@ -12,11 +12,11 @@ from starlette.routing import Route
 
 from driftrec.errors import InvalidEventError, InvalidRequestError
 from driftrec.events import TOMBSTONE_TYPE, ClickEvent, validate_event
-from driftrec.settings import Settings
 from driftrec.online.errors import PayloadTooLarge
 from driftrec.online.http import json_response, read_body, require_api_key
 from driftrec.online.ingest import EventSink
 from driftrec.online.metrics import ReaderMetrics
+from driftrec.settings import Settings
 
 __all__ = ["event_routes", "MAX_EVENTS", "split_batch"]
 

@@ -17,7 +17,13 @@ from driftrec.models.blend import SOURCES, BlendWeights
 from driftrec.online.admission import Admission
 from driftrec.online.http import json_response
 from driftrec.online.metrics import ReaderMetrics
-from driftrec.online.params import category_param, check_id, id_list_param, int_param, reject_unknown
+from driftrec.online.params import (
+    category_param,
+    check_id,
+    id_list_param,
+    int_param,
+    reject_unknown,
+)
 from driftrec.online.recommender import Answer, Recommender
 from driftrec.online.served import ServedRecorder
 

@@ -11,12 +11,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from driftrec.events import TOMBSTONE_TYPE, ClickEvent, validate_event
-from driftrec.settings import Settings
 from driftrec.online.http import json_response, require_api_key
 from driftrec.online.ingest import EventSink
 from driftrec.online.metrics import ReaderMetrics
 from driftrec.online.params import check_id, int_param, reject_unknown
 from driftrec.online.store import ReaderStore
+from driftrec.settings import Settings
 
 __all__ = ["user_routes", "tombstone"]
 

@@ -39,7 +39,6 @@ import redis.exceptions
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from driftrec.keys import Keys
-from driftrec.userstate import pack_vector
 from driftrec.models.online import BatchDelta
 from driftrec.streams import chunked
 from driftrec.streams.chunked import inflight_key, wal_key
@@ -57,6 +56,7 @@ from driftrec.streams.redis_state import (
     user_item_ops,
 )
 from driftrec.streams.vectors import VectorPlan
+from driftrec.userstate import pack_vector
 
 __all__ = ["ClusterRedisState", "slot_tag", "guard_key", "inflight_key", "wal_key"]
 

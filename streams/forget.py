@@ -22,10 +22,10 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from driftrec.events import TOMBSTONE_TYPE
-from driftrec.settings import Settings
 from driftrec.models.decay import DecayPolicy, EventWeights
 from driftrec.models.forget import events_to_forget, forget_share, subtract_share
 from driftrec.models.online import BatchDelta, EventView
+from driftrec.settings import Settings
 from driftrec.streams import metrics
 from driftrec.streams.gapfill import read_log
 

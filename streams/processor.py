@@ -24,9 +24,9 @@ from aiokafka.errors import KafkaError
 
 from driftrec.errors import InvalidEventError
 from driftrec.events import TOMBSTONE_TYPE, fast_validate
-from driftrec.settings import Settings
 from driftrec.models.decay import DecayPolicy, EventWeights
 from driftrec.models.online import BatchDelta, EventView, plan_batch
+from driftrec.settings import Settings
 from driftrec.streams import metrics
 from driftrec.streams.forget import Forgetter
 from driftrec.streams.gapfill import KafkaGapFiller, find_gaps

@@ -34,6 +34,10 @@ from redis.exceptions import NoScriptError
 
 from driftrec.errors import StoreFormatError
 from driftrec.keys import Keys
+from driftrec.models.decay import SCORE_SCALE
+from driftrec.models.online import BatchDelta, merge_user_items
+from driftrec.streams import chunked, metrics
+from driftrec.streams.vectors import VectorPlan
 from driftrec.userstate import (
     ENTRY_BYTES,
     pack_entry,
@@ -41,10 +45,6 @@ from driftrec.userstate import (
     split_state,
     unpack_vector,
 )
-from driftrec.models.decay import SCORE_SCALE
-from driftrec.models.online import BatchDelta, merge_user_items
-from driftrec.streams import chunked, metrics
-from driftrec.streams.vectors import VectorPlan
 
 __all__ = [
     "lua_source", "check_score_format",

@@ -49,7 +49,8 @@ return 1"""
 
 def progress_key(keys: Keys, slot: int) -> str:
     """STRING ``<plan>\\n<key>``: the last key of this hash slot a rescale finished (in name order)."""
-    from driftrec.streams.cluster_state import slot_tag  # cluster_state imports this module's neighbours
+    # A local import: cluster_state imports this module's neighbours.
+    from driftrec.streams.cluster_state import slot_tag
 
     return f"{keys.prefix}:{{{slot_tag(slot)}}}:rescaled"
 

@@ -34,12 +34,12 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from driftrec.training.clicklog import ClickLog
-from driftrec.training.matrix import build_interactions
 from driftrec.models.batch.base import top_n
 from driftrec.models.decay import DecayPolicy
 from driftrec.models.foldin import fold_in_basis, fold_in_many
 from driftrec.online.model_cache import PublishedModel
+from driftrec.training.clicklog import ClickLog
+from driftrec.training.matrix import build_interactions
 
 __all__ = ["Holdout", "SourceScore", "GateDecision", "make_holdout", "evaluate", "decide", "ndcg_at_k"]
 

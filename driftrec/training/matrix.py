@@ -9,8 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
-from driftrec.training.clicklog import ClickLog
 from driftrec.models.decay import DecayPolicy
+from driftrec.training.clicklog import ClickLog
 
 __all__ = ["Interactions", "build_interactions", "MIN_WEIGHT"]
 

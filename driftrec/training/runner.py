@@ -13,13 +13,13 @@ from typing import Any
 
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
+from driftrec.models.batch import MODELS, BatchModel, create_model
+from driftrec.models.decay import DecayPolicy
 from driftrec.settings import Settings
 from driftrec.training.clicklog import ClickLog, LogStats, read_file, read_topic
 from driftrec.training.gate import GateDecision, SourceScore, decide, evaluate, make_holdout
 from driftrec.training.matrix import Interactions, build_interactions
 from driftrec.training.publish import PUBLISHABLE, Publisher, check_parts, pack_models
-from driftrec.models.batch import MODELS, BatchModel, create_model
-from driftrec.models.decay import DecayPolicy
 
 __all__ = ["DEFAULT_MODELS", "PUBLISHABLE", "DEFAULT_PARAMS", "TrainConfig", "TrainReport",
            "parse_params", "train_once", "make_publisher"]

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tools.chaos.stack import LocalRedisCluster
 from driftrec.kafka_admin import ensure_topics
 from driftrec.settings import Settings
 from tests.integration.services import Proc, free_port, provide_services
+from tools.chaos.stack import LocalRedisCluster
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 # Before pytest-timeout (300 s, pyproject) ends a hung test, print what every asyncio task of a

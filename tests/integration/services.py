@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from driftrec.settings import Settings, load_settings
 from tools.chaos.procs import Child, wait_http
 from tools.chaos.stack import free_port
-from driftrec.settings import Settings, load_settings
 
 __all__ = ["free_port", "docker_answers", "provide_services", "Proc", "wait_http", "ROOT"]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from driftrec.settings import Settings
 from tools.chaos.poison import run_poison
 from tools.chaos.scenario import ChaosConfig, Fault, run_chaos
 from tools.chaos.stack import PrivateRedis, drop_aof_tail
-from driftrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 

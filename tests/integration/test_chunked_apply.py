@@ -18,8 +18,6 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from tools.chaos.stack import LocalRedisCluster
-from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.keys import Keys
 from driftrec.publisher import publish_events
 from driftrec.redis_conn import async_client, sync_client
@@ -39,6 +37,8 @@ from tests.integration.test_write_path_guarantees import (
     _wait,
     assert_state_is_the_oracles,
 )
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 
 pytestmark = pytest.mark.integration
 

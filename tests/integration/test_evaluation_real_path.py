@@ -14,13 +14,13 @@ import redis
 
 from driftrec.keys import Keys
 from driftrec.live_eval import LiveModel, LiveRecommender, publish_parts
-from driftrec.publisher import Publisher
-from driftrec.settings import Settings
-from driftrec.simulator import ShopSimulator
 from driftrec.models.baselines import Interactions
 from driftrec.models.batch.als import ALSModel
 from driftrec.models.decay import EventWeights
 from driftrec.models.prequential import event_views, run_prequential, scored_mask
+from driftrec.publisher import Publisher
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
 from tests.integration.services import wait_http
 
 pytestmark = pytest.mark.integration

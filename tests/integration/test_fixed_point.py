@@ -16,19 +16,19 @@ from typing import Any
 import pytest
 import redis
 
-from tools.chaos.stack import LocalRedisCluster
-from tools.chaos.state import compare, read_redis, views_of
 from driftrec.errors import StoreFormatError
 from driftrec.keys import Keys
+from driftrec.models.decay import SCORE_SCALE, DecayPolicy
+from driftrec.models.online import EventView, InMemoryState
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from driftrec.models.decay import SCORE_SCALE, DecayPolicy
-from driftrec.models.online import EventView, InMemoryState
 from driftrec.streams import rescale
 from driftrec.streams.processor import RawRecord
 from driftrec.streams.redis_state import check_score_format
 from tests.integration.test_forget_stores import processor, produce
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import compare, read_redis, views_of
 
 pytestmark = pytest.mark.integration
 

@@ -18,19 +18,19 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tools.chaos.stack import LocalRedisCluster
-from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.events import TOMBSTONE_TYPE
 from driftrec.keys import Keys
+from driftrec.models.forget import ForgettingState
+from driftrec.models.online import EventView
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from driftrec.models.forget import ForgettingState
-from driftrec.models.online import EventView
 from driftrec.streams.cluster_state import ClusterRedisState, inflight_key
 from driftrec.streams.forget import Forgetter
 from driftrec.streams.processor import BatchProcessor, RawRecord
 from driftrec.streams.redis_state import RedisState
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 
 pytestmark = pytest.mark.integration
 

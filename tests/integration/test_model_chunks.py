@@ -15,11 +15,11 @@ import redis.asyncio as aioredis
 from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
-from driftrec.settings import Settings
-from driftrec.training.publish import MANIFEST, Publisher
 from driftrec.online.app import create_store
 from driftrec.online.model_cache import ModelCache
+from driftrec.settings import Settings
 from driftrec.streams.published import FactorCache
+from driftrec.training.publish import MANIFEST, Publisher
 from tests.unit.test_reader_model import parts as reader_model_parts
 
 pytestmark = pytest.mark.integration

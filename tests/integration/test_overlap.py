@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from driftrec.keys import Keys
+from driftrec.online.routes_users import tombstone
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from driftrec.online.routes_users import tombstone
 from driftrec.streams import metrics
 from driftrec.streams.forget import Forgetter
 from driftrec.streams.processor import BatchOutcome, BatchProcessor, DeadLetter, RawRecord

@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from driftrec.keys import Keys
-from driftrec.settings import Settings
 from driftrec.models.blend import BlendWeights, Candidates, blend
 from driftrec.models.cooccurrence import top_k
 from driftrec.models.factors import fold_in
 from driftrec.models.online import InMemoryState
+from driftrec.settings import Settings
 from tests.integration.test_reader_support import (
     publish_model,
     reader,

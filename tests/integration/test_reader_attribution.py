@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftrec.keys import Keys
 from driftrec.oncall.attribution import STRATEGY_FIELD, Attributor, parse_click
+from driftrec.online.served import STRATEGY_FIELD as READER_STRATEGY_FIELD
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
-from driftrec.online.served import STRATEGY_FIELD as READER_STRATEGY_FIELD
 from tests.integration.services import free_port, wait_http
 from tests.integration.test_reader_support import (
     reader,

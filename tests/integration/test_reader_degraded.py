@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from driftrec.keys import Keys
-from driftrec.settings import Settings
 from driftrec.models.online import InMemoryState
+from driftrec.settings import Settings
 from tests.integration.services import free_port
 from tests.integration.test_reader_support import reader, reference_state, shop_events, write_state
 

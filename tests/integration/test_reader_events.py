@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from driftrec.events import TOMBSTONE_TYPE
-from driftrec.settings import Settings
 from driftrec.online.ingest import KafkaSink
+from driftrec.settings import Settings
 from tests.integration.services import free_port
 from tests.integration.test_reader_support import reader
 

@@ -15,10 +15,10 @@ import redis
 from redis.client import NEVER_DECODE
 
 from driftrec.keys import Keys
-from driftrec.settings import Settings
-from driftrec.userstate import decode_fields
 from driftrec.models.online import InMemoryState
 from driftrec.online.ingest import KafkaSink
+from driftrec.settings import Settings
+from driftrec.userstate import decode_fields
 from tests.integration.test_reader_support import reader, reference_state, shop_events
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from driftrec.keys import Keys
-from driftrec.settings import Settings
 from driftrec.models.blend import SOURCES
 from driftrec.online.app import create_app
 from driftrec.online.params import ID_PATTERN
 from driftrec.online.routes_recs import SIMILAR_STRATEGY, STRATEGIES
+from driftrec.settings import Settings
 from tests.integration.test_reader_support import (
     ListSink,
     reference_state,

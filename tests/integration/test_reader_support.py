@@ -20,12 +20,12 @@ import redis
 
 from driftrec.events import ClickEvent, validate_event
 from driftrec.keys import Keys
-from driftrec.settings import Settings
-from driftrec.simulator import ShopSimulator
-from driftrec.userstate import encode_state
 from driftrec.models.online import EventView, InMemoryState
 from driftrec.online.app import create_app, create_store
 from driftrec.online.errors import Unavailable
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
+from driftrec.userstate import encode_state
 
 __all__ = ["shop_events", "reference_state", "write_state", "reader", "ListSink", "npy", "publish_model"]
 

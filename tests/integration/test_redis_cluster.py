@@ -17,9 +17,6 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tools.chaos.scenario import ChaosConfig, Fault, check_vectors, publish_model, run_chaos
-from tools.chaos.stack import LocalRedisCluster
-from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 from driftrec.keys import Keys
 from driftrec.redis_conn import async_client, cluster_nodes, is_cluster_url, sync_client
 from driftrec.settings import Settings
@@ -27,6 +24,9 @@ from driftrec.simulator import ShopSimulator
 from driftrec.streams.cluster_state import ClusterRedisState, guard_key, inflight_key
 from driftrec.streams.processor import BatchProcessor, RawRecord
 from driftrec.streams.published import FactorCache
+from tools.chaos.scenario import ChaosConfig, Fault, check_vectors, publish_model, run_chaos
+from tools.chaos.stack import LocalRedisCluster
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
 
 pytestmark = pytest.mark.integration
 

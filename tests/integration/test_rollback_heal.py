@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from driftrec.keys import Keys
+from driftrec.redis_conn import sync_client
+from driftrec.settings import Settings
 from tools.chaos.procs import Child
 from tools.chaos.scenario import ChaosConfig, run_settings, sim_rows
 from tools.chaos.stack import PrivateRedis, drop_aof_tail
@@ -30,9 +33,6 @@ from tools.chaos.state import (
     views_of,
 )
 from tools.chaos.traffic import publish_steady, wait_zero_lag
-from driftrec.keys import Keys
-from driftrec.redis_conn import sync_client
-from driftrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.chaos.scale import run_scale
 from driftrec.settings import Settings
+from tools.chaos.scale import run_scale
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,14 @@ import redis.asyncio as aioredis
 
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
+from driftrec.models.batch import create_model
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.app import create_store
+from driftrec.online.model_cache import ModelCache
 from driftrec.publisher import Publisher as EventPublisher
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
+from driftrec.streams.published import FactorCache
 from driftrec.training.clicklog import events_to_log, read_topic
 from driftrec.training.matrix import build_interactions
 from driftrec.training.publish import (
@@ -30,11 +35,6 @@ from driftrec.training.publish import (
     versions_key,
 )
 from driftrec.training.runner import TrainConfig, make_publisher, train_once
-from driftrec.models.batch import create_model
-from driftrec.models.decay import DecayPolicy
-from driftrec.online.app import create_store
-from driftrec.online.model_cache import ModelCache
-from driftrec.streams.published import FactorCache
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from driftrec.keys import Keys
+from driftrec.models.decay import DecayPolicy
 from driftrec.publisher import Publisher as EventPublisher
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
@@ -21,7 +22,6 @@ from driftrec.training.clicklog import read_topic
 from driftrec.training.matrix import build_interactions
 from driftrec.training.runner import TrainConfig, make_publisher, train_once
 from driftrec.userstate import encode_state
-from driftrec.models.decay import DecayPolicy
 from tests.integration.services import wait_http
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from tools.chaos.stack import PrivateStack, free_port
 from driftrec.keys import Keys
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from tests.integration.services import Proc
+from tools.chaos.stack import PrivateStack, free_port
 
 pytestmark = pytest.mark.integration
 

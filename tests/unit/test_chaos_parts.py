@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 import redis.exceptions
 
-from tools.chaos.fuzz import FAMILIES, bad_events, is_rejected
-from tools.chaos.state import compare, snapshot_of
-from driftrec.settings import Settings
 from driftrec.models.online import EventView, InMemoryState
 from driftrec.online.resp import RespPool, _Connection
+from driftrec.settings import Settings
+from tools.chaos.fuzz import FAMILIES, bad_events, is_rejected
+from tools.chaos.state import compare, snapshot_of
 
 WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 

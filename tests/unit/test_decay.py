@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftrec.errors import InvalidEventError
-from driftrec.models.decay import DEFAULT_MAX_EXPONENT, SCORE_SCALE, DecayPolicy, EventWeights, quantise
+from driftrec.models.decay import (
+    DEFAULT_MAX_EXPONENT,
+    SCORE_SCALE,
+    DecayPolicy,
+    EventWeights,
+    quantise,
+)
 
 
 def test_rate_is_ln2_over_half_life() -> None:

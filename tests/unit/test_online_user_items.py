@@ -9,6 +9,9 @@ import struct
 import pytest
 
 from driftrec.keys import Keys
+from driftrec.models.decay import DecayPolicy, EventWeights
+from driftrec.models.online import EventView, InMemoryState
+from driftrec.streams.redis_state import BatchContext, loaded_context, user_item_ops
 from driftrec.userstate import (
     decode_fields,
     encode_state,
@@ -18,9 +21,6 @@ from driftrec.userstate import (
     strongest,
     unpack_entry,
 )
-from driftrec.models.decay import DecayPolicy, EventWeights
-from driftrec.models.online import EventView, InMemoryState
-from driftrec.streams.redis_state import BatchContext, loaded_context, user_item_ops
 
 KEYS = Keys("t")
 WEIGHTS = EventWeights({"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0})

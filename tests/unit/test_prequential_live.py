@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftrec.live_eval import LiveModel, LiveRecommender, _TopCache, _zrevrange, publish_parts
-from driftrec.settings import Settings
 from driftrec.models.blend import SOURCES, BlendWeights
 from driftrec.models.online import EventView
 from driftrec.models.prequential import run_prequential
+from driftrec.settings import Settings
 
 ONLY = {s: 0.0 for s in SOURCES}
 

@@ -17,8 +17,8 @@ import pytest
 import redis.exceptions
 
 from driftrec.events import TOMBSTONE_TYPE
-from driftrec.settings import Settings
 from driftrec.models.online import BatchDelta, InMemoryState
+from driftrec.settings import Settings
 from driftrec.streams.processor import Backoff, BatchProcessor, DeadLetter, RawRecord, is_retryable
 from driftrec.streams.redis_state import APPLIED, STALE_OFFSETS, BatchContext
 

@@ -11,16 +11,16 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from driftrec.models.batch import create_model
+from driftrec.models.decay import DecayPolicy
+from driftrec.online.ann import AnnConfig, ann_config
+from driftrec.online.model_cache import PARTS, ModelCache, PublishedModel, build_model
 from driftrec.settings import load_settings
 from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import events_to_log
 from driftrec.training.matrix import build_interactions
 from driftrec.training.publish import npy, pack_models
 from driftrec.training.runner import DEFAULT_PARAMS
-from driftrec.models.batch import create_model
-from driftrec.models.decay import DecayPolicy
-from driftrec.online.ann import AnnConfig, ann_config
-from driftrec.online.model_cache import PARTS, ModelCache, PublishedModel, build_model
 from tests.unit.test_reader_model import parts as tiny_parts
 
 S = load_settings()

@@ -12,10 +12,10 @@ import pytest
 from starlette.routing import Route
 
 from driftrec.events import TOMBSTONE_TYPE, ClickEvent
-from driftrec.settings import Settings
 from driftrec.online.app import create_app
 from driftrec.online.errors import Unavailable
 from driftrec.online.routes_events import MAX_EVENTS, split_batch
+from driftrec.settings import Settings
 
 
 class ListSink:

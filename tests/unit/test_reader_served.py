@@ -9,8 +9,8 @@ from typing import Any
 import redis.exceptions
 
 from driftrec.keys import Keys
-from driftrec.oncall.attribution import STRATEGY_FIELD
 from driftrec.models.blend import Scored
+from driftrec.oncall.attribution import STRATEGY_FIELD
 from driftrec.online.served import STRATEGY_FIELD as READER_FIELD
 from driftrec.online.served import ServedRecorder
 

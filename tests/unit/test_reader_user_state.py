@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftrec.userstate import decode_fields, pack_entry
 from driftrec.online.store import user_state
+from driftrec.userstate import decode_fields, pack_entry
 
 halves = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.5, 1.7e9]), st.floats(allow_nan=False, allow_infinity=False))
 items = st.text(alphabet="ab01._:é", min_size=1, max_size=6)

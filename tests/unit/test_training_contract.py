@@ -18,8 +18,12 @@ import pytest
 import scipy.sparse as sp
 
 from driftrec.errors import ModelError
+from driftrec.models.batch import MODELS, BatchModel, create_model, load_path
+from driftrec.models.batch.tf_next import forward
+from driftrec.models.decay import DecayPolicy
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
+from driftrec.streams.published import unpack_factors
 from driftrec.training.clicklog import events_to_log
 from driftrec.training.matrix import Interactions, build_interactions
 from driftrec.training.publish import (
@@ -30,10 +34,6 @@ from driftrec.training.publish import (
     npy,
     pack_models,
 )
-from driftrec.models.batch import MODELS, BatchModel, create_model, load_path
-from driftrec.models.batch.tf_next import forward
-from driftrec.models.decay import DecayPolicy
-from driftrec.streams.published import unpack_factors
 
 S = Settings()
 TINY: dict[str, dict[str, Any]] = {

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from driftrec.models.batch import create_model
+from driftrec.models.decay import DecayPolicy
+from driftrec.models.offline import ranking_metrics
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import events_to_log
 from driftrec.training.gate import SourceScore, decide, evaluate, make_holdout, ndcg_at_k
 from driftrec.training.matrix import build_interactions
 from driftrec.training.publish import check_parts, pack_version
-from driftrec.models.batch import create_model
-from driftrec.models.decay import DecayPolicy
-from driftrec.models.offline import ranking_metrics
 
 S = Settings()
 POLICY = DecayPolicy(S.half_life_s)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from driftrec.errors import ModelError
+from driftrec.models.decay import DecayPolicy
+from driftrec.models.online import EventView, InMemoryState
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import events_to_log
 from driftrec.training.matrix import MIN_WEIGHT, build_interactions
-from driftrec.models.decay import DecayPolicy
-from driftrec.models.online import EventView, InMemoryState
 
 S = Settings()
 POLICY = DecayPolicy(S.half_life_s)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from driftrec.errors import InvalidRequestError, ModelError
+from driftrec.models.batch import MODELS, load_path
 from driftrec.settings import Settings
 from driftrec.training.runner import DEFAULT_PARAMS, TrainConfig, parse_params, train_once
 from driftrec.training.schedule import parse_interval, run_every
-from driftrec.models.batch import MODELS, load_path
 
 S = Settings()
 

@@ -12,6 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from driftrec.keys import Keys
+from driftrec.redis_conn import sync_client
+from driftrec.settings import Settings
+from driftrec.streams.agents import REASON_HEADER, SOURCE_HEADER
 from tools.chaos.fuzz import bad_events
 from tools.chaos.procs import Child
 from tools.chaos.scenario import ChaosConfig, run_settings, sim_rows
@@ -24,10 +28,6 @@ from tools.chaos.state import (
     views_of,
 )
 from tools.chaos.traffic import PublishStats, Row, publish_steady
-from driftrec.keys import Keys
-from driftrec.redis_conn import sync_client
-from driftrec.settings import Settings
-from driftrec.streams.agents import REASON_HEADER, SOURCE_HEADER
 
 __all__ = ["run_poison"]
 

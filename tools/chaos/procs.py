@@ -11,8 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tools.benchinfo import commit, machine
 from driftrec.settings import Settings
+from tools.benchinfo import commit, machine
 
 __all__ = ["Child", "rss_mb", "wait_http", "machine", "commit", "ROOT"]
 

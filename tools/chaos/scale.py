@@ -14,6 +14,10 @@ from typing import Any
 
 import redis
 
+from driftrec.keys import Keys
+from driftrec.oncall.lag import LagCollector, LagError
+from driftrec.redis_conn import sync_client
+from driftrec.settings import Settings
 from tools.chaos.procs import Child
 from tools.chaos.scenario import ChaosConfig, run_settings, sim_rows
 from tools.chaos.stack import free_port
@@ -27,10 +31,6 @@ from tools.chaos.state import (
     views_of,
 )
 from tools.chaos.traffic import PublishStats, publish_steady
-from driftrec.keys import Keys
-from driftrec.oncall.lag import LagCollector, LagError
-from driftrec.redis_conn import sync_client
-from driftrec.settings import Settings
 
 __all__ = ["run_scale", "MODES"]
 

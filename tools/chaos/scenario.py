@@ -20,6 +20,13 @@ import numpy as np
 import orjson
 import redis
 
+from driftrec.kafka_admin import ensure_topics
+from driftrec.keys import Keys
+from driftrec.models.factors import fold_in
+from driftrec.models.online import InMemoryState
+from driftrec.redis_conn import async_client, sync_client
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
 from tools.chaos.procs import Child, wait_http
 from tools.chaos.stack import free_port
 from tools.chaos.state import (
@@ -32,13 +39,6 @@ from tools.chaos.state import (
     views_of,
 )
 from tools.chaos.traffic import PublishStats, ReaderPoller, Row, publish_steady, wait_zero_lag
-from driftrec.kafka_admin import ensure_topics
-from driftrec.keys import Keys
-from driftrec.redis_conn import async_client, sync_client
-from driftrec.settings import Settings
-from driftrec.simulator import ShopSimulator
-from driftrec.models.factors import fold_in
-from driftrec.models.online import InMemoryState
 
 __all__ = ["Fault", "ChaosConfig", "Services", "run_chaos", "run_settings", "sim_rows", "publish_model",
            "check_vectors"]

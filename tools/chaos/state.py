@@ -29,9 +29,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from driftrec.errors import InvalidEventError
 from driftrec.events import fast_validate
 from driftrec.keys import Keys
+from driftrec.models.online import EventView, InMemoryState
 from driftrec.settings import Settings
 from driftrec.userstate import decode_fields, unpack_vector
-from driftrec.models.online import EventView, InMemoryState
 
 __all__ = ["TopicRecord", "read_topic", "views_of", "build_oracle", "RedisSnapshot", "read_redis",
            "compare", "Comparison", "snapshot_of", "last_offsets", "duplicate_ids"]
