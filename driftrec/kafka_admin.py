@@ -31,14 +31,17 @@ def broker_ready(bootstrap: str) -> bool:
         return False
 
 
-async def ensure_topics_async(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create each topic (name -> partitions) if missing; existing ones are left as they are."""
+async def ensure_topics_async(bootstrap: str, topics: dict[str, int],
+                              configs: dict[str, dict[str, str]] | None = None) -> None:
+    """Create each topic (name -> partitions) if missing, with its ``configs`` (name -> topic
+    configs, e.g. ``{"cleanup.policy": "compact"}``); existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name=name, num_partitions=parts, replication_factor=1)
+            NewTopic(name=name, num_partitions=parts, replication_factor=1,
+                     topic_configs=(configs or {}).get(name, {}))
             for name, parts in topics.items()
             if name not in existing
         ]
@@ -57,5 +60,6 @@ async def ensure_topics_async(bootstrap: str, topics: dict[str, int]) -> None:
         await admin.close()
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    asyncio.run(ensure_topics_async(bootstrap, topics))
+def ensure_topics(bootstrap: str, topics: dict[str, int],
+                  configs: dict[str, dict[str, str]] | None = None) -> None:
+    asyncio.run(ensure_topics_async(bootstrap, topics, configs))

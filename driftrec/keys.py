@@ -68,6 +68,22 @@ class Keys:
         """HASH landmark (forward-decay origin, event time), last_event_time, applied_events."""
         return f"{self.prefix}:{{g}}:meta"
 
+    # --- the item catalogue (docs/redis-keys.md, *Catalogue*) ------------------------------
+    @property
+    def catalogue(self) -> str:
+        """HASH item -> its latest catalogue record (JSON; a delete is kept as a record)."""
+        return f"{self.prefix}:{{g}}:items"
+
+    @property
+    def catalogue_feed(self) -> str:
+        """STREAM of changed item ids (field ``i``) and the change's number (``v``): readers' poll."""
+        return f"{self.prefix}:{{g}}:items:feed"
+
+    @property
+    def catalogue_offsets(self) -> str:
+        """HASH "<items topic>:<partition>" -> last applied offset (the catalogue's guard)."""
+        return f"{self.prefix}:{{g}}:items:offsets"
+
     # --- one served recommendation (attribution) --------------------------------------------
     def served(self, request_id: str) -> str:
         """HASH item -> source, plus ``#strategy``: what one answer showed (short TTL)."""

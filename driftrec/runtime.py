@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from aiokafka.errors import KafkaError
 
 from driftrec.kafka_admin import ensure_topics
 from driftrec.settings import Settings
 
-__all__ = ["ensure_services", "ensure_topics_waiting"]
+__all__ = ["ensure_services", "ensure_topics_waiting", "topic_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +27,21 @@ def ensure_services(settings: Settings, *, start: bool = True, wait: bool = Fals
         from driftrec.stack import LocalStack
 
         LocalStack(settings).up()
-    topics = {settings.clicks_topic: settings.topic_partitions, settings.dead_letter_topic: 1}
+    topics, configs = topic_plan(settings)
     if wait:
-        ensure_topics_waiting(settings.bootstrap, topics)
+        ensure_topics_waiting(settings.bootstrap, topics, create=partial(ensure_topics, configs=configs))
     else:
-        ensure_topics(settings.bootstrap, topics)
+        ensure_topics(settings.bootstrap, topics, configs)
     return settings
+
+
+def topic_plan(settings: Settings) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Every topic driftrec creates (name -> partitions) and the configs of those that need some:
+    the items topic is log-compacted (the latest record of each item is kept for ever, so a
+    replay from its start rebuilds the catalogue, deletes included)."""
+    topics = {settings.clicks_topic: settings.topic_partitions, settings.dead_letter_topic: 1,
+              settings.items_topic: settings.items_partitions, settings.items_dead_letter_topic: 1}
+    return topics, {settings.items_topic: {"cleanup.policy": "compact"}}
 
 
 def ensure_topics_waiting(bootstrap: str, topics: dict[str, int], *, initial_s: float = 0.5,

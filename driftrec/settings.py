@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # --- topics and keys ------------------------------------------------------------------
     clicks_topic: str = Field(default="driftrec.clicks", description="Topic the site publishes clicks to.")
     dead_letter_topic: str = Field(default="driftrec.clicks.dlq", description="Topic for rejected events.")
+    items_topic: str = Field(default="driftrec.items", description="Log-compacted topic of catalogue events (upserts and deletes of items), keyed by item_id.")
+    items_dead_letter_topic: str = Field(default="driftrec.items.dlq", description="Topic for rejected catalogue events, each with its reason header.")
+    items_partitions: int = Field(default=1, ge=1, description="Partitions when driftrec creates the items topic (catalogue changes are few; one partition keeps them in one order).")
+    catalogue_batch_max: int = Field(default=500, ge=1, description="Most catalogue events the worker applies in one Redis script.")
+    catalogue_feed_len: int = Field(default=100_000, ge=100, description="Entries the catalogue change feed (P:{g}:items:feed) keeps, about; a reader further behind reloads the whole catalogue.")
     topic_partitions: int = Field(default=4, ge=1, description="Partitions when driftrec creates the clicks topic.")
     consumer_group: str = Field(default="driftrec-worker", description="Faust app id / consumer group.")
     key_prefix: str = Field(default="dr", description="Prefix of every Redis key driftrec owns.")
@@ -106,6 +111,9 @@ class Settings(BaseSettings):
     reader_recent_items: int = Field(default=8, ge=1, description="Recent items whose neighbours the reader reads per request.")
     reader_recent_order: Literal["time", "weight"] = Field(
         default="time", description="Which recent items feed item-item: the last clicked ('time') or the strongest decayed weights ('weight').")
+    reader_recent_position_decay: float = Field(default=0.0, ge=0, description="Item-item source: the p-th recent item before the last click weighs 1 / (1 + this x p) (V-SKNN's order of the last clicks); 0 = every recent item by its decayed weight alone.")
+    reader_session_gap_s: float = Field(default=1800.0, gt=0, description="A gap between two clicks longer than this ends a session (reader_outside_session_weight).")
+    reader_outside_session_weight: float = Field(default=1.0, gt=0, le=1, description="Item-item source: factor on a recent item not clicked in the shopper's latest session; 1 = no difference.")
     reader_neighbours: int = Field(default=20, ge=1, description="Strongest neighbours read per recent item.")
     reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
     reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
@@ -122,6 +130,7 @@ class Settings(BaseSettings):
     reader_redis_timeout_s: float = Field(default=0.5, gt=0, description="Reader's Redis socket timeout; past it the answer is degraded.")
     reader_max_in_flight: int = Field(default=16, ge=1, description="Most ranking requests (recommendations, similar items) one reader process works on at once; past it a request is answered at once from the in-memory trending snapshot (\"degraded\": true, counted as shed), so overload never queues every request behind the others.")
     reader_deadline_s: float = Field(default=0.1, gt=0, description="Longest one ranking request may take; past it the reader answers from the in-memory trending snapshot instead (\"degraded\": true, counted as shed).")
+    reader_catalogue_poll_s: float = Field(default=0.1, gt=0, description="How often the reader polls the catalogue change feed (one XREAD when nothing changed); bounds how late an item made unavailable can still be shown, with the worker's own delay.")
 
     # --- on-call (lag exporter, freshness canary, dashboard) ------------------------------
     exporter_port: int = Field(default=9308, description="Port of `driftrec lag --serve`: /metrics and /dashboard.")
