@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     reader_deadline_s: float = Field(default=0.1, gt=0, description="Longest one ranking request may take; past it the reader answers from the in-memory trending snapshot instead (\"degraded\": true, counted as shed).")
     reader_catalogue_poll_s: float = Field(default=0.1, gt=0, description="How often the reader polls the catalogue change feed (one XREAD when nothing changed); bounds how late an item made unavailable can still be shown, with the worker's own delay.")
 
+    # --- online experiments (driftrec/experiments.py) ---------------------------------------
+    experiments_file: Path | None = Field(default=None, description="JSON or YAML file of experiment definitions ({\"experiments\": [...]}) the reader runs and the exporter reports, besides those PUT to /v1/experiments; a bad file stops start-up.")
+    experiments_refresh_s: float = Field(default=1.0, gt=0, description="How often each reader re-reads the experiments defined through its admin endpoint (never per request).")
+
     # --- on-call (lag exporter, freshness canary, dashboard) ------------------------------
     exporter_port: int = Field(default=9308, description="Port of `driftrec lag --serve`: /metrics and /dashboard.")
     lag_interval_s: float = Field(default=2.0, gt=0, description="How often the exporter asks the broker for offsets.")
