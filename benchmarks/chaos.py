@@ -34,13 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, commit, machine
 
-from tools.chaos.poison import run_poison  # noqa: E402
-from tools.chaos.procs import commit, machine  # noqa: E402
-from tools.chaos.scenario import ChaosConfig, Fault, run_chaos  # noqa: E402
-from tools.chaos.stack import PrivateStack  # noqa: E402
+from tools.chaos.poison import run_poison
+from tools.chaos.scenario import ChaosConfig, Fault, run_chaos
+from tools.chaos.stack import PrivateStack
 
 
 def main() -> None:
@@ -56,7 +54,7 @@ def main() -> None:
     ap.add_argument("--aof-rollback", type=int, default=20,
                     help="then a separate run whose Redis loses its last N applied scripts (0 = skip)")
     ap.add_argument("--keep", action="store_true", help="keep the stack's folder (logs, data)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chaos.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

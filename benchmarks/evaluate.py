@@ -21,10 +21,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from tools.benchinfo import commit, machine
+from common import RESULTS, commit, machine
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {"live_vs_hourly_batch": 2.0, "live_vs_best_baseline": 1.15}
 #: Scored hours per data set: bounds the hourly batch's refits (see PrequentialOptions).
 MAX_WINDOWS = {"ml-latest-small": 120, "uci-online-retail": 40, "simulator": 20, "retailrocket-sample": 80}

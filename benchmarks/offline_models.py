@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from common import RESULTS, commit, machine
+
 from driftrec.datasets.base import shared_datasets_dir
 from driftrec.models.batch import MODELS, create_model
 from driftrec.models.offline import (
@@ -32,13 +34,11 @@ from driftrec.models.offline import (
     stratified_split,
     to_csr,
 )
-from tools.benchinfo import commit, machine
 
 logger = logging.getLogger("benchmarks.offline_models")
 
 #: MovieLens beside the checkout (``$DRIFTREC_DATASETS`` or ``../shared/datasets``; docs/datasets.md).
 DEFAULT_RATINGS = str(shared_datasets_dir() / "ml-latest-small" / "ratings.csv")
-ROOT = Path(__file__).resolve().parent.parent
 
 #: Validation grids. Kept small enough that the whole run stays near 5 minutes on 2 cores;
 #: the ranges come from a coarser exploration on the validation split (never the test split).
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--models", default=",".join(GRIDS), help="comma-separated subset")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/offline_models.json"))
+    parser.add_argument("--out", default=str(RESULTS / "offline_models.json"))
     args = parser.parse_args(argv)
     try:
         os.nice(10)  # the machine is shared; the benchmark yields to interactive work

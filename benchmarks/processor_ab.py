@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import RESULTS, ROOT, commit, free_port, machine
 
 # Runs inside the child, with the code under test first on sys.path.
 CHILD = r'''
@@ -125,12 +124,6 @@ asyncio.run(main())
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _run(code_root: Path, port: int, events: int, modes: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONHASHSEED": "0"}
     out = subprocess.run([sys.executable, "-c", CHILD, str(port), str(events), *modes], cwd=code_root, env=env,
@@ -145,7 +138,7 @@ def main() -> None:
     ap.add_argument("--baseline-ref", default="2eff196")
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "processor_ab.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "processor_ab.json")
     ap.add_argument("--redis-config", nargs="*", default=[], metavar="ARG",
                     help="extra redis-server arguments for both sides, e.g. zset-max-listpack-entries 0")
     ap.add_argument("--overlap", action="store_true",
@@ -157,7 +150,7 @@ def main() -> None:
     base = tmp / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline_ref], cwd=ROOT,
                    check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
                                "--dir", str(tmp), *(f"--{a}" if i % 2 == 0 else a
                                                      for i, a in enumerate(args.redis_config))],
@@ -194,14 +187,10 @@ def main() -> None:
             "nbr_row_members_mean")
     summary = {k: {"baseline": med("baseline", k), "new": med("new", k),
                    "ratio_new_over_baseline": round(med("new", k) / med("baseline", k), 3)} for k in keys}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "streams", "models"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
     result = {"summary": summary, "runs": runs, "baseline_ref": args.baseline_ref,
-              "commit": commit + ("+dirty" if dirty else ""), "events": args.events, "rounds": args.rounds,
+              "commit": commit(), "events": args.events, "rounds": args.rounds,
               "redis_config": args.redis_config, "modes": modes,
-              "machine": {"cpus": os.cpu_count(), "load_avg_at_end": list(os.getloadavg())},
+              "machine": machine(("redis", "orjson")) | {"load_avg_at_end": list(os.getloadavg())},
               "command": "python " + " ".join(sys.argv)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

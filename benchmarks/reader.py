@@ -18,11 +18,9 @@ import io
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,14 +33,12 @@ from typing import Any
 import numpy as np
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, commit, cpu_jitter, free_port, machine
 
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.models.decay import SCORE_SCALE  # noqa: E402
-from driftrec.userstate import encode_state, pack_vector  # noqa: E402
-from tools.benchinfo import cpu_jitter  # noqa: E402
-from tools.chaos.scale import cpu_s, redis_cpu_s  # noqa: E402
+from driftrec.keys import Keys
+from driftrec.models.decay import SCORE_SCALE
+from driftrec.userstate import encode_state, pack_vector
+from tools.chaos.scale import cpu_s, redis_cpu_s
 
 logger = logging.getLogger("benchmarks.reader")
 
@@ -69,12 +65,6 @@ done = function(summary, latency, requests)
     summary.errors.read, summary.errors.write, summary.errors.timeout))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_wrk() -> str:
@@ -344,29 +334,6 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "online", "benchmarks/reader.py"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=10_000)
@@ -381,7 +348,7 @@ def main() -> None:
                     help="A checkout of other reader code (e.g. a git worktree): its reader runs on the same "
                          "Redis and the two are measured in alternating rounds (ratios in the JSON).")
     ap.add_argument("--baseline-label", default="", help="What --baseline is (recorded in the JSON).")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "reader.json")
     ap.add_argument("--redis-port", type=int, default=0,
                     help="Use this running Redis (filled once, reused while it holds the data) "
                          "instead of a private one.")

@@ -51,13 +51,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, commit, machine  # noqa: E402
 
 from driftrec.online.ann import ann_config  # noqa: E402
 from driftrec.online.model_cache import PARTS, PublishedModel, build_model  # noqa: E402
 from driftrec.settings import load_settings  # noqa: E402
-from tools import benchinfo  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader_ann")
 
@@ -238,7 +236,7 @@ def main() -> None:
     ap.add_argument("--exact-requests", type=int, default=100,
                     help="Requests timed on the exact models (a full scan of 1M items takes ~0.2 s).")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader_ann.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "reader_ann.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.time()
@@ -251,8 +249,8 @@ def main() -> None:
         "target": "ANN per-request cost of sources at 1M items within ~1.5x of 10k",
         "n": N, "similar_users": N_SIMILAR, "factors": K, "tf_hidden": TF_HIDDEN, "user_pool": POOL_USERS,
         "blas_threads": 1,
-        "machine": benchinfo.machine(["numpy", "usearch"]),
-        "commit": benchinfo.commit(ROOT),
+        "machine": machine(["numpy", "usearch"]),
+        "commit": commit(ROOT),
         "command": "python benchmarks/reader_ann.py " + " ".join(sys.argv[1:]),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),

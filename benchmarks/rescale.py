@@ -20,20 +20,46 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import orjson
 
-from benchmarks.cluster_apply import _records, _redis_cpu  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.models.decay import DecayPolicy  # noqa: E402
-from driftrec.redis_conn import async_client, sync_client  # noqa: E402
-from driftrec.settings import Settings  # noqa: E402
-from tools.chaos.procs import commit, machine  # noqa: E402
-from tools.chaos.stack import PrivateRedis  # noqa: E402
-from tools.chaos.state import build_oracle, compare, read_redis, views_of  # noqa: E402
+from common import RESULTS, commit, machine
+
+from driftrec.keys import Keys
+from driftrec.models.decay import DecayPolicy
+from driftrec.redis_conn import async_client, cluster_nodes, is_cluster_url, sync_client
+from driftrec.settings import Settings
+from driftrec.simulator import ShopSimulator
+from tools.chaos.stack import PrivateRedis
+from tools.chaos.state import TopicRecord, build_oracle, compare, read_redis, views_of
+
+
+def _records(n: int, partitions: int = 4) -> list[TopicRecord]:
+    """``n`` simulator clicks as topic records, keyed by user over ``partitions`` partitions."""
+    sim = ShopSimulator(n_users=2000, n_items=5000, n_categories=20, seed=7)
+    out, offsets = [], [0] * partitions
+    for e in sim.events(n):
+        p = zlib.crc32(e["user_id"].encode()) % partitions
+        out.append(TopicRecord(p, offsets[p], e["user_id"].encode(), orjson.dumps(e)))
+        offsets[p] += 1
+    return out
+
+
+def _redis_cpu(url: str) -> float:
+    """Redis' user + system CPU seconds so far, summed over a cluster's nodes."""
+    import redis
+
+    urls = ([f"redis://{h}:{p}/0" for h, p in cluster_nodes(url)[0]] if is_cluster_url(url) else [url])
+    total = 0.0
+    for u in urls:
+        c = redis.Redis.from_url(u)
+        info = c.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        c.close()
+    return total
 
 
 def run(url: str, events: int, batch: int) -> dict[str, Any]:
@@ -94,7 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=2000)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rescale.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "rescale.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="driftrec-rescale-"))
     redis = PrivateRedis(work / "redis")

@@ -8,7 +8,7 @@ once; each mode then consumes them from the start with its own consumer group an
 prefix. Reported per mode: seconds, events/s after the first 5 %, group members seen, lost and
 double-applied events (applied counter vs the topic), the state against the oracle, and against
 the one-worker run (exact where no bound cut a list; capped lists by overlap, see
-driftrec/chaos/state.py). Default bounds (neighbours_k 50, history_len 50), unless --unbounded.
+tools/chaos/state.py). Default bounds (neighbours_k 50, history_len 50), unless --unbounded.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, commit, machine
 
-from tools.chaos.procs import commit, machine  # noqa: E402
-from tools.chaos.scale import run_scale  # noqa: E402
-from tools.chaos.stack import PrivateStack  # noqa: E402
+from tools.chaos.scale import run_scale
+from tools.chaos.stack import PrivateStack
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
     ap.add_argument("--reader-requests", type=int, default=2000,
                     help="then reader and Redis CPU per recommendation on the one-worker state")
     ap.add_argument("--unbounded", action="store_true", help="bounds no run reaches: every key exact")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = ROOT / ".driftrec-test" / f"scale-{os.getpid()}"

@@ -31,21 +31,20 @@ from typing import Any
 import orjson
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, commit, machine
 
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
-from tools.chaos.memory import (  # noqa: E402
+from driftrec.keys import Keys
+from driftrec.simulator import ShopSimulator
+from tools.chaos.memory import (
     encoding_what_if,
     history_sizes,
     memory_per_owner,
     redis_memory_info,
 )
-from tools.chaos.procs import Child, commit, machine, rss_mb, wait_http  # noqa: E402
-from tools.chaos.scenario import run_settings  # noqa: E402
-from tools.chaos.stack import PrivateStack  # noqa: E402
-from tools.chaos.traffic import PublishStats, ReaderPoller, publish_steady  # noqa: E402
+from tools.chaos.procs import Child, rss_mb, wait_http
+from tools.chaos.scenario import run_settings
+from tools.chaos.stack import PrivateStack
+from tools.chaos.traffic import PublishStats, ReaderPoller, publish_steady
 
 
 class Sampler(threading.Thread):
@@ -82,7 +81,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=0.25)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = ROOT / ".driftrec-test" / f"soak-{os.getpid()}"

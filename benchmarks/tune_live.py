@@ -17,10 +17,11 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from common import RESULTS, commit
 
 from driftrec.evaluate import PrequentialOptions, _publish, load_stream
 from driftrec.live_eval import LiveRecommender
@@ -29,10 +30,8 @@ from driftrec.models.blend import SOURCES, BlendWeights
 from driftrec.models.decay import EventWeights
 from driftrec.models.prequential import run_prequential, scored_mask
 from driftrec.settings import Settings
-from tools.benchinfo import commit
 
 DAY = 86400.0
-RESULTS = Path(__file__).resolve().parent / "results"
 WEIGHTS: dict[str, dict[str, float]] = {
     "default": {k: float(getattr(BlendWeights(), k)) for k in SOURCES},
     "ii1_uv.5_tr.3": {"item_item": 1.0, "user_vector": 0.5, "trending": 0.3},

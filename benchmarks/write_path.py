@@ -39,7 +39,6 @@ import os
 import pstats
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,24 +55,15 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, commit, machine
+from common import free_port as _free_port  # also benchmarks/system.py's
 
-from driftrec.kafka_admin import ensure_topics  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.settings import Settings, load_settings  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
-from driftrec.streams.published import pack_factors  # noqa: E402
-from tools import benchinfo  # noqa: E402
-from tools.chaos.scale import cpu_s  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from driftrec.kafka_admin import ensure_topics
+from driftrec.keys import Keys
+from driftrec.settings import Settings, load_settings
+from driftrec.simulator import ShopSimulator
+from driftrec.streams.published import pack_factors
+from tools.chaos.scale import cpu_s
 
 
 @contextlib.contextmanager
@@ -456,11 +446,11 @@ def noop_agent(n: int, variant: str) -> None:
 
 
 def _git_commit() -> str:
-    return benchinfo.commit(ROOT)
+    return commit(ROOT)
 
 
 def _machine() -> dict[str, Any]:
-    info = benchinfo.machine(("faust", "aiokafka", "redis", "orjson"))
+    info = machine(("faust", "aiokafka", "redis", "orjson"))
     info["load_avg_at_start"] = info.pop("load_avg")
     return info
 

@@ -98,7 +98,7 @@ class PublishedModel:
     ``scan_Y`` / ``scan_tf_out`` so a scan reads one contiguous block. A scan streams its whole
     matrix from memory on every request ((k + TF hidden width) × 4 bytes per item: about 1.4 ms
     of reader CPU per 10,000 items at ``driftrec train``'s default sizes here,
-    ``benchmarks/reader_floor.py``), so the pool is what bounds a request on a large catalogue.
+    ``benchmarks/reader_floor.py``, in git history at 8811c33), so the pool is what bounds a request on a large catalogue.
 
     With :meth:`build_indexes` (``Settings.reader_ann``), each scan of at least
     ``AnnConfig.min_rows`` rows is replaced by an HNSW search (:mod:`driftrec.online.ann`) for

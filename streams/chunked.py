@@ -53,8 +53,8 @@ __all__ = ["CHUNK_COST", "ChunkedApply", "op_cost", "cut_ops", "load_parts", "bu
 #: Default budget of one chunk, in :func:`op_cost` units (setting ``apply_chunk_cost``).
 CHUNK_COST = 500
 
-#: Cost units (about a microsecond of Redis time each; fitted on the dev machine by
-#: ``benchmarks/chunk_cost.py``, ``benchmarks/results/chunk_cost*.json``) of an op: ``OP_COST``
+#: Cost units (about a microsecond of Redis time each; fitted by ``benchmarks/chunk_cost.py``,
+#: ``benchmarks/results/chunk_cost*.json``, in git history at 8811c33) of an op: ``OP_COST``
 #: per op, plus per element: a sorted-set pair (``ZMSCORE``, the Lua addition, ``ZADD``) in a
 #: bounded row (``z``: ``neighbours_k``, categories; a listpack up to Redis' 128 entries) or in a
 #: large set (``Z``: popularity, trending: a skiplist), a hash field, a deleted field, or a float32
@@ -66,7 +66,7 @@ PER_OP = {"t": 2.3, "d": 3.0, "v": 2.0}
 #: Rows bounded below this many members stay listpacks (Redis' ``zset-max-listpack-entries``).
 _LISTPACK = 128
 #: Load cost units per user item HASH read whole (and packed into the reply), per user vector
-#: and per item vector read (``load_batch.lua``; ``benchmarks/chunk_cost.py``: ~1.5 µs a user
+#: and per item vector read (``load_batch.lua``; the same replays: ~1.5 µs a user
 #: HASH, ~3.9 with its vector, ~2.5 an item vector, replayed alone; these are near the 90th
 #: percentiles).
 LOAD_COST = {"hk": 2.5, "uk": 2.5, "ik": 3.5}

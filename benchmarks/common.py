@@ -1,0 +1,35 @@
+"""What every benchmark shares: the checkout's paths, where results go, what a result was measured on.
+
+Run a benchmark as ``python benchmarks/<name>.py`` from any directory: Python puts
+``benchmarks/`` first on ``sys.path``, so ``import common`` finds this module, and importing it
+puts the checkout's root there too, for ``tools/`` (the chaos harness and the machine/commit
+helpers, which are not installed with driftrec).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+
+__all__ = ["ROOT", "RESULTS", "machine", "commit", "cpu_jitter", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+#: The checkout the benchmark runs from.
+ROOT = Path(__file__).resolve().parents[1]
+#: Where each benchmark writes its result file (benchmarks/README.md lists them).
+RESULTS = ROOT / "benchmarks" / "results"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.benchinfo import commit, cpu_jitter, machine  # noqa: E402  (needs ROOT on sys.path)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
