@@ -232,7 +232,10 @@ class LiveRecommender:
         newest = sorted(hist.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)  # as ZREVRANGE
         decayed, recent = user_recent(_zrevrange(st.user_items.get(user, {}), s.history_len), newest, f,
                                       st.last_event_time, st.policy, k=s.reader_recent_items,
-                                      order=s.reader_recent_order)
+                                      order=s.reader_recent_order,
+                                      position_decay=s.reader_recent_position_decay,
+                                      session_gap_s=s.reader_session_gap_s,
+                                      outside_session=s.reader_outside_session_weight)
         want = n + len(excluded)
         vec_scores: list[tuple[str, float]] = []
         tf_scores: list[tuple[str, float]] = []

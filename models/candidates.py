@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from driftrec.models.blend import Candidates, recent_items
 from driftrec.models.decay import DecayPolicy
 
-__all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "similar_user_scores",
-           "assemble"]
+__all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "session_weights",
+           "similar_user_scores", "assemble"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,46 @@ def trending_depth(n: int, n_excluded: int, history_len: int) -> int:
     return min(n + n_excluded + history_len, MAX_TRENDING_READ)
 
 
+def session_weights(recent: Pairs, history: Sequence[tuple[str, float]], context: Sequence[str] = (), *,
+                    position_decay: float, session_gap_s: float, outside_session: float) -> Pairs:
+    """The recent items' weights, scaled for where they sit in the shopper's click sequence.
+
+    The ``p``-th item clicked before the last one (``p = 0`` for the last; items by their last
+    click) is scaled by ``1 / (1 + position_decay · p)`` — V-SKNN's weighting of a session's
+    clicks (Ludewig & Jannach 2018), so the next click follows the last clicks more than the
+    first ones — and an item not clicked in the shopper's latest session (the run of clicks
+    with gaps of at most ``session_gap_s`` ending with the last one) by ``outside_session``.
+    Context items count as the latest clicks. The defaults (0, any, 1) change nothing.
+    """
+    if position_decay <= 0 and outside_session == 1.0:
+        return recent
+    rank: dict[str, int] = {}
+    for p, item in enumerate(context):  # newest first, as ``newest`` lists them
+        rank.setdefault(item, p)
+    in_session = set(rank)
+    prev: float | None = None
+    open_session = True
+    for p, (item, t) in enumerate(history):
+        rank.setdefault(item, len(context) + p)
+        if open_session and prev is not None and prev - t > session_gap_s:
+            open_session = False
+        if open_session:
+            in_session.add(item)
+        prev = t
+    out = []
+    for item, w in recent:
+        p = rank.get(item, 0)
+        m = 1.0 / (1.0 + position_decay * p) if position_decay > 0 else 1.0
+        if item not in in_session:
+            m *= outside_session
+        out.append((item, w * m))
+    return out
+
+
 def user_recent(stored: Iterable[tuple[str, float]], history: Sequence[tuple[str, float]], factor: float,
                 now: float, policy: DecayPolicy, *, k: int, order: str,
-                context: Sequence[str] = ()) -> tuple[Pairs, Pairs]:
+                context: Sequence[str] = (), position_decay: float = 0.0, session_gap_s: float = 1800.0,
+                outside_session: float = 1.0) -> tuple[Pairs, Pairs]:
     """The user's decayed weights and the ``k`` recent items whose neighbours are read.
 
     Parameters
@@ -51,6 +88,10 @@ def user_recent(stored: Iterable[tuple[str, float]], history: Sequence[tuple[str
     context : sequence of str
         Session items the caller knows of and the stream does not yet: the most recent of all,
         weighted as the strongest stored item.
+    position_decay, session_gap_s, outside_session : float
+        How the recent items weigh by their place in the click sequence
+        (:func:`session_weights`; ``reader_recent_position_decay``, ``reader_session_gap_s``,
+        ``reader_outside_session_weight``). Only ``recent`` is scaled, not ``decayed``.
 
     Returns
     -------
@@ -65,7 +106,9 @@ def user_recent(stored: Iterable[tuple[str, float]], history: Sequence[tuple[str
         ctx = set(context)
         decayed = [(i, top) for i in context] + [p for p in decayed if p[0] not in ctx]
     newest = [*context, *(i for i, _ in history)]
-    return decayed, recent_items(decayed, newest, k, order)
+    recent = recent_items(decayed, newest, k, order)
+    return decayed, session_weights(recent, history, context, position_decay=position_decay,
+                                    session_gap_s=session_gap_s, outside_session=outside_session)
 
 
 def similar_user_scores(similar: Sequence[tuple[str, float]], theirs: Mapping[str, Sequence[tuple[str, float]]]) -> Pairs:

@@ -101,7 +101,10 @@ class Recommender:
         f = r.meta.factor(self.rate)
         excluded |= {i for i, _ in r.history}
         decayed, recent = user_recent(r.weights, r.history, f, r.meta.now, self.policy, k=s.reader_recent_items,
-                                      order=s.reader_recent_order, context=context)
+                                      order=s.reader_recent_order, context=context,
+                                      position_decay=s.reader_recent_position_decay,
+                                      session_gap_s=s.reader_session_gap_s,
+                                      outside_session=s.reader_outside_session_weight)
         want = n + len(excluded)
 
         vec_scores: Pairs = []

@@ -64,3 +64,23 @@ def test_trending_depth_is_bounded() -> None:
     assert trending_depth(10, 5, 50) == 65
     assert trending_depth(10, 10**6, 50) == MAX_TRENDING_READ
     assert trending_depth(0, 0, 0) == 0
+
+
+def test_session_weights_follow_the_order_of_the_last_clicks_and_the_latest_session() -> None:
+    from driftrec.models.candidates import session_weights
+
+    history = [("c", 1000.0), ("b", 990.0), ("a", 10.0)]  # newest first: c, b in the latest session
+    recent = [("c", 1.0), ("b", 1.0), ("a", 1.0)]
+    assert session_weights(recent, history, position_decay=0.0, session_gap_s=100.0,
+                           outside_session=1.0) is recent  # the defaults change nothing
+    got = session_weights(recent, history, position_decay=1.0, session_gap_s=100.0, outside_session=0.5)
+    assert got == [("c", 1.0), ("b", pytest.approx(0.5)), ("a", pytest.approx(1 / 3 * 0.5))]
+    # a context item is the newest click, and in the session; history items move one place back
+    got = session_weights([("x", 2.0), ("c", 1.0)], history, ["x"], position_decay=1.0, session_gap_s=100.0,
+                          outside_session=0.5)
+    assert got == [("x", 2.0), ("c", pytest.approx(0.5))]
+    # user_recent scales only the recent items, not the decayed weights (fold-in, TF inputs)
+    decayed, rec = user_recent([("a", 1.0), ("c", 1.0)], [("c", 5.0), ("a", 1.0)], 1.0, 5.0, POLICY, k=2,
+                               order="time", position_decay=1.0, session_gap_s=1.0, outside_session=0.5)
+    assert decayed == [("a", 1.0), ("c", 1.0)]
+    assert rec == [("c", 1.0), ("a", pytest.approx(0.25))]
