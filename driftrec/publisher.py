@@ -10,11 +10,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from driftrec.catalogue import ItemEvent, encode_item_event
 from driftrec.errors import InvalidEventError
 from driftrec.events import ClickEvent, encode_event, validate_event
 from driftrec.settings import Settings
 
-__all__ = ["Publisher", "publish_events", "PublishReport"]
+__all__ = ["Publisher", "publish_events", "PublishReport", "ItemPublisher"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,37 @@ class Publisher:
                 await one(i, ev)
         await self.flush()
         return report
+
+
+class ItemPublisher:
+    """An idempotent Kafka producer for catalogue events (the items topic, keyed by item id, so
+    one item's changes stay in order). Use as ``async with ItemPublisher(settings)``; send
+    :class:`~driftrec.catalogue.ItemEvent` objects (validated by whoever built them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
+            linger_ms=5, max_batch_size=256 * 1024, request_timeout_ms=30000,
+        )
+
+    async def __aenter__(self) -> ItemPublisher:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, event: ItemEvent) -> None:
+        """Send one event; does not wait for the ack (:meth:`flush` does)."""
+        await self._producer.send(self.settings.items_topic, encode_item_event(event), key=event.item_id.encode())
+
+    async def send_raw(self, value: bytes | None, key: bytes | None) -> None:
+        """Send bytes as they are (tests of the dead-letter path)."""
+        await self._producer.send(self.settings.items_topic, value, key=key)
+
+    async def flush(self) -> None:
+        await self._producer.flush()
 
 
 def publish_events(settings: Settings, events: Iterable[ClickEvent | Mapping[str, Any]], *,

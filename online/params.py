@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 
+from driftrec.catalogue import FIELDS, ItemFilter
 from driftrec.errors import InvalidRequestError
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "id_list_param",
     "category_param",
     "reject_unknown",
+    "fields_param",
+    "item_filter_param",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,3 +103,25 @@ def reject_unknown(query: Mapping[str, str], allowed: frozenset[str]) -> None:
     for key in query:
         if key not in allowed:
             raise InvalidRequestError(f"unknown query parameter {key[:40]!r}")
+
+
+def fields_param(query: Mapping[str, str]) -> tuple[str, ...]:
+    """``fields=title,price,image_url``: catalogue fields each answered item carries."""
+    raw = _one(query, "fields")
+    if raw is None:
+        return ()
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    for name in names:
+        if name not in FIELDS:
+            raise InvalidRequestError(f"fields: {name[:40]!r} is not one of {', '.join(FIELDS)}")
+    return names
+
+
+def item_filter_param(query: Mapping[str, str]) -> ItemFilter:
+    """``tag=``, ``price_min=``, ``price_max=``: the catalogue rules an answered item must pass."""
+    tag = category_param(query, "tag")
+    lo = float_param(query, "price_min", 0.0, 1e12)
+    hi = float_param(query, "price_max", 0.0, 1e12)
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidRequestError("price_min: must not be above price_max")
+    return ItemFilter(tag=tag, price_min=lo, price_max=hi)

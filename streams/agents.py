@@ -46,6 +46,7 @@ from driftrec.redis_conn import async_client, is_cluster_url
 from driftrec.settings import Settings
 from driftrec.streams import metrics
 from driftrec.streams.batch_consumer import Batch, BatchConsumer
+from driftrec.streams.catalogue import register_catalogue
 from driftrec.streams.cluster_state import ClusterRedisState
 from driftrec.streams.forget import Forgetter
 from driftrec.streams.gapfill import KafkaGapFiller
@@ -107,6 +108,8 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
     processor = BatchProcessor(settings, state, send_dead_letters, factors,
                                gaps=KafkaGapFiller(settings.bootstrap, settings.clicks_topic),
                                forgets=Forgetter(settings))
+    # Catalogue events (the items topic): their own small agent, same app and Redis client.
+    register_catalogue(app, settings, client, keys, reason_header=REASON_HEADER, source_header=SOURCE_HEADER)
 
     @app.agent(clicks, concurrency=1, name="driftrec.clicks")
     async def apply_clicks(stream: faust.StreamT) -> None:
