@@ -18,11 +18,13 @@ from starlette.routing import Route
 
 from driftrec.blas import limit_blas_threads
 from driftrec.errors import InvalidRequestError
+from driftrec.experiments import load_experiments_file
 from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.ann import ann_config
 from driftrec.online.errors import EXCEPTION_HANDLERS
+from driftrec.online.experiments import ExperimentRegistry
 from driftrec.online.ingest import EventSink, KafkaSink
 from driftrec.online.metrics import MetricsMiddleware, ReaderMetrics
 from driftrec.online.model_cache import ModelCache
@@ -30,6 +32,7 @@ from driftrec.online.openapi import openapi_document
 from driftrec.online.recommender import Recommender
 from driftrec.online.resp import RespPool
 from driftrec.online.routes_events import event_routes
+from driftrec.online.routes_experiments import experiment_routes
 from driftrec.online.routes_ops import ops_routes
 from driftrec.online.routes_recs import recommendation_routes
 from driftrec.online.routes_users import user_routes
@@ -122,13 +125,19 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                 interval_s=settings.reader_snapshot_interval_s)
     rec = Recommender(settings, store, models, snapshot, configured_weights(settings))
     recorder = ServedRecorder(store.execute, store.keys, metrics.count_served)
+    experiments = ExperimentRegistry(
+        store, settings.key_prefix, rec, interval_s=settings.experiments_refresh_s,
+        file_experiments=load_experiments_file(settings.experiments_file) if settings.experiments_file else (),
+        model_cache=lambda: ModelCache(store.model_parts, default_reg=settings.fold_in_regularization,
+                                       pool_size=settings.reader_similar_users_pool,
+                                       scan_items=settings.reader_scan_items, ann=ann_config(settings)))
     metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
     metrics.watch_caches({"neighbours": rec.nbr_rows, "similar_users": rec.user_rows})
     openapi = openapi_document(api_keys=bool(settings.api_keys), history_len=settings.history_len)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = None
+        task = exp_task = None
         recorder.start()
         await _first_model(store, models)
         if refresh_snapshot:
@@ -138,11 +147,19 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
             except Exception as exc:
                 logger.warning("no trending snapshot at start-up (%s); degraded answers are empty until one", exc)
             task = asyncio.get_running_loop().create_task(snapshot.run())
+            try:  # experiments defined through the admin endpoint run from the first answer on
+                await asyncio.wait_for(experiments.refresh(), _FIRST_SNAPSHOT_WAIT_S)
+            except Exception as exc:
+                logger.warning("experiments not read at start-up (%s); retrying in the background", exc)
+            exp_task = asyncio.get_running_loop().create_task(experiments.run())
         try:
             yield
         finally:
             if task is not None:
                 await snapshot.stop(task)
+            if exp_task is not None:
+                experiments.stop()
+                exp_task.cancel()
             await recorder.stop()
             # A reader asked to stop must stop: closing a client whose peer went away can wait
             # on a socket that never closes.
@@ -154,7 +171,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                    type(exc).__name__, exc)
 
     routes: list[Route] = [
-        *recommendation_routes(rec, metrics, recorder),
+        *recommendation_routes(rec, metrics, recorder, experiments=experiments),
+        *experiment_routes(settings, experiments),
         *user_routes(settings, store, sink, metrics),
         *event_routes(settings, sink, metrics),
         *ops_routes(store, models, snapshot, metrics, openapi),
@@ -175,6 +193,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     app.state.metrics = metrics
     app.state.sink = sink
     app.state.recorder = recorder
+    app.state.experiments = experiments
     return app
 
 

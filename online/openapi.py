@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from driftrec.experiments import NAME_PATTERN
 from driftrec.models.blend import SOURCES
 from driftrec.online.params import ID_PATTERN
 
@@ -34,6 +35,8 @@ _ERRORS = {
     "405": _json("Error", "Method not allowed."),
 }
 _N = _q("n", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many items.")
+_EXP = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME_PATTERN},
+        "description": "Experiment name."}
 _EXCLUDE = _q("exclude", {"type": "string"}, "Comma-separated item ids never to return (at most 100).")
 
 
@@ -100,6 +103,27 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                               "413": _json("Error", "Body or batch too large."),
                               "422": _json("Ingested", "No event was valid."), **write_errors},
             }},
+            "/v1/experiments": {"get": {
+                "summary": "Every experiment this reader knows (file and admin-defined), with its status",
+                "responses": {"200": _json("Experiments", "Definitions."), **_ERRORS}}},
+            "/v1/experiments/{name}": {
+                "get": {"summary": "One experiment's definition", "parameters": [_EXP],
+                        "responses": {"200": _json("Experiment", "Definition."), **_ERRORS,
+                                      "404": _json("Error", "No such experiment.")}},
+                "put": {"summary": "Define (or replace) an experiment: variants, shares, start and stop",
+                        "parameters": [_EXP], "security": security,
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Experiment"}}}},
+                        "responses": {"200": _json("Experiment", "Replaced."), "201": _json("Experiment", "Defined."),
+                                      "409": _json("Error", "Overlaps another experiment, or defined in the file."),
+                                      "422": _json("Error", "Shares, strategy, weights or model version invalid."),
+                                      **write_errors}},
+                "delete": {"summary": "Delete an experiment and its counts", "parameters": [_EXP],
+                           "security": security,
+                           "responses": {"200": _json("Status", "Deleted."), **write_errors,
+                                         "404": _json("Error", "No such experiment."),
+                                         "409": _json("Error", "Defined in the file.")}},
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json("Status", "Alive.")}}},
             "/readyz": {"get": {"summary": "Readiness (Redis reachable)", "responses": {
                 "200": _json("Status", "Ready."), "503": _json("Status", "Redis unreachable.")}}},
@@ -143,6 +167,22 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                         "index": {"type": "integer"}, "error": {"type": "string"},
                         "field": {"type": ["string", "null"]}}}}}},
                 "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+                "Experiment": {"type": "object", "required": ["name", "variants"], "properties": {
+                    "name": {"type": "string", "pattern": NAME_PATTERN},
+                    "method": {"type": "string", "enum": ["ab", "interleave"], "default": "ab"},
+                    "variants": {"type": "array", "minItems": 2, "items": {"type": "object", "required": ["name"],
+                                 "properties": {
+                        "name": {"type": "string", "pattern": NAME_PATTERN},
+                        "share": {"type": "number", "description": "A/B shares add up to 1."},
+                        "strategy": {"type": "string", "enum": ["blend", *SOURCES]},
+                        "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "n": {"type": "integer", "minimum": 1, "maximum": 100},
+                        "model_version": {"type": "string"}}}},
+                    "start": {"type": ["string", "null"], "format": "date-time"},
+                    "stop": {"type": ["string", "null"], "format": "date-time"},
+                    "status": {"type": "string", "enum": ["scheduled", "running", "stopped"]}}},
+                "Experiments": {"type": "object", "properties": {"experiments": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/Experiment"}}}},
                 "ClickEvent": {"type": "object", "required": ["event_id", "user_id", "item_id", "type", "timestamp"],
                                "additionalProperties": False, "properties": {
                     "event_id": _ID, "user_id": _ID, "item_id": _ID,

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from driftrec.errors import InvalidRequestError
 from driftrec.models.blend import SOURCES, BlendWeights
 from driftrec.online.admission import Admission
+from driftrec.online.experiments import ExperimentRegistry, Pick, Ranked
 from driftrec.online.http import json_response
 from driftrec.online.metrics import ReaderMetrics
 from driftrec.online.params import (
@@ -70,7 +71,8 @@ def parse_weights(query: Mapping[str, str], base: BlendWeights) -> BlendWeights:
     return weights
 
 
-def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endpoint: str) -> dict[str, object]:
+def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endpoint: str,
+          request_id: str | None = None) -> dict[str, object]:
     if answer.degraded:
         metrics.degraded.labels(endpoint).inc()
     counts: dict[str, int] = {}
@@ -81,7 +83,7 @@ def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endp
     for source, c in counts.items():
         metrics.items_by_source.labels(source).inc(c)
     return {
-        "request_id": uuid.uuid4().hex,
+        "request_id": request_id or uuid.uuid4().hex,
         "model_version": answer.model_version,
         "generated_at": time.time(),
         "degraded": answer.degraded,
@@ -92,7 +94,8 @@ def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endp
 
 def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
                           recorder: ServedRecorder | None = None,
-                          admission: Admission | None = None) -> list[Route]:
+                          admission: Admission | None = None,
+                          experiments: ExperimentRegistry | None = None) -> list[Route]:
     base = rec.weights
     gate = admission or Admission(rec.settings.reader_max_in_flight, rec.settings.reader_deadline_s)
 
@@ -126,6 +129,12 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         context = id_list_param(q, "context", limit=20)
         category = category_param(q)
         weights = parse_weights(q, base)
+        # A caller that chose a strategy or weights is not enrolled: the experiment would not be
+        # what it measures. With no experiment defined this is one attribute read.
+        if experiments is not None and experiments.active and "strategy" not in q and "weights" not in q:
+            pick = experiments.pick(user)
+            if pick is not None:
+                return await in_experiment(pick, user, n, exclude, context, category)
         answer = await admitted(
             "recommendations",
             lambda: rec.for_user(user, n, exclude=exclude, category=category, weights=weights, context=context),
@@ -134,6 +143,30 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         body = _body(answer, {"user_id": user, "strategy": strategy}, metrics, "recommendations")
         record(body, strategy, answer)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
+
+    async def in_experiment(pick: Pick, user: str, n: int, exclude: list[str], context: list[str],
+                            category: str | None) -> Response:
+        assert experiments is not None
+        request_id = uuid.uuid4().hex
+        ranked: list[Ranked] = []
+
+        async def rank() -> Answer:
+            r = await experiments.rank(pick, user, n, request_id, exclude=exclude, category=category, context=context)
+            ranked.append(r)
+            return r.answer
+
+        answer = await admitted("recommendations", rank, lambda: rec.degraded(n, category, {*exclude, *context}))
+        if ranked and ranked[0].answer is answer:
+            r = ranked[0]
+            info = r.info
+            if recorder is not None and not answer.degraded:
+                recorder.record(request_id, r.strategy, answer.items, r.fields, r.counters)
+        else:  # shed: the snapshot answered, the variant's ranking never ran
+            info = {"name": pick.live.exp.name, "variant": None, "method": pick.live.exp.method,
+                    "fallback": "degraded: answered from the trending snapshot"}
+        body = _body(answer, {"user_id": user, "strategy": "experiment", "experiment": info}, metrics,
+                     "recommendations", request_id)
+        return json_response(body, headers={"X-Request-ID": request_id})
 
     async def similar(request: Request) -> Response:
         q = request.query_params

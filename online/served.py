@@ -33,7 +33,8 @@ _LINGER_S = 0.01
 # records meanwhile queue up to the bound, then are dropped and counted).
 _BACKOFF_S = 0.5
 
-Record = tuple[str, str, tuple[tuple[str, str], ...]]
+#: request_id, strategy, (item, source) pairs, extra (field, value) pairs, counters (key, field) to add 1 to.
+Record = tuple[str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 Runner = Callable[[list[list[Any]]], Awaitable[list[Any]]]
 
 
@@ -72,14 +73,20 @@ class ServedRecorder:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def record(self, request_id: str, strategy: str, items: Sequence[Scored]) -> None:
-        """Queue one answer's record (item → source); never raises, never waits."""
+    def record(self, request_id: str, strategy: str, items: Sequence[Scored],
+               fields: tuple[tuple[str, str], ...] = (), counters: tuple[tuple[str, str], ...] = ()) -> None:
+        """Queue one answer's record (item → source); never raises, never waits.
+
+        ``fields`` are more ``#``-named fields of the record (an experiment's name and variant);
+        ``counters`` are hash fields incremented with it (an experiment's answers per variant),
+        so an answer and its count are written by the same pipeline, or dropped together.
+        """
         if not items:
             return
         if len(self._queue) >= self.max_queue:
             self._count("dropped_full", 1)
             return
-        self._queue.append((request_id, strategy, tuple((x.item, x.source) for x in items)))
+        self._queue.append((request_id, strategy, tuple((x.item, x.source) for x in items), fields, counters))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -117,14 +124,19 @@ class ServedRecorder:
     def _commands(self, batch: Sequence[Record]) -> list[list[Any]]:
         served, ttl = self._keys.served, self.ttl_s
         cmds: list[list[Any]] = []
-        for request_id, strategy, pairs in batch:
+        for request_id, strategy, pairs, fields, counters in batch:
             key = served(request_id)
             hset: list[Any] = ["HSET", key, STRATEGY_FIELD, strategy]
             for item, source in pairs:
                 hset.append(item)
                 hset.append(source)
+            for name, value in fields:
+                hset.append(name)
+                hset.append(value)
             cmds.append(hset)
             cmds.append(["EXPIRE", key, ttl])
+            for counter, field in counters:
+                cmds.append(["HINCRBY", counter, field, 1])
         return cmds
 
     async def _write_batch(self) -> bool:
