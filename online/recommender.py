@@ -14,9 +14,12 @@ from dataclasses import dataclass, replace
 
 import redis.exceptions
 
+from driftrec.catalogue import ItemFilter
+from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights, Candidates, Scored, blend
 from driftrec.models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
 from driftrec.models.decay import DecayPolicy
+from driftrec.online.catalogue import CatalogueView
 from driftrec.online.model_cache import ModelCache
 from driftrec.online.rowcache import RowCache
 from driftrec.online.snapshot import TrendingSnapshot
@@ -42,8 +45,11 @@ class Recommender:
     """Reads, decays and blends; one instance per app."""
 
     def __init__(self, settings: Settings, store: ReaderStore, models: ModelCache,
-                 snapshot: TrendingSnapshot, weights: BlendWeights) -> None:
+                 snapshot: TrendingSnapshot, weights: BlendWeights, catalogue: CatalogueView | None = None) -> None:
         self.settings = settings
+        # Items the catalogue hides (unavailable, deleted) never reach an answer; an empty view
+        # (no catalogue, or never polled) hides nothing.
+        self.catalogue = catalogue if catalogue is not None else CatalogueView(None, getattr(store, "keys", Keys()))
         self.store = store
         self.models = models
         self.snapshot = snapshot
@@ -59,16 +65,32 @@ class Recommender:
         keys = self.store.keys
         return keys.trending(category) if category else keys.popularity
 
-    def degraded(self, n: int, category: str | None, exclude: set[str]) -> Answer:
+    def degraded(self, n: int, category: str | None, exclude: set[str], rule: ItemFilter | None = None) -> Answer:
         """Trending from the in-memory snapshot, for when Redis is unreachable."""
-        top, label = self.snapshot.trending(category, n, exclude)
+        top, label = self.snapshot.trending(category, n + self.catalogue.overfetch(n, rule), exclude)
+        top = self._visible(top, n, rule)
         reason = f"popular in {label}" if label else "popular now"
         items = [Scored(i, s, "trending", reason) for i, s in top]
         return Answer(items, self.models.version, True)
 
+    def _visible(self, pairs: Pairs, n: int, rule: ItemFilter | None) -> Pairs:
+        """The first ``n`` of ``pairs`` the catalogue lets an answer show."""
+        hide = self.catalogue.hidden_among((i for i, _ in pairs), rule)
+        return [p for p in pairs if p[0] not in hide][:n] if hide else pairs[:n]
+
+    def _hide(self, c: Candidates, rule: ItemFilter | None) -> set[str]:
+        """Candidates of ``c`` the catalogue hides or ``rule`` filters out: one set lookup each."""
+        ids: set[str] = set()
+        for rows in c.neighbours.values():
+            ids.update(j for j, _ in rows)
+        for pairs in (c.vector_scores, c.tf_scores, c.similar_users, c.trending):
+            ids.update(i for i, _ in pairs)
+        return self.catalogue.hidden_among(ids, rule)
+
     # --- recommendations for a user ---------------------------------------------------------
     async def for_user(self, user: str, n: int, *, exclude: Sequence[str] = (), category: str | None = None,
-                       weights: BlendWeights | None = None, context: Sequence[str] = ()) -> Answer:
+                       weights: BlendWeights | None = None, context: Sequence[str] = (),
+                       rule: ItemFilter | None = None) -> Answer:
         """Blended top-``n`` for ``user``; seen, excluded and ``context`` items never appear.
 
         ``context`` lists items of the current session the caller already knows of (an
@@ -79,15 +101,18 @@ class Recommender:
             self.snapshot.note_category(category)
         excluded = set(exclude) | set(context)
         try:
-            return await self._for_user(user, n, excluded, category, w, list(context))
+            return await self._for_user(user, n, excluded, category, w, list(context), rule)
         except STORE_DOWN as exc:
             logger.warning("Redis unavailable (%s): degraded answer for a user", type(exc).__name__)
-            return self.degraded(n, category, excluded)
+            return self.degraded(n, category, excluded, rule)
 
     async def _for_user(self, user: str, n: int, excluded: set[str], category: str | None,
-                        w: BlendWeights, context: list[str]) -> Answer:
+                        w: BlendWeights, context: list[str], rule: ItemFilter | None = None) -> Answer:
         s = self.settings
-        trend_n = trending_depth(n, len(excluded), s.history_len)
+        # Every source fetches extra candidates for those the catalogue hides or the rule drops,
+        # which are removed before the blend cuts to n.
+        extra = self.catalogue.overfetch(n, rule)
+        trend_n = trending_depth(n, len(excluded) + extra, s.history_len)
         # Trending comes from the in-memory snapshot (at most one refresh old) when it has the
         # list; otherwise it is read with the user's state.
         snap = self.snapshot.stored_top(category, trend_n)
@@ -105,7 +130,7 @@ class Recommender:
                                       position_decay=s.reader_recent_position_decay,
                                       session_gap_s=s.reader_session_gap_s,
                                       outside_session=s.reader_outside_session_weight)
-        want = n + len(excluded)
+        want = n + len(excluded) + extra
 
         vec_scores: Pairs = []
         tf_scores: Pairs = []
@@ -123,7 +148,8 @@ class Recommender:
                          trending=r.trending, trending_label=category)
         if category is not None:
             cands = await self._in_category(cands, category)
-        items = blend(cands, n, exclude=excluded, weights=w, shrinkage=s.similarity_shrinkage)
+        items = blend(cands, n, exclude=excluded | self._hide(cands, rule), weights=w,
+                      shrinkage=s.similarity_shrinkage)
         return Answer(items, model.version if model else None, False)
 
     async def _expansion(self, items: list[str], users: list[str], landmark: float) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
@@ -150,8 +176,11 @@ class Recommender:
             ids.update(i for i, _ in pairs)
         if not ids:
             return c
-        cats = await self.store.item_categories(sorted(ids))
-        keep = {i for i in ids if cats.get(i) == category}
+        # The catalogue's category where it has one (in memory); the clicks' category else.
+        view = self.catalogue
+        unknown = sorted(i for i in ids if view.category(i) is None)
+        cats = await self.store.item_categories(unknown) if unknown else {}
+        keep = {i for i in ids if (view.category(i) or cats.get(i)) == category}
         return replace(
             c,
             neighbours={r: [(j, v) for j, v in rows if j in keep] for r, rows in c.neighbours.items()},
@@ -161,51 +190,56 @@ class Recommender:
         )
 
     # --- similar items ----------------------------------------------------------------------
-    async def similar(self, item: str, n: int, category: str | None = None) -> Answer:
+    async def similar(self, item: str, n: int, category: str | None = None, rule: ItemFilter | None = None) -> Answer:
         """Items like ``item``: co-occurrence neighbours and factor cosine; an unknown item gets
         trending in its category (or in ``category``)."""
         try:
-            return await self._similar(item, n, category)
+            return await self._similar(item, n, category, rule)
         except STORE_DOWN as exc:
             logger.warning("Redis unavailable (%s): degraded similar items", type(exc).__name__)
-            return self.degraded(n, category, {item})
+            return self.degraded(n, category, {item}, rule)
 
-    async def _similar(self, item: str, n: int, category: str | None) -> Answer:
+    async def _similar(self, item: str, n: int, category: str | None, rule: ItemFilter | None = None) -> Answer:
         s = self.settings
+        extra = self.catalogue.overfetch(n, rule)
         meta, version, nbrs, item_cat = await self.store.read_item(item, s.neighbours_k)
         model = self.models.observe(version)
-        category = category or item_cat
+        category = category or item_cat or self.catalogue.category(item)
         if category is not None:
             self.snapshot.note_category(category)
         norms_raw, trending = await self.store.scores_and_trending(
-            [item, *(j for j, _ in nbrs)], self._trend_key(category), n + 1)
+            [item, *(j for j, _ in nbrs)], self._trend_key(category), n + 1 + extra)
         f = meta.factor(self.rate)
         cands = Candidates(
             recent=[(item, 1.0)],
             neighbours={item: [(j, c * f) for j, c in nbrs]},
             norms={i: v * f for i, v in norms_raw.items()},
-            vector_scores=model.item_neighbours(item, n) if model is not None else (),
+            vector_scores=model.item_neighbours(item, n + extra) if model is not None else (),
             trending=[(i, v * f) for i, v in trending], trending_label=category,
         )
         # Trending only back-fills here: similar means similar first.
         w = BlendWeights(item_item=1.0, user_vector=0.5, tf=0.0, similar_users=0.0, trending=0.0)
-        ranked = blend(cands, n, exclude={item}, weights=w, shrinkage=s.similarity_shrinkage)
+        ranked = blend(cands, n, exclude={item} | self._hide(cands, rule), weights=w,
+                       shrinkage=s.similarity_shrinkage)
         items = [replace(x, reason=_similar_reason(x, item)) for x in ranked]
         return Answer(items, model.version if model else None, False)
 
     # --- trending ---------------------------------------------------------------------------
-    async def trending(self, n: int, category: str | None, exclude: Sequence[str] = ()) -> Answer:
+    async def trending(self, n: int, category: str | None, exclude: Sequence[str] = (),
+                       rule: ItemFilter | None = None) -> Answer:
         if category is not None:
             self.snapshot.note_category(category)
         excluded = set(exclude)
         try:
-            meta, top = await self.store.trending(self._trend_key(category), n + len(excluded))
+            meta, top = await self.store.trending(self._trend_key(category),
+                                                  n + len(excluded) + self.catalogue.overfetch(n, rule))
         except STORE_DOWN as exc:
             logger.warning("Redis unavailable (%s): degraded trending", type(exc).__name__)
-            return self.degraded(n, category, excluded)
+            return self.degraded(n, category, excluded, rule)
         f = meta.factor(self.rate)
         reason = f"popular in {category}" if category else "popular now"
-        items = [Scored(i, v * f, "trending", reason) for i, v in top if i not in excluded][:n]
+        top = self._visible([p for p in top if p[0] not in excluded], n, rule)
+        items = [Scored(i, v * f, "trending", reason) for i, v in top]
         return Answer(items, self.models.version, False)
 
 
