@@ -406,6 +406,57 @@ def reader_targets(base: str, users: list[str], n: int, path: Path, seed: int) -
 
 
 # --- one phase: one code tree measured end to end -----------------------------------------------
+class CpuMeter:
+    """Where the machine's CPU went during a window: each named process's share of one core and
+    the whole machine's busy share of all its cores (from /proc; the rest of the busy time is the
+    load generators, the profiler and anything else on the machine)."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.t0 = time.monotonic()
+        self.p0 = {name: self._proc(pid) for name, pid in self.pids.items()}
+        self.m0 = self._machine()
+
+    @staticmethod
+    def _proc(pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        cpu = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = cpu[3] + cpu[4]  # idle + iowait
+        return float(sum(cpu) - idle), float(sum(cpu))
+
+    def read(self) -> dict[str, float]:
+        """Percent of one core per process, and ``machine_busy_pct`` of all cores."""
+        dt = time.monotonic() - self.t0
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            a, b = self.p0[name], self._proc(pid)
+            if a is not None and b is not None and dt > 0:
+                out[f"{name}_cpu_pct"] = round(100 * (b - a) / dt, 1)
+        (busy0, all0), (busy1, all1) = self.m0, self._machine()
+        if all1 > all0:
+            out["machine_busy_pct"] = round(100 * (busy1 - busy0) / (all1 - all0), 1)
+        return out
+
+
+def stack_pids(s: Settings) -> dict[str, int | None]:
+    """Pids of the local stack's broker and Redis (None when they are not ours to see)."""
+    home = Path(s.home).resolve()
+    out: dict[str, int | None] = {}
+    for name, pidfile in (("kafka", home / "kafka" / "kafka.pid"), ("redis", home / "redis" / "redis.pid")):
+        try:
+            out[name] = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            out[name] = None
+    return out
+
+
 @dataclass
 class Phase:
     name: str
@@ -485,13 +536,15 @@ def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = Fa
             continue
         degraded0 = metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers")
         spy = py_spy(reader_proc, plan.reader_seconds, ph.work / f"reader-{rate}.txt") if profile else None
+        meter = CpuMeter({"reader": reader_proc.proc.pid, "worker": worker.proc.pid, **stack_pids(s)})
         res = vegeta(vegeta_, targets, rate, plan.reader_seconds, ph.work)
+        res["cpu"] = meter.read()
         if spy is not None:
             spy.wait(60)
         res["degraded"] = int(metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers") - degraded0)
         reader_at[str(rate)] = res
         print(f"[{ph.name}] reader {rate}/s: p50 {res['p50_ms']} p99 {res['p99_ms']} p99.9 {res['p999_ms']} ms, "
-              f"success {res['success']:.2%}, degraded {res['degraded']}", flush=True)
+              f"success {res['success']:.2%}, degraded {res['degraded']}; CPU {res['cpu']}", flush=True)
         if res["p99_ms"] > 1000 or res["success"] < 0.9:
             saturated_at = rate
         res["settle_s"] = settle(probe_url, procs)  # the next rate starts on an idle reader
@@ -546,7 +599,9 @@ async def worker_step(ph: Phase, plan: Plan, clicks: Clicks, prober: Prober, wor
     load = asyncio.create_task(clicks.run(rate, stop))
     probing = asyncio.create_task(prober.every(0.5, stop, probes))
     spy = py_spy(worker, plan.step_seconds, ph.work / f"worker-{rate}-{attempt}.txt") if profile else None
+    meter = CpuMeter({"worker": worker.proc.pid, **stack_pids(s)})
     await asyncio.sleep(plan.step_seconds)
+    cpu = meter.read()
     if spy is not None:
         await asyncio.to_thread(spy.wait, 60)
     a1, c1 = applied(r, s), time.monotonic()
@@ -558,10 +613,10 @@ async def worker_step(ph: Phase, plan: Plan, clicks: Clicks, prober: Prober, wor
     fresh = keeps_up and f["lost"] == 0 and f["p99_ms"] is not None and f["p99_ms"] <= 1000
     ph.series.setdefault("step_probes", []).extend((p.sent_at, p.ms, rate) for p in probes)
     print(f"[{ph.name}] worker at {rate}/s (try {attempt}): applied {per_s:,.0f}/s, freshness p99 "
-          f"{f['p99_ms']} ms, lost {f['lost']}", flush=True)
+          f"{f['p99_ms']} ms, lost {f['lost']}; CPU {cpu}", flush=True)
     worker.check()
     return {"offered_per_s": rate, "attempt": attempt, "applied_per_s": round(per_s, 1), **f,
-            "keeps_up": keeps_up, "fresh": fresh}
+            "keeps_up": keeps_up, "fresh": fresh, "cpu": cpu}
 
 
 async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_proc: Proc, r: redis.Redis,

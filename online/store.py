@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 
 from driftrec import modelblobs
 from driftrec.keys import Keys
-from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
 from driftrec.models.decay import read_factor
 from driftrec.online.resp import RespPool
+from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
 
 __all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
 
@@ -29,6 +29,13 @@ logger = logging.getLogger(__name__)
 Pairs = list[tuple[str, float]]
 #: Replies of :meth:`ReaderStore.read_user` that hold binary values: the user HASH, the vector.
 _USER_BINARY = frozenset({2, 3})
+
+#: Popularity entries per snapshot round trip: about 1 ms of Redis each.
+SNAPSHOT_PAGE = 1000
+
+
+class RescaleInProgress(RuntimeError):
+    """The decay landmark moved while a multi-read was in progress (retry later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,15 +247,43 @@ class ReaderStore:
         ], frozenset({1}))
         return Meta.parse(meta), newest(user_state(state)[0], n), pairs(cats)
 
-    async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int) -> tuple[Meta, Pairs, dict[str, Pairs]]:
-        """What the in-memory snapshot keeps: meta, the top popular items, per-category lists."""
+    async def snapshot(self, n_items: int, categories: Sequence[str], per_category: int,
+                       page: int = SNAPSHOT_PAGE) -> tuple[Meta, Pairs, dict[str, Pairs]]:
+        """What the in-memory snapshot keeps: meta, the top popular items, per-category lists.
+
+        The popularity list is read ``page`` entries per round trip, not in one command: one
+        ``ZREVRANGE`` of 20,000 entries held Redis for about 30 ms, and every click and every
+        request waited behind it. Each page is read with the landmark; a rescale between two
+        pages (all stored scores change scale) restarts the read, so the snapshot never mixes
+        scales. An item that moves across a page boundary between two reads may appear twice
+        (the first, higher-ranked entry is kept) or be missed (it gets the floor norm).
+        """
         k = self.keys
-        meta, pop, *lists = await self._run([
-            self._meta_cmd(),
-            ["ZREVRANGE", k.popularity, 0, n_items - 1, "WITHSCORES"],
-            *(["ZREVRANGE", k.trending(c), 0, per_category - 1, "WITHSCORES"] for c in categories),
-        ])
-        return Meta.parse(meta), pairs(pop), {c: pairs(v) for c, v in zip(categories, lists, strict=True)}
+        for _ in range(3):
+            meta_raw, first, *lists = await self._run([
+                self._meta_cmd(),
+                ["ZREVRANGE", k.popularity, 0, min(page, n_items) - 1, "WITHSCORES"],
+                *(["ZREVRANGE", k.trending(c), 0, per_category - 1, "WITHSCORES"] for c in categories),
+            ])
+            meta = Meta.parse(meta_raw)
+            pop = pairs(first)
+            got, moved = len(pop), False
+            while got == page and len(pop) < n_items:  # a short page: the list ended
+                stop = min(len(pop) + page, n_items)
+                again, more = await self._run([
+                    self._meta_cmd(), ["ZREVRANGE", k.popularity, len(pop), stop - 1, "WITHSCORES"]])
+                if Meta.parse(again).landmark != meta.landmark:
+                    moved = True
+                    break
+                chunk = pairs(more)
+                got = len(chunk) if stop - len(pop) == page else 0
+                pop += chunk
+            if not moved:
+                first_seen: dict[str, float] = {}
+                for i, s in pop:
+                    first_seen.setdefault(i, s)
+                return meta, list(first_seen.items()), {c: pairs(v) for c, v in zip(categories, lists, strict=True)}
+        raise RescaleInProgress("the landmark moved during three snapshot reads in a row")
 
     async def model_parts(self, version: str, parts: Sequence[str]) -> dict[str, bytes | None]:
         """Raw bytes of published model parts (missing parts are None), chunked ones joined
