@@ -12,13 +12,20 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from driftrec.keys import Keys
+from driftrec.oncall.experiment_counts import ExperimentCounter
 
-__all__ = ["Click", "Credit", "parse_click", "attribute", "Attributor", "STRATEGY_FIELD"]
+__all__ = ["Click", "Credit", "parse_click", "attribute", "Attributor", "STRATEGY_FIELD", "EXPERIMENT_FIELD",
+           "VARIANT_FIELD", "TEAMS_FIELD"]
 
 logger = logging.getLogger(__name__)
 
 #: Field of ``P:{r:R}`` holding the answer's strategy; ``#`` can never start an item id.
 STRATEGY_FIELD = "#strategy"
+#: The experiment and variant an answer was served in (online/experiments.py writes them), and for
+#: an interleaved answer the JSON object item -> variant that contributed it.
+EXPERIMENT_FIELD = "#experiment"
+VARIANT_FIELD = "#variant"
+TEAMS_FIELD = "#teams"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +37,18 @@ class Click:
 
 @dataclass(frozen=True, slots=True)
 class Credit:
-    """``source`` is None when the click could not be attributed; ``reason`` then says why."""
+    """``source`` is None when the click could not be attributed; ``reason`` then says why.
+
+    ``experiment`` and ``variant`` name the experiment the answer was served in and the variant
+    credited with the item (for an interleaved answer, the one whose ranking contributed it).
+    """
 
     click: Click
     strategy: str | None
     source: str | None
     reason: str | None
+    experiment: str | None = None
+    variant: str | None = None
 
 
 def parse_click(raw: bytes | None) -> Click | None:
@@ -64,9 +77,17 @@ def attribute(click: Click, served: dict[str, str]) -> Credit:
         return Credit(click, None, None, "unknown_request")
     source = served.get(click.item_id)
     strategy = served.get(STRATEGY_FIELD, "unknown")
+    experiment = served.get(EXPERIMENT_FIELD)
     if source is None:
-        return Credit(click, strategy, None, "item_not_served")
-    return Credit(click, strategy, source, None)
+        return Credit(click, strategy, None, "item_not_served", experiment)
+    variant = served.get(VARIANT_FIELD)
+    teams = served.get(TEAMS_FIELD)
+    if teams is not None:
+        try:
+            variant = orjson.loads(teams).get(click.item_id)
+        except (orjson.JSONDecodeError, AttributeError):
+            variant = None
+    return Credit(click, strategy, source, None, experiment, variant)
 
 
 class Attributor:
@@ -75,6 +96,7 @@ class Attributor:
     def __init__(self, bootstrap: str, topic: str, group: str, client: aioredis.Redis, keys: Keys,
                  on_credit: Callable[[Credit], None]) -> None:
         self.topic = topic
+        self.count = ExperimentCounter(keys)
         self.client = client
         self.keys = keys
         self.on_credit = on_credit
@@ -91,9 +113,18 @@ class Attributor:
             pipe.hgetall(self.keys.served(c.request_id))
         rows = await pipe.execute()
         out = []
+        served_rows = []
         for click, row in zip(clicks, rows, strict=True):
             served = {_s(k): _s(v) for k, v in row.items()}
+            served_rows.append(served)
             out.append(attribute(click, served))
+        # Experiment counters: one more pipeline, only when a click was on an experiment's answer.
+        cmds = self.count.commands(out, served_rows)
+        if cmds:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            await pipe.execute()
         return out
 
     async def run(self) -> None:

@@ -22,6 +22,7 @@ from driftrec.oncall.canary import (
     ReaderProbe,
     RedisProbe,
 )
+from driftrec.oncall.experiment_stats import ExperimentCollector, read_experiments, summarise
 from driftrec.oncall.lag import LagCollector, LagError, LagSnapshot
 from driftrec.oncall.lagmath import Series, quantile, rate_per_s
 from driftrec.oncall.metrics import ExporterMetrics
@@ -67,6 +68,9 @@ class Exporter:
         self.info: dict[str, Any] = {"model_version": None, "last_event_time": None, "applied_events": None}
         self.credits: dict[tuple[str, str], int] = {}
         self.unattributed: dict[str, int] = {}
+        #: The latest figures of every defined experiment (driftrec.oncall.experiment_stats.summarise).
+        self.experiments: list[dict[str, Any]] = []
+        self.metrics.registry.register(ExperimentCollector(lambda: self.experiments))
         self.redis = aioredis.Redis.from_url(settings.redis, socket_timeout=2, socket_connect_timeout=2)
         self.http = httpx.AsyncClient()
         self._collector: LagCollector | None = None
@@ -127,6 +131,7 @@ class Exporter:
             self.latest = snap
             self._record(snap)
         await self._redis_once()
+        await self._experiments_once()
         await self._worker_health()
         if self.config.reader_url:
             self._set_health("reader", *await self._http_ok(f"{self.config.reader_url.rstrip('/')}/readyz"))
@@ -180,6 +185,17 @@ class Exporter:
             self._series("last_event_age").add(time.time(), age)
         if applied:
             self.metrics.applied_events.set(int(applied))
+
+    async def _experiments_once(self) -> None:
+        """Experiments' figures from their counters in Redis (the readers and the attribution write them)."""
+        s = self.settings
+        try:
+            found = await read_experiments(self.redis, s.key_prefix, s.experiments_file)
+        except (aioredis.RedisError, OSError) as exc:
+            logger.debug("experiments not read: %s", exc)
+            return
+        types = sorted(s.event_types)
+        self.experiments = [summarise(exp, counts, types) for exp, counts in found]
 
     async def _http_ok(self, url: str) -> tuple[str, str]:
         try:
@@ -320,6 +336,7 @@ class Exporter:
             "attribution": [{"strategy": st, "source": so, "clicks": n}
                             for (st, so), n in sorted(self.credits.items(), key=lambda kv: -kv[1])],
             "unattributed": self.unattributed,
+            "experiments": self.experiments,
         }
 
 
