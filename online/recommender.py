@@ -30,6 +30,8 @@ __all__ = ["Answer", "Recommender", "STORE_DOWN"]
 
 logger = logging.getLogger(__name__)
 
+#: Deepest a trending answer reads to find n items the catalogue lets it show.
+_MAX_DEPTH = 4096
 #: Errors that mean "Redis cannot answer now": the reader degrades instead of failing.
 STORE_DOWN = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
@@ -67,8 +69,13 @@ class Recommender:
 
     def degraded(self, n: int, category: str | None, exclude: set[str], rule: ItemFilter | None = None) -> Answer:
         """Trending from the in-memory snapshot, for when Redis is unreachable."""
-        top, label = self.snapshot.trending(category, n + self.catalogue.overfetch(n, rule), exclude)
-        top = self._visible(top, n, rule)
+        want = n + self.catalogue.overfetch(n, rule)
+        while True:  # hidden items crowding the top: read deeper (in memory, O(what is read))
+            got, label = self.snapshot.trending(category, want, exclude)
+            top = self._visible(got, n, rule)
+            if len(top) >= n or len(got) < want or want >= _MAX_DEPTH:
+                break
+            want *= 2
         reason = f"popular in {label}" if label else "popular now"
         items = [Scored(i, s, "trending", reason) for i, s in top]
         return Answer(items, self.models.version, True)
@@ -230,15 +237,19 @@ class Recommender:
         if category is not None:
             self.snapshot.note_category(category)
         excluded = set(exclude)
+        want = n + len(excluded) + self.catalogue.overfetch(n, rule)
         try:
-            meta, top = await self.store.trending(self._trend_key(category),
-                                                  n + len(excluded) + self.catalogue.overfetch(n, rule))
+            while True:  # hidden items crowding the top: one more, deeper read
+                meta, got = await self.store.trending(self._trend_key(category), want)
+                top = self._visible([p for p in got if p[0] not in excluded], n, rule)
+                if len(top) >= n or len(got) < want or want >= _MAX_DEPTH:
+                    break
+                want *= 2
         except STORE_DOWN as exc:
             logger.warning("Redis unavailable (%s): degraded trending", type(exc).__name__)
             return self.degraded(n, category, excluded, rule)
         f = meta.factor(self.rate)
         reason = f"popular in {category}" if category else "popular now"
-        top = self._visible([p for p in top if p[0] not in excluded], n, rule)
         items = [Scored(i, v * f, "trending", reason) for i, v in top]
         return Answer(items, self.models.version, False)
 
