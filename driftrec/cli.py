@@ -271,6 +271,45 @@ def lag(
 
 
 @app.command()
+def experiments(
+    json_: Annotated[bool, typer.Option("--json", help="The figures as JSON (what the exporter's /api/state holds).")] = False,
+) -> None:
+    """Online experiments with their figures: answers, clicks, rates, difference vs control, split check."""
+    import asyncio
+    import json
+
+    import redis.asyncio as aioredis
+    from rich.console import Console
+
+    from driftrec.oncall.experiment_stats import read_experiments, render, summarise
+
+    s = _settings()
+    types = sorted(s.event_types)
+
+    async def read() -> list[dict[str, Any]]:
+        client = aioredis.Redis.from_url(s.redis, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            return [summarise(e, c, types) for e, c in await read_experiments(client, s.key_prefix, s.experiments_file)]
+        finally:
+            await client.aclose()
+
+    try:
+        summaries = asyncio.run(read())
+    except (OSError, aioredis.RedisError) as exc:
+        typer.echo(f"Redis unavailable: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_:
+        typer.echo(json.dumps(summaries, indent=2))
+        raise typer.Exit(0)
+    if not summaries:
+        typer.echo("no experiments defined (PUT /v1/experiments/{name} on the reader, or DRIFTREC_EXPERIMENTS_FILE)")
+        raise typer.Exit(0)
+    console = Console(width=160)
+    for table in render(summaries, types):
+        console.print(table)
+
+
+@app.command()
 def train(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="als | ease | svd | itemknn | userknn | tf | pop (repeat; default: als and tf).")] = None,
     every: Annotated[str | None, typer.Option(help="Retrain on a timer, e.g. 1h or 30m (default: once).")] = None,

@@ -171,3 +171,46 @@ class ExperimentCollector(Collector):
                     wins.add_metric([name, v_name], w)
                 il_p.add_metric([name], s["interleaving"]["p_value"])
         yield from (answers, fallback, clicks, clicked, rate, diff, p_value, srm_p, srm, wins, il_p)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render(summaries: Sequence[dict[str, Any]], types: Sequence[str]) -> list[Any]:
+    """Rich tables for ``driftrec experiments``: the figures the exporter exports, per experiment."""
+    from rich.table import Table
+
+    out: list[Any] = []
+    for s in summaries:
+        srm = s["srm"]
+        title = (f"{s['name']} ({s['method']}, {s['status']}; split check p={srm['p_value']:.3g}"
+                 f"{' MISMATCH: the split is broken' if srm['mismatch'] else ''})")
+        table = Table(title=title, title_justify="left")
+        for col in ("variant", "answers", "type", "clicks", "answers clicked", "rate [95% CI]",
+                    "vs control [95% CI]", "p"):
+            table.add_column(col, justify="left" if col in ("variant", "type") else "right")
+        comparisons = {(c["variant"], c["type"]): c for c in s["comparisons"]}
+        for v in s["variants"]:
+            first = True
+            for t in types:
+                x = v["types"][t]
+                r = x["rate"]
+                c = comparisons.get((v["name"], t))
+                vs = p = ""
+                if c is not None:
+                    d = c["diff"]
+                    vs = f"{100 * d['estimate']:+.2f} pp [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+                    p = f"{c['p_value']:.3g}{' *' if c['significant'] else ''}"
+                answers = f"{v['answers']}" + (f" ({v['fallback']} fallback)" if v["fallback"] else "")
+                table.add_row(v["name"] if first else "", answers if first else "", t, str(x["clicks"]),
+                              str(x["answers_clicked"]),
+                              f"{_pct(r['estimate'])} [{_pct(r['low'])}, {_pct(r['high'])}]", vs, p)
+                first = False
+        if "interleaving" in s:
+            il = s["interleaving"]
+            wins = ", ".join(f"{k} {w}" for k, w in il["wins"].items())
+            table.caption = (f"interleaving wins: {wins}, ties {il['ties']}; sign test p={il['p_value']:.3g}"
+                             f"; preferred: {il['preferred'] or 'none yet'}")
+        out.append(table)
+    return out
