@@ -403,6 +403,60 @@ def evaluate(
         typer.echo(f"wrote {out}")
 
 
+@app.command()
+def tune(
+    source: Annotated[str, typer.Argument(help="The shop's click log: a data file or folder (the layouts `driftrec replay` reads), a shared data-set name, 'simulator', or 'kafka' / 'kafka:<topic>' for every retained event of a topic.")],
+    budget: Annotated[str, typer.Option(help="Time budget, e.g. 10m, 600s, 1h (the check on the later part included).")] = "10m",
+    seed: Annotated[int, typer.Option(help="Seed of the random search (same log + seed + budget = same choice).")] = 0,
+    tune_fraction: Annotated[float, typer.Option(help="Share of the log (from its start) tuned on; the rest checks.")] = 0.5,
+    max_windows: Annotated[int | None, typer.Option(help="Score this many evenly spaced hours per replay (0 = every event).")] = 150,
+    max_events: Annotated[int | None, typer.Option(help="Use only the first N events.")] = None,
+    model: Annotated[bool, typer.Option("--model/--no-model", help="Publish ALS on the warm-up so the user-vector and similar-users sources count (as with `driftrec train`).")] = True,
+    out: Annotated[Path, typer.Option(help="Settings file to write (read by worker and serve via DRIFTREC_SETTINGS_FILE).")] = Path("driftrec-tuned.json"),
+    report: Annotated[Path | None, typer.Option(help="Also write the whole tuning report (JSON) here.")] = None,
+    force: Annotated[bool, typer.Option(help="Write the settings file even when the tuned settings are not better beyond the interval.")] = False,
+) -> None:
+    """Tune the live settings on a click log's first part, check them on its later part, write a settings file."""
+    import json
+
+    from driftrec.errors import DriftrecError
+    from driftrec.tune import TuneOptions, load_events, parse_budget, settings_file_content
+    from driftrec.tune import tune as run_tune
+
+    logging.basicConfig(level=logging.WARNING)
+    s = _settings()
+    try:
+        name, events = load_events(source, s, max_events)
+    except (DriftrecError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if len(events) < 100:
+        typer.echo(f"error: {name}: {len(events)} events, too few to tune on", err=True)
+        raise typer.Exit(1)
+    opts = TuneOptions(tune_fraction=tune_fraction, budget_s=parse_budget(budget), seed=seed,
+                       max_windows=max_windows or None, model=model)
+    typer.echo(f"{name}: {len(events)} events")
+    result = run_tune(events, s, opts, log=typer.echo)
+    check, ci = result.check, result.intervals
+    typer.echo(f"\non the later part ({result.scored['check']} scored events, never tuned on):")
+    for m in ("defaults", "tuned", "raw_cooccurrence", "vsknn"):
+        typer.echo(f"  {m:18s} HR@10 {check[m]['hr10']:.4f}  NDCG@10 {check[m]['ndcg10']:.4f}")
+    for key, (lo, hi) in ci.items():
+        typer.echo(f"  {key:26s} 95 % interval [{lo:.2f}, {hi:.2f}]")
+    changed = settings_file_content(result, s)
+    typer.echo(f"tuned settings (changed from the current): {json.dumps(changed)}")
+    if report is not None:
+        report.write_text(json.dumps({"source": name, "events": len(events), "options": opts.__dict__,
+                                      **result.as_dict()}, indent=1, default=str))
+        typer.echo(f"wrote {report}")
+    if not result.recommended and not force:
+        typer.echo(f"not recommended: {result.reason}; no settings file written (--force writes it anyway)")
+        raise typer.Exit(3)
+    out.write_text(json.dumps(changed, indent=1, default=str) + "\n")
+    typer.echo(f"{'recommended' if result.recommended else 'NOT recommended (--force)'}: {result.reason}\n"
+               f"wrote {out}: run DRIFTREC_SETTINGS_FILE={out} driftrec worker / driftrec serve")
+
+
 def main() -> None:
     app()
 

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 __all__ = ["Settings", "load_settings"]
 
@@ -24,6 +29,28 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DRIFTREC_", extra="forbid", frozen=True, populate_by_name=True
     )
+
+    settings_file: Path | None = Field(
+        default=None, description="JSON file of settings (e.g. written by `driftrec tune`), read when "
+                                  "DRIFTREC_SETTINGS_FILE names it: its values stand under the environment's, "
+                                  "above the defaults; unknown keys are rejected.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then the environment, then the settings file, then the defaults."""
+        import os
+
+        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
+        path = os.environ.get("DRIFTREC_SETTINGS_FILE")
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"DRIFTREC_SETTINGS_FILE: no such file: {path}")
+            sources.append(JsonConfigSettingsSource(settings_cls, json_file=Path(path)))
+        return tuple(sources)
 
     # --- infrastructure -------------------------------------------------------------------
     kafka_bootstrap_servers: str | None = Field(
