@@ -23,9 +23,10 @@ from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.ann import ann_config
+from driftrec.online.catalogue import CatalogueView
 from driftrec.online.errors import EXCEPTION_HANDLERS
 from driftrec.online.experiments import ExperimentRegistry
-from driftrec.online.ingest import EventSink, KafkaSink
+from driftrec.online.ingest import EventSink, ItemSink, KafkaItemSink, KafkaSink
 from driftrec.online.metrics import MetricsMiddleware, ReaderMetrics
 from driftrec.online.model_cache import ModelCache
 from driftrec.online.openapi import openapi_document
@@ -33,6 +34,7 @@ from driftrec.online.recommender import Recommender
 from driftrec.online.resp import RespPool
 from driftrec.online.routes_events import event_routes
 from driftrec.online.routes_experiments import experiment_routes
+from driftrec.online.routes_items import item_routes
 from driftrec.online.routes_ops import ops_routes
 from driftrec.online.routes_recs import recommendation_routes
 from driftrec.online.routes_users import user_routes
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 _FIRST_SNAPSHOT_WAIT_S = 2.0
 _FIRST_MODEL_WAIT_S = 10.0
+#: A catalogue of 100k items is read in ~1-2 s (HSCAN, 1,000 a call).
+_FIRST_CATALOGUE_WAIT_S = 10.0
 _CLOSE_WAIT_S = 5.0
 
 
@@ -98,7 +102,7 @@ def configured_weights(settings: Settings) -> BlendWeights:
 
 
 def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: EventSink | None = None,
-               refresh_snapshot: bool = True) -> Starlette:
+               item_sink: ItemSink | None = None, refresh_snapshot: bool = True) -> Starlette:
     """Build the reader.
 
     Parameters
@@ -109,12 +113,16 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
         Defaults to :func:`create_store` on ``settings.redis``.
     sink : EventSink, optional
         Where POSTed events and tombstones go; defaults to the clicks topic on Kafka.
+    item_sink : ItemSink, optional
+        Where catalogue writes go; defaults to the items topic on Kafka.
     refresh_snapshot : bool
-        Run the periodic snapshot refresh (tests turn it off and call ``refresh`` themselves).
+        Run the periodic snapshot and catalogue refreshes (tests turn them off and call
+        ``refresh`` themselves).
     """
     limit_blas_threads(settings.blas_threads)
     store = store if store is not None else create_store(settings)
     sink = sink if sink is not None else KafkaSink(settings)
+    item_sink = item_sink if item_sink is not None else KafkaItemSink(settings)
     policy = DecayPolicy(settings.half_life_s)
     metrics = ReaderMetrics()
     models = ModelCache(store.model_parts, default_reg=settings.fold_in_regularization,
@@ -123,7 +131,9 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     snapshot = TrendingSnapshot(store, policy, n_items=settings.reader_snapshot_items,
                                 per_category=min(settings.trending_k, 500),
                                 interval_s=settings.reader_snapshot_interval_s)
-    rec = Recommender(settings, store, models, snapshot, configured_weights(settings))
+    # What the catalogue hides, in memory, polled from the worker's change feed (online/catalogue.py).
+    catalogue = CatalogueView(store.client, store.keys, interval_s=settings.reader_catalogue_poll_s)
+    rec = Recommender(settings, store, models, snapshot, configured_weights(settings), catalogue)
     recorder = ServedRecorder(store.execute, store.keys, metrics.count_served)
     experiments = ExperimentRegistry(
         store, settings.key_prefix, rec, interval_s=settings.experiments_refresh_s,
@@ -137,7 +147,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = exp_task = None
+        task = exp_task = cat_task = None
         recorder.start()
         await _first_model(store, models)
         if refresh_snapshot:
@@ -147,6 +157,12 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
             except Exception as exc:
                 logger.warning("no trending snapshot at start-up (%s); degraded answers are empty until one", exc)
             task = asyncio.get_running_loop().create_task(snapshot.run())
+            try:  # the catalogue before the first answer, so a restarted reader hides at once
+                await asyncio.wait_for(catalogue.refresh(), _FIRST_CATALOGUE_WAIT_S)
+            except Exception as exc:
+                logger.warning("catalogue not read at start-up (%s: %s); retrying in the background",
+                               type(exc).__name__, exc)
+            cat_task = asyncio.get_running_loop().create_task(catalogue.run())
             try:  # experiments defined through the admin endpoint run from the first answer on
                 await asyncio.wait_for(experiments.refresh(), _FIRST_SNAPSHOT_WAIT_S)
             except Exception as exc:
@@ -157,13 +173,16 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
         finally:
             if task is not None:
                 await snapshot.stop(task)
+            if cat_task is not None:
+                await catalogue.stop(cat_task)
             if exp_task is not None:
                 experiments.stop()
                 exp_task.cancel()
             await recorder.stop()
             # A reader asked to stop must stop: closing a client whose peer went away can wait
             # on a socket that never closes.
-            for name, close in (("event sink", sink.close), ("Redis clients", store.aclose)):
+            for name, close in (("event sink", sink.close), ("item sink", item_sink.close),
+                                ("Redis clients", store.aclose)):
                 try:
                     await asyncio.wait_for(close(), _CLOSE_WAIT_S)
                 except Exception as exc:
@@ -175,6 +194,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
         *experiment_routes(settings, experiments),
         *user_routes(settings, store, sink, metrics),
         *event_routes(settings, sink, metrics),
+        *item_routes(settings, item_sink, catalogue),
         *ops_routes(store, models, snapshot, metrics, openapi),
     ]
     app = Starlette(
@@ -190,6 +210,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     app.state.models = models
     app.state.snapshot = snapshot
     app.state.recommender = rec
+    app.state.catalogue = catalogue
+    app.state.item_sink = item_sink
     app.state.metrics = metrics
     app.state.sink = sink
     app.state.recorder = recorder

@@ -171,7 +171,8 @@ class ExperimentRegistry:
             if state is None or not state.present:
                 cache = self.model_cache()
                 models = cast(ModelCache, PinnedModels(cache, version))
-                rec = Recommender(self.rec.settings, self.store, models, self.rec.snapshot, self.rec.weights)
+                rec = Recommender(self.rec.settings, self.store, models, self.rec.snapshot, self.rec.weights,
+                                  self.rec.catalogue)
                 state = self.pinned[version] = _Pinned(cache, rec)
             if state.cache.version != version:
                 state.cache.observe(version)  # a background load; retried after a failure

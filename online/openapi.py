@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from driftrec.catalogue import FIELDS
 from driftrec.experiments import NAME_PATTERN
 from driftrec.models.blend import SOURCES
 from driftrec.online.params import ID_PATTERN
@@ -38,6 +39,14 @@ _N = _q("n", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "
 _EXP = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME_PATTERN},
         "description": "Experiment name."}
 _EXCLUDE = _q("exclude", {"type": "string"}, "Comma-separated item ids never to return (at most 100).")
+#: Catalogue fields and business rules every ranking endpoint takes (docs: driftrec/catalogue.py).
+_CATALOGUE_PARAMS = [
+    _q("fields", {"type": "string", "examples": ["title,price,image_url"]},
+       f"Comma-separated catalogue fields each item carries ({', '.join(FIELDS)}); null where unknown."),
+    _q("tag", _CATEGORY, "Only items whose catalogue record carries this tag."),
+    _q("price_min", {"type": "number", "minimum": 0}, "Only items whose catalogue price is at least this."),
+    _q("price_max", {"type": "number", "minimum": 0}, "Only items whose catalogue price is at most this."),
+]
 
 
 def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
@@ -62,18 +71,20 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                        "Per-request blend weights, source:weight, comma-separated."),
                     _q("context", {"type": "string"}, "Comma-separated items of the current session "
                        "not yet in the stream (at most 20)."),
+                    *_CATALOGUE_PARAMS,
                 ],
                 "responses": ranked,
             }},
             "/v1/items/{item_id}/similar": {"get": {
                 "summary": "Items similar to one item (trending in its category when unknown)",
                 "parameters": [_p("item_id", "Item id."), _N,
-                               _q("category", _CATEGORY, "Category to fall back to for an unknown item.")],
+                               _q("category", _CATEGORY, "Category to fall back to for an unknown item."),
+                               *_CATALOGUE_PARAMS],
                 "responses": ranked,
             }},
             "/v1/trending": {"get": {
                 "summary": "Trending items, overall or in a category",
-                "parameters": [_N, _EXCLUDE, _q("category", _CATEGORY, "Category.")],
+                "parameters": [_N, _EXCLUDE, _q("category", _CATEGORY, "Category."), *_CATALOGUE_PARAMS],
                 "responses": ranked,
             }},
             "/v1/users/{user_id}/history": {"get": {
@@ -103,6 +114,35 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                               "413": _json("Error", "Body or batch too large."),
                               "422": _json("Ingested", "No event was valid."), **write_errors},
             }},
+            "/v1/items": {"post": {
+                "summary": "Upsert or delete up to 1,000 catalogue items (each may be {op: delete, item_id})",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/CatalogueItem"},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/CatalogueItem"}, "maxItems": 1000},
+                    {"type": "object", "required": ["items"], "properties": {"items": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/CatalogueItem"}, "maxItems": 1000}}},
+                ]}}}},
+                "responses": {"202": _json("Ingested", "Valid items produced to the items topic."),
+                              "413": _json("Error", "Body or batch too large."),
+                              "422": _json("Ingested", "No item was valid."), **write_errors},
+            }},
+            "/v1/items/{item_id}": {
+                "get": {"summary": "This reader's catalogue record of an item (as of its last poll)",
+                        "parameters": [_p("item_id", "Item id.")],
+                        "responses": {"200": _json("CatalogueItem", "The record, with deleted and hidden."),
+                                      **_ERRORS, "404": _json("Error", "Not in the catalogue.")}},
+                "put": {"summary": "Upsert an item: its whole record (replaces the previous one)",
+                        "parameters": [_p("item_id", "Item id.")], "security": security,
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/CatalogueItem"}}}},
+                        "responses": {"202": _json("Status", "Produced to the items topic; the worker applies it."),
+                                      "422": _json("Error", "Invalid item (the field is named)."), **write_errors}},
+                "delete": {"summary": "Delete an item: never recommended again unless upserted",
+                           "parameters": [_p("item_id", "Item id.")], "security": security,
+                           "responses": {"202": _json("Status", "Delete produced to the items topic."),
+                                         **write_errors}},
+            },
             "/v1/experiments": {"get": {
                 "summary": "Every experiment this reader knows (file and admin-defined), with its status",
                 "responses": {"200": _json("Experiments", "Definitions."), **_ERRORS}}},
@@ -183,6 +223,16 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                     "status": {"type": "string", "enum": ["scheduled", "running", "stopped"]}}},
                 "Experiments": {"type": "object", "properties": {"experiments": {
                     "type": "array", "items": {"$ref": "#/components/schemas/Experiment"}}}},
+                "CatalogueItem": {"type": "object", "required": ["item_id"], "additionalProperties": False,
+                                  "properties": {
+                    "op": {"type": "string", "enum": ["upsert", "delete"], "default": "upsert"},
+                    "item_id": _ID, "title": {"type": "string", "minLength": 1, "maxLength": 500},
+                    "category": _CATEGORY,
+                    "tags": {"type": "array", "maxItems": 32, "items": {"type": "string", "maxLength": 64}},
+                    "price": {"type": "number", "minimum": 0}, "available": {"type": "boolean", "default": True},
+                    "image_url": {"type": "string", "format": "uri", "maxLength": 2048},
+                    "properties": {"type": "object", "maxProperties": 32},
+                    "updated_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}}},
                 "ClickEvent": {"type": "object", "required": ["event_id", "user_id", "item_id", "type", "timestamp"],
                                "additionalProperties": False, "properties": {
                     "event_id": _ID, "user_id": _ID, "item_id": _ID,

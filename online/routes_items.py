@@ -106,9 +106,12 @@ def item_routes(settings: Settings, sink: ItemSink, catalogue: CatalogueView) ->
         return json_response({"item_id": item, "deleted": info.deleted, "hidden": info.hidden,
                               **catalogue.fields(item, FIELDS)})
 
+    by_method = {"PUT": put_item, "DELETE": delete_item, "GET": get_item, "HEAD": get_item}
+
+    async def one_item(request: Request) -> Response:
+        return await by_method[request.method](request)
+
     return [
         Route("/v1/items", post_items, methods=["POST"]),
-        Route("/v1/items/{item_id:path}", put_item, methods=["PUT"]),
-        Route("/v1/items/{item_id:path}", delete_item, methods=["DELETE"]),
-        Route("/v1/items/{item_id:path}", get_item, methods=["GET"]),
+        Route("/v1/items/{item_id:path}", one_item, methods=["GET", "PUT", "DELETE"]),
     ]

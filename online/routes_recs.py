@@ -21,8 +21,10 @@ from driftrec.online.metrics import ReaderMetrics
 from driftrec.online.params import (
     category_param,
     check_id,
+    fields_param,
     id_list_param,
     int_param,
+    item_filter_param,
     reject_unknown,
 )
 from driftrec.online.recommender import Answer, Recommender
@@ -35,9 +37,11 @@ logger = logging.getLogger(__name__)
 #: ``strategy=`` presets: "blend" uses the configured weights, any source name uses that source
 #: alone (trending still back-fills a short list).
 STRATEGIES = ("blend", *SOURCES)
-_REC_PARAMS = frozenset({"n", "exclude", "category", "strategy", "weights", "context"})
-_SIMILAR_PARAMS = frozenset({"n", "category"})
-_TRENDING_PARAMS = frozenset({"n", "category", "exclude"})
+#: Catalogue fields (``fields=``) and business rules (tag, price range) every ranking endpoint takes.
+_CATALOGUE_PARAMS = frozenset({"fields", "tag", "price_min", "price_max"})
+_REC_PARAMS = frozenset({"n", "exclude", "category", "strategy", "weights", "context"}) | _CATALOGUE_PARAMS
+_SIMILAR_PARAMS = frozenset({"n", "category"}) | _CATALOGUE_PARAMS
+_TRENDING_PARAMS = frozenset({"n", "category", "exclude"}) | _CATALOGUE_PARAMS
 MAX_N = 100
 #: ``#strategy`` of a similar-items answer's record (recommendations record their ``strategy=``).
 SIMILAR_STRATEGY = "similar_items"
@@ -92,6 +96,14 @@ def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endp
     }
 
 
+def _add_fields(body: dict[str, object], names: tuple[str, ...], rec: Recommender) -> None:
+    """``fields=``: each item's catalogue fields, from the reader's in-memory view (no Redis read)."""
+    if names:
+        fields = rec.catalogue.fields
+        for x in body["items"]:  # type: ignore[attr-defined]
+            x.update(fields(x["item_id"], names))
+
+
 def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
                           recorder: ServedRecorder | None = None,
                           admission: Admission | None = None,
@@ -129,23 +141,29 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         context = id_list_param(q, "context", limit=20)
         category = category_param(q)
         weights = parse_weights(q, base)
-        # A caller that chose a strategy or weights is not enrolled: the experiment would not be
-        # what it measures. With no experiment defined this is one attribute read.
-        if experiments is not None and experiments.active and "strategy" not in q and "weights" not in q:
+        names = fields_param(q)
+        rule = item_filter_param(q)
+        # A caller that chose a strategy, weights or a catalogue rule is not enrolled: the
+        # experiment would not be what it measures. With no experiment defined this is one
+        # attribute read. (Hidden items are hidden in every variant: the Recommender does it.)
+        if (experiments is not None and experiments.active and "strategy" not in q and "weights" not in q
+                and not rule.active):
             pick = experiments.pick(user)
             if pick is not None:
-                return await in_experiment(pick, user, n, exclude, context, category)
+                return await in_experiment(pick, user, n, exclude, context, category, names)
         answer = await admitted(
             "recommendations",
-            lambda: rec.for_user(user, n, exclude=exclude, category=category, weights=weights, context=context),
-            lambda: rec.degraded(n, category, {*exclude, *context}))
+            lambda: rec.for_user(user, n, exclude=exclude, category=category, weights=weights, context=context,
+                                 rule=rule),
+            lambda: rec.degraded(n, category, {*exclude, *context}, rule))
         strategy = q.get("strategy", "blend")
         body = _body(answer, {"user_id": user, "strategy": strategy}, metrics, "recommendations")
         record(body, strategy, answer)
+        _add_fields(body, names, rec)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
 
     async def in_experiment(pick: Pick, user: str, n: int, exclude: list[str], context: list[str],
-                            category: str | None) -> Response:
+                            category: str | None, names: tuple[str, ...] = ()) -> Response:
         assert experiments is not None
         request_id = uuid.uuid4().hex
         ranked: list[Ranked] = []
@@ -166,6 +184,7 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
                     "fallback": "degraded: answered from the trending snapshot"}
         body = _body(answer, {"user_id": user, "strategy": "experiment", "experiment": info}, metrics,
                      "recommendations", request_id)
+        _add_fields(body, names, rec)
         return json_response(body, headers={"X-Request-ID": request_id})
 
     async def similar(request: Request) -> Response:
@@ -174,10 +193,13 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         item = check_id(request.path_params["item_id"], "item_id")
         n = int_param(q, "n", 10, 1, MAX_N)
         category = category_param(q)
-        answer = await admitted("similar", lambda: rec.similar(item, n, category),
-                                lambda: rec.degraded(n, category, {item}))
+        names = fields_param(q)
+        rule = item_filter_param(q)
+        answer = await admitted("similar", lambda: rec.similar(item, n, category, rule),
+                                lambda: rec.degraded(n, category, {item}, rule))
         body = _body(answer, {"item_id": item}, metrics, "similar")
         record(body, SIMILAR_STRATEGY, answer)
+        _add_fields(body, names, rec)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
 
     async def trending(request: Request) -> Response:
@@ -185,8 +207,10 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
         reject_unknown(q, _TRENDING_PARAMS)
         n = int_param(q, "n", 10, 1, MAX_N)
         category = category_param(q)
-        answer = await rec.trending(n, category, id_list_param(q, "exclude"))
+        names = fields_param(q)
+        answer = await rec.trending(n, category, id_list_param(q, "exclude"), item_filter_param(q))
         body = _body(answer, {"category": category}, metrics, "trending")
+        _add_fields(body, names, rec)
         return json_response(body, headers={"X-Request-ID": str(body["request_id"])})
 
     return [

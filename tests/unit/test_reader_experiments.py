@@ -10,6 +10,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
+from driftrec.catalogue import ItemFilter
 from driftrec.experiments import (
     InvalidExperimentError,
     counts_key,
@@ -20,6 +21,7 @@ from driftrec.experiments import (
 from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights, Scored
 from driftrec.models.experiments import assign
+from driftrec.online.catalogue import CatalogueView
 from driftrec.online.errors import EXCEPTION_HANDLERS
 from driftrec.online.experiments import ExperimentRegistry
 from driftrec.online.metrics import ReaderMetrics
@@ -116,16 +118,18 @@ class FakeRec:
         self.settings = settings
         self.weights = BlendWeights()
         self.snapshot = None
+        self.catalogue = CatalogueView(None, Keys())  # the Recommender's: variants share it
         self.calls: list[BlendWeights] = []
 
     async def for_user(self, user: str, n: int, *, exclude: Sequence[str] = (), category: str | None = None,
-                       weights: BlendWeights | None = None, context: Sequence[str] = ()) -> Answer:
+                       weights: BlendWeights | None = None, context: Sequence[str] = (),
+                       rule: ItemFilter | None = None) -> Answer:
         w = weights or self.weights
         self.calls.append(w)
         src, p = ("tf", "t") if w.tf > w.item_item else ("item_item", "i")
         return Answer([Scored(f"{p}{k}", 1.0 / (k + 1), src, "r") for k in range(n)], "v0", False)
 
-    def degraded(self, n: int, category: str | None, exclude: set[str]) -> Answer:
+    def degraded(self, n: int, category: str | None, exclude: set[str], rule: ItemFilter | None = None) -> Answer:
         return Answer([Scored("pop", 1.0, "trending", "popular now")], "v0", True)
 
 
