@@ -66,7 +66,10 @@ async def main():
     sync = redis.Redis(port=port)
     if model:  # item factors for every item: the fold-in mode
         import numpy as np
-        from driftrec.streams.published import pack_factors
+        try:
+            from driftrec.modelformat import pack_factors
+        except ImportError:  # a baseline from before driftrec.modelformat
+            from driftrec.streams.published import pack_factors
         y = np.random.default_rng(0).normal(0, 0.1, (len(sim.item_ids), s.factors))
         for part, blob in pack_factors(list(sim.item_ids), y, alpha=1.0,
                                        regularization=s.fold_in_regularization).items():

@@ -53,8 +53,9 @@ import numpy as np  # noqa: E402
 
 from common import RESULTS, ROOT, commit, machine  # noqa: E402
 
+from driftrec.modelformat import MODEL_PARTS  # noqa: E402
 from driftrec.online.ann import ann_config  # noqa: E402
-from driftrec.online.model_cache import PARTS, PublishedModel, build_model  # noqa: E402
+from driftrec.online.model_cache import PublishedModel, build_model  # noqa: E402
 from driftrec.settings import load_settings  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reader_ann")
@@ -196,7 +197,7 @@ def one_size(n_items: int, n_requests: int, n_exact: int, seed: int) -> dict[str
     reqs = requests(n_items, n_requests, seed + 1)
     out: dict[str, Any] = {"items": n_items, "ann_config": config.__dict__ if config else None}
     kw: dict[str, Any] = {"default_reg": settings.fold_in_regularization, "pool_size": settings.reader_similar_users_pool}
-    head = {p: head.get(p) for p in PARTS}
+    head = {p: head.get(p) for p in MODEL_PARTS}
     variants: list[tuple[str, dict[str, Any], int]] = [
         ("exact_all", {}, n_exact),
         ("exact_pool", {"scan_items": settings.reader_scan_items}, n_exact),

@@ -60,9 +60,9 @@ from common import free_port as _free_port  # also benchmarks/system.py's
 
 from driftrec.kafka_admin import ensure_topics
 from driftrec.keys import Keys
+from driftrec.modelformat import pack_factors
 from driftrec.settings import Settings, load_settings
 from driftrec.simulator import ShopSimulator
-from driftrec.streams.published import pack_factors
 from tools.chaos.scale import cpu_s
 
 

@@ -69,14 +69,15 @@ class LiveModel:
     """One published version, decoded by the worker's and by the reader's own loaders."""
 
     def __init__(self, version: str, parts: dict[str, bytes], settings: Settings) -> None:
+        from driftrec.modelformat import MODEL_PARTS
         from driftrec.online.ann import ann_config
-        from driftrec.online.model_cache import PARTS, build_model
+        from driftrec.online.model_cache import build_model
         from driftrec.streams.published import unpack_factors
 
         self.version = version
         self.parts = parts
         self.worker = unpack_factors(version, parts, settings.fold_in_regularization)
-        head = {p: parts.get(p) for p in PARTS}
+        head = {p: parts.get(p) for p in MODEL_PARTS}
         tf = {p: v for p, v in parts.items() if p.startswith("tf_layer")}
         self.reader = build_model(version, head, tf, default_reg=settings.fold_in_regularization,
                                   pool_size=settings.reader_similar_users_pool,

@@ -1,23 +1,7 @@
 """The published batch model held in memory: item factors, TF next-item arrays, nearest-user pool.
 
-What the reader expects under ``P:{m}:v:<version>:<part>`` (every part a Redis STRING, or chunks
-of one when over 64 MB: :mod:`driftrec.modelblobs`; arrays are the bytes :func:`numpy.save`
-writes, read with ``allow_pickle=False``):
-
-=================== ============================================================================
-part                content
-=================== ============================================================================
-``item_ids``        the item ids, UTF-8, one per line (or a ``.npy`` unicode array): row order of
-                    every item-indexed array below
-``item_factors``    float32 ``(n_items, k)`` ALS item factors (the user-vector source)
-``user_ids``        optional, like ``item_ids``: rows of ``user_factors``
-``user_factors``    optional float32 ``(n_users, k)``: the pool the similar-users source searches
-``alpha``           optional ``(1,)`` confidence scale of the fold-in (default 1)
-``regularization``  optional ``(1,)`` L2 of the fold-in (default ``Settings.fold_in_regularization``)
-``tf_n_layers``     optional ``(1,)`` int: the TF model's layer count L (hidden layers + output)
-``tf_layer<i>_weight`` / ``tf_layer<i>_bias``  its arrays, ``i < L``: ``models.batch.tf_next`` export
-=================== ============================================================================
-
+The parts of a version and their checks are :mod:`driftrec.modelformat` (spec:
+``docs/redis-keys.md``); this module turns them into the arrays a request scores with.
 ``P:{m}:current`` names the live version; the reader checks it on every request (it is in the
 request's one pipeline) and loads a new version in the background, serving the old one until the
 new one is ready. A version that fails to load is logged and retried after a back-off; the
@@ -27,7 +11,6 @@ version already served stays.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,50 +19,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from driftrec import modelformat
 from driftrec.errors import ModelError
+from driftrec.modelformat import decode_array, decode_ids
 from driftrec.models.factors import fold_in
 from driftrec.online.ann import AnnConfig, AnnIndex, top_of
 
-__all__ = ["PublishedModel", "ModelCache", "decode_ids", "decode_array", "build_model", "PARTS"]
+# decode_ids and decode_array stay importable here for callers written before driftrec.modelformat.
+__all__ = ["PublishedModel", "ModelCache", "decode_ids", "decode_array", "build_model"]
 
 logger = logging.getLogger(__name__)
 
-#: Parts read in the first round trip of a load; TF layers are read in a second one.
-PARTS = ("item_ids", "item_factors", "user_ids", "user_factors", "alpha", "regularization", "tf_n_layers")
 _RETRY_FAILED_S = 30.0
 F32 = npt.NDArray[np.float32]
-
-
-def decode_ids(raw: bytes | None, part: str) -> list[str]:
-    """Ids stored as UTF-8 lines or as a ``.npy`` unicode array."""
-    if raw is None:
-        raise ModelError(f"published model lacks part {part!r}")
-    if raw.startswith(b"\x93NUMPY"):
-        return [str(x) for x in decode_array(raw, part).ravel()]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModelError(f"part {part!r} is not UTF-8 text") from None
-    return text.split("\n") if text else []
-
-
-def decode_array(raw: bytes | None, part: str) -> np.ndarray:
-    """A ``.npy`` blob as an array (never unpickles)."""
-    if raw is None:
-        raise ModelError(f"published model lacks part {part!r}")
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelError(f"part {part!r} is not a readable .npy array: {exc}") from None
-
-
-def _finite_f32(a: np.ndarray, part: str, ndim: int) -> F32:
-    if a.dtype.kind not in "fiu" or a.ndim != ndim:
-        raise ModelError(f"part {part!r} must be a {ndim}-D numeric array, got {a.dtype} {a.shape}")
-    out = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.all(np.isfinite(out)):
-        raise ModelError(f"part {part!r} holds NaN or infinite values")
-    return out
 
 
 @dataclass
@@ -367,47 +319,26 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
     (``reader_ann``) builds the HNSW indexes (:meth:`PublishedModel.build_indexes`); a catalogue
     of at least ``ann.min_rows`` items is then indexed whole and ``scan_items`` does not apply.
     """
-    item_ids = decode_ids(parts.get("item_ids"), "item_ids")
-    Y = _finite_f32(decode_array(parts.get("item_factors"), "item_factors"), "item_factors", 2)
-    if Y.shape[0] != len(item_ids) or Y.shape[0] == 0 or Y.shape[1] == 0:
-        raise ModelError(f"item_factors has {Y.shape} rows for {len(item_ids)} item ids")
+    factors = modelformat.decode_item_factors(parts, default_reg=default_reg)
+    item_ids, Y = factors.ids, factors.Y
     item_index = {item: i for i, item in enumerate(item_ids)}
-    if len(item_index) != len(item_ids):
-        raise ModelError("item_ids holds duplicates")
-    alpha = _scalar(parts.get("alpha"), "alpha", 1.0)
-    reg = _scalar(parts.get("regularization"), "regularization", default_reg)
     hidden: list[tuple[F32, F32]] = []
     out_bias: F32 | None = None
     out_t: F32 | None = None
-    n_layers_raw = parts.get("tf_n_layers")
-    if n_layers_raw is not None:
-        n_layers = int(decode_array(n_layers_raw, "tf_n_layers").ravel()[0])
-        if not 2 <= n_layers <= 16:
-            raise ModelError(f"tf_n_layers must be 2..16, got {n_layers}")
-        ws = [_finite_f32(decode_array(tf_parts.get(f"tf_layer{i}_weight"), f"tf_layer{i}_weight"),
-                          f"tf_layer{i}_weight", 2) for i in range(n_layers)]
-        bs = [_finite_f32(decode_array(tf_parts.get(f"tf_layer{i}_bias"), f"tf_layer{i}_bias"),
-                          f"tf_layer{i}_bias", 1) for i in range(n_layers)]
-        dims_ok = ws[0].shape[0] == len(item_ids) and ws[-1].shape[1] == len(item_ids)
-        for i in range(n_layers):
-            dims_ok = dims_ok and bs[i].shape[0] == ws[i].shape[1]
-            if i:
-                dims_ok = dims_ok and ws[i].shape[0] == ws[i - 1].shape[1]
-        if not dims_ok:
-            raise ModelError("TF layer shapes do not chain from n_items to n_items")
-        hidden = list(zip(ws[:-1], bs[:-1], strict=True))
-        out_bias = bs[-1]
-        out_t = np.ascontiguousarray(ws[-1].T, dtype=np.float32)
+    n_layers = modelformat.tf_layer_count(parts.get("tf_n_layers"))
+    if n_layers is not None:
+        layers = modelformat.decode_tf_layers(tf_parts, n_layers, len(item_ids))
+        hidden = layers[:-1]
+        out_bias = layers[-1][1]
+        out_t = np.ascontiguousarray(layers[-1][0].T, dtype=np.float32)
     model = PublishedModel(
         version=version, item_ids=item_ids, item_index=item_index, Y=Y,
-        YtY=Y.astype(np.float64).T @ Y.astype(np.float64), alpha=alpha, reg=reg,
+        YtY=Y.astype(np.float64).T @ Y.astype(np.float64), alpha=factors.alpha, reg=factors.regularization,
         tf_hidden=hidden, tf_out=out_t, tf_out_bias=out_bias,
     )
-    if parts.get("user_factors") is not None:
-        user_ids = decode_ids(parts.get("user_ids"), "user_ids")
-        U = _finite_f32(decode_array(parts["user_factors"], "user_factors"), "user_factors", 2)
-        if U.shape != (len(user_ids), Y.shape[1]):
-            raise ModelError(f"user_factors has shape {U.shape} for {len(user_ids)} users, k={Y.shape[1]}")
+    users = modelformat.decode_user_factors(parts, Y.shape[1])
+    if users is not None:
+        user_ids, U = users
         norms = _row_norms(U)
         # The pool keeps the users with the largest factor norms: ALS leaves users with little
         # evidence near zero, whose cosines are noise; the cap bounds the per-request product.
@@ -427,15 +358,6 @@ def build_model(version: str, parts: Mapping[str, bytes | None], tf_parts: Mappi
     if ann is not None:
         model.build_indexes(ann)
     return model
-
-
-def _scalar(raw: bytes | None, part: str, default: float) -> float:
-    if raw is None:
-        return default
-    value = float(decode_array(raw, part).ravel()[0])
-    if not np.isfinite(value) or value < 0:
-        raise ModelError(f"part {part!r} must be a finite number >= 0")
-    return value
 
 
 PartsReader = Callable[[str, Sequence[str]], Awaitable[dict[str, bytes | None]]]
@@ -473,14 +395,12 @@ class ModelCache:
 
     async def load(self, version: str) -> PublishedModel:
         """Read and build ``version``; it becomes the served model. Raises :class:`ModelError`."""
-        parts = await self._read_parts(version, PARTS)
+        # The fixed-name parts in one round trip; a TF model's layers in a second one.
+        parts = await self._read_parts(version, modelformat.MODEL_PARTS)
         tf_parts: dict[str, bytes | None] = {}
-        if parts.get("tf_n_layers") is not None:
-            n = int(decode_array(parts["tf_n_layers"], "tf_n_layers").ravel()[0])
-            if not 2 <= n <= 16:
-                raise ModelError(f"tf_n_layers must be 2..16, got {n}")
-            names = [f"tf_layer{i}_{kind}" for i in range(n) for kind in ("weight", "bias")]
-            tf_parts = await self._read_parts(version, names)
+        n_layers = modelformat.tf_layer_count(parts.get("tf_n_layers"))
+        if n_layers is not None:
+            tf_parts = await self._read_parts(version, modelformat.tf_part_names(n_layers))
         # The parse and the index builds run in a thread: usearch releases the GIL while it
         # builds, so the loop keeps serving the old version meanwhile.
         model = await asyncio.to_thread(build_model, version, parts, tf_parts,

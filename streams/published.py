@@ -1,42 +1,35 @@
 """The published batch model as the worker sees it: item factors cached per version, reloaded on change.
 
-Format (the contract with the trainer and the reader, in ``docs/redis-keys.md`` and
-``online/model_cache.py``; every part a Redis STRING, arrays as :func:`numpy.save` bytes)::
-
-    P:{m}:current                    live version id
-    P:{m}:v:<version>:item_ids       UTF-8 item ids, one per line (or a .npy unicode array)
-    P:{m}:v:<version>:item_factors   .npy float32 (n_items, k)
-    P:{m}:v:<version>:alpha          .npy (1,) fold-in confidence scale (optional, default 1)
-    P:{m}:v:<version>:regularization .npy (1,) fold-in L2 (optional, default the setting)
+The worker reads the version named by ``P:{m}:current`` and, of it, the four fold-in parts
+(:data:`driftrec.modelformat.FACTOR_PARTS`: ``item_ids``, ``item_factors``, ``alpha``,
+``regularization``), decoded by :func:`driftrec.modelformat.decode_item_factors`; the format is
+:mod:`driftrec.modelformat`, its spec ``docs/redis-keys.md``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
-from driftrec import modelblobs
+from driftrec import modelblobs, modelformat
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
 from driftrec.models.foldin import fold_in_basis
 from driftrec.streams import metrics
 
-__all__ = ["PublishedFactors", "FactorCache", "pack_factors", "unpack_factors", "ISGD_MODEL", "PARTS"]
+__all__ = ["PublishedFactors", "FactorCache", "unpack_factors", "ISGD_MODEL"]
 
 logger = logging.getLogger(__name__)
 
 #: Model tag of vectors learnt online by ISGD (no published model); never a published version.
 ISGD_MODEL = "isgd"
 _RETRY_BAD_VERSION_S = 30.0
-#: The parts of a version the worker reads (a TF model's parts are the reader's business).
-PARTS = ("item_ids", "item_factors", "alpha", "regularization")
 
 
 @dataclass(frozen=True)
@@ -66,57 +59,14 @@ class PublishedFactors:
         return int(self.Y.shape[1])
 
 
-def _npy(a: npt.ArrayLike) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _array(raw: bytes | None, part: str, version: str) -> np.ndarray:
-    if raw is None:
-        raise ModelError(f"model {version!r}: part {part!r} is missing")
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelError(f"model {version!r}: part {part!r} is not a .npy array: {exc}") from None
-
-
-def pack_factors(ids: Sequence[str], Y: npt.ArrayLike, *, alpha: float,
-                 regularization: float) -> dict[str, bytes]:
-    """The parts a trainer writes for one version (``item_ids``, ``item_factors``, ...)."""
-    arr = np.ascontiguousarray(Y, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] != len(ids):
-        raise ModelError("item factors must be (len(ids), factors)")
-    if any("\n" in i for i in ids):
-        raise ModelError("item ids must not contain newlines")
-    return {"item_ids": "\n".join(ids).encode(), "item_factors": _npy(arr),
-            "alpha": _npy([float(alpha)]), "regularization": _npy([float(regularization)])}
-
-
 def unpack_factors(version: str, parts: Mapping[str, bytes | None], default_reg: float) -> PublishedFactors:
-    """Decode and check one version's parts; :class:`ModelError` when they do not fit together."""
-    raw_ids = parts.get("item_ids")
-    if raw_ids is None:
-        raise ModelError(f"model {version!r}: part 'item_ids' is missing")
-    if raw_ids.startswith(b"\x93NUMPY"):
-        names = tuple(str(x) for x in _array(raw_ids, "item_ids", version).ravel())
-    else:
-        try:
-            text = raw_ids.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ModelError(f"model {version!r}: item_ids is not UTF-8") from None
-        names = tuple(text.split("\n")) if text else ()
-    Y = _array(parts.get("item_factors"), "item_factors", version)
-    if Y.dtype.kind not in "fiu" or Y.ndim != 2 or Y.shape[0] != len(names) or Y.shape[1] < 1:
-        raise ModelError(f"model {version!r}: item_factors {Y.dtype} {Y.shape} do not fit {len(names)} ids")
-    Y = np.ascontiguousarray(Y, dtype=np.float32)
-    alpha, reg = 1.0, default_reg
-    if parts.get("alpha") is not None:
-        alpha = float(_array(parts["alpha"], "alpha", version).ravel()[0])
-    if parts.get("regularization") is not None:
-        reg = float(_array(parts["regularization"], "regularization", version).ravel()[0])
-    if not np.all(np.isfinite(Y)) or not (alpha > 0 and reg >= 0):
-        raise ModelError(f"model {version!r}: non-finite factors or bad alpha/regularization")
+    """Decode and check one version's fold-in parts and precompute what the fold-in reuses;
+    :class:`ModelError` when they do not fit together."""
+    try:
+        factors = modelformat.decode_item_factors(parts, default_reg=default_reg)
+    except ModelError as exc:
+        raise ModelError(f"model {version!r}: {exc}") from None
+    names, Y, alpha, reg = tuple(factors.ids), factors.Y, factors.alpha, factors.regularization
     Y64 = Y.astype(np.float64)
     Yz = np.vstack([Y64, np.zeros((1, Y.shape[1]))])
     YtY = Y64.T @ Y64
@@ -157,7 +107,7 @@ class FactorCache:
             return
         try:
             # Parts over one Redis value are stored in chunks (driftrec/modelblobs.py).
-            parts = await modelblobs.aread_parts(self.client, PARTS, lambda p: self.keys.model_blob(version, p))
+            parts = await modelblobs.aread_parts(self.client, modelformat.FACTOR_PARTS, lambda p: self.keys.model_blob(version, p))
             self.model = unpack_factors(version, parts, self.default_reg)
         except ModelError as exc:
             self._bad[version] = time.monotonic()

@@ -1,9 +1,8 @@
 """Publishing a trained model as a new Redis version: parts first, checked, then one atomic switch.
 
-The format is the one ``streams/published.py`` (worker) and ``online/model_cache.py`` (reader)
-read; every part is a STRING under ``P:{m}:v:<version>:<part>``. Besides the parts those readers
-know, each version has a ``manifest`` part (JSON: what was trained on what, and the list of
-parts, so cleanup deletes exactly them). Two more keys, documented in ``docs/redis-keys.md``:
+The format is :mod:`driftrec.modelformat` (spec: ``docs/redis-keys.md``), which the worker
+and the reader decode too; every part is a STRING under ``P:{m}:v:<version>:<part>``, and the
+``manifest`` part lists the parts, so cleanup deletes exactly them. Two more keys:
 
 * ``P:{m}:versions`` HASH version -> ``live`` or the Unix time it stopped being live (or was
   written without becoming live); versions older than ``model_grace_s`` are deleted. It is a
@@ -20,27 +19,32 @@ each other's gate decision.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
 import redis
 
 from driftrec import modelblobs
 from driftrec.errors import ModelError
 from driftrec.keys import Keys
-from driftrec.online.model_cache import PARTS as READER_PARTS
-from driftrec.online.model_cache import PublishedModel, build_model, decode_array
-from driftrec.streams.published import pack_factors, unpack_factors
+from driftrec.modelformat import (
+    MANIFEST,
+    MODEL_PARTS,
+    npy,
+    pack_version,
+    tf_layer_count,
+    tf_part_names,
+)
+from driftrec.online.model_cache import PublishedModel, build_model
+from driftrec.streams.published import unpack_factors
 
 if TYPE_CHECKING:
     from driftrec.models.batch.base import BatchModel
 
+# MANIFEST, npy and pack_version are driftrec.modelformat's, kept importable as the trainer's API.
 __all__ = [
     "MANIFEST", "GATE_LOG_MAX", "PUBLISHABLE", "versions_key", "gate_log_key", "npy",
     "pack_version", "pack_models", "new_version_id", "check_parts", "Publisher",
@@ -48,8 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Part holding the version's JSON manifest (ignored by the worker and the reader).
-MANIFEST = "manifest"
 #: Gate records kept in ``P:{m}:gate_log``.
 GATE_LOG_MAX = 1000
 #: The batch models the online format carries: ALS (item factors, user factors, fold-in
@@ -65,58 +67,6 @@ def versions_key(keys: Keys) -> str:
 def gate_log_key(keys: Keys) -> str:
     """LIST of JSON gate records, newest first, at most :data:`GATE_LOG_MAX`."""
     return f"{keys.prefix}:{{m}}:gate_log"
-
-
-def npy(a: npt.ArrayLike) -> bytes:
-    """``numpy.save`` bytes of an array (never pickled)."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
-def pack_version(item_ids: Sequence[str], als: Mapping[str, np.ndarray], *,
-                 user_ids: Sequence[str] | None = None, tf: Mapping[str, np.ndarray] | None = None,
-                 manifest: Mapping[str, Any] | None = None) -> dict[str, bytes]:
-    """The parts of one version from model exports (:meth:`BatchModel.export` arrays).
-
-    Parameters
-    ----------
-    item_ids : sequence of str
-        Column ids of the training matrix: row order of ``item_factors`` and the TF layers.
-    als : mapping
-        An ALS export: ``item_factors``, ``alpha``, ``regularization``, ``weighting_kind``, and
-        ``user_factors`` (published when ``user_ids`` is given).
-    user_ids : sequence of str, optional
-        Row ids of ``user_factors`` (the similar-users pool).
-    tf : mapping, optional
-        A TF next-item export: ``n_layers``, ``layer<i>_weight``, ``layer<i>_bias``.
-    manifest : mapping, optional
-        Extra JSON fields for the ``manifest`` part.
-    """
-    if int(np.asarray(als.get("weighting_kind", [0])).ravel()[0]) != 0:
-        # The worker and the reader fold a user in with alpha * decayed weight and nothing else.
-        raise ModelError("a published ALS model must use weighting 'none': the online fold-in "
-                         "applies no BM25/TF-IDF re-weighting")
-    Y = np.asarray(als["item_factors"], dtype=np.float32)
-    parts = pack_factors(list(item_ids), Y, alpha=float(np.ravel(als["alpha"])[0]),
-                         regularization=float(np.ravel(als["regularization"])[0]))
-    if user_ids is not None:
-        U = np.asarray(als["user_factors"], dtype=np.float32)
-        if U.shape != (len(user_ids), Y.shape[1]) or any("\n" in u for u in user_ids):
-            raise ModelError(f"user_factors {U.shape} do not fit {len(user_ids)} user ids")
-        parts["user_ids"] = "\n".join(user_ids).encode()
-        parts["user_factors"] = npy(U)
-    if tf is not None:
-        n_layers = int(np.ravel(tf["n_layers"])[0])
-        parts["tf_n_layers"] = npy(np.asarray([n_layers], dtype=np.int64))
-        for i in range(n_layers):
-            parts[f"tf_layer{i}_weight"] = npy(np.asarray(tf[f"layer{i}_weight"], dtype=np.float32))
-            parts[f"tf_layer{i}_bias"] = npy(np.asarray(tf[f"layer{i}_bias"], dtype=np.float32))
-    meta = dict(manifest or {})
-    meta["parts"] = sorted(parts)
-    meta.setdefault("created_at", time.time())
-    parts[MANIFEST] = json.dumps(meta, sort_keys=True, default=str).encode()
-    return parts
 
 
 def pack_models(models: Mapping[str, BatchModel], item_ids: Sequence[str], *,
@@ -206,13 +156,13 @@ class Publisher:
 
     def read_version(self, version: str) -> dict[str, bytes | None]:
         """Every part of a version: the reader's, the TF layers it names, and the manifest."""
-        parts = self.read_parts(version, [*READER_PARTS, MANIFEST])
-        if parts.get("tf_n_layers") is not None:
-            n = int(decode_array(parts["tf_n_layers"], "tf_n_layers").ravel()[0])
-            if not 2 <= n <= 16:
-                raise ModelError(f"model {version!r}: tf_n_layers must be 2..16, got {n}")
-            parts.update(self.read_parts(
-                version, [f"tf_layer{i}_{kind}" for i in range(n) for kind in ("weight", "bias")]))
+        parts = self.read_parts(version, [*MODEL_PARTS, MANIFEST])
+        try:
+            n_layers = tf_layer_count(parts.get("tf_n_layers"))
+        except ModelError as exc:
+            raise ModelError(f"model {version!r}: {exc}") from None
+        if n_layers is not None:
+            parts.update(self.read_parts(version, tf_part_names(n_layers)))
         return parts
 
     def load(self, version: str) -> PublishedModel:
@@ -322,7 +272,7 @@ class Publisher:
             raise ModelError(f"model {version!r} is live; switch to another version first")
         meta = self.manifest(version) or {}
         names = list(meta.get("parts", [])) if isinstance(meta.get("parts"), list) else []
-        keys = [self.keys.model_blob(version, n) for n in {*names, *READER_PARTS, MANIFEST}]
+        keys = [self.keys.model_blob(version, n) for n in {*names, *MODEL_PARTS, MANIFEST}]
         pattern = self.keys.model_blob(version, "*")
         keys += [k for k in map(_text, self.client.scan_iter(match=pattern, count=1000))
                  if k is not None and k not in keys]

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from driftrec.keys import Keys
+from driftrec.modelformat import pack_factors
 from driftrec.publisher import publish_events
 from driftrec.redis_conn import async_client, sync_client
 from driftrec.settings import Settings
@@ -27,7 +28,7 @@ from driftrec.streams import chunked
 from driftrec.streams.cluster_state import ClusterRedisState, guard_key
 from driftrec.streams.forget import Forgetter
 from driftrec.streams.processor import BatchProcessor, DeadLetter, RawRecord
-from driftrec.streams.published import FactorCache, pack_factors
+from driftrec.streams.published import FactorCache
 from driftrec.streams.redis_state import RedisState
 from tests.integration.test_overlap import batches, dump, prefixes, publish_model, records  # noqa: F401
 from tests.integration.test_redis_cluster import _records as cluster_records

@@ -22,13 +22,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from driftrec.keys import Keys
+from driftrec.modelformat import pack_factors
 from driftrec.online.routes_users import tombstone
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.streams import metrics
 from driftrec.streams.forget import Forgetter
 from driftrec.streams.processor import BatchOutcome, BatchProcessor, DeadLetter, RawRecord
-from driftrec.streams.published import FactorCache, pack_factors
+from driftrec.streams.published import FactorCache
 from driftrec.streams.redis_state import RedisState
 from tests.integration.test_forget_stores import produce
 

@@ -26,12 +26,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from driftrec.keys import Keys
+from driftrec.modelformat import pack_factors
 from driftrec.models.factors import fold_in
 from driftrec.models.online import EventView, InMemoryState
 from driftrec.publisher import Publisher, publish_events
 from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
-from driftrec.streams.published import pack_factors
 from driftrec.userstate import decode_fields, unpack_vector
 from tests.integration.services import wait_http
 

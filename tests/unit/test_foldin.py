@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftrec.modelformat import pack_factors
 from driftrec.models.factors import fold_in
 from driftrec.models.foldin import (
     bucket_width,
@@ -21,7 +22,7 @@ from driftrec.models.foldin import (
     fold_in_lowrank,
     fold_in_many,
 )
-from driftrec.streams.published import pack_factors, unpack_factors
+from driftrec.streams.published import unpack_factors
 
 RTOL = 1e-8
 F64 = np.ndarray

@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftrec.errors import ModelError
+from driftrec.modelformat import pack_factors
 from driftrec.models.decay import SCORE_SCALE, DecayPolicy, EventWeights
 from driftrec.models.factors import fold_in, init_vector, isgd_update
 from driftrec.models.online import EventView, plan_batch
-from driftrec.streams.published import ISGD_MODEL, pack_factors, unpack_factors
+from driftrec.streams.published import ISGD_MODEL, unpack_factors
 from driftrec.streams.vectors import (
     applied_events,
     fold_in_many,

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from driftrec.modelformat import MODEL_PARTS
 from driftrec.models.batch import create_model
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.ann import AnnConfig, ann_config
-from driftrec.online.model_cache import PARTS, ModelCache, PublishedModel, build_model
+from driftrec.online.model_cache import ModelCache, PublishedModel, build_model
 from driftrec.settings import load_settings
 from driftrec.simulator import ShopSimulator
 from driftrec.training.clicklog import events_to_log
@@ -46,7 +47,7 @@ class Trained:
               "tf_layer0_bias": npy(np.zeros(width, np.float32)),
               "tf_layer1_weight": npy(rng.normal(0, 0.1, (width, n_items)).astype(np.float32)),
               "tf_layer1_bias": npy(rng.normal(0, 0.5, n_items).astype(np.float32))}
-        head: dict[str, bytes | None] = {p: raw.get(p) for p in PARTS}
+        head: dict[str, bytes | None] = {p: raw.get(p) for p in MODEL_PARTS}
         head["tf_n_layers"] = npy(np.array([2], np.int32))
         self.head, self.tf = head, dict[str, bytes | None](tf)
         self.config = ann_config(S)

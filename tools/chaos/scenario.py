@@ -105,7 +105,7 @@ def sim_rows(cfg: ChaosConfig) -> tuple[ShopSimulator, list[Row]]:
 def publish_model(client: redis.Redis, keys: Keys, sim: ShopSimulator, share: float = 0.8,
                   factors: int = 8, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Random item factors for ``share`` of the items as live version ``v1`` (users get folded in)."""
-    from driftrec.streams.published import pack_factors
+    from driftrec.modelformat import pack_factors
 
     rng = np.random.default_rng(seed)
     items = list(sim.item_ids)[: int(len(sim.item_ids) * share)]
