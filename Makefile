@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DRIFTREC := $(VENV)/bin/driftrec
 
-.PHONY: help install demo test test-unit test-integration lint stop bench bench-write-path chaos clean
+.PHONY: help install demo test test-unit test-integration lint settings-doc stop bench bench-write-path chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-integration: install ## Integration tests only
 lint: install ## ruff + mypy
 	$(VENV)/bin/ruff check driftrec streams models online tests benchmarks tools
 	$(VENV)/bin/mypy
+
+settings-doc: install ## Regenerate docs/settings.md from driftrec/settings.py (a unit test checks it is current)
+	$(PY) tools/gen_settings_doc.py
 
 stop: ## Stop the local Kafka and Redis
 	$(DRIFTREC) stack down
