@@ -1,0 +1,207 @@
+"""The item catalogue on the real stack (issue 27): catalogue writes go through the reader's HTTP
+endpoints to the items topic, the worker applies them to Redis, and the reader's in-memory view,
+kept current from the change feed, hides an unavailable or deleted item from every answer
+(recommendations, similar items, trending) within a second; a deleted item stays hidden after a
+worker restart, a reader restart and a rebuild of Redis from the topics (a replay)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from driftrec.keys import Keys
+from driftrec.publisher import ItemPublisher, publish_events
+from driftrec.settings import Settings
+from tests.integration.services import wait_http
+from tests.integration.test_write_path_guarantees import _read_topic
+
+pytestmark = pytest.mark.integration
+
+X, A, B, C = "sku-x", "sku-a", "sku-b", "sku-c"
+SHOPPER = "shopper-1"
+
+
+def _with_items(s: Settings) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return s.model_copy(update={"items_topic": f"t-{tag}.items", "items_dead_letter_topic": f"t-{tag}.items.dlq"})
+
+
+def _clicks(n_users: int, start: int = 0) -> list[dict[str, Any]]:
+    """Shoppers who view A, then X, then B (C now and then): X is popular, a neighbour of A and
+    of B; SHOPPER viewed A only, so X is among their recommendations."""
+    now = time.time()
+    out = []
+    for u in range(start, start + n_users):
+        for k, item in enumerate((A, X, B, C) if u % 2 else (A, X, B)):
+            out.append({"event_id": f"e{u}-{k}", "user_id": f"u{u}", "item_id": item, "type": "view",
+                        "timestamp": now - 60 + k, "category": "shoes"})
+    out.append({"event_id": f"s-{start}", "user_id": SHOPPER, "item_id": A, "type": "view", "timestamp": now - 30,
+                "category": "shoes"})
+    return out
+
+
+def _applied(s: Settings) -> int:
+    client = redis.Redis.from_url(s.redis)
+    try:
+        return int(client.hget(Keys(s.key_prefix).meta, "applied_events") or 0)
+    finally:
+        client.close()
+
+
+def _wait_applied(s: Settings, n: int, worker: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while _applied(s) < n:
+        assert worker.alive(), worker.tail()
+        assert time.monotonic() < deadline, f"applied {_applied(s)} of {n}\n{worker.tail()}"
+        time.sleep(0.1)
+
+
+ENDPOINTS = (f"/v1/recommendations/{SHOPPER}?n=10", f"/v1/items/{A}/similar?n=10", "/v1/trending?n=10")
+
+
+def _answers(http: httpx.Client) -> dict[str, list[str]]:
+    out = {}
+    for path in ENDPOINTS:
+        r = http.get(path)
+        assert r.status_code == 200, r.text
+        out[path] = [x["item_id"] for x in r.json()["items"]]
+    return out
+
+
+def _wait_until(http: httpx.Client, shown: bool, timeout: float) -> float:
+    """Seconds until X is in every answer (``shown``) or in none; fails after ``timeout``."""
+    started = time.monotonic()
+    while True:
+        answers = _answers(http)
+        if all((X in items) == shown for items in answers.values()):
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, f"X shown={not shown} still: {answers}"
+        time.sleep(0.01)
+
+
+def _never_shown(http: httpx.Client, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        answers = _answers(http)
+        assert not any(X in items for items in answers.values()), answers
+        assert all(answers.values()), f"an empty answer proves nothing: {answers}"
+        time.sleep(0.05)
+
+
+def test_an_unavailable_item_leaves_every_answer_within_a_second_and_comes_back(settings: Settings,
+                                                                                 spawn: Any) -> None:
+    s = _with_items(settings)
+    worker = spawn(["worker"], s)
+    reader = spawn(["serve"], s)
+    wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
+    clicks = _clicks(12)
+    publish_events(s, clicks)
+    _wait_applied(s, len(clicks), worker)
+    with httpx.Client(base_url=f"http://127.0.0.1:{s.reader_port}", timeout=5) as http:
+        _wait_until(http, shown=True, timeout=30)  # X is everywhere before the catalogue says a word
+
+        r = http.put(f"/v1/items/{X}", json={"title": "Shoe X", "price": 80, "available": True, "tags": ["trail"]})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 30  # the first catalogue event also starts the items agent's fetch
+        while http.get(f"/v1/items/{X}").status_code != 200:
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.05)
+        r = http.get("/v1/trending?n=10&fields=title,price,tags")
+        got = {x["item_id"]: x for x in r.json()["items"]}
+        assert got[X]["title"] == "Shoe X" and got[X]["price"] == 80.0 and got[X]["tags"] == ["trail"]
+        assert got[A]["title"] is None
+        # Filters: only X carries the tag; the price range leaves it out.
+        assert [x["item_id"] for x in http.get("/v1/trending?tag=trail").json()["items"]] == [X]
+        assert X not in [x["item_id"] for x in http.get("/v1/trending?price_max=50").json()["items"]]
+
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            assert http.put(f"/v1/items/{X}", json={"title": "Shoe X", "available": False}).status_code == 202
+            _wait_until(http, shown=False, timeout=5)
+            gone = time.monotonic() - started
+            _never_shown(http, 1.0)
+            started = time.monotonic()
+            assert http.put(f"/v1/items/{X}", json={"title": "Shoe X", "available": True}).status_code == 202
+            _wait_until(http, shown=True, timeout=5)
+            back = time.monotonic() - started
+            timings.append((gone, back))
+        print("seconds from the PUT to the last answer with / without X:", timings)
+        assert all(gone < 1.0 and back < 1.0 for gone, back in timings), timings
+
+    # A bad catalogue record goes to the catalogue's dead-letter topic with its reason.
+    async def send_bad() -> None:
+        async with ItemPublisher(s) as pub:
+            await pub.send_raw(b'{"item_id": "sku-q", "price": "free"}', key=b"sku-q")
+            await pub.flush()
+
+    asyncio.run(send_bad())
+    deadline = time.monotonic() + 30
+    rows: list[Any] = []
+    while not rows:
+        assert time.monotonic() < deadline, worker.tail()
+        rows = asyncio.run(_read_topic(s, s.items_dead_letter_topic, 1))
+    assert len(rows) == 1 and rows[0].key == b"sku-q"
+    headers = dict(rows[0].headers)
+    assert headers["driftrec-reason"].decode().startswith("price:")
+    assert headers["driftrec-source"].decode().startswith(f"{s.items_topic}:0:")
+
+
+def test_a_deleted_item_stays_hidden_after_restarts_and_a_replay(settings: Settings, spawn: Any) -> None:
+    s = _with_items(settings)
+    worker = spawn(["worker"], s)
+    reader = spawn(["serve"], s)
+    wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
+    first = _clicks(10)
+    publish_events(s, first)
+    _wait_applied(s, len(first), worker)
+    base = f"http://127.0.0.1:{s.reader_port}"
+    with httpx.Client(base_url=base, timeout=5) as http:
+        _wait_until(http, shown=True, timeout=30)
+        assert http.delete(f"/v1/items/{X}").status_code == 202
+        _wait_until(http, shown=False, timeout=30)
+        assert http.get(f"/v1/items/{X}").json()["deleted"]
+
+    # The worker dies (kill -9, nothing committed cleanly); more clicks of X arrive meanwhile.
+    worker.kill9()
+    more = _clicks(10, start=100)
+    publish_events(s, more)
+    worker = spawn(["worker"], s)
+    _wait_applied(s, len(first) + len(more), worker)
+    reader.stop()  # and a fresh reader, which loads the catalogue from Redis
+    reader = spawn(["serve"], s)
+    wait_http(f"{base}/readyz", 60, reader)
+    with httpx.Client(base_url=base, timeout=5) as http:
+        _never_shown(http, 2.0)
+        assert http.get(f"/v1/items/{X}").json()["deleted"]
+    reader.stop()
+    worker.stop()
+
+    # A replay: Redis rebuilt from the topics by a new consumer group under a new key prefix.
+    tag = uuid.uuid4().hex[:8]
+    r2 = s.model_copy(update={"key_prefix": f"{s.key_prefix}r{tag}", "consumer_group": f"{s.consumer_group}-r"})
+    try:
+        worker = spawn(["worker"], r2)
+        _wait_applied(r2, len(first) + len(more), worker)
+        client = redis.Redis.from_url(r2.redis)
+        deadline = time.monotonic() + 60
+        while client.hget(Keys(r2.key_prefix).catalogue, X) is None:  # the items topic replayed too
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.1)
+        client.close()
+        reader = spawn(["serve"], r2)
+        wait_http(f"{base}/readyz", 60, reader)
+        with httpx.Client(base_url=base, timeout=5) as http:
+            _never_shown(http, 2.0)
+            assert http.get(f"/v1/items/{X}").json()["deleted"]
+    finally:
+        client = redis.Redis.from_url(r2.redis)
+        for key in client.scan_iter(match=f"{r2.key_prefix}:*", count=1000):
+            client.delete(key)
+        client.close()
