@@ -9,11 +9,13 @@ helpers, which are not installed with driftrec).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ROOT", "RESULTS", "machine", "commit", "cpu_jitter", "free_port"]
+__all__ = ["ROOT", "RESULTS", "machine", "commit", "cpu_jitter", "free_port", "portable"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +35,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def portable(value: Any) -> Any:
+    """``value`` (a result, nested dicts and lists) with every absolute path beside the checkout
+    written relative to it (``../shared/datasets/...``, ``.driftrec-test/...``): a committed
+    result names no folder of the machine that measured it."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and value.startswith(str(ROOT.parent) + os.sep):
+        return os.path.relpath(value, ROOT)
+    return value

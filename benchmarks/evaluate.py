@@ -21,7 +21,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, commit, machine
+from common import RESULTS, commit, machine, portable
 
 TARGETS = {"live_vs_hourly_batch": 2.0, "live_vs_best_baseline": 1.15}
 #: Scored hours per data set: bounds the hourly batch's refits (see PrequentialOptions).
@@ -209,7 +209,7 @@ def main() -> None:
     if notes_file.is_file():
         report["notes"] = notes_file.read_text().splitlines()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "evaluation.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.out / "evaluation.json").write_text(json.dumps(portable(report), indent=1, default=str))
     plots = plot(report, args.out)
     (args.out / "evaluation.md").write_text(markdown(report, plots))
     print(markdown(report, plots).split("## ")[1])

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common import RESULTS, commit, machine
+from common import RESULTS, commit, machine, portable
 
 from driftrec.datasets.base import shared_datasets_dir
 from driftrec.models.batch import MODELS, create_model
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(portable(report), indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, commit, machine
+from common import RESULTS, ROOT, commit, machine, portable
 
 from tools.chaos.scale import run_scale
 from tools.chaos.stack import PrivateStack
@@ -58,7 +58,7 @@ def main() -> None:
                    "commit": commit(), "wall_seconds": round(time.time() - started, 1),
                    "command": "python " + " ".join(sys.argv), "logs": str(home / "logs")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(portable(result), indent=2) + "\n")
     for mode, run in result["runs"].items():
         print(mode, {k: run.get(k) for k in ("seconds", "events_per_s_after_5pct", "lost_events",
                                               "double_applied_events", "state_equal_to_oracle",

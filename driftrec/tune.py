@@ -153,7 +153,7 @@ class _Bench:
             base, events, start, mask, options, model)
         # Cost model, from the log's size only (never from measured speed, so the plan - which
         # configurations are tried - is the same on any machine: same log + budget + seed, same
-        # answer). Calibrated on the 2-core development machine; a slower one overruns.
+        # answer). Calibrated on a 2-core x86 server; a slower machine overruns the budget.
         self.per_store_s = STORE_S_PER_EVENT * len(events)
         self.per_reader_s = READER_S_PER_SCORED * int(mask.sum())
         self.took_s = 0.0

@@ -7,7 +7,7 @@ Batches: the app's consumer is a :class:`~driftrec.streams.batch_consumer.BatchC
 agent each fetch from aiokafka's ``getmany`` as lists of records (at most ``batch_max_events``),
 instead of Faust's per-event stream (``take_events``). Faust's per-message path (a ``wait_first``
 with two tasks per message in the fetcher, an ``Event`` and a queue hop per message, sensors and
-an ack per event) capped an agent doing nothing but decode at ~4k events/s on the 2-core VM, below
+an ack per event) capped an agent doing nothing but decode at ~4k events/s on a 2-core server, below
 what the processor alone applies; whole batches lift that ceiling about tenfold
 (``benchmarks/results/write_path_ceiling.json``). The app, consumer group, rebalances, flow control
 and commit timer are still Faust's.

@@ -2,7 +2,7 @@
 
 Faust's stream delivers one message at a time: the fetcher awaits ``wait_first`` (two tasks) per
 message, the conductor builds an ``Event`` and queues it, the stream runs sensors and processors
-on it, and ``take_events`` re-buffers events one by one and acks each. On this 2-core VM that caps
+on it, and ``take_events`` re-buffers events one by one and acks each. On a 2-core server that caps
 an agent that only decodes at a few thousand events/s, while aiokafka's ``getmany`` returns
 thousands of records per call. :class:`BatchConsumer` keeps everything else Faust does (the
 consumer group, rebalances, flow control, the commit timer, ``wait_empty`` on stop and revoke)

@@ -4,7 +4,7 @@ Redis runs one command at a time, so one script applying a whole batch (~50 µs 
 ~100 ms for 2,000 events) makes every reader request wait behind it. Here a batch's ops (the
 ops of ``apply_batch.lua``, built by :meth:`driftrec.streams.redis_state.RedisState.prepare_apply`) are cut
 into chunks whose estimated cost (:func:`op_cost`, in units of about a microsecond of Redis time on
-the 2-core dev machine) stays within a budget (setting ``apply_chunk_cost``), and sent as one
+the 2-core server it was fitted on) stays within a budget (setting ``apply_chunk_cost``), and sent as one
 pipeline on one connection:
 
 1. **begin**: a plain ``SET`` with an expiry stores the batch's write-ahead copy (every chunk
