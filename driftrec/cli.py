@@ -17,6 +17,8 @@ __all__ = ["app", "main"]
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="driftrec: streaming real-time recommendations.")
 stack_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (Kafka KRaft + Redis), no Docker.")
 app.add_typer(stack_app, name="stack")
+items_app = typer.Typer(no_args_is_help=True, help="The item catalogue (docs/redis-keys.md, Catalogue).")
+app.add_typer(items_app, name="items")
 
 
 def _settings() -> Settings:
@@ -93,6 +95,33 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     from faust.worker import Worker
 
     Worker(faust_app, loglevel="debug" if verbose else "info", quiet=True).execute_from_commandline()
+
+
+@items_app.command("import")
+def items_import(
+    path: Annotated[Path, typer.Argument(help="JSON lines (one item object a line) or CSV (a header row: item_id, title, "
+                                               "category, tags as a|b, price, available, image_url, other columns "
+                                               "become properties).")],
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | csv (default: from the first character).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Items per second (default: as fast as possible).")] = None,
+) -> None:
+    """Validate a catalogue file and publish it to the items topic, with a progress bar."""
+    from tqdm import tqdm
+
+    from driftrec.items_import import count_rows, import_items
+    from driftrec.runtime import ensure_services
+
+    if fmt not in (None, "jsonl", "csv"):
+        raise typer.BadParameter("--format must be jsonl or csv")
+    s = ensure_services(_settings())
+    with tqdm(total=count_rows(path), unit="item", desc="importing") as bar:
+        report = import_items(s, path, fmt=fmt, progress=bar, rate=rate)
+    for line, reason in report.rejected[:20]:
+        typer.echo(f"line {line} rejected: {reason}", err=True)
+    if len(report.rejected) > 20:
+        typer.echo(f"... and {len(report.rejected) - 20} more rejected", err=True)
+    typer.echo(f"sent {report.sent}, rejected {len(report.rejected)} ({report.rate:,.0f} items/s) to {s.items_topic}")
+    raise typer.Exit(1 if report.rejected else 0)
 
 
 @app.command()

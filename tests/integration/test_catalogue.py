@@ -205,3 +205,35 @@ def test_a_deleted_item_stays_hidden_after_restarts_and_a_replay(settings: Setti
         for key in client.scan_iter(match=f"{r2.key_prefix}:*", count=1000):
             client.delete(key)
         client.close()
+
+
+def test_items_import_publishes_a_csv_file_with_a_progress_bar(settings: Settings, spawn: Any,
+                                                               tmp_path: Any) -> None:
+    s = _with_items(settings)
+    worker = spawn(["worker"], s)
+    n = 3000
+    lines = ["item_id,title,category,tags,price,available,brand"]
+    lines += [f"m{k},Movie {k},genre{k % 7},a|b{k % 3},{k % 50}.5,{'no' if k % 10 == 0 else 'yes'},studio{k % 4}"
+              for k in range(n)]
+    lines.insert(5, "bad id,Broken,,,,,")
+    path = tmp_path / "items.csv"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    proc = spawn(["items", "import", str(path)], s)
+    assert proc.proc is not None and proc.proc.wait(120) == 1, proc.tail()  # 1: one row was rejected
+    seconds = time.monotonic() - started
+    out = proc.tail()
+    assert f"sent {n}, rejected 1" in out and "line 6 rejected: item_id:" in out, out
+    assert "importing: 100%" in out, out  # tqdm's bar reached the end
+    client = redis.Redis.from_url(s.redis, decode_responses=True)
+    keys = Keys(s.key_prefix)
+    deadline = time.monotonic() + 90
+    while client.hlen(keys.catalogue) < n:
+        assert worker.alive() and time.monotonic() < deadline, worker.tail()
+        time.sleep(0.2)
+    print(f"{n} items imported and applied in {time.monotonic() - started:.1f} s (the CLI alone: {seconds:.1f} s)")
+    record = client.hget(keys.catalogue, "m10")
+    assert record is not None and '"available":false' in record and '"properties":{"brand":"studio2"}' in record
+    assert client.hget(keys.catalogue_offsets, f"{s.items_topic}:0") == str(n - 1)
+    assert client.xlen(keys.catalogue_feed) == n
+    client.close()
