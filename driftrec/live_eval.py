@@ -200,7 +200,7 @@ class LiveRecommender:
     def reader(self, settings: Settings, weights: BlendWeights | None = None) -> LiveRecommender:
         """Another reader of this recommender's state (other read settings; no writes of its own).
 
-        Only read-side settings may differ (``reader_*``, ``similarity_shrinkage``); the state,
+        Only read-side settings may differ (``reader_*``, ``similarity_shrinkage``, ``similarity_alpha``); the state,
         the user vectors and the trending cache stay this recommender's.
         """
         other = _Reader(settings, weights or self.weights, self.model, self.state, self.publish_offset)
@@ -213,7 +213,8 @@ class LiveRecommender:
     def rank(self, user: str, n: int, exclude: Set[str], weights: BlendWeights) -> list[str]:
         r = self.read(user, n, exclude)
         return [s.item for s in blend(r.candidates, n, exclude=r.excluded, weights=weights,
-                                      shrinkage=self.settings.similarity_shrinkage)]
+                                      shrinkage=self.settings.similarity_shrinkage,
+                                      alpha=self.settings.similarity_alpha)]
 
     def read(self, user: str, n: int, exclude: Set[str]) -> _Reads:
         """Every source's candidates, as ``online.recommender`` reads them with all sources on.

@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     cooc_window_s: float = Field(default=3 * 86400.0, gt=0, description="Max event-time gap for co-occurrence.")
     neighbours_k: int = Field(default=50, ge=1, description="Neighbours kept per item (top-K pruning).")
     similarity_shrinkage: float = Field(default=5.0, ge=0, description="Shrinkage added to the cosine denominator.")
+    similarity_alpha: float = Field(default=0.5, ge=0, le=1, description="Item-item source (reader): co(r, j) / (pop(r)^alpha x pop(j)^(1 - alpha) + shrinkage); 0.5 = cosine, towards 1 a candidate's own popularity is divided out less (asymmetric cosine).")
     factors: int = Field(default=32, ge=2, description="Latent factors of ISGD / fold-in vectors.")
     isgd_learning_rate: float = Field(default=0.05, gt=0, description="ISGD learning rate.")
     isgd_regularization: float = Field(default=0.01, ge=0, description="ISGD L2 regularisation.")

@@ -43,18 +43,19 @@ WRITE_KEYS = ("half_life_s", "cooc_window", "cooc_window_s", "neighbours_k")
 #: Values tried for the write-path settings, one at a time around the defaults.
 WRITE_SPACE: dict[str, tuple[float | int, ...]] = {
     "half_life_s": (1 * DAY, 30 * DAY, 365 * DAY, 3650 * DAY),
-    "cooc_window": (3, 5, 20),
+    "cooc_window": (3, 5, 20, 50),
     "cooc_window_s": (1800.0, 6 * 3600.0, 1 * DAY),
     "neighbours_k": (20, 100, 200),
 }
 #: Seconds one in-memory store costs per replayed event, and one reader per scored event.
-STORE_S_PER_EVENT = 3e-5
-READER_S_PER_SCORED = 1.5e-3
+STORE_S_PER_EVENT = 6e-5
+READER_S_PER_SCORED = 2e-3
 #: Values tried for the read-path settings and blend weights (``w.<source>``).
 READ_SPACE: dict[str, tuple[float | int, ...]] = {
     "reader_recent_items": (2, 4, 8, 16, 30),
     "reader_neighbours": (10, 20, 50, 100),
     "similarity_shrinkage": (0.0, 1.0, 5.0, 20.0),
+    "similarity_alpha": (0.5, 0.7, 0.9),
     "reader_recent_position_decay": (0.0, 0.25, 1.0, 3.0),
     "reader_outside_session_weight": (1.0, 0.5, 0.2),
     "w.user_vector": (0.0, 0.15, 0.3, 0.6, 1.0),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["BlendWeights", "Candidates", "Scored", "blend", "recent_items", "SOURCES"]
@@ -116,32 +116,44 @@ def recent_items(decayed: Sequence[tuple[str, float]], newest_first: Sequence[st
     return out
 
 
-def item_item_scores(c: Candidates, shrinkage: float) -> tuple[dict[str, float], dict[str, str]]:
+def item_item_scores(c: Candidates, shrinkage: float, alpha: float = 0.5) -> tuple[dict[str, float], dict[str, str]]:
     """Σ over recent items r of weight(r) · sim(r, j), and the recent item that gave most to j.
 
     ``sim`` is :func:`driftrec.models.cooccurrence.similarity`, inlined with each item's square-root norm
     computed once (the same floating-point operations, so the same values): this loop runs
-    ``recent × neighbours`` times per request.
+    ``recent × neighbours`` times per request. With ``alpha`` other than 0.5 it is the asymmetric
+    cosine ``co(r, j) / (pop(r)^alpha · pop(j)^(1 - alpha) + shrinkage)`` (Aiolli 2013): ``alpha``
+    towards 1 divides less by the candidate's own popularity (1: the conditional probability
+    of j given r), as session-based neighbours do.
     """
-    scores = _item_item_totals(c, shrinkage)
-    return scores, _strongest_recent(c, shrinkage, scores.keys())
+    scores = _item_item_totals(c, shrinkage, alpha)
+    return scores, _strongest_recent(c, shrinkage, scores.keys(), alpha)
 
 
-def _item_item_totals(c: Candidates, shrinkage: float) -> dict[str, float]:
+def _powers(alpha: float) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """The norm of a recent item and of a candidate: both square roots for the plain cosine."""
+    if alpha == 0.5:
+        return math.sqrt, math.sqrt
+    beta = 1.0 - alpha
+    return (lambda x: x ** alpha), (lambda x: x ** beta)
+
+
+def _item_item_totals(c: Candidates, shrinkage: float, alpha: float = 0.5) -> dict[str, float]:
     """The scores of :func:`item_item_scores` (the sums, in the same order of terms)."""
     scores: dict[str, float] = {}
     top_weight = max((w for _, w in c.recent), default=0.0)
     if top_weight <= 0:
         return scores
-    norms, sqrt = c.norms, math.sqrt
+    norms = c.norms
+    root_of_r, root_of_j = _powers(alpha)
     roots: dict[str, float] = {}
     for r, w in c.recent:
-        root_r = sqrt(norms.get(r, 0.0))
+        root_r = root_of_r(norms.get(r, 0.0))
         rel = w / top_weight
         for j, co in c.neighbours.get(r, ()):
             root_j = roots.get(j)
             if root_j is None:
-                root_j = roots[j] = sqrt(norms.get(j, 0.0))
+                root_j = roots[j] = root_of_j(norms.get(j, 0.0))
             den = root_r * root_j + shrinkage
             s = rel * (co / den) if den > 0 else 0.0
             if s <= 0:
@@ -151,7 +163,7 @@ def _item_item_totals(c: Candidates, shrinkage: float) -> dict[str, float]:
     return scores
 
 
-def _strongest_recent(c: Candidates, shrinkage: float, items: Iterable[str]) -> dict[str, str]:
+def _strongest_recent(c: Candidates, shrinkage: float, items: Iterable[str], alpha: float = 0.5) -> dict[str, str]:
     """For each of ``items``, the recent item whose term of :func:`_item_item_totals` is largest
     (the first one on ties). Asked for the few items an answer shows, not for every candidate."""
     wanted = set(items)
@@ -159,14 +171,15 @@ def _strongest_recent(c: Candidates, shrinkage: float, items: Iterable[str]) -> 
     top_weight = max((w for _, w in c.recent), default=0.0)
     if top_weight <= 0 or not wanted:
         return {}
-    norms, sqrt = c.norms, math.sqrt
+    norms = c.norms
+    root_of_r, root_of_j = _powers(alpha)
     for r, w in c.recent:
-        root_r = sqrt(norms.get(r, 0.0))
+        root_r = root_of_r(norms.get(r, 0.0))
         rel = w / top_weight
         for j, co in c.neighbours.get(r, ()):
             if j not in wanted:
                 continue
-            den = root_r * sqrt(norms.get(j, 0.0)) + shrinkage
+            den = root_r * root_of_j(norms.get(j, 0.0)) + shrinkage
             s = rel * (co / den) if den > 0 else 0.0
             if s > 0 and (j not in best or s > best[j][0]):
                 best[j] = (s, r)
@@ -200,14 +213,14 @@ def _rank_key(kv: tuple[str, float]) -> tuple[float, str]:
 
 
 def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozenset(),
-          weights: BlendWeights = BlendWeights(), shrinkage: float = 5.0) -> list[Scored]:
+          weights: BlendWeights = BlendWeights(), shrinkage: float = 5.0, alpha: float = 0.5) -> list[Scored]:
     """Rank the union of all sources' candidates; items in ``exclude`` never appear.
 
     Trending also fills the list when the other sources have fewer than ``n`` candidates, so a
     cold user still gets ``n`` items.
     """
     # A source with weight 0 adds nothing, so it is not computed (trending still back-fills).
-    ii = _item_item_totals(c, shrinkage) if weights.item_item > 0 else {}
+    ii = _item_item_totals(c, shrinkage, alpha) if weights.item_item > 0 else {}
     raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {
         "item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
         "similar_users": c.similar_users, "trending": c.trending}
@@ -238,7 +251,7 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
             if got is not None and w * got > best:
                 best, source = w * got, name
         shown.append((item, score, source))
-    because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"))
+    because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"), alpha)
     return [Scored(item, score, source, _reason(source, item, because, c.trending_label))
             for item, score, source in shown]
 

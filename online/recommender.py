@@ -156,7 +156,7 @@ class Recommender:
         if category is not None:
             cands = await self._in_category(cands, category)
         items = blend(cands, n, exclude=excluded | self._hide(cands, rule), weights=w,
-                      shrinkage=s.similarity_shrinkage)
+                      shrinkage=s.similarity_shrinkage, alpha=s.similarity_alpha)
         return Answer(items, model.version if model else None, False)
 
     async def _expansion(self, items: list[str], users: list[str], landmark: float) -> tuple[dict[str, Pairs], dict[str, Pairs]]:

@@ -38,3 +38,17 @@ def test_bounded_unique_and_weights_unchanged(items: list[str], newest: list[str
     assert len(out) == min(k, len(decayed))
     assert len({i for i, _ in out}) == len(out)
     assert all(dict(decayed)[i] == w for i, w in out)
+
+
+def test_asymmetric_cosine_divides_less_by_the_candidates_popularity() -> None:
+    from driftrec.models.blend import Candidates, blend, item_item_scores
+
+    c = Candidates(recent=[("r", 1.0)], neighbours={"r": [("rare", 2.0), ("hit", 8.0)]},
+                   norms={"r": 4.0, "rare": 4.0, "hit": 64.0})
+    cosine, _ = item_item_scores(c, 0.0)
+    assert cosine == pytest.approx({"rare": 2.0 / 4.0, "hit": 8.0 / 16.0})
+    assert item_item_scores(c, 0.0, 0.5)[0] == cosine  # 0.5 is the cosine, bit for bit
+    conditional, because = item_item_scores(c, 1.0, 1.0)  # co / (pop(r) + shrinkage)
+    assert conditional == pytest.approx({"rare": 2.0 / 5.0, "hit": 8.0 / 5.0})
+    assert because == {"rare": "r", "hit": "r"}
+    assert [s.item for s in blend(c, 2, alpha=1.0, shrinkage=1.0)] == ["hit", "rare"]
