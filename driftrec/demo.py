@@ -68,7 +68,8 @@ def _reset(settings: Settings) -> None:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            doomed = [t for t in (settings.clicks_topic, settings.dead_letter_topic) if t in existing]
+            doomed = [t for t in (settings.clicks_topic, settings.dead_letter_topic, settings.items_topic,
+                                  settings.items_dead_letter_topic) if t in existing]
             if doomed:
                 await admin.delete_topics(doomed)
                 for _ in range(100):
@@ -87,6 +88,40 @@ def _reset(settings: Settings) -> None:
         client.close()
 
 
+def _label(item: dict[str, Any]) -> str:
+    """An answered item as the demo prints it: its catalogue title, else its id."""
+    title = item.get("title")
+    return f"{title} ({item['item_id']})" if title else str(item["item_id"])
+
+
+def _show_unavailable(base: str, user: str | None) -> None:
+    """Mark the user's first recommendation unavailable through the catalogue endpoint and show
+    that the next answer no longer has it."""
+    if user is None:
+        return
+    try:
+        top = _get(f"{base}/v1/recommendations/{user}?n=5&fields=title")["items"]
+        if not top:
+            return
+        item = top[0]["item_id"]
+        req = urllib.request.Request(f"{base}/v1/items/{item}", method="PUT", data=json.dumps(
+            {"title": top[0].get("title") or item, "available": False}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5):  # noqa: S310 - loopback only
+            pass
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            after = _get(f"{base}/v1/recommendations/{user}?n=5&fields=title")["items"]
+            if item not in [it["item_id"] for it in after]:
+                print(f"\nmarked {_label(top[0])} unavailable (PUT /v1/items/{item}); "
+                      f"{time.monotonic() - started:.2f} s later user {user} gets: {'; '.join(map(_label, after))}")
+                return
+            time.sleep(0.05)
+        print(f"\n{item} was still recommended 5 s after it was marked unavailable")
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        print(f"\ncatalogue step skipped: {exc}")
+
+
 def _applied(settings: Settings) -> int:
     import redis
 
@@ -100,6 +135,7 @@ def _applied(settings: Settings) -> int:
 def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> int:
     from collections import Counter
 
+    from driftrec.items_import import movielens_items, publish_items, simulator_items
     from driftrec.publisher import publish_events
     from driftrec.runtime import ensure_services
     from driftrec.simulator import wall_clock
@@ -107,6 +143,7 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
     # The demo keeps to its own topics, consumer group and key prefix, and starts from scratch.
     settings = settings.model_copy(update={
         "clicks_topic": "driftrec.demo.clicks", "dead_letter_topic": "driftrec.demo.dlq",
+        "items_topic": "driftrec.demo.items", "items_dead_letter_topic": "driftrec.demo.items.dlq",
         "consumer_group": "driftrec-demo", "key_prefix": "demo",
         "allow_anonymous_writes": True,  # a local demo: curl -X POST /v1/events works as shown
     })
@@ -127,6 +164,8 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
 
             batch = list(itertools.islice(iter(load_movielens(ml)), events))
             label = f"MovieLens ({ml})"
+            movies = ml.parent / "movies.csv"
+            items = list(movielens_items(movies)) if movies.exists() else []
         else:
             from driftrec.simulator import ShopSimulator
 
@@ -135,6 +174,11 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
                                      n_categories=10, seed=7)
             batch = list(itertools.islice(sim.events(events), events))
             label = "the built-in shop simulator"
+            items = list(simulator_items(sim.item_ids, sim.item_category))
+        # The catalogue first (titles, genres or categories, prices): answers ask for titles.
+        if items:
+            report = publish_items(settings, items)
+            print(f"catalogue: {report.sent} items to {settings.items_topic} ({report.rate:,.0f}/s)")
         # Follow the three most active shoppers of the stream, so their lists visibly move.
         followed = [u for u, _ in Counter(str(ev["user_id"]) for ev in batch).most_common(3)]
         print(f"\nstreaming {len(batch)} clicks from {label} at {rate:.0f}/s")
@@ -163,23 +207,25 @@ def run_demo(settings: Settings, *, events: int, rate: float, source: str) -> in
             print(f"[{time.strftime('%H:%M:%S')}] applied {applied}/{len(batch)} events", flush=True)
             for user in followed:
                 try:
-                    recs = _get(f"{base}/v1/recommendations/{user}?n=5")
+                    recs = _get(f"{base}/v1/recommendations/{user}?n=5&fields=title")
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     print(f"  user {user}: reader error {exc}")
                     continue
-                items = [it["item_id"] for it in recs["items"]]
-                changed = last.get(user) not in (None, items)
+                shown = [it["item_id"] for it in recs["items"]]
+                changed = last.get(user) not in (None, shown)
                 changes += changed
                 why = f"  [#1 {recs['items'][0]['reason']}]" if recs["items"] else ""
-                print(f"  user {user:>6}: {', '.join(items) or '(nothing yet)'}{why}{'   <- changed' if changed else ''}",
+                titles = [_label(it) for it in recs["items"]]
+                print(f"  user {user:>6}: {'; '.join(titles) or '(nothing yet)'}{why}{'   <- changed' if changed else ''}",
                       flush=True)
-                last[user] = items
+                last[user] = shown
             if finished:
                 deadline = deadline or time.monotonic() + 30
                 if applied >= len(batch) or time.monotonic() > deadline:
                     break
         print(f"\ndone: {result.get('report')}; {_applied(settings)} events applied; "
               f"{changes} changes seen in the followed users' lists")
+        _show_unavailable(base, followed[0] if followed else None)
         return 0
     except KeyboardInterrupt:
         return 130
