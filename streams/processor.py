@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import cast
 
@@ -38,11 +38,9 @@ from driftrec.streams.redis_state import (
     USER_VECTORS,
     USER_WEIGHTS,
     BatchContext,
-    PreparedApply,
     RedisState,
 )
 from driftrec.streams.vectors import (
-    ISGD_MODEL,
     VectorPlan,
     applied_events,
     isgd_partners_to_load,
@@ -134,20 +132,6 @@ class _Planned:
     item_vecs: dict[str, tuple[bytes | None, str | None]]
 
 
-@dataclass(eq=False)
-class _Held:
-    """A planned batch whose apply is built and not yet sent (see :meth:`BatchProcessor.feed`)."""
-
-    job: _Job
-    planned: _Planned
-    ctx: BatchContext
-    prepared: PreparedApply
-    started: float
-    #: Planned while Redis applied the batch before (else with nothing in flight: the first
-    #: batch after a pause or a fallback).
-    overlapped: bool
-
-
 DeadLetterSink = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 
@@ -193,7 +177,10 @@ class BatchProcessor:
         #: Attempts before a record that fails for no known reason is dead-lettered (the
         #: second while nothing has been applied since start: see :meth:`_failed_alone`).
         self.poison_after, self.poison_after_cold = 3, 10
-        self._held: _Held | None = None  # planned, not yet sent (feed / flush)
+        # Imported here: streams/overlap.py builds on this module.
+        from driftrec.streams.overlap import Overlap
+
+        self.overlap = Overlap(self)  # the batch planned and not yet sent (feed / flush)
         #: ``(records, parse(records))`` of an upcoming batch parsed ahead.
         self._parsed: tuple[Sequence[RawRecord], tuple[list[EventView], dict[tuple[int, int], RawRecord],
                                                        list[DeadLetter]]] | None = None
@@ -275,208 +262,30 @@ class BatchProcessor:
         metrics.EVENTS_APPLIED.inc(outcome.applied)
         metrics.EVENTS_SKIPPED.inc(outcome.skipped)
 
-    # --- overlapped batches ----------------------------------------------------------------------
+    # --- overlapped batches (streams/overlap.py) ---------------------------------------------------
     async def feed(self, records: Sequence[RawRecord], token: object,
                    upcoming: Sequence[RawRecord] | None = None) -> list[tuple[object, BatchOutcome]]:
-        """Take the next batch; returns ``(token, outcome)`` of the batches Redis accepted since
-        the last call, in the order they were fed. Raises nothing but cancellation.
-
-        A batch is planned while Redis still applies the one before it: its load goes to Redis
-        ahead of that apply (so it cannot wait behind it), and for the keys that apply writes it
-        reads the values the apply leaves (:class:`driftrec.streams.redis_state.Carry`, exact for one
-        worker: a user's keys have one writer). The new batch is then *held*, planned but not
-        sent, until the next ``feed`` sends it ahead of planning the batch after, or
-        :meth:`flush` sends it. Anything unusual — the held batch not applied, a tombstone, a
-        landmark move, a gap, a Redis rollback, a new model version, an error — and both go
-        through :meth:`process`'s path one after the other, which sorts out what Redis has.
-
-        ``upcoming``: the records the caller will feed next, when it has them already. They are
-        parsed while Redis applies the held batch, where this process would otherwise wait,
-        instead of at the start of the next call, while Redis waits for the next load.
-        """
-        job = self._job(records, token)
-        if not self.state.overlaps or not self._plannable(job):
-            return [*await self.flush(), (token, await self._serial(job))]
-        held, self._held = self._held, None
-        if held is None:
-            return await self._start(job)
-        return await self._overlap(held, job, upcoming)
+        """Take the next batch, planned while Redis applies the one before it; returns
+        ``(token, outcome)`` of the batches Redis accepted since the last call, in the order they
+        were fed (:meth:`driftrec.streams.overlap.Overlap.feed`). Raises nothing but cancellation."""
+        return await self.overlap.feed(records, token, upcoming)
 
     async def flush(self) -> list[tuple[object, BatchOutcome]]:
         """Apply the held batch, if any (see :meth:`feed`); raises nothing but cancellation."""
-        held, self._held = self._held, None
-        return await self._flush(held) if held is not None else []
+        return await self.overlap.flush()
 
     @property
     def holding(self) -> bool:
         """A batch is planned and not yet sent: :meth:`flush` before waiting for more records."""
-        return self._held is not None
+        return self.overlap.holding
 
     def drop_held(self) -> None:
         """Forget the held batch without applying it (the worker stops)."""
-        self._held = None
+        self.overlap.drop()
 
     def _check_nothing_held(self) -> None:
-        if self._held is not None:
+        if self.overlap.holding:
             raise RuntimeError("a batch is held: flush() before process() or heal()")
-
-    def _plannable(self, job: _Job) -> bool:
-        # Tombstones read shared rows while planning (streams/forget.py): the serial path.
-        return bool(job.views) and all(v.type != TOMBSTONE_TYPE for v in job.views)
-
-    async def _start(self, job: _Job) -> list[tuple[object, BatchOutcome]]:
-        """Nothing held: load and plan ``job`` and hold it."""
-        started = time.perf_counter()
-        try:
-            ctx, model = await self._load(job.views, job.dead)
-            planned = None
-            if self._in_step(ctx, ctx, job):
-                planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model, overlapped=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._overlap_failed(exc)
-            planned = None
-        if isinstance(planned, BatchOutcome):  # nothing to apply
-            self._count(planned, job, started)
-            return [(job.token, planned)]
-        if isinstance(planned, _Planned):
-            self._hold(job, ctx, planned, started, overlapped=False)
-            return []
-        return [(job.token, await self._serial(job))]
-
-    def _hold(self, job: _Job, ctx: BatchContext, planned: _Planned, started: float, *, overlapped: bool) -> None:
-        """Build ``planned``'s apply (and its carry) and hold it until the next feed or flush."""
-        prepared = self.state.prepare_apply(planned.delta, ctx, planned.landmark, planned.vectors,
-                                            item_vecs=planned.item_vecs)
-        self._held = _Held(job, planned, ctx, prepared, started, overlapped)
-
-    async def _overlap(self, held: _Held, job: _Job,
-                       upcoming: Sequence[RawRecord] | None) -> list[tuple[object, BatchOutcome]]:
-        """Send ``held``'s apply and plan ``job`` (and build its apply) while Redis runs it."""
-        started = time.perf_counter()
-        pending: asyncio.Future[int] | None = None
-        planned: _Planned | BatchOutcome | None = None
-        try:
-            # The load goes ahead of held's apply. Without ISGD vectors the plan reads nothing
-            # more before it, so the apply is sent as soon as the load's reply is in and Redis
-            # runs it while the reply is decoded; a new model version then sends the job the
-            # serial way, which loads the model (as _load would have before planning).
-            fresh_model = True
-            if not self._isgd(self._mode()):
-                model, users, parts, extra, items = self._load_args(job.views, job.dead)
-                loaded, pending = await self.state.load_then_apply(held.prepared, users, parts,
-                                                                   user_extra=extra, items=items)
-                fresh_model = self._model_current(loaded)
-            else:
-                loaded, model = await self._load(job.views, job.dead)
-            carry = held.prepared.carry
-            ctx: BatchContext | None = None
-            # A batch left in flight (a dead worker's) is finished by the serial path's load.
-            if (fresh_model and carry is not None and not loaded.inflight
-                    and loaded.model_version == held.ctx.model_version
-                    and loaded.landmark_raw in (None, held.ctx.landmark_raw)):
-                ctx = carry.overlay(loaded)
-                if not self._in_step(loaded, ctx, job):
-                    ctx = None
-                elif partners := self._isgd_partners(job.views, ctx, model):
-                    # Read now, ahead of held's apply, what the plan would read after it.
-                    more = await self.state.load_item_vecs(partners)
-                    ctx = carry.overlay(replace(loaded, item_vecs={**loaded.item_vecs, **more}))
-            if pending is None:
-                pending = await self.state.send_apply(held.prepared)
-            if ctx is not None:
-                planned = await self._plan(job.views, job.by_pos, job.dead, job.sent, ctx, model,
-                                           overlapped=True)
-                if isinstance(planned, _Planned):
-                    self._hold(job, ctx, planned, started, overlapped=True)
-            self._parse_ahead(upcoming)  # while Redis still runs held's apply
-            result = await pending
-        except asyncio.CancelledError:
-            if pending is not None:
-                pending.cancel()
-            raise
-        except Exception as exc:
-            self._overlap_failed(exc)
-            if pending is not None:  # whatever became of it, Redis' offsets say
-                await asyncio.gather(pending, return_exceptions=True)
-            result = None
-        if result != APPLIED:
-            if result is not None:
-                logger.info("held batch not applied (result %d); applying it and the next one in turn", result)
-            self._held = None  # planned on what that apply would have left
-            return [(held.job.token, await self._serial(held.job)), (job.token, await self._serial(job))]
-        done = [(held.job.token, self._accepted_held(held))]
-        if isinstance(planned, BatchOutcome):  # nothing to apply
-            self._count(planned, job, started)
-            done.append((job.token, planned))
-        elif not isinstance(planned, _Planned):
-            done.append((job.token, await self._serial(job)))
-        return done
-
-    async def _flush(self, held: _Held) -> list[tuple[object, BatchOutcome]]:
-        try:
-            result = await (await self.state.send_apply(held.prepared))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._overlap_failed(exc)
-            result = None
-        if result == APPLIED:
-            return [(held.job.token, self._accepted_held(held))]
-        return [(held.job.token, await self._serial(held.job))]
-
-    def _accepted_held(self, held: _Held) -> BatchOutcome:
-        outcome = self._accepted(held.planned, held.job.views)
-        outcome.attempts = 1
-        self._count(outcome, held.job, held.started, "overlapped" if held.overlapped else "alone")
-        return outcome
-
-    def _overlap_failed(self, exc: BaseException) -> None:
-        if not is_retryable(exc):
-            metrics.UNEXPECTED_ERRORS.inc()
-            logger.error("overlapped batch failed (%s: %s); applying in turn", type(exc).__name__, exc,
-                         exc_info=exc)
-        else:
-            metrics.REDIS_RETRIES.inc()
-            logger.warning("outage during an overlapped batch (%s: %s); applying in turn", type(exc).__name__, exc)
-
-    def _isgd_partners(self, views: list[EventView], ctx: BatchContext,
-                       model: PublishedFactors | None) -> set[str]:
-        """Items whose ISGD vectors the plan may borrow for a new item (see
-        :func:`~driftrec.streams.vectors.isgd_partners_to_load`) that ``ctx`` lacks: a new item's
-        co-clicked items are in the histories and the batch of the users who clicked it."""
-        if not self._isgd(model):
-            return set()
-        vecs, none = ctx.item_vecs, (None, None)
-        users = set()
-        for v in views:
-            vec, tag = vecs.get(v.item, none)
-            if vec is None or tag != ISGD_MODEL:
-                users.add(v.user)
-        if not users:
-            return set()
-        need = {v.item for v in views if v.user in users}
-        for u in users:
-            need.update(i for i, _ in ctx.histories.get(u, ()))
-        return need - vecs.keys()
-
-    def _in_step(self, loaded: BatchContext, after: BatchContext, job: _Job) -> bool:
-        """What :meth:`_fill_gaps` would find nothing to read back for: Redis (``loaded``) still
-        stores every offset this process saw it accept, and no record is missing between the
-        offsets it will have once the batch in flight applied (``after``) and the job's first
-        ones. Always true without gap filling, as on the serial path."""
-        if self.gaps is None:
-            return True
-        stored = loaded.applied_offsets
-        if any(stored.get(p, -1) < o for p, o in self.seen.items() if p in stored):
-            return False  # a rollback: the serial path heals it
-        applied = after.applied_offsets
-        first: dict[int, int] = {}
-        for p, o in chain(job.by_pos, ((d.record.partition, d.record.offset) for d in job.dead)):
-            if o < first.get(p, o + 1):
-                first[p] = o
-        return all(o <= applied.get(p, -1) + 1 for p, o in first.items())
 
     async def heal(self, positions: Mapping[int, int]) -> BatchOutcome:
         """Read back from Kafka what Redis lost below ``positions`` (partition -> Kafka's committed
