@@ -125,8 +125,13 @@ def items_import(
 
 
 @app.command()
-def serve(host: str | None = None, port: int | None = None) -> None:
-    """Run the reader (Starlette + uvicorn)."""
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: reader_host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: reader_port).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Reader processes on the port (default: reader_workers; 0: one per core).")] = None,
+) -> None:
+    """Run the reader (Starlette + uvicorn), in one process or several on one port."""
     import os
 
     # Before numpy loads: the reader's products are one user against the catalogue, where BLAS
@@ -135,13 +140,24 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         os.environ.setdefault(var, "1")
     import uvicorn
 
-    from driftrec.online.app import create_app, tune_gc
+    from driftrec.online.processes import reader_processes, serve_processes
 
     s = _settings()
+    try:
+        n = reader_processes(s.reader_workers if workers is None else workers)
+    except ValueError as exc:
+        typer.echo(f"--workers: {exc}", err=True)
+        raise typer.Exit(2) from None
+    bind_host, bind_port = host or s.reader_host, port or s.reader_port
+    if n > 1:
+        _logging()
+        serve_processes(s, bind_host, bind_port, n)
+        return
+    from driftrec.online.app import create_app, tune_gc
+
     reader = create_app(s)
     tune_gc()
-    uvicorn.run(reader, host=host or s.reader_host, port=port or s.reader_port,
-                log_level="warning", access_log=False)
+    uvicorn.run(reader, host=bind_host, port=bind_port, log_level="warning", access_log=False)
 
 
 @app.command()

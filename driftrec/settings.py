@@ -130,6 +130,7 @@ class Settings(BaseSettings):
 
     # --- reader ---------------------------------------------------------------------------
     reader_host: str = Field(default="127.0.0.1", description="Reader bind address.")
+    reader_workers: int = Field(default=1, ge=0, description="Reader processes `driftrec serve` starts on its port (0: one per core); each loads the model itself, and their metrics are reported together.")
     reader_port: int = Field(default=8000, description="Reader HTTP port.")
     api_keys: tuple[str, ...] = Field(default=(), description="API keys allowed to POST events / DELETE users; empty = writes refused (403) unless allow_anonymous_writes.")
     allow_anonymous_writes: bool = Field(default=False, description="Take POST /v1/events and DELETE /v1/users/{id} without an API key when none is configured (the demo and tests; never on a reader the internet can reach).")

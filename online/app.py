@@ -148,6 +148,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = exp_task = cat_task = None
+        # With several reader processes, each keeps its gauges current in the shared folder.
+        gauges = asyncio.get_running_loop().create_task(metrics.run()) if metrics.multiprocess else None
         recorder.start()
         await _first_model(store, models)
         if refresh_snapshot:
@@ -179,6 +181,9 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                 experiments.stop()
                 exp_task.cancel()
             await recorder.stop()
+            if gauges is not None:
+                gauges.cancel()
+                metrics.process_exited()
             # A reader asked to stop must stop: closing a client whose peer went away can wait
             # on a socket that never closes.
             for name, close in (("event sink", sink.close), ("item sink", item_sink.close),

@@ -1,17 +1,36 @@
-"""The reader's Prometheus metrics and the ASGI middleware that records every request."""
+"""The reader's Prometheus metrics and the ASGI middleware that records every request.
+
+One reader process keeps its metrics in memory and computes its gauges when Prometheus scrapes.
+Under ``driftrec serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set before the processes
+start) every process writes its values to files in that folder and a scrape, answered by any
+one of them, reads them all (prometheus-client's multiprocess mode): counters and histograms
+add up over the processes, and each gauge is reported per process (a ``pid`` label), set by
+:meth:`ReaderMetrics.refresh` every second in each process, since a scrape reaches only one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftrec.online.rowcache import RowCache
 
-__all__ = ["ReaderMetrics", "MetricsMiddleware"]
+__all__ = ["ReaderMetrics", "MetricsMiddleware", "MULTIPROC_ENV", "CONTENT_TYPE_LATEST"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +38,18 @@ logger = logging.getLogger(__name__)
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+#: Set (to an empty folder) before the reader processes start: they share their metrics there.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class ReaderMetrics:
     """One registry per app, so tests can build many apps in one process."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
+        g: Literal["liveall"] = "liveall"  # a gauge per live process (ignored by a single process)
         self.requests = Counter("driftrec_reader_requests", "HTTP requests by endpoint, method and status.",
                                 ["endpoint", "method", "status"], registry=r)
         self.latency = Histogram("driftrec_reader_request_seconds", "Request latency by endpoint.",
@@ -43,14 +68,18 @@ class ReaderMetrics:
                                       "attribution (P:{r:R}), by outcome: written, dropped_full (queue "
                                       "bound), dropped_error (Redis did not take them).", ["outcome"], registry=r)
         self.forgets = Counter("driftrec_reader_forget_requests", "forget_user tombstones produced.", registry=r)
-        self.model_loads = Gauge("driftrec_reader_model_loads", "Model versions loaded since start.", registry=r)
+        self.model_loads = Gauge("driftrec_reader_model_loads", "Model versions loaded since start.", registry=r,
+                                 multiprocess_mode=g)
         self.snapshot_age = Gauge("driftrec_reader_snapshot_age_seconds",
-                                  "Age of the in-memory trending snapshot (-1: none yet).", registry=r)
+                                  "Age of the in-memory trending snapshot (-1: none yet).", registry=r,
+                                  multiprocess_mode=g)
         self.model_info = Gauge("driftrec_reader_model_version", "1 for the model version served.",
-                                ["version"], registry=r)
+                                ["version"], registry=r, multiprocess_mode=g)
         self.row_cache = Gauge("driftrec_reader_row_cache_lookups", "Shared rows looked up in the reader's "
                                "near cache since start (online/rowcache.py), by cache and outcome (hit, miss).",
-                               ["cache", "outcome"], registry=r)
+                               ["cache", "outcome"], registry=r, multiprocess_mode=g)
+        self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
+        self._version_shown: str | None = None
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -68,22 +97,61 @@ class ReaderMetrics:
 
     def watch(self, snapshot_age: Callable[[], float | None], model_version: Callable[[], str | None],
               loads: Callable[[], int]) -> None:
-        """Gauges computed when Prometheus scrapes."""
-        self.snapshot_age.set_function(lambda: -1.0 if (a := snapshot_age()) is None else a)
-        self.model_loads.set_function(lambda: float(loads()))
+        """Gauges computed when Prometheus scrapes (every second, with several processes)."""
+        self._watch(self.snapshot_age, lambda: -1.0 if (a := snapshot_age()) is None else a)
+        self._watch(self.model_loads, lambda: float(loads()))
         self._model_version = model_version
 
     def watch_caches(self, caches: dict[str, RowCache]) -> None:
         """Hit and miss counts of the row caches, read when Prometheus scrapes."""
         for name, cache in caches.items():
-            self.row_cache.labels(name, "hit").set_function(_reader(cache, "hits"))
-            self.row_cache.labels(name, "miss").set_function(_reader(cache, "misses"))
+            self._watch(self.row_cache.labels(name, "hit"), _reader(cache, "hits"))
+            self._watch(self.row_cache.labels(name, "miss"), _reader(cache, "misses"))
 
-    def before_scrape(self) -> None:
+    def _watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        if self.multiprocess:  # a callback's value never reaches the files the scrape reads
+            self._gauges.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def refresh(self) -> None:
+        """Set the gauges from their sources and the served version's ``model_version`` series."""
+        for gauge, read in self._gauges:
+            gauge.set(read())
         version = getattr(self, "_model_version", lambda: None)()
-        self.model_info.clear()
+        if version == self._version_shown:
+            return
+        if self.multiprocess:
+            if self._version_shown is not None:  # series live in files: zero the old one
+                self.model_info.labels(self._version_shown).set(0)
+        else:
+            self.model_info.clear()
         if version is not None:
             self.model_info.labels(version).set(1)
+        self._version_shown = version
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's metrics, or every reader process's."""
+        self.refresh()
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone)
+        return generate_latest(everyone)
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """With several processes: keep this process's gauges current until cancelled."""
+        while True:
+            try:
+                self.refresh()
+            except Exception as exc:  # a gauge's source failing must not end the loop
+                logger.debug("metrics refresh failed: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges from the shared folder (its counters stay counted)."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 def _reader(cache: RowCache, attr: str) -> Callable[[], float]:

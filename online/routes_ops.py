@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from driftrec.online.http import json_response
-from driftrec.online.metrics import ReaderMetrics
+from driftrec.online.metrics import CONTENT_TYPE_LATEST, ReaderMetrics
 from driftrec.online.model_cache import ModelCache
 from driftrec.online.recommender import STORE_DOWN
 from driftrec.online.snapshot import TrendingSnapshot
@@ -40,8 +39,7 @@ def ops_routes(store: ReaderStore, models: ModelCache, snapshot: TrendingSnapsho
         return json_response({"status": "ready", "redis": "ok", **body})
 
     async def prometheus(request: Request) -> Response:
-        metrics.before_scrape()
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_json(request: Request) -> Response:
         return Response(openapi_bytes, media_type="application/json")

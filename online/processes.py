@@ -1,0 +1,64 @@
+"""``driftrec serve --workers N``: N reader processes answering on one port.
+
+A reader is one event loop: its per-request work (decoding Redis replies, the index searches,
+the blend) runs on one core. More processes use more cores. uvicorn's supervisor binds the
+socket once and starts ``N`` processes that accept from it (the kernel spreads connections
+over them); each builds its own app from the environment's settings, as ``driftrec serve``
+does, and restarts if it dies. They share nothing in memory: every answer is read from Redis,
+and each process loads the published model itself. Their Prometheus metrics meet in a folder
+(:mod:`driftrec.online.metrics`), so a scrape of the port reports all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from driftrec.online.metrics import MULTIPROC_ENV
+from driftrec.settings import Settings, load_settings
+
+__all__ = ["reader_processes", "serve_processes", "process_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def reader_processes(asked: int) -> int:
+    """Processes to start for ``asked`` (0: one per core this process may run on)."""
+    if asked < 0:
+        raise ValueError(f"reader processes must be >= 0, got {asked}")
+    if asked:
+        return asked
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def process_app() -> Starlette:
+    """One reader process's app (uvicorn calls this factory in each process it starts)."""
+    from driftrec.online.app import create_app, tune_gc
+
+    app = create_app(load_settings())
+    tune_gc()
+    return app
+
+
+def serve_processes(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Run ``workers`` reader processes on ``host:port`` until stopped (blocks)."""
+    import uvicorn
+
+    # Each start gets a fresh, empty metrics folder: files of an earlier run's processes would be
+    # added to this run's counters.
+    shared = Path(tempfile.mkdtemp(prefix="driftrec-reader-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(shared)
+    logger.info("starting %d reader processes on %s:%d (metrics in %s)", workers, host, port, shared)
+    try:
+        uvicorn.run("driftrec.online.processes:process_app", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning", access_log=False)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
