@@ -334,7 +334,8 @@ def experiments(
     async def read() -> list[dict[str, Any]]:
         client = aioredis.Redis.from_url(s.redis, socket_timeout=5, socket_connect_timeout=5)
         try:
-            return [summarise(e, c, types) for e, c in await read_experiments(client, s.key_prefix, s.experiments_file)]
+            return [summarise(e, c, types) for e, c in await read_experiments(client, s.key_prefix, types,
+                                                                    s.experiments_file)]
         finally:
             await client.aclose()
 

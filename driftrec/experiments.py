@@ -51,6 +51,10 @@ __all__ = [
     "decode_stored",
     "definitions_key",
     "counts_key",
+    "shoppers_key",
+    "clicked_key",
+    "preferences_key",
+    "experiment_keys",
     "STRATEGIES",
     "NAME_PATTERN",
     "MAX_N",
@@ -253,6 +257,29 @@ def counts_key(prefix: str, name: str) -> str:
     """HASH of one experiment's counters (``answers|<variant>``, ``clicked|<variant>|<type>``, ...):
     readers count answers, the exporter clicks; no TTL (deleted with the experiment)."""
     return f"{prefix}:{{x}}:exp:{name}"
+
+
+def shoppers_key(prefix: str, name: str, variant: str) -> str:
+    """SET of the shoppers who were served ``variant`` (readers ``SADD``): the unit of the split."""
+    return f"{prefix}:{{x}}:exp:{name}:shoppers:{variant}"
+
+
+def clicked_key(prefix: str, name: str, variant: str, kind: str) -> str:
+    """SET of ``variant``'s shoppers with a click of type ``kind`` on its items (the exporter ``SADD``s)."""
+    return f"{prefix}:{{x}}:exp:{name}:clicked:{variant}:{kind}"
+
+
+def preferences_key(prefix: str, name: str) -> str:
+    """HASH ``<shopper>|<variant>`` -> views credited to the variant in that shopper's interleaved answers."""
+    return f"{prefix}:{{x}}:exp:{name}:prefs"
+
+
+def experiment_keys(prefix: str, exp: Experiment, kinds: Iterable[str]) -> list[str]:
+    """Every key one experiment's counts use (deleted with it, or when its variants change)."""
+    names = [v.name for v in exp.variants]
+    return [counts_key(prefix, exp.name), preferences_key(prefix, exp.name),
+            *(shoppers_key(prefix, exp.name, v) for v in names),
+            *(clicked_key(prefix, exp.name, v, k) for v in names for k in kinds)]
 
 
 def decode_stored(rows: Mapping[Any, Any]) -> list[Experiment]:

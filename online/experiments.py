@@ -20,7 +20,14 @@ from typing import Any, cast
 
 import orjson
 
-from driftrec.experiments import Experiment, Variant, counts_key, decode_stored, definitions_key
+from driftrec.experiments import (
+    Experiment,
+    Variant,
+    counts_key,
+    decode_stored,
+    definitions_key,
+    shoppers_key,
+)
 from driftrec.models.blend import BlendWeights, Scored
 from driftrec.models.experiments import assign, interleave_seed, team_draft
 from driftrec.online.model_cache import ModelCache, PublishedModel
@@ -60,7 +67,7 @@ class Ranked:
     info: dict[str, Any]
     strategy: str
     fields: tuple[tuple[str, str], ...]
-    counters: tuple[tuple[str, str], ...]
+    commands: tuple[tuple[Any, ...], ...]
 
 
 class PinnedModels:
@@ -230,19 +237,22 @@ class ExperimentRegistry:
         rec, fallback = self._pinned_rec(variant)
         info: dict[str, Any] = {"name": exp.name, "variant": variant.name, "method": exp.method}
         fields = [("#experiment", exp.name), ("#variant", variant.name)]
-        counters = [(live.counts_key, f"answers|{variant.name}")]
+        # The answer count, and the shopper among the variant's: the split's unit is the shopper.
+        commands: list[tuple[Any, ...]] = [("HINCRBY", live.counts_key, f"answers|{variant.name}", 1),
+                                           ("SADD", shoppers_key(self.prefix, exp.name, variant.name), user)]
+        fields.append(("#user", user))
         length = variant.n or n
         if rec is None:
             answer = await self.rec.for_user(user, n, exclude=exclude, category=category, context=context)
             info["fallback"] = fallback
             fields.append(("#fallback", "1"))
-            counters.append((live.counts_key, f"fallback|{variant.name}"))
+            commands.append(("HINCRBY", live.counts_key, f"fallback|{variant.name}", 1))
             strategy = "blend"
         else:
             answer = await rec.for_user(user, length, exclude=exclude, category=category,
                                         weights=live.weights[pick.index], context=context)
             strategy = variant.label
-        return Ranked(answer, info, strategy, tuple(fields), tuple(counters))
+        return Ranked(answer, info, strategy, tuple(fields), tuple(commands))
 
     async def _interleave(self, live: Live, user: str, n: int, request_id: str, *, exclude: Sequence[str],
                           category: str | None, context: Sequence[str]) -> Ranked:
@@ -255,7 +265,7 @@ class ExperimentRegistry:
             info["fallback"] = fallback
             return Ranked(answer, info, "blend", (("#experiment", exp.name), ("#variant", "fallback"),
                                                    ("#fallback", "1")),
-                          ((live.counts_key, "fallback|interleaved"),))
+                          (("HINCRBY", live.counts_key, "fallback|interleaved", 1),))
         length = a.n or n
         # Two rankings; their Redis reads overlap, and the second mostly hits the row caches.
         ra, rb = await asyncio.gather(
@@ -272,9 +282,10 @@ class ExperimentRegistry:
         names = (a.name, b.name)
         teams = orjson.dumps({item: names[team] for item, team in merged}).decode()
         first = names[merged[0][1]] if merged else None
-        counters = [(live.counts_key, f"answers|{a.name}"), (live.counts_key, f"answers|{b.name}")]
+        commands: list[tuple[Any, ...]] = [("HINCRBY", live.counts_key, "answers|interleaved", 1)]
         if first is not None:
-            counters.append((live.counts_key, f"first|{first}"))
+            # Which team picked first: a fair coin per answer, the split this method can check.
+            commands.append(("HINCRBY", live.counts_key, f"first|{first}", 1))
         answer = Answer(items, ra.model_version, False)
         return Ranked(answer, info, "interleave", (("#experiment", exp.name), ("#variant", "interleaved"),
-                                                   ("#teams", teams)), tuple(counters))
+                                                   ("#teams", teams), ("#user", user)), tuple(commands))

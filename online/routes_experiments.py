@@ -19,7 +19,7 @@ from driftrec.experiments import (
     InvalidExperimentError,
     UnknownExperiment,
     check_no_overlap,
-    counts_key,
+    experiment_keys,
     parse_experiment,
 )
 from driftrec.online.experiments import ExperimentRegistry
@@ -88,7 +88,7 @@ def experiment_routes(settings: Settings, registry: ExperimentRegistry) -> list[
         cmds: list[list[Any]] = [["HSET", registry.key, name, exp.to_json()]]
         if old is not None and (old.method, old.variants) != (exp.method, exp.variants):
             # Other arms: the old counts would be credited to the new ones.
-            cmds.append(["DEL", counts_key(registry.prefix, name)])
+            cmds.append(["DEL", *experiment_keys(registry.prefix, old, settings.event_types)])
         await store.execute(cmds)
         await registry.refresh()
         logger.info("experiment %s %s", name, "replaced" if old else "defined")
@@ -100,9 +100,12 @@ def experiment_routes(settings: Settings, registry: ExperimentRegistry) -> list[
         name = name_of(request)
         if name in registry.file:
             raise ExperimentConflict(f"{name} is defined in {settings.experiments_file}; remove it there")
-        removed, _ = await store.execute([["HDEL", registry.key, name], ["DEL", counts_key(registry.prefix, name)]])
-        if not int(removed):
+        await registry.refresh()
+        old = registry.stored.get(name)
+        if old is None:
             raise UnknownExperiment(f"no experiment named {name!r}")
+        await store.execute([["HDEL", registry.key, name],
+                             ["DEL", *experiment_keys(registry.prefix, old, settings.event_types)]])
         await registry.refresh()
         logger.info("experiment %s deleted", name)
         return json_response({"name": name, "status": "deleted"})

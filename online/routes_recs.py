@@ -178,7 +178,7 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
             r = ranked[0]
             info = r.info
             if recorder is not None and not answer.degraded:
-                recorder.record(request_id, r.strategy, answer.items, r.fields, r.counters)
+                recorder.record(request_id, r.strategy, answer.items, r.fields, r.commands)
         else:  # shed: the snapshot answered, the variant's ranking never ran
             info = {"name": pick.live.exp.name, "variant": None, "method": pick.live.exp.method,
                     "fallback": "degraded: answered from the trending snapshot"}

@@ -33,8 +33,8 @@ _LINGER_S = 0.01
 # records meanwhile queue up to the bound, then are dropped and counted).
 _BACKOFF_S = 0.5
 
-#: request_id, strategy, (item, source) pairs, extra (field, value) pairs, counters (key, field) to add 1 to.
-Record = tuple[str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+#: request_id, strategy, (item, source) pairs, extra (field, value) pairs, more commands sent with the record.
+Record = tuple[str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[tuple[Any, ...], ...]]
 Runner = Callable[[list[list[Any]]], Awaitable[list[Any]]]
 
 
@@ -74,19 +74,19 @@ class ServedRecorder:
         return len(self._queue)
 
     def record(self, request_id: str, strategy: str, items: Sequence[Scored],
-               fields: tuple[tuple[str, str], ...] = (), counters: tuple[tuple[str, str], ...] = ()) -> None:
+               fields: tuple[tuple[str, str], ...] = (), commands: tuple[tuple[Any, ...], ...] = ()) -> None:
         """Queue one answer's record (item → source); never raises, never waits.
 
         ``fields`` are more ``#``-named fields of the record (an experiment's name and variant);
-        ``counters`` are hash fields incremented with it (an experiment's answers per variant),
-        so an answer and its count are written by the same pipeline, or dropped together.
+        ``commands`` go in the same pipeline (an experiment's answer count and shopper set), so
+        an answer and its counts are written together, or dropped together.
         """
         if not items:
             return
         if len(self._queue) >= self.max_queue:
             self._count("dropped_full", 1)
             return
-        self._queue.append((request_id, strategy, tuple((x.item, x.source) for x in items), fields, counters))
+        self._queue.append((request_id, strategy, tuple((x.item, x.source) for x in items), fields, commands))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -124,7 +124,7 @@ class ServedRecorder:
     def _commands(self, batch: Sequence[Record]) -> list[list[Any]]:
         served, ttl = self._keys.served, self.ttl_s
         cmds: list[list[Any]] = []
-        for request_id, strategy, pairs, fields, counters in batch:
+        for request_id, strategy, pairs, fields, more in batch:
             key = served(request_id)
             hset: list[Any] = ["HSET", key, STRATEGY_FIELD, strategy]
             for item, source in pairs:
@@ -135,8 +135,7 @@ class ServedRecorder:
                 hset.append(value)
             cmds.append(hset)
             cmds.append(["EXPIRE", key, ttl])
-            for counter, field in counters:
-                cmds.append(["HINCRBY", counter, field, 1])
+            cmds.extend(list(c) for c in more)
         return cmds
 
     async def _write_batch(self) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -33,6 +34,7 @@ class Click:
     request_id: str
     item_id: str
     type: str
+    user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +67,10 @@ def parse_click(raw: bytes | None) -> Click | None:
         return None
     if not isinstance(data, dict):
         return None
-    rid, item, kind = data.get("request_id"), data.get("item_id"), data.get("type")
+    rid, item, kind, user = data.get("request_id"), data.get("item_id"), data.get("type"), data.get("user_id")
     if not isinstance(rid, str) or not isinstance(item, str) or not rid or not item:
         return None
-    return Click(rid, item, kind if isinstance(kind, str) else "unknown")
+    return Click(rid, item, kind if isinstance(kind, str) else "unknown", user if isinstance(user, str) else "")
 
 
 def attribute(click: Click, served: dict[str, str]) -> Credit:
@@ -118,14 +120,15 @@ class Attributor:
             served = {_s(k): _s(v) for k, v in row.items()}
             served_rows.append(served)
             out.append(attribute(click, served))
-        # Experiment counters: one more pipeline, only when a click was on an experiment's answer.
-        cmds = self.count.commands(out, served_rows)
-        if cmds:
-            pipe = self.client.pipeline(transaction=False)
-            for cmd in cmds:
-                pipe.execute_command(*cmd)
-            await pipe.execute()
+        # Experiment counters: more pipelines, only when a click was on an experiment's answer.
+        await self.count.count(out, served_rows, self._execute)
         return out
+
+    async def _execute(self, cmds: Sequence[Sequence[Any]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for cmd in cmds:
+            pipe.execute_command(*cmd)
+        return list(await pipe.execute())
 
     async def run(self) -> None:
         try:

@@ -22,10 +22,12 @@ from prometheus_client.registry import Collector
 
 from driftrec.experiments import (
     Experiment,
+    clicked_key,
     counts_key,
     decode_stored,
     definitions_key,
     load_experiments_file,
+    shoppers_key,
 )
 from driftrec.models.abstats import sample_ratio_check, sign_test, two_proportions, wilson_interval
 
@@ -41,9 +43,13 @@ def _s(x: bytes | str) -> str:
     return x.decode() if isinstance(x, bytes) else x
 
 
-async def read_experiments(client: aioredis.Redis, prefix: str,
+async def read_experiments(client: aioredis.Redis, prefix: str, types: Sequence[str],
                            file: Path | None = None) -> list[tuple[Experiment, dict[str, int]]]:
-    """Every defined experiment (file ones win a name clash) with its counters."""
+    """Every defined experiment (file ones win a name clash) with its counts.
+
+    The counts are the counter hash's fields plus ``shoppers|<v>`` and ``shoppers_clicked|<v>|<t>``,
+    the sizes of the shopper sets, all read in one pipeline.
+    """
     stored = await client.hgetall(definitions_key(prefix))
     defs = {e.name: e for e in decode_stored({_s(k): _s(v) for k, v in stored.items()})}
     if file is not None:
@@ -52,10 +58,24 @@ async def read_experiments(client: aioredis.Redis, prefix: str,
     if not exps:
         return []
     pipe = client.pipeline(transaction=False)
+    layout: list[list[str]] = []
     for e in exps:
         pipe.hgetall(counts_key(prefix, e.name))
-    rows = await pipe.execute()
-    return [(e, {_s(k): int(v) for k, v in row.items()}) for e, row in zip(exps, rows, strict=True)]
+        fields = []
+        for v in e.variants:
+            pipe.scard(shoppers_key(prefix, e.name, v.name))
+            fields.append(f"shoppers|{v.name}")
+            for t in types:
+                pipe.scard(clicked_key(prefix, e.name, v.name, t))
+                fields.append(f"shoppers_clicked|{v.name}|{t}")
+        layout.append(fields)
+    replies = iter(await pipe.execute())
+    out = []
+    for e, fields in zip(exps, layout, strict=True):
+        counts = {_s(k): int(v) for k, v in next(replies).items()}
+        counts.update({f: int(next(replies)) for f in fields})
+        out.append((e, counts))
+    return out
 
 
 def _interval(x: Any) -> dict[str, float]:
@@ -66,52 +86,59 @@ def summarise(exp: Experiment, counts: Mapping[str, int], types: Sequence[str],
               now: float | None = None) -> dict[str, Any]:
     """One experiment's figures, as plain JSON-able data.
 
+    Rates are per shopper, the unit the split randomises: a variant's rate of type ``t`` is its
+    shoppers with a click of type ``t`` on its items over its shoppers served; answers and clicks
+    are reported alongside. Each variant is compared with the first (the control).
+
     Parameters
     ----------
     exp : Experiment
         The definition (variants, shares, method).
     counts : mapping
-        Its counters (``driftrec.oncall.experiment_counts``): ``answers|<v>``, ``clicked|<v>|<t>``, ...
+        Its counts (:func:`read_experiments`; ``driftrec.oncall.experiment_counts``).
     types : sequence of str
         Click types to report (``Settings.event_weights``' keys: view, add_to_cart, purchase).
     """
     now = time.time() if now is None else now
     names = [v.name for v in exp.variants]
-    answers = [counts.get(f"answers|{v}", 0) for v in names]
     variants: list[dict[str, Any]] = []
-    for v, n in zip(names, answers, strict=True):
+    for v in names:
+        n = counts.get(f"shoppers|{v}", 0)
         per_type: dict[str, Any] = {}
         for t in types:
-            clicked = counts.get(f"clicked|{v}|{t}", 0)
-            per_type[t] = {"clicks": counts.get(f"clicks|{v}|{t}", 0), "answers_clicked": clicked,
+            clicked = counts.get(f"shoppers_clicked|{v}|{t}", 0)
+            per_type[t] = {"clicks": counts.get(f"clicks|{v}|{t}", 0), "shoppers_clicked": clicked,
                            "rate": _interval(wilson_interval(clicked, n))}
-        variants.append({"name": v, "answers": n, "fallback": counts.get(f"fallback|{v}", 0), "types": per_type})
+        variants.append({"name": v, "shoppers": n, "answers": counts.get(f"answers|{v}", 0),
+                         "fallback": counts.get(f"fallback|{v}", 0), "types": per_type})
     out: dict[str, Any] = {"name": exp.name, "method": exp.method, "status": exp.status(now),
                            "start": exp.start.isoformat() if exp.start else None,
                            "stop": exp.stop.isoformat() if exp.stop else None,
                            "shares": list(exp.shares), "variants": variants}
     if exp.method == "interleave":
-        # Every answer shows both variants; the split to check is the coin of the first pick.
+        # Every answer shows both variants; the split to check is each answer's coin for the first pick.
         firsts = [counts.get(f"first|{v}", 0) for v in names]
         srm = sample_ratio_check(firsts, exp.shares)
         wins = {v: counts.get(f"wins|{v}", 0) for v in names}
         p = sign_test(wins[names[0]], wins[names[1]])
         preferred = None
-        if p < ALPHA and wins[names[0]] != wins[names[1]]:
+        if p < ALPHA and wins[names[0]] != wins[names[1]] and not srm.mismatch:
             preferred = max(names, key=lambda v: wins[v])
-        out["interleaving"] = {"wins": wins, "ties": counts.get("ties", 0), "p_value": p, "preferred": preferred,
+        out["interleaving"] = {"answers": counts.get("answers|interleaved", 0), "wins": wins,
+                               "ties": counts.get("ties", 0), "p_value": p, "preferred": preferred,
                                "fallback": counts.get("fallback|interleaved", 0)}
-        out["srm"] = {"observed": firsts, **asdict(srm)}
+        out["srm"] = {"unit": "answers (first pick)", "observed": firsts, **asdict(srm)}
         out["comparisons"] = []
         return out
-    srm = sample_ratio_check(answers, exp.shares)
-    out["srm"] = {"observed": answers, **asdict(srm)}
+    shoppers = [v["shoppers"] for v in variants]
+    srm = sample_ratio_check(shoppers, exp.shares)
+    out["srm"] = {"unit": "shoppers", "observed": shoppers, **asdict(srm)}
     comparisons = []
     control = variants[0]
     for arm in variants[1:]:
         for t in types:
-            c = two_proportions(control["types"][t]["answers_clicked"], control["answers"],
-                                arm["types"][t]["answers_clicked"], arm["answers"])
+            c = two_proportions(control["types"][t]["shoppers_clicked"], control["shoppers"],
+                                arm["types"][t]["shoppers_clicked"], arm["shoppers"])
             comparisons.append({"variant": arm["name"], "control": control["name"], "type": t,
                                 "diff": _interval(c.diff), "z": round(c.z, 6), "p_value": c.p_value,
                                 "significant": c.p_value < ALPHA and not srm.mismatch})
@@ -133,9 +160,11 @@ class ExperimentCollector(Collector):
                                      "with the default strategy because its model was not available.", labels=ev)
         clicks = GaugeMetricFamily("driftrec_experiment_clicks", "Clicks of a type on items a variant "
                                    "contributed to an experiment's answers.", labels=evt)
-        clicked = GaugeMetricFamily("driftrec_experiment_answers_clicked", "Answers in which a variant got at "
-                                    "least one click of the type.", labels=evt)
-        rate = GaugeMetricFamily("driftrec_experiment_rate", "Answers clicked / answers served, with its "
+        shoppers = GaugeMetricFamily("driftrec_experiment_shoppers", "Shoppers served a variant (the unit "
+                                     "the split randomises).", labels=ev)
+        clicked = GaugeMetricFamily("driftrec_experiment_shoppers_clicked", "A variant's shoppers with at "
+                                    "least one click of the type on its items.", labels=evt)
+        rate = GaugeMetricFamily("driftrec_experiment_rate", "Shoppers clicked / shoppers served, with its "
                                  "95 % Wilson interval (bound: estimate, low, high).", labels=[*evt, "bound"])
         diff = GaugeMetricFamily("driftrec_experiment_difference", "Rate of the variant minus the control's, "
                                  "with its 95 % interval (bound: estimate, low, high).", labels=[*evt, "bound"])
@@ -145,18 +174,21 @@ class ExperimentCollector(Collector):
                                   "split against the configured shares.", labels=["experiment"])
         srm = GaugeMetricFamily("driftrec_experiment_sample_ratio_mismatch", "1 when the split is broken "
                                 "(SRM p-value below 0.001): no comparison can be trusted.", labels=["experiment"])
-        wins = GaugeMetricFamily("driftrec_experiment_interleaving_wins", "Interleaved answers whose clicks "
-                                 "went more to the variant.", labels=ev)
+        wins = GaugeMetricFamily("driftrec_experiment_interleaving_wins", "Shoppers whose views in "
+                                 "interleaved answers went more to the variant.", labels=ev)
         il_p = GaugeMetricFamily("driftrec_experiment_interleaving_p_value", "Sign-test p-value of the "
                                  "interleaving wins.", labels=["experiment"])
+        il_answers = GaugeMetricFamily("driftrec_experiment_interleaved_answers", "Interleaved answers served.",
+                                       labels=["experiment"])
         for s in self._latest():
             name = s["name"]
             for v in s["variants"]:
                 answers.add_metric([name, v["name"]], v["answers"])
+                shoppers.add_metric([name, v["name"]], v["shoppers"])
                 fallback.add_metric([name, v["name"]], v["fallback"])
                 for t, x in v["types"].items():
                     clicks.add_metric([name, v["name"], t], x["clicks"])
-                    clicked.add_metric([name, v["name"], t], x["answers_clicked"])
+                    clicked.add_metric([name, v["name"], t], x["shoppers_clicked"])
                     for bound, value in x["rate"].items():
                         rate.add_metric([name, v["name"], t, bound], value)
             for c in s["comparisons"]:
@@ -170,7 +202,9 @@ class ExperimentCollector(Collector):
                 for v_name, w in s["interleaving"]["wins"].items():
                     wins.add_metric([name, v_name], w)
                 il_p.add_metric([name], s["interleaving"]["p_value"])
-        yield from (answers, fallback, clicks, clicked, rate, diff, p_value, srm_p, srm, wins, il_p)
+                il_answers.add_metric([name], s["interleaving"]["answers"])
+        yield from (answers, shoppers, fallback, clicks, clicked, rate, diff, p_value, srm_p, srm, wins, il_p,
+                    il_answers)
 
 
 def _pct(x: float) -> str:
@@ -187,7 +221,7 @@ def render(summaries: Sequence[dict[str, Any]], types: Sequence[str]) -> list[An
         title = (f"{s['name']} ({s['method']}, {s['status']}; split check p={srm['p_value']:.3g}"
                  f"{' MISMATCH: the split is broken' if srm['mismatch'] else ''})")
         table = Table(title=title, title_justify="left")
-        for col in ("variant", "answers", "type", "clicks", "answers clicked", "rate [95% CI]",
+        for col in ("variant", "shoppers", "answers", "type", "clicks", "shoppers clicked", "rate [95% CI]",
                     "vs control [95% CI]", "p"):
             table.add_column(col, justify="left" if col in ("variant", "type") else "right")
         comparisons = {(c["variant"], c["type"]): c for c in s["comparisons"]}
@@ -203,14 +237,15 @@ def render(summaries: Sequence[dict[str, Any]], types: Sequence[str]) -> list[An
                     vs = f"{100 * d['estimate']:+.2f} pp [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
                     p = f"{c['p_value']:.3g}{' *' if c['significant'] else ''}"
                 answers = f"{v['answers']}" + (f" ({v['fallback']} fallback)" if v["fallback"] else "")
-                table.add_row(v["name"] if first else "", answers if first else "", t, str(x["clicks"]),
-                              str(x["answers_clicked"]),
+                table.add_row(v["name"] if first else "", str(v["shoppers"]) if first else "",
+                              answers if first else "", t, str(x["clicks"]), str(x["shoppers_clicked"]),
                               f"{_pct(r['estimate'])} [{_pct(r['low'])}, {_pct(r['high'])}]", vs, p)
                 first = False
         if "interleaving" in s:
             il = s["interleaving"]
             wins = ", ".join(f"{k} {w}" for k, w in il["wins"].items())
-            table.caption = (f"interleaving wins: {wins}, ties {il['ties']}; sign test p={il['p_value']:.3g}"
+            table.caption = (f"{il['answers']} interleaved answers; shoppers preferring each: {wins}, "
+                             f"ties {il['ties']}; sign test p={il['p_value']:.3g}"
                              f"; preferred: {il['preferred'] or 'none yet'}")
         out.append(table)
     return out

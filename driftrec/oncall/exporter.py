@@ -189,12 +189,12 @@ class Exporter:
     async def _experiments_once(self) -> None:
         """Experiments' figures from their counters in Redis (the readers and the attribution write them)."""
         s = self.settings
+        types = sorted(s.event_types)
         try:
-            found = await read_experiments(self.redis, s.key_prefix, s.experiments_file)
+            found = await read_experiments(self.redis, s.key_prefix, types, s.experiments_file)
         except (aioredis.RedisError, OSError) as exc:
             logger.debug("experiments not read: %s", exc)
             return
-        types = sorted(s.event_types)
         self.experiments = [summarise(exp, counts, types) for exp, counts in found]
 
     async def _http_ok(self, url: str) -> tuple[str, str]:

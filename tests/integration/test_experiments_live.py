@@ -19,7 +19,7 @@ import orjson
 import pytest
 import redis
 
-from driftrec.experiments import counts_key
+from driftrec.experiments import counts_key, shoppers_key
 from driftrec.keys import Keys
 from driftrec.models.experiments import assign
 from driftrec.publisher import publish_events
@@ -120,7 +120,7 @@ def test_ab_experiment_end_to_end(settings: Settings, spawn: Any) -> None:
     deadline = time.monotonic() + 45
     while time.monotonic() < deadline:
         fig = figures()
-        got = {v["name"]: v["types"]["view"]["answers_clicked"] for v in fig.get("variants", [])}
+        got = {v["name"]: v["types"]["view"]["shoppers_clicked"] for v in fig.get("variants", [])}
         if got == clicked:
             break
         time.sleep(0.5)
@@ -129,6 +129,10 @@ def test_ab_experiment_end_to_end(settings: Settings, spawn: Any) -> None:
     counts = client.hgetall(counts_key(s.key_prefix, "e2e"))
     # Two answers per shopper (the sticky check); the degraded ones are not recorded.
     assert int(counts["answers|trend"]) >= 2 * answers["trend"] - 2
+    # Shoppers, each once, are the unit of the rates and of the split check.
+    assert {v["name"]: v["shoppers"] for v in figures()["variants"]} == {
+        v: client.scard(shoppers_key(s.key_prefix, "e2e", v)) for v in ("control", "trend")}
+    assert sum(v["shoppers"] for v in figures()["variants"]) == len(users)
     fig = figures()
     (view,) = [c for c in fig["comparisons"] if c["type"] == "view"]
     assert view["variant"] == "trend" and view["diff"]["estimate"] > 0 and view["diff"]["low"] > 0
@@ -145,7 +149,7 @@ def test_ab_experiment_end_to_end(settings: Settings, spawn: Any) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     (cli,) = [e for e in json.loads(out.stdout) if e["name"] == "e2e"]
-    assert cli["variants"][1]["types"]["view"]["answers_clicked"] == clicked["trend"]
+    assert cli["variants"][1]["types"]["view"]["shoppers_clicked"] == clicked["trend"]
     table = subprocess.run([sys.executable, "-m", "driftrec.cli", "experiments"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
     assert "e2e (ab, running" in table.stdout, table.stdout

@@ -17,7 +17,7 @@ from driftrec.oncall.canary import FallbackProbe, FreshnessCanary, ReaderProbe
 def test_parse_click_takes_request_id_item_and_type() -> None:
     raw = orjson.dumps({"event_id": "e1", "user_id": "u", "item_id": "sku-1", "type": "purchase",
                         "timestamp": 1.0, "request_id": "r-9"})
-    assert parse_click(raw) == Click("r-9", "sku-1", "purchase")
+    assert parse_click(raw) == Click("r-9", "sku-1", "purchase", "u")
 
 
 def test_parse_click_ignores_clicks_without_request_id_and_garbage() -> None:

@@ -17,6 +17,7 @@ from driftrec.experiments import (
     definitions_key,
     load_experiments_file,
     parse_experiment,
+    shoppers_key,
 )
 from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights, Scored
@@ -80,6 +81,7 @@ class FakeStore:
         self.keys = Keys("t")
         self.hashes: dict[str, dict[str, str]] = {}
         self.strings: set[str] = set()
+        self.sets: dict[str, set[str]] = {}
 
     async def execute(self, commands: list[list[Any]]) -> list[Any]:
         out: list[Any] = []
@@ -101,11 +103,18 @@ class FakeStore:
                 h[args[0]] = str(int(h.get(args[0], "0")) + int(args[1]))
                 out.append(int(h[args[0]]))
             elif op == "DEL":
-                out.append(int(self.hashes.pop(key, None) is not None))
+                gone = 0
+                for k in (key, *args):
+                    gone += (self.hashes.pop(k, None) is not None) + (self.sets.pop(k, None) is not None)
+                out.append(gone)
             elif op == "EXISTS":
                 out.append(int(key in self.strings or key in self.hashes))
             elif op == "EXPIRE":
                 out.append(1)
+            elif op == "SADD":
+                members = self.sets.setdefault(key, set())
+                out.append(int(args[0] not in members))
+                members.add(args[0])
             else:
                 raise AssertionError(op)
         return out
@@ -193,11 +202,14 @@ async def test_admin_endpoint_defines_and_answers_name_the_sticky_variant() -> N
         again = await r.recs(user)
         assert again["experiment"]["variant"] == want  # sticky
         record = r.store.hashes[r.store.keys.served(body["request_id"])]
-        assert record["#experiment"] == "e1" and record["#variant"] == want
+        assert record["#experiment"] == "e1" and record["#variant"] == want and record["#user"] == user
         seen[user] = want
     counts = r.store.hashes[counts_key("t", "e1")]
     n_treat = sum(v == "treat" for v in seen.values())
     assert int(counts["answers|treat"]) == 2 * n_treat and int(counts["answers|control"]) == 2 * (40 - n_treat)
+    # The shoppers, each once: the unit the split is checked and compared on.
+    assert r.store.sets[shoppers_key("t", "e1", "treat")] == {u for u, v in seen.items() if v == "treat"}
+    assert len(r.store.sets[shoppers_key("t", "e1", "control")]) == 40 - n_treat
     # A caller that picks its own strategy is not in the experiment.
     assert "experiment" not in await r.recs("u1", "&strategy=tf")
 
@@ -222,8 +234,11 @@ async def test_admin_errors() -> None:
     assert (await r.put("e2", two(start="2027-06-01T00:00:00Z"))).status_code == 201
     listed = (await r.client.get("/v1/experiments")).json()["experiments"]
     assert [(e["name"], e["status"]) for e in listed] == [("e1", "running"), ("e2", "scheduled")]
+    await r.recs("u1")
+    assert any(k.startswith("t:{x}:exp:e1:shoppers:") for k in r.store.sets)
     assert (await r.client.delete("/v1/experiments/e1", headers={"X-API-Key": KEY})).status_code == 200
     assert (await r.client.get("/v1/experiments/e1")).status_code == 404
+    assert not any(k.startswith("t:{x}:exp:e1") for k in [*r.store.sets, *r.store.hashes])
 
 
 async def test_stopped_experiment_no_longer_applies() -> None:
@@ -266,6 +281,7 @@ async def test_interleaved_answer_credits_each_item_to_its_variant() -> None:
         assert teams[x["item_id"]] == ("tfv" if x["item_id"].startswith("t") else "base")
         assert x["source"] == ("tf" if x["item_id"].startswith("t") else "item_item")
     assert sorted(teams.values()) == ["base", "base", "tfv", "tfv"]
+    assert record["#user"] == "u5"
     counts = r.store.hashes[counts_key("t", "il")]
-    assert counts["answers|base"] == counts["answers|tfv"] == "1"
+    assert counts["answers|interleaved"] == "1"
     assert sum(int(v) for f, v in counts.items() if f.startswith("first|")) == 1
