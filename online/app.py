@@ -143,6 +143,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                        scan_items=settings.reader_scan_items, ann=ann_config(settings)))
     metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
     metrics.watch_caches({"neighbours": rec.nbr_rows, "similar_users": rec.user_rows})
+    metrics.watch_catalogue(lambda: len(catalogue.items), lambda: len(catalogue.hidden), lambda: catalogue.age_s)
     openapi = openapi_document(api_keys=bool(settings.api_keys), history_len=settings.history_len)
 
     @asynccontextmanager

@@ -78,6 +78,12 @@ class ReaderMetrics:
         self.row_cache = Gauge("driftrec_reader_row_cache_lookups", "Shared rows looked up in the reader's "
                                "near cache since start (online/rowcache.py), by cache and outcome (hit, miss).",
                                ["cache", "outcome"], registry=r, multiprocess_mode=g)
+        self.catalogue_items = Gauge("driftrec_reader_catalogue_items", "Catalogue records in the reader's "
+                                     "in-memory view, by state (all; hidden: unavailable or deleted, never "
+                                     "answered).", ["state"], registry=r, multiprocess_mode=g)
+        self.catalogue_age = Gauge("driftrec_reader_catalogue_age_seconds", "Since the reader last read the "
+                                   "catalogue's change feed (-1: never); past a second, hidden items may still "
+                                   "be shown.", registry=r, multiprocess_mode=g)
         self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
         self._version_shown: str | None = None
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -107,6 +113,13 @@ class ReaderMetrics:
         for name, cache in caches.items():
             self._watch(self.row_cache.labels(name, "hit"), _reader(cache, "hits"))
             self._watch(self.row_cache.labels(name, "miss"), _reader(cache, "misses"))
+
+    def watch_catalogue(self, items: Callable[[], int], hidden: Callable[[], int],
+                        age: Callable[[], float | None]) -> None:
+        """The catalogue view's size and freshness (online/catalogue.py), read when Prometheus scrapes."""
+        self._watch(self.catalogue_items.labels("all"), lambda: float(items()))
+        self._watch(self.catalogue_items.labels("hidden"), lambda: float(hidden()))
+        self._watch(self.catalogue_age, lambda: -1.0 if (a := age()) is None else a)
 
     def _watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         if self.multiprocess:  # a callback's value never reaches the files the scrape reads

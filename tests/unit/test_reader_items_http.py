@@ -145,6 +145,10 @@ def test_get_item_reads_the_readers_view() -> None:
     got = call(app, "GET", "/v1/items/a").json()
     assert got["title"] == "A" and got["hidden"] and not got["deleted"] and got["price"] is None
     assert call(app, "GET", "/v1/items/b").json()["deleted"]
+    text = call(app, "GET", "/metrics").text
+    assert 'driftrec_reader_catalogue_items{state="all"} 2.0' in text
+    assert 'driftrec_reader_catalogue_items{state="hidden"} 2.0' in text
+    assert "driftrec_reader_catalogue_age_seconds -1.0" in text  # never polled (no Redis here)
 
 
 def test_answers_carry_fields_and_obey_filters_and_hide_unavailable_items() -> None:
