@@ -59,6 +59,7 @@ def settings(services: Settings, request: pytest.FixtureRequest) -> Iterator[Set
     tag = uuid.uuid4().hex[:10]
     s = services.model_copy(update={
         "clicks_topic": f"t-{tag}.clicks", "dead_letter_topic": f"t-{tag}.dlq",
+        "items_topic": f"t-{tag}.items", "items_dead_letter_topic": f"t-{tag}.items.dlq",
         "consumer_group": f"g-{tag}", "key_prefix": f"test{tag}",
         "worker_web_port": free_port(), "worker_metrics_port": free_port(), "reader_port": free_port(),
         "batch_max_wait_s": 0.02,

@@ -28,6 +28,8 @@ SHOPPER = "shopper-1"
 
 
 def _with_items(s: Settings) -> Settings:
+    """The test's own items topics (conftest names them too; this keeps the module's tests
+    isolated whatever the fixture does)."""
     tag = uuid.uuid4().hex[:8]
     return s.model_copy(update={"items_topic": f"t-{tag}.items", "items_dead_letter_topic": f"t-{tag}.items.dlq"})
 
