@@ -79,10 +79,35 @@ class PrequentialOptions:
     progress: bool = True
 
 
-def load_stream(dataset: str | Path, max_events: int | None = None) -> tuple[str, list[EventView]]:
+#: Apart by this much (seconds) :func:`separate_ties` sets one user's events stamped alike.
+TIE_STEP_S = 0.001
+
+
+def separate_ties(events: Sequence[dict[str, Any]], step_s: float = TIE_STEP_S) -> list[dict[str, Any]]:
+    """The events, one user's events with the same timestamp set ``step_s`` apart in log order.
+
+    A log stamped in seconds, or an invoice whose lines share one time (Online Retail), loses
+    the order of a shopper's clicks: the live history orders equal times by item id, while a
+    method that keeps the log's order (V-SKNN) knows which line came last. A shop's clicks are
+    stamped apart as they happen; this gives every method the log's order. The result is
+    sorted by the new times (stable), so the stream stays time-ordered.
+    """
+    out: list[dict[str, Any]] = []
+    seen: dict[tuple[str, float], int] = {}
+    for e in events:
+        key = (str(e["user_id"]), float(e["timestamp"]))
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        out.append({**e, "timestamp": key[1] + n * step_s} if n else e)
+    return sorted(out, key=lambda e: float(e["timestamp"])) if len(seen) < len(out) else out
+
+
+def load_stream(dataset: str | Path, max_events: int | None = None,
+                ties: bool = True) -> tuple[str, list[EventView]]:
     """The time-ordered events of a data set: a file or folder (any layout ``load_any`` knows),
     a name under the shared data-set folder, or ``simulator`` (a shop whose tastes all drift at
-    the middle of the stream)."""
+    the middle of the stream). ``ties``: one user's equal timestamps set apart in log order
+    (:func:`separate_ties`)."""
     if str(dataset).startswith("simulator"):
         from driftrec.simulator import ShopSimulator
 
@@ -103,7 +128,7 @@ def load_stream(dataset: str | Path, max_events: int | None = None) -> tuple[str
     events = list(log)
     if max_events is not None:
         events = events[:max_events]
-    return log.dataset, event_views(events)
+    return log.dataset, event_views(separate_ties(events) if ties else events)
 
 
 def _publish(settings: Settings, warm: Any, options: PrequentialOptions) -> tuple[Any, Any, Any]:

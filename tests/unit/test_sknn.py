@@ -70,3 +70,14 @@ def test_only_the_most_recent_sample_size_sessions_are_compared() -> None:
     rec = SessionKNNRecommender(sequential=False, k=10, sample_size=1, session_gap_s=1e9)
     rec.update([ev("old", "a", 0), ev("old", "o", 1), ev("new", "a", 2), ev("new", "n", 3), ev("u", "a", 4)])
     assert set(rec.scores("u")) == {"a", "n"}
+
+
+def test_equal_timestamps_of_one_user_are_set_apart_in_log_order() -> None:
+    from driftrec.evaluate import separate_ties
+
+    rows = [{"user_id": "u", "item_id": "b", "timestamp": 5.0}, {"user_id": "v", "item_id": "x", "timestamp": 5.0},
+            {"user_id": "u", "item_id": "a", "timestamp": 5.0}, {"user_id": "u", "item_id": "c", "timestamp": 6.0}]
+    got = separate_ties(rows, step_s=0.001)
+    assert [(e["user_id"], e["item_id"], e["timestamp"]) for e in got] == [
+        ("u", "b", 5.0), ("v", "x", 5.0), ("u", "a", 5.001), ("u", "c", 6.0)]
+    assert separate_ties(rows[1:2]) == rows[1:2]
