@@ -45,6 +45,7 @@ __all__ = [
     "parse_item_event",
     "encode_item_event",
     "item_info",
+    "stored_item_info",
     "read_item_file",
 ]
 
@@ -264,6 +265,28 @@ def item_info(record: bytes | str) -> ItemInfo:
     return ItemInfo(event.title, event.category, frozenset(event.tags), event.price,
                     event.available and not deleted, event.image_url, event.properties, event.updated_at,
                     deleted)
+
+
+def stored_item_info(record: bytes | str) -> ItemInfo:
+    """:func:`item_info` of a record the worker stored, without validating it again: the worker
+    wrote what :func:`encode_item_event` made of a validated event, so a plain decode of those
+    fields is enough (~4x cheaper: readers decode every change, and a whole catalogue at start).
+    Anything unexpected falls back to :func:`item_info`, which validates and raises."""
+    try:
+        d = orjson.loads(record)
+        op, tags, price = d.get("op", "upsert"), d.get("tags", ()), d.get("price")
+        props = d.get("properties")
+        if (op not in ("upsert", "delete") or not isinstance(tags, list) or not isinstance(d.get("available", True), bool)
+                or (price is not None and not isinstance(price, float | int))
+                or (props is not None and not isinstance(props, dict))):
+            return item_info(record)
+        deleted = op == "delete"
+        return ItemInfo(d.get("title"), d.get("category"), frozenset(tags),
+                        float(price) if price is not None else None,
+                        bool(d.get("available", True)) and not deleted, d.get("image_url"), props,
+                        d.get("updated_at"), deleted)
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return item_info(record)
 
 
 @dataclass(frozen=True, slots=True)

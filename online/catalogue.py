@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from driftrec.catalogue import ItemFilter, ItemInfo, item_info
+from driftrec.catalogue import ItemFilter, ItemInfo, stored_item_info
 from driftrec.errors import InvalidEventError
 from driftrec.keys import Keys
 
@@ -108,7 +108,7 @@ class CatalogueView:
             hidden.discard(item)
             return
         try:
-            info = item_info(_text(record))
+            info = stored_item_info(record)
         except InvalidEventError as exc:
             logger.error("catalogue record of %r does not parse (%s); ignored", item, exc.reason)
             return
@@ -133,6 +133,7 @@ class CatalogueView:
             cursor, chunk = await self.client.hscan(k.catalogue, cursor, count=1000)
             for item, record in chunk.items():
                 self._put(_text(item), record, items, hidden)
+            await asyncio.sleep(0)  # ~1,000 records a step: requests run between them
             if not int(cursor):
                 break
         self.items, self.hidden = items, hidden
@@ -160,8 +161,10 @@ class CatalogueView:
                 return done
             ids = list(dict.fromkeys(_text(fields["i"]) for _, fields in entries))
             records = await self.client.hmget(k.catalogue, ids)
-            for item, record in zip(ids, records, strict=True):
+            for j, (item, record) in enumerate(zip(ids, records, strict=True)):
                 self._put(item, record)
+                if j % 1000 == 999:
+                    await asyncio.sleep(0)  # a burst of changes (an import) must not hold requests
             self.position = _text(entries[-1][0])
             self.version = int(_text(entries[-1][1]["v"]))
             done += len(entries)

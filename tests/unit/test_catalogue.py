@@ -124,3 +124,16 @@ def test_the_items_topic_is_created_compacted() -> None:
     topics, configs = topic_plan(s)
     assert topics["it"] == s.items_partitions and topics["it.dlq"] == 1
     assert configs == {"it": {"cleanup.policy": "compact"}}
+
+
+def test_the_readers_fast_decode_of_stored_records_equals_the_validated_one() -> None:
+    from driftrec.catalogue import stored_item_info
+
+    for data in (FULL, {"item_id": "a", "available": False}, {"op": "delete", "item_id": "d", "updated_at": 5},
+                 {"item_id": "p", "price": 3}, {"item_id": "q", "tags": ["x"], "properties": {"n": [1, 2]}}):
+        record = encode_item_event(validate_item_event(data))
+        assert stored_item_info(record) == item_info(record) == stored_item_info(record.decode())
+    # Not what the worker writes: validated the slow way, which names the problem.
+    for bad in (b'{"item_id": "x", "price": "1"}', b'{"item_id": "x", "op": "nope"}', b"{", b"[]"):
+        with pytest.raises(InvalidEventError):
+            stored_item_info(bad)
