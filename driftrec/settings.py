@@ -130,6 +130,7 @@ class Settings(BaseSettings):
 
     # --- reader ---------------------------------------------------------------------------
     reader_host: str = Field(default="127.0.0.1", description="Reader bind address.")
+    reader_model_dir: str | None = Field(default=None, description="Folder where the reader processes of one host build each model version once and memory-map it (arrays and index graphs), so N processes hold one copy; `driftrec serve --workers N` uses a fresh one under /dev/shm when unset; unset with one process: the model is built in memory.")
     reader_workers: int = Field(default=1, ge=0, description="Reader processes `driftrec serve` starts on its port (0: one per core); each loads the model itself, and their metrics are reported together.")
     reader_port: int = Field(default=8000, description="Reader HTTP port.")
     api_keys: tuple[str, ...] = Field(default=(), description="API keys allowed to POST events / DELETE users; empty = writes refused (403) unless allow_anonymous_writes.")

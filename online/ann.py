@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -80,6 +81,8 @@ class AnnIndex:
         Graph and build parameters.
     """
 
+    _vectors: F32 | None
+
     def __init__(self, vectors: F32, metric: Literal["ip", "cos"], config: AnnConfig) -> None:
         if vectors.dtype != np.float32 or vectors.ndim != 2 or not vectors.flags.c_contiguous:
             raise ValueError("an index needs a C-contiguous 2-D float32 array")
@@ -93,6 +96,26 @@ class AnnIndex:
         self.rows = int(vectors.shape[0])
         self.metric = metric
         self.build_s = time.perf_counter() - started
+
+    @classmethod
+    def open(cls, path: Path) -> AnnIndex:
+        """An index saved by :meth:`save`, memory-mapped read-only (graph and vectors): processes
+        that open the same file share one copy of it (:mod:`driftrec.online.shared_model`)."""
+        self = cls.__new__(cls)
+        started = time.perf_counter()
+        index = Index.restore(str(path), view=True)
+        if index is None:
+            raise ValueError(f"{path}: not a usearch index")
+        self._index = index
+        self._vectors = None  # the file holds the vectors too
+        self.rows = int(index.size)
+        self.metric = "ip" if str(index.metric).endswith(".IP") else "cos"
+        self.build_s = time.perf_counter() - started
+        return self
+
+    def save(self, path: Path) -> None:
+        """Write the graph and its vectors to ``path`` (for :meth:`open`)."""
+        self._index.save(str(path))
 
     @property
     def memory_bytes(self) -> int:

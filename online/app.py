@@ -11,6 +11,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -39,6 +40,7 @@ from driftrec.online.routes_ops import ops_routes
 from driftrec.online.routes_recs import recommendation_routes
 from driftrec.online.routes_users import user_routes
 from driftrec.online.served import ServedRecorder
+from driftrec.online.shared_model import SharedModels
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import ReaderStore
 from driftrec.redis_conn import async_client
@@ -125,9 +127,11 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     item_sink = item_sink if item_sink is not None else KafkaItemSink(settings)
     policy = DecayPolicy(settings.half_life_s)
     metrics = ReaderMetrics()
+    # Several reader processes on one host build each model version once and map it.
+    shared = SharedModels(Path(settings.reader_model_dir)) if settings.reader_model_dir else None
     models = ModelCache(store.model_parts, default_reg=settings.fold_in_regularization,
                         pool_size=settings.reader_similar_users_pool, scan_items=settings.reader_scan_items,
-                        ann=ann_config(settings))
+                        ann=ann_config(settings), shared=shared)
     snapshot = TrendingSnapshot(store, policy, n_items=settings.reader_snapshot_items,
                                 per_category=min(settings.trending_k, 500),
                                 interval_s=settings.reader_snapshot_interval_s)

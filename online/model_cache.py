@@ -11,10 +11,12 @@ version already served stays.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,9 @@ from driftrec.errors import ModelError
 from driftrec.modelformat import decode_array, decode_ids
 from driftrec.models.factors import fold_in
 from driftrec.online.ann import AnnConfig, AnnIndex, top_of
+
+if TYPE_CHECKING:
+    from driftrec.online.shared_model import SharedModels
 
 # decode_ids and decode_array stay importable here for callers written before driftrec.modelformat.
 __all__ = ["PublishedModel", "ModelCache", "decode_ids", "decode_array", "build_model"]
@@ -367,8 +372,10 @@ class ModelCache:
     """Holds the live :class:`PublishedModel`; loads a new version when the reader sees one."""
 
     def __init__(self, read_parts: PartsReader, *, default_reg: float, pool_size: int,
-                 scan_items: int | None = None, ann: AnnConfig | None = None) -> None:
+                 scan_items: int | None = None, ann: AnnConfig | None = None, shared: SharedModels | None = None) -> None:
         self._read_parts = read_parts
+        # Versions built once per host and memory-mapped by every reader process (or None).
+        self._shared = shared
         self._default_reg = default_reg
         self._pool_size = pool_size
         self._scan_items = scan_items
@@ -395,17 +402,24 @@ class ModelCache:
 
     async def load(self, version: str) -> PublishedModel:
         """Read and build ``version``; it becomes the served model. Raises :class:`ModelError`."""
-        # The fixed-name parts in one round trip; a TF model's layers in a second one.
-        parts = await self._read_parts(version, modelformat.MODEL_PARTS)
-        tf_parts: dict[str, bytes | None] = {}
-        n_layers = modelformat.tf_layer_count(parts.get("tf_n_layers"))
-        if n_layers is not None:
-            tf_parts = await self._read_parts(version, modelformat.tf_part_names(n_layers))
-        # The parse and the index builds run in a thread: usearch releases the GIL while it
-        # builds, so the loop keeps serving the old version meanwhile.
-        model = await asyncio.to_thread(build_model, version, parts, tf_parts,
-                                        default_reg=self._default_reg, pool_size=self._pool_size,
-                                        scan_items=self._scan_items, ann=self._ann)
+        model: PublishedModel | None = None
+        if self._shared is not None:  # another reader process of this host may have built it
+            model = await asyncio.to_thread(self._shared.opened, version)
+        if model is None:
+            # The fixed-name parts in one round trip; a TF model's layers in a second one.
+            parts = await self._read_parts(version, modelformat.MODEL_PARTS)
+            tf_parts: dict[str, bytes | None] = {}
+            n_layers = modelformat.tf_layer_count(parts.get("tf_n_layers"))
+            if n_layers is not None:
+                tf_parts = await self._read_parts(version, modelformat.tf_part_names(n_layers))
+            build = functools.partial(build_model, version, parts, tf_parts, default_reg=self._default_reg,
+                                      pool_size=self._pool_size, scan_items=self._scan_items, ann=self._ann)
+            # The parse and the index builds run in a thread: usearch releases the GIL while it
+            # builds, so the loop keeps serving the old version meanwhile.
+            if self._shared is not None:
+                model = await asyncio.to_thread(self._shared.load, version, build)
+            else:
+                model = await asyncio.to_thread(build)
         self.model = model
         self.loads += 1
         self._failed.pop(version, None)

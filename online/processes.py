@@ -5,8 +5,10 @@ the blend) runs on one core. More processes use more cores. uvicorn's supervisor
 socket once and starts ``N`` processes that accept from it (the kernel spreads connections
 over them); each builds its own app from the environment's settings, as ``driftrec serve``
 does, and restarts if it dies. They share nothing in memory: every answer is read from Redis,
-and each process loads the published model itself. Their Prometheus metrics meet in a folder
-(:mod:`driftrec.online.metrics`), so a scrape of the port reports all of them.
+and the first process to load a model version builds it into memory-backed files the others map
+(:mod:`driftrec.online.shared_model`), so N processes hold one copy of the model. Their
+Prometheus metrics meet in a folder (:mod:`driftrec.online.metrics`), so a scrape of the port
+reports all of them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def process_app() -> Starlette:
     """One reader process's app (uvicorn calls this factory in each process it starts)."""
     from driftrec.online.app import create_app, tune_gc
 
+    # A spawned process starts with no logging set up: log as `driftrec serve` does.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(load_settings())
     tune_gc()
     return app
@@ -56,9 +60,19 @@ def serve_processes(settings: Settings, host: str, port: int, workers: int) -> N
     # added to this run's counters.
     shared = Path(tempfile.mkdtemp(prefix="driftrec-reader-metrics-"))
     os.environ[MULTIPROC_ENV] = str(shared)
-    logger.info("starting %d reader processes on %s:%d (metrics in %s)", workers, host, port, shared)
+    # The processes build each model version once, in memory-backed files they all map.
+    own_models = None
+    if not settings.reader_model_dir:
+        memory = Path("/dev/shm")
+        own_models = Path(tempfile.mkdtemp(prefix="driftrec-reader-models-",
+                                           dir=memory if memory.is_dir() else None))
+        os.environ["DRIFTREC_READER_MODEL_DIR"] = str(own_models)
+    logger.info("starting %d reader processes on %s:%d (metrics in %s, models in %s)", workers, host, port,
+                shared, settings.reader_model_dir or own_models)
     try:
         uvicorn.run("driftrec.online.processes:process_app", factory=True, host=host, port=port,
                     workers=workers, log_level="warning", access_log=False)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+        if own_models is not None:
+            shutil.rmtree(own_models, ignore_errors=True)

@@ -7,12 +7,16 @@ import re
 import time
 import urllib.request
 
+import numpy as np
 import orjson
 import pytest
+import redis
 
+from driftrec.keys import Keys
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
 from tests.integration.services import wait_http
+from tests.integration.test_reader_support import publish_model
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +44,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_two_processes_answer_on_one_port_and_report_together(settings: Settings, spawn) -> None:  # type: ignore[no-untyped-def]
+def test_two_processes_answer_on_one_port_and_report_together(settings: Settings, spawn, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    items = [f"i{j}" for j in range(3)] + [f"x{j}" for j in range(97)]
+    client = redis.Redis.from_url(settings.redis)
+    publish_model(client, Keys(settings.key_prefix), "m1", items, rng.normal(size=(100, 8)),
+                  user_ids=[f"u{j}" for j in range(5)], U=rng.normal(size=(5, 8)))
+    client.close()
+    models = tmp_path / "models"
     spawn(["worker"])
-    reader = spawn(["serve", "--workers", "2"])
+    reader = spawn(["serve", "--workers", "2"], settings.model_copy(update={"reader_model_dir": str(models)}))
     base = f"http://127.0.0.1:{settings.reader_port}"
     wait_http(f"{base}/readyz", 60, reader)
     publish_events(settings, [{"event_id": f"e{i}", "user_id": f"u{i % 5}", "item_id": f"i{i % 3}",
@@ -67,7 +78,12 @@ def test_two_processes_answer_on_one_port_and_report_together(settings: Settings
     for i in range(40):
         body = orjson.loads(_get(f"{base}/v1/recommendations/u{i % 5}?n=3"))
         assert body["user_id"] == f"u{i % 5}" and len(body["items"]) <= 3
+        assert body["model_version"] == "m1"
     assert served() - before == 40  # counted once each, whichever process answered
+    # The model was built once, into the shared folder both processes map.
+    built = [d for d in models.iterdir() if d.is_dir() and (d / "manifest.json").exists()]
+    assert len(built) == 1 and built[0].name.startswith("m1-")
+    assert reader.count_in_log("built and shared") == 1, reader.tail()
 
     children = _children(reader.proc.pid)
     assert len(children) >= 2
