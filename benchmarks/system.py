@@ -100,6 +100,7 @@ class Plan:
     under_writes_rate: int = 500
     under_writes_seconds: float = 20.0
     n: int = 20                     # items per recommendation request
+    more_reader_processes: int = 2  # the reader sweep again with `serve --workers 2` (0: not)
     seed: int = 7
 
     @classmethod
@@ -481,6 +482,67 @@ async def end_offsets(s: Settings, topic: str, partitions: int) -> int:
         await consumer.stop()
 
 
+def reader_sweep(ph: Phase, plan: Plan, reader_proc: Proc, worker: Proc, targets: Path, probe_url: str,
+                 procs: tuple[Proc, ...], vegeta_: str, profile: bool, label: str = "reader") -> dict[str, Any]:
+    """The reader alone at each of ``plan.reader_rates`` (stops after the first saturated rate)."""
+    base = probe_url.split("/v1/")[0]
+    reader_pids = [reader_proc.proc.pid, *child_pids(reader_proc.proc.pid)]
+    reader_at: dict[str, Any] = {}
+    saturated_at = None
+    for rate in plan.reader_rates:
+        if saturated_at is not None:
+            reader_at[str(rate)] = {"offered_per_s": rate, "skipped": f"saturated at {saturated_at}/s"}
+            continue
+        degraded0 = metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers")
+        spy = py_spy(reader_proc, plan.reader_seconds, ph.work / f"reader-{rate}.txt") if profile else None
+        meter = CpuMeter({**{f"reader{j or ''}": pid for j, pid in enumerate(reader_pids)},
+                          "worker": worker.proc.pid, **stack_pids(ph.s)})
+        res = vegeta(vegeta_, targets, rate, plan.reader_seconds, ph.work)
+        res["cpu"] = meter.read()
+        if spy is not None:
+            spy.wait(60)
+        res["degraded"] = int(metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers") - degraded0)
+        reader_at[str(rate)] = res
+        print(f"[{ph.name}] {label} {rate}/s: p50 {res['p50_ms']} p99 {res['p99_ms']} p99.9 {res['p999_ms']} ms, "
+              f"success {res['success']:.2%}, degraded {res['degraded']}; CPU {res['cpu']}", flush=True)
+        if res["p99_ms"] > 1000 or res["success"] < 0.9:
+            saturated_at = rate
+        res["settle_s"] = settle(probe_url, procs)  # the next rate starts on an idle reader
+    return reader_at
+
+
+def max_rate_p99_10ms(reader_at: dict[str, Any]) -> int:
+    ok = [int(k) for k, v in reader_at.items() if v.get("p99_ms") is not None and v["p99_ms"] <= 10
+          and v["success"] >= 0.99]
+    return max(ok) if ok else 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the processes of ``driftrec serve --workers N``)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS of ``pid`` and its parts: private (anonymous) memory, and shared memory-mapped pages
+    (files under /dev/shm count as shmem) that every process mapping them also counts."""
+    out: dict[str, float] = {}
+    names = {"VmRSS:": "rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb", "RssShmem:": "shmem_mb"}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(":", 1)[0] + ":"
+            if key in names:
+                out[names[key]] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
 def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = False) -> dict[str, Any]:
     s, r = ph.s, redis.Redis.from_url(ph.s.redis)
     ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
@@ -528,32 +590,31 @@ def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = Fa
     targets = reader_targets(base, users, plan.n, ph.work / "targets.txt", plan.seed)
     probe_url = f"{base}/v1/recommendations/{users[0]}?n={plan.n}"
     vegeta(vegeta_, targets, 100, 5.0, ph.work)  # warm the reader's caches; not recorded
-    reader_at: dict[str, Any] = {}
-    saturated_at = None
-    for rate in plan.reader_rates:
-        if saturated_at is not None:
-            reader_at[str(rate)] = {"offered_per_s": rate, "skipped": f"saturated at {saturated_at}/s"}
-            continue
-        degraded0 = metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers")
-        spy = py_spy(reader_proc, plan.reader_seconds, ph.work / f"reader-{rate}.txt") if profile else None
-        meter = CpuMeter({"reader": reader_proc.proc.pid, "worker": worker.proc.pid, **stack_pids(s)})
-        res = vegeta(vegeta_, targets, rate, plan.reader_seconds, ph.work)
-        res["cpu"] = meter.read()
-        if spy is not None:
-            spy.wait(60)
-        res["degraded"] = int(metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers") - degraded0)
-        reader_at[str(rate)] = res
-        print(f"[{ph.name}] reader {rate}/s: p50 {res['p50_ms']} p99 {res['p99_ms']} p99.9 {res['p999_ms']} ms, "
-              f"success {res['success']:.2%}, degraded {res['degraded']}; CPU {res['cpu']}", flush=True)
-        if res["p99_ms"] > 1000 or res["success"] < 0.9:
-            saturated_at = rate
-        res["settle_s"] = settle(probe_url, procs)  # the next rate starts on an idle reader
+    reader_at = reader_sweep(ph, plan, reader_proc, worker, targets, probe_url, procs, vegeta_, profile)
     out["reader"] = reader_at
     out["reader_p99_ms_at"] = {k: v.get("p99_ms") for k, v in reader_at.items()}
-    ok = [int(k) for k, v in reader_at.items() if v.get("p99_ms") is not None and v["p99_ms"] <= 10
-          and v["success"] >= 0.99]
-    out["reader_max_rate_p99_10ms"] = max(ok) if ok else 0
+    out["reader_max_rate_p99_10ms"] = max_rate_p99_10ms(reader_at)
     out["reader_rss_mb"] = reader_proc.rss_mb()
+    if plan.more_reader_processes > 1 and ph.tree == ROOT:
+        # The same sweep with `driftrec serve --workers N` (this tree's option; a baseline may
+        # predate it), then the default reader again for the rest of the run.
+        n = plan.more_reader_processes
+        reader_proc.stop()
+        multi = Proc(ph.tree, s, ["serve", "--workers", str(n)], ph.work / f"reader-{n}p.log")
+        wait_for(lambda: http_ok(f"{base}/readyz"), 120, f"{n} reader processes", (worker, multi))
+        time.sleep(5)  # every process loads the model on its own
+        vegeta(vegeta_, targets, 100, 5.0, ph.work)
+        multi_at = reader_sweep(ph, plan, multi, worker, targets, probe_url, (worker, multi), vegeta_, False,
+                                label=f"{n} processes")
+        out[f"reader_{n}_processes"] = {"p99_ms_at": {k: v.get("p99_ms") for k, v in multi_at.items()},
+                                        "max_rate_p99_10ms": max_rate_p99_10ms(multi_at),
+                                        "memory_mb": [memory_mb(pid) for pid in child_pids(multi.proc.pid)],
+                                        "rates": multi_at}
+        multi.stop()
+        reader_proc = Proc(ph.tree, s, ["serve"], ph.work / "reader-2.log")
+        procs = (worker, reader_proc)
+        wait_for(lambda: http_ok(f"{base}/readyz"), 120, "the reader", procs)
+        vegeta(vegeta_, targets, 100, 5.0, ph.work)
 
     asyncio.run(writes(ph, plan, clicks, worker, reader_proc, r, base, targets, vegeta_, out, profile))
     out["dead_letters"] = asyncio.run(end_offsets(s, s.dead_letter_topic, 1))
