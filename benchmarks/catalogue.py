@@ -12,7 +12,8 @@ trending answer and a shopper whose recommendations show it (if one of 200 does)
 round's own time bounds the resolution, ~10-30 ms here). The item is then made available again.
 ``--clicks-rate`` publishes simulator clicks in the background meanwhile (the issue asks for
 2,000/s; the default 0 measures the path alone). Then ``driftrec items import`` of a JSON-lines
-file of ``--import-items`` items (items/s through the CLI, and until the worker applied them),
+file of ``--import-items`` items (items/s through the CLI, and until the worker applied them, and
+the latency of sequential recommendation requests meanwhile, while the reader decodes the changes),
 and sequential recommendation requests alternating with and without
 ``fields=title,price,image_url`` (latency percentiles).
 """
@@ -97,6 +98,17 @@ def probe(http: httpx.Client, users: list[str], k: int, timeout: float = 10.0) -
     return {"item": item, "answers_watched": len(watched), "gone_s": gone, "back_s": back, "poll_rounds": rounds}
 
 
+def requests_while(port: int, users: list[str], running: threading.Event, out: list[float]) -> None:
+    """Sequential recommendation requests (one client, closed loop) while ``running`` is set."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        k = 0
+        while running.is_set():
+            t = time.monotonic()
+            http.get(f"/v1/recommendations/{users[k % len(users)]}?n=10").raise_for_status()
+            out.append(time.monotonic() - t)
+            k += 1
+
+
 def background_clicks(s: Any, sim: ShopSimulator, rate: float, halt: threading.Event) -> threading.Thread:
     def run() -> None:
         while not halt.is_set():
@@ -167,6 +179,12 @@ def main() -> None:
                                         "tags": [f"t{k % 7}"], "price": round(1 + k % 500 * 0.37, 2),
                                         "image_url": f"https://shop.example/img/{k}.jpg"}) + "\n")
             before = client.hlen(keys.catalogue)
+            during: list[float] = []
+            importing = threading.Event()
+            importing.set()
+            watcher = threading.Thread(target=requests_while, args=(s.reader_port, users, importing, during),
+                                       daemon=True)
+            watcher.start()
             started = time.monotonic()
             env = {**os.environ, **s.to_env()}
             done = subprocess.run([sys.executable, "-m", "driftrec.cli", "items", "import", str(path)],
@@ -179,11 +197,14 @@ def main() -> None:
                     raise SystemExit(f"worker died:\n{worker.tail()}")
                 time.sleep(0.2)
             applied_s = time.monotonic() - started
+            time.sleep(1.0)  # the reader's view has the imported items
+            importing.clear()
+            watcher.join(30)
             out["import"] = {"items": args.import_items, "cli_s": round(cli_s, 2),
                              "cli_items_per_s": round(args.import_items / cli_s),
                              "applied_s": round(applied_s, 2),
-                             "applied_items_per_s": round(args.import_items / applied_s)}
-            time.sleep(1.0)  # the reader's view has the imported items
+                             "applied_items_per_s": round(args.import_items / applied_s),
+                             "reader_latency_during_import_s": summary(during) if during else None}
 
             lat: dict[str, list[float]] = {"without_fields": [], "with_fields": []}
             for k in range(args.latency_requests * 2):
