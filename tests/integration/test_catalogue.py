@@ -239,3 +239,27 @@ def test_items_import_publishes_a_csv_file_with_a_progress_bar(settings: Setting
     assert client.hget(keys.catalogue_offsets, f"{s.items_topic}:0") == str(n - 1)
     assert client.xlen(keys.catalogue_feed) == n
     client.close()
+
+
+def test_the_items_topic_is_created_log_compacted(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from driftrec.runtime import ensure_services
+
+    s = _with_items(settings)
+    ensure_services(s, start=False)  # what `driftrec worker` (and every other role) runs first
+
+    async def policy(topic: str) -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
+        await admin.start()
+        try:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})])
+        finally:
+            await admin.close()
+        (resource,) = response.to_object()["resources"]
+        return {c["config_names"]: c["config_value"] for c in resource["config_entries"]}["cleanup.policy"]
+
+    assert asyncio.run(policy(s.items_topic)) == "compact"
+    assert asyncio.run(policy(s.clicks_topic)) == "delete"  # the clicks keep their retention
