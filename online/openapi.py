@@ -42,7 +42,8 @@ _EXCLUDE = _q("exclude", {"type": "string"}, "Comma-separated item ids never to 
 #: Catalogue fields and business rules every ranking endpoint takes (docs: driftrec/catalogue.py).
 _CATALOGUE_PARAMS = [
     _q("fields", {"type": "string", "examples": ["title,price,image_url"]},
-       f"Comma-separated catalogue fields each item carries ({', '.join(FIELDS)}); null where unknown."),
+       f"Comma-separated catalogue fields each item carries ({', '.join(FIELDS)}); null where unknown. "
+       "With title, a reason that names another item names it by its title."),
     _q("tag", _CATEGORY, "Only items whose catalogue record carries this tag."),
     _q("price_min", {"type": "number", "minimum": 0}, "Only items whose catalogue price is at least this."),
     _q("price_max", {"type": "number", "minimum": 0}, "Only items whose catalogue price is at most this."),

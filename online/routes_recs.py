@@ -96,12 +96,30 @@ def _body(answer: Answer, extra: dict[str, object], metrics: ReaderMetrics, endp
     }
 
 
+#: Reasons that end with the id of the item they refer to (models/blend.py, online/recommender.py).
+_ABOUT_ITEM = ("because you viewed ", "often viewed with ", "liked by the same shoppers as ")
+
+
 def _add_fields(body: dict[str, object], names: tuple[str, ...], rec: Recommender) -> None:
-    """``fields=``: each item's catalogue fields, from the reader's in-memory view (no Redis read)."""
-    if names:
-        fields = rec.catalogue.fields
-        for x in body["items"]:  # type: ignore[attr-defined]
-            x.update(fields(x["item_id"], names))
+    """``fields=``: each item's catalogue fields, from the reader's in-memory view (no Redis read).
+
+    With ``title`` asked for, a reason naming another item names it by its title too
+    ("because you viewed Toy Story (1995)"), so a list renders without looking that item up.
+    """
+    if not names:
+        return
+    view = rec.catalogue
+    titled = "title" in names
+    for x in body["items"]:  # type: ignore[attr-defined]
+        x.update(view.fields(x["item_id"], names))
+        if titled:
+            reason = x["reason"]
+            for prefix in _ABOUT_ITEM:
+                if reason.startswith(prefix):
+                    info = view.get(reason[len(prefix):])
+                    if info is not None and info.title:
+                        x["reason"] = prefix + info.title
+                    break
 
 
 def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,

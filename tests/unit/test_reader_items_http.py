@@ -171,3 +171,29 @@ def test_answers_carry_fields_and_obey_filters_and_hide_unavailable_items() -> N
                    {"tag": ""}):
         r = call(app, "GET", "/v1/trending", params=params)
         assert r.status_code == 400 and set(r.json()) == {"error", "detail"}, (params, r.text)
+
+
+def test_with_titles_a_reason_names_the_item_it_refers_to_by_its_title() -> None:
+    from types import SimpleNamespace
+
+    from driftrec.keys import Keys
+    from driftrec.online.catalogue import CatalogueView
+    from driftrec.online.routes_recs import _add_fields
+
+    view = CatalogueView(None, Keys())
+    for rec in ({"item_id": "m1", "title": "Toy Story (1995)"}, {"item_id": "m2", "title": "Heat (1995)"},
+                {"item_id": "m3"}):
+        event = validate_item_event(rec)
+        view._put(event.item_id, encode_item_event(event))
+    reasons = ["because you viewed m1", "often viewed with m2", "liked by the same shoppers as m1",
+               "because you viewed m3", "because you viewed m9", "popular in m1", "matches your taste"]
+    body: dict[str, Any] = {"items": [{"item_id": "m2", "reason": r} for r in reasons]}
+    _add_fields(body, ("title",), SimpleNamespace(catalogue=view))  # type: ignore[arg-type]
+    assert [x["reason"] for x in body["items"]] == [
+        "because you viewed Toy Story (1995)", "often viewed with Heat (1995)",
+        "liked by the same shoppers as Toy Story (1995)", "because you viewed m3", "because you viewed m9",
+        "popular in m1", "matches your taste"]
+    assert body["items"][0]["title"] == "Heat (1995)"
+    body = {"items": [{"item_id": "m2", "reason": "because you viewed m1"}]}
+    _add_fields(body, ("price",), SimpleNamespace(catalogue=view))  # type: ignore[arg-type]
+    assert body["items"][0] == {"item_id": "m2", "reason": "because you viewed m1", "price": None}
