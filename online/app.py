@@ -202,7 +202,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     routes: list[Route] = [
         *recommendation_routes(rec, metrics, recorder, experiments=experiments),
         *experiment_routes(settings, experiments),
-        *user_routes(settings, store, sink, metrics),
+        *user_routes(settings, store, sink, metrics, catalogue),
         *event_routes(settings, sink, metrics),
         *item_routes(settings, item_sink, catalogue),
         *ops_routes(store, models, snapshot, metrics, openapi),

@@ -92,7 +92,7 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                 "summary": "A user's recent items and category tastes",
                 "parameters": [_p("user_id", "Shopper id."),
                                _q("n", {"type": "integer", "minimum": 1, "maximum": history_len},
-                                  "How many recent items.")],
+                                  "How many recent items."), _CATALOGUE_PARAMS[0]],
                 "responses": {"200": _json("History", "Recent history."), **_ERRORS,
                               "503": _json("Error", "Redis unavailable.")},
             }},
