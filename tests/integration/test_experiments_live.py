@@ -159,3 +159,75 @@ def test_ab_experiment_end_to_end(settings: Settings, spawn: Any) -> None:
     assert _http("DELETE", f"{base}/v1/experiments/e2e")[0] == 404
     assert "experiment" not in _http("GET", f"{base}/v1/recommendations/shopper-1?n=5")[1]
     client.close()
+
+
+def test_interleaving_end_to_end(settings: Settings, spawn: Any) -> None:
+    """One answer merges both variants; a shopper's clicks on one variant's items make them prefer it."""
+    s = settings.model_copy(update={"exporter_port": free_port(), "lag_interval_s": 0.5, "canary_interval_s": 5.0,
+                                    "api_keys": (KEY,), "allow_anonymous_writes": False})
+    st = reference_state(s, shop_events())
+    client = redis.Redis.from_url(s.redis, decode_responses=True)
+    write_state(client, Keys(s.key_prefix), st)
+    reader_proc = spawn(["serve"], s)
+    base = f"http://127.0.0.1:{s.reader_port}"
+    wait_http(f"{base}/readyz", 30, reader_proc)
+    body = {"method": "interleave", "variants": [{"name": "blend"}, {"name": "trend", "strategy": "trending"}]}
+    status, defined = _http("PUT", f"{base}/v1/experiments/il", body)
+    assert status == 201, defined
+    exporter = spawn(["lag", "--serve", "--port", str(s.exporter_port), "--reader-url", base], s)
+    ebase = f"http://127.0.0.1:{s.exporter_port}"
+    wait_http(f"{ebase}/healthz", 30, exporter)
+    deadline = time.monotonic() + 30
+    probe = 0
+    while True:
+        publish_events(s, [_click("shopper", "probe", f"probe{probe}")])
+        time.sleep(0.5)
+        state = json.loads(urllib.request.urlopen(f"{ebase}/api/state", timeout=5).read())
+        if state["unattributed"].get("unknown_request", 0) > 0:
+            break
+        probe += 1
+        assert time.monotonic() < deadline and exporter.alive(), exporter.tail()
+
+    # Users with history: their blend differs from trending, so both teams contribute items.
+    users = sorted(st.hist, key=lambda u: (-len(st.hist[u]), u))[:30]
+    clicks: list[dict[str, Any]] = []
+    preferring_trend = 0
+    for user in users:
+        status, got = _http("GET", f"{base}/v1/recommendations/{user}?n=8")
+        assert status == 200 and got["experiment"] == {"name": "il", "variant": "interleaved",
+                                                        "method": "interleave"}, got
+        teams = None
+        deadline = time.monotonic() + 5
+        while teams is None and time.monotonic() < deadline:
+            raw = client.hget(Keys(s.key_prefix).served(got["request_id"]), "#teams")
+            teams = json.loads(raw) if raw else None
+            time.sleep(0.05)
+        assert teams is not None and set(teams) == {x["item_id"] for x in got["items"]}
+        trend_items = [i for i, v in teams.items() if v == "trend"]
+        if trend_items and len(trend_items) < len(teams):
+            # These shoppers view trending's items only: trending should be preferred.
+            preferring_trend += 1
+            clicks.append(_click(user, trend_items[0], got["request_id"]))
+    assert preferring_trend >= 10, preferring_trend
+    publish_events(s, clicks)
+
+    def figures() -> dict[str, Any]:
+        state = json.loads(urllib.request.urlopen(f"{ebase}/api/state", timeout=5).read())
+        return next((e for e in state["experiments"] if e["name"] == "il"), {})
+
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        il = figures().get("interleaving", {})
+        if il.get("wins", {}).get("trend") == preferring_trend:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"preferences not counted: {figures()}\n{exporter.tail()}")
+    fig = figures()
+    il = fig["interleaving"]
+    assert il["wins"] == {"blend": 0, "trend": preferring_trend} and il["answers"] == len(users)
+    assert il["preferred"] == "trend" and il["p_value"] < 0.01
+    assert not fig["srm"]["mismatch"]
+    trend = next(v for v in fig["variants"] if v["name"] == "trend")
+    assert trend["types"]["view"]["clicks"] == preferring_trend
+    client.close()
