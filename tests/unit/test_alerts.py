@@ -37,6 +37,15 @@ def _exported() -> set[str]:
     from driftrec.streams import metrics as worker_metrics
 
     names |= _names(ReaderMetrics().registry)
+    # The experiments' series exist once an experiment does: collect them for a made-up one.
+    from driftrec.experiments import parse_experiment
+    from driftrec.oncall.experiment_stats import ExperimentCollector, summarise
+
+    exp = parse_experiment({"method": "interleave", "variants": [{"name": "a"}, {"name": "b"}]}, "e")
+    ab = parse_experiment({"variants": [{"name": "a", "share": 0.5}, {"name": "b", "share": 0.5}]}, "f")
+    reg = CollectorRegistry()
+    reg.register(ExperimentCollector(lambda: [summarise(exp, {}, ["view"], 0), summarise(ab, {}, ["view"], 0)]))
+    names |= _names(reg)
     for obj in vars(worker_metrics).values():
         if isinstance(obj, MetricWrapperBase):
             names |= {obj._name + sfx for sfx in _SUFFIXES[obj._type]}
