@@ -192,6 +192,12 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                     "generated_at": {"type": "number", "description": "Unix seconds."},
                     "degraded": {"type": "boolean", "description": "True: Redis was unreachable; trending "
                                  "from the reader's in-memory snapshot."},
+                    "experiment": {"type": "object", "description": "Only in an answer served in an experiment "
+                                   "(strategy \"experiment\"): its name, the shopper's variant (\"interleaved\" "
+                                   "for team-draft answers), the method, and fallback when the variant could not "
+                                   "be served as defined.", "properties": {
+                        "name": {"type": "string"}, "variant": {"type": ["string", "null"]},
+                        "method": {"type": "string", "enum": ["ab", "interleave"]}, "fallback": {"type": "string"}}},
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
                 "History": {"type": "object", "properties": {
                     "user_id": {"type": "string"},

@@ -285,3 +285,30 @@ async def test_interleaved_answer_credits_each_item_to_its_variant() -> None:
     counts = r.store.hashes[counts_key("t", "il")]
     assert counts["answers|interleaved"] == "1"
     assert sum(int(v) for f, v in counts.items() if f.startswith("first|")) == 1
+
+
+async def test_file_experiments_run_and_cannot_be_changed_through_the_endpoint() -> None:
+    r = Reader()
+    (exp,) = [parse_experiment(two(b={"strategy": "tf"}), "from-file")]
+    r.registry.file = {exp.name: exp}
+    r.registry._compile()
+    got = await r.recs("u3")
+    assert got["experiment"]["name"] == "from-file"
+    listed = (await r.client.get("/v1/experiments")).json()["experiments"]
+    assert [(e["name"], e["defined_in"]) for e in listed] == [("from-file", "file")]
+    assert (await r.put("from-file", two())).status_code == 409
+    assert (await r.client.delete("/v1/experiments/from-file", headers={"X-API-Key": KEY})).status_code == 409
+
+
+async def test_a_failed_refresh_keeps_the_known_experiments() -> None:
+    r = Reader()
+    assert (await r.put("e1", two())).status_code == 201
+
+    async def down(commands: list[list[Any]]) -> list[Any]:
+        raise ConnectionError("redis down")
+
+    r.store.execute = down  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await r.registry.refresh()
+    assert [x.exp.name for x in r.registry.active] == ["e1"]
+    assert r.registry.pick("u1") is not None
