@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -25,7 +26,14 @@ from driftrec.models.experiments import assign
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
 from tests.integration.services import ROOT, free_port, wait_http
-from tests.integration.test_reader_support import reference_state, shop_events, write_state
+from tests.integration.test_reader_support import (
+    publish_model,
+    reader,
+    reference_state,
+    shop_events,
+    wait_for,
+    write_state,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +239,54 @@ def test_interleaving_end_to_end(settings: Settings, spawn: Any) -> None:
     trend = next(v for v in fig["variants"] if v["name"] == "trend")
     assert trend["types"]["view"]["clicks"] == preferring_trend
     client.close()
+
+
+async def test_pinned_model_variant_and_its_fallback(settings: Settings) -> None:
+    """A variant pinned to an older published version ranks with it next to the live one; when the
+    trainer deletes that version, the variant's shoppers get the default strategy and are told so."""
+    keys = Keys(settings.key_prefix)
+    st = reference_state(settings, shop_events())
+    client = redis.Redis.from_url(settings.redis)
+    write_state(client, keys, st)
+    items = sorted(st.pop)
+    rng = np.random.default_rng(3)
+    publish_model(client, keys, "v1", items, rng.normal(size=(len(items), 8)).astype(np.float32))
+    publish_model(client, keys, "v2", items, rng.normal(size=(len(items), 8)).astype(np.float32))  # live
+    users = sorted(st.hist)
+    old_user = next(u for u in users if assign("pin", u, (0.5, 0.5)) == 1)
+    new_user = next(u for u in users if assign("pin", u, (0.5, 0.5)) == 0)
+    try:
+        async with reader(settings) as (app, http):
+            body = {"variants": [{"name": "live", "share": 0.5, "strategy": "user_vector"},
+                                 {"name": "old", "share": 0.5, "strategy": "user_vector", "model_version": "v1"}]}
+            assert (await http.put("/v1/experiments/pin", json=body)).status_code == 201
+
+            async def answer(user: str) -> dict[str, Any]:
+                r = await http.get(f"/v1/recommendations/{user}", params={"n": 5})
+                assert r.status_code == 200
+                return dict(r.json())
+
+            async def pinned_served() -> bool:
+                got = await answer(old_user)
+                return got["model_version"] == "v1" and "fallback" not in got["experiment"]
+
+            await wait_for(pinned_served, timeout=20)
+            got = await answer(old_user)
+            assert got["experiment"] == {"name": "pin", "variant": "old", "method": "ab"}
+            assert any(x["source"] == "user_vector" for x in got["items"]), got
+            live = await answer(new_user)
+            assert live["model_version"] == "v2" and live["experiment"]["variant"] == "live"
+
+            # The trainer deletes v1 (its grace period is over): the variant falls back, and says so.
+            for key in client.scan_iter(match=keys.model_blob("v1", "*")):
+                client.delete(key)
+            await app.state.experiments.refresh()
+            got = await answer(old_user)
+            assert got["experiment"]["variant"] == "old"
+            assert got["experiment"]["fallback"] == "model v1 is not available: default strategy served"
+            assert got["model_version"] == "v2"
+            await app.state.recorder.flush()
+            counts = client.hgetall(counts_key(settings.key_prefix, "pin"))
+            assert int(counts[b"fallback|old"]) >= 1
+    finally:
+        client.close()
