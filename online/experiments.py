@@ -267,10 +267,9 @@ class ExperimentRegistry:
                                                    ("#fallback", "1")),
                           (("HINCRBY", live.counts_key, "fallback|interleaved", 1),))
         length = a.n or n
-        # Two rankings; their Redis reads overlap, and the second mostly hits the row caches.
-        ra, rb = await asyncio.gather(
-            rec.for_user(user, length, exclude=exclude, category=category, weights=live.weights[0], context=context),
-            rec.for_user(user, length, exclude=exclude, category=category, weights=live.weights[1], context=context))
+        # Both rankings from one read of the shopper's state and the sources: two blends.
+        ra, rb = await rec.for_user_ranked(user, length, live.weights, exclude=exclude, category=category,
+                                           context=context)
         if ra.degraded or rb.degraded:
             info["fallback"] = "degraded: no ranking from Redis"
             return Ranked(ra if ra.degraded else rb, info, "blend", (), ())

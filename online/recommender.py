@@ -17,7 +17,7 @@ import redis.exceptions
 
 from driftrec.catalogue import ItemFilter
 from driftrec.keys import Keys
-from driftrec.models.blend import BlendWeights, Candidates, Scored, blend
+from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend
 from driftrec.models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.catalogue import CatalogueView
@@ -119,19 +119,30 @@ class Recommender:
         ``context`` lists items of the current session the caller already knows of (an
         anonymous shopper whose clicks are still on their way): they count as the most recent.
         """
-        w = weights or self.weights
+        return (await self.for_user_ranked(user, n, (weights or self.weights,), exclude=exclude, category=category,
+                                           context=context, rule=rule))[0]
+
+    async def for_user_ranked(self, user: str, n: int, weights: Sequence[BlendWeights], *, exclude: Sequence[str] = (),
+                              category: str | None = None, context: Sequence[str] = (),
+                              rule: ItemFilter | None = None) -> list[Answer]:
+        """:meth:`for_user` once per entry of ``weights``, from one read of the user's state and the
+        sources: an interleaving experiment ranks two variants for one answer at the cost of one
+        read and two blends (a source with weight 0 adds nothing to a blend, so gathering the union
+        of the sources the weights ask for ranks each exactly as its own call would)."""
         if category is not None:
             self.snapshot.note_category(category)
         excluded = set(exclude) | set(context)
         try:
-            return await self._for_user(user, n, excluded, category, w, list(context), rule)
+            return await self._for_user(user, n, excluded, category, weights, list(context), rule)
         except STORE_DOWN as exc:
             logger.warning("Redis unavailable (%s): degraded answer for a user", type(exc).__name__)
-            return self.degraded(n, category, excluded, rule)
+            return [self.degraded(n, category, excluded, rule)] * len(weights)
 
     async def _for_user(self, user: str, n: int, excluded: set[str], category: str | None,
-                        w: BlendWeights, context: list[str], rule: ItemFilter | None = None) -> Answer:
+                        ws: Sequence[BlendWeights], context: list[str], rule: ItemFilter | None = None) -> list[Answer]:
         s = self.settings
+        # The sources any of the rankings uses (one ranking: its own weights).
+        w = ws[0] if len(ws) == 1 else BlendWeights(**{f: max(getattr(x, f) for x in ws) for f in SOURCES})
         # Every source fetches extra candidates for those the catalogue hides or the rule drops,
         # which are removed before the blend cuts to n.
         extra = self.catalogue.overfetch(n, rule)
@@ -171,9 +182,10 @@ class Recommender:
                          trending=r.trending, trending_label=category)
         if category is not None:
             cands = await self._in_category(cands, category)
-        items = blend(cands, n, exclude=excluded | self._hide(cands, rule), weights=w,
-                      shrinkage=s.similarity_shrinkage, alpha=s.similarity_alpha)
-        return Answer(items, model.version if model else None, False)
+        hidden = excluded | self._hide(cands, rule)
+        version = model.version if model else None
+        return [Answer(blend(cands, n, exclude=hidden, weights=x, shrinkage=s.similarity_shrinkage,
+                             alpha=s.similarity_alpha), version, False) for x in ws]
 
     async def _expansion(self, items: list[str], users: list[str], landmark: float) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
         """Neighbour rows of ``items`` and top items of ``users``: from the row caches when read

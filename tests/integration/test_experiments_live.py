@@ -22,6 +22,7 @@ import redis
 
 from driftrec.experiments import counts_key, shoppers_key
 from driftrec.keys import Keys
+from driftrec.models.blend import BlendWeights
 from driftrec.models.experiments import assign
 from driftrec.publisher import publish_events
 from driftrec.settings import Settings
@@ -288,5 +289,31 @@ async def test_pinned_model_variant_and_its_fallback(settings: Settings) -> None
             await app.state.recorder.flush()
             counts = client.hgetall(counts_key(settings.key_prefix, "pin"))
             assert int(counts[b"fallback|old"]) >= 1
+    finally:
+        client.close()
+
+
+async def test_two_rankings_from_one_read_equal_two_reads(settings: Settings) -> None:
+    """An interleaved answer's two rankings come from one read (Recommender.for_user_ranked): each
+    equals what its own request would have ranked, on the reference shop and a published model."""
+    keys = Keys(settings.key_prefix)
+    st = reference_state(settings, shop_events())
+    client = redis.Redis.from_url(settings.redis)
+    write_state(client, keys, st)
+    items = sorted(st.pop)
+    publish_model(client, keys, "v1", items, np.random.default_rng(4).normal(size=(len(items), 8)).astype(np.float32))
+    weights = [BlendWeights(), BlendWeights(tf=0.0, trending=1.0, item_item=0.2),
+               BlendWeights(item_item=0.0, user_vector=1.0, tf=0.0, similar_users=0.0, trending=0.0)]
+    try:
+        async with reader(settings.model_copy(update={"reader_cache_ttl_s": 0.0})) as (app, http):
+            rec = app.state.recommender
+            assert (await http.get(f"/v1/recommendations/{items[0]}")).status_code == 200
+            await app.state.models.wait()
+            for user in sorted(st.hist)[:25]:
+                for a, b in ((0, 1), (1, 2), (0, 2)):
+                    pair = await rec.for_user_ranked(user, 8, (weights[a], weights[b]), exclude=("x",))
+                    one = [await rec.for_user(user, 8, weights=weights[k], exclude=("x",)) for k in (a, b)]
+                    assert [x.items for x in pair] == [x.items for x in one], (user, a, b)
+                    assert pair[0].model_version == "v1"
     finally:
         client.close()

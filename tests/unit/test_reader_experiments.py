@@ -138,6 +138,9 @@ class FakeRec:
         src, p = ("tf", "t") if w.tf > w.item_item else ("item_item", "i")
         return Answer([Scored(f"{p}{k}", 1.0 / (k + 1), src, "r") for k in range(n)], "v0", False)
 
+    async def for_user_ranked(self, user: str, n: int, weights: Sequence[BlendWeights], **kw: Any) -> list[Answer]:
+        return [await self.for_user(user, n, weights=w, **kw) for w in weights]
+
     def degraded(self, n: int, category: str | None, exclude: set[str], rule: ItemFilter | None = None) -> Answer:
         return Answer([Scored("pop", 1.0, "trending", "popular now")], "v0", True)
 
