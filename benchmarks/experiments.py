@@ -39,25 +39,19 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if str(ROOT / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import RESULTS, ROOT, commit, machine
 
-from driftrec.experiments import clicked_key, counts_key, parse_experiment, shoppers_key  # noqa: E402
-from driftrec.keys import Keys  # noqa: E402
-from driftrec.models.abstats import sample_ratio_check, sign_test, two_proportions  # noqa: E402
-from driftrec.models.experiments import assign, team_draft  # noqa: E402
-from driftrec.oncall.attribution import Click, attribute  # noqa: E402
-from driftrec.oncall.experiment_counts import ExperimentCounter  # noqa: E402
-from driftrec.oncall.experiment_stats import summarise  # noqa: E402
-from driftrec.simulator import ShopSimulator  # noqa: E402
-from tools.benchinfo import commit, machine  # noqa: E402
+from driftrec.experiments import clicked_key, counts_key, parse_experiment, shoppers_key
+from driftrec.keys import Keys
+from driftrec.models.abstats import sample_ratio_check, sign_test, two_proportions
+from driftrec.models.experiments import assign, team_draft
+from driftrec.oncall.attribution import Click, attribute
+from driftrec.oncall.experiment_counts import ExperimentCounter
+from driftrec.oncall.experiment_stats import summarise
+from driftrec.simulator import ShopSimulator
 
 logger = logging.getLogger(__name__)
 
-RESULTS = ROOT / "benchmarks" / "results"
 TYPES = ["add_to_cart", "purchase", "view"]
 KEYS = Keys("bench")
 
