@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from driftrec.errors import DriftrecError
 from driftrec.keys import Keys
 from driftrec.oncall.attribution import Attributor, Credit
 from driftrec.oncall.canary import (
@@ -70,6 +71,7 @@ class Exporter:
         self.unattributed: dict[str, int] = {}
         #: The latest figures of every defined experiment (driftrec.oncall.experiment_stats.summarise).
         self.experiments: list[dict[str, Any]] = []
+        self._experiments_error = ""
         self.metrics.registry.register(ExperimentCollector(lambda: self.experiments))
         self.redis = aioredis.Redis.from_url(settings.redis, socket_timeout=2, socket_connect_timeout=2)
         self.http = httpx.AsyncClient()
@@ -195,6 +197,12 @@ class Exporter:
         except (aioredis.RedisError, OSError) as exc:
             logger.debug("experiments not read: %s", exc)
             return
+        except DriftrecError as exc:  # a bad experiments file: the rest of the cycle must still run
+            if str(exc) != self._experiments_error:
+                logger.error("experiments not reported: %s", exc)
+            self._experiments_error = str(exc)
+            return
+        self._experiments_error = ""
         self.experiments = [summarise(exp, counts, types) for exp, counts in found]
 
     async def _http_ok(self, url: str) -> tuple[str, str]:

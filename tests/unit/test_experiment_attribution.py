@@ -151,3 +151,29 @@ def _exposition(summaries: list[dict[str, Any]]) -> str:
 def test_credit_defaults_keep_old_callers_working() -> None:
     c = Credit(Click("r", "i", "view"), "blend", "tf", None)
     assert c.experiment is None and c.variant is None
+
+
+def test_a_bad_experiments_file_does_not_stop_the_exporters_cycle(tmp_path: Any) -> None:
+    from driftrec.oncall.exporter import Exporter, ExporterConfig
+    from driftrec.settings import Settings
+
+    bad = tmp_path / "exp.json"
+    bad.write_text('{"experiments": [{"name": "e", "variants": [{"name": "a", "share": 0.9}, {"name": "b", "share": 0.9}]}]}')
+    s = Settings(redis_url="redis://127.0.0.1:9/0", kafka_bootstrap_servers="127.0.0.1:9", experiments_file=bad)
+
+    class NoStored:
+        async def hgetall(self, key: str) -> dict[bytes, bytes]:
+            return {}
+
+    async def go() -> list[dict[str, Any]]:
+        exporter = Exporter(s, ExporterConfig(groups=("g",)))
+        real = exporter.redis
+        exporter.redis = NoStored()  # type: ignore[assignment]
+        try:
+            await exporter._experiments_once()  # logs, does not raise
+            return exporter.experiments
+        finally:
+            await real.aclose()
+            await exporter.http.aclose()
+
+    assert asyncio.run(go()) == []
