@@ -326,6 +326,7 @@ def experiments(
     import redis.asyncio as aioredis
     from rich.console import Console
 
+    from driftrec.errors import DriftrecError
     from driftrec.oncall.experiment_stats import read_experiments, render, summarise
 
     s = _settings()
@@ -343,6 +344,9 @@ def experiments(
         summaries = asyncio.run(read())
     except (OSError, aioredis.RedisError) as exc:
         typer.echo(f"Redis unavailable: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except DriftrecError as exc:  # a bad experiments file
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     if json_:
         typer.echo(json.dumps(summaries, indent=2))
