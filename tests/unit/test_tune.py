@@ -41,10 +41,10 @@ def test_settings_file_holds_only_what_changed_and_settings_read_it(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     base = Settings()
     default = _defaults(base)
-    tuned = {**default, "half_life_s": 86400.0, "reader_recent_position_decay": 1.0, "w.trending": 0.0}
+    tuned = {**default, "half_life_s": 86400.0, "reader_recent_position_decay": 2.0, "w.trending": 0.0}
     result = TuneResult(defaults=default, tuned=tuned, check={}, intervals={}, recommended=True, reason="")
     content = settings_file_content(result, base)
-    assert content["half_life_s"] == 86400.0 and content["reader_recent_position_decay"] == 1.0
+    assert content["half_life_s"] == 86400.0 and content["reader_recent_position_decay"] == 2.0
     assert content["reader_blend_weights"]["trending"] == 0.0
     assert "cooc_window" not in content
     f = tmp_path / "tuned.json"
@@ -52,7 +52,7 @@ def test_settings_file_holds_only_what_changed_and_settings_read_it(tmp_path: Pa
     monkeypatch.setenv("DRIFTREC_SETTINGS_FILE", str(f))
     monkeypatch.setenv("DRIFTREC_COOC_WINDOW", "7")  # the environment stands above the file
     s = Settings()
-    assert (s.half_life_s, s.reader_recent_position_decay, s.cooc_window) == (86400.0, 1.0, 7)
+    assert (s.half_life_s, s.reader_recent_position_decay, s.cooc_window) == (86400.0, 2.0, 7)
     assert s.reader_blend_weights["trending"] == 0.0
     f.write_text('{"no_such_setting": 1}')
     with pytest.raises(ValueError, match="no_such_setting"):
