@@ -70,7 +70,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     report["settings"] = {k: getattr(settings, k) for k in (
         "half_life_s", "cooc_window", "cooc_window_s", "history_len", "neighbours_k", "similarity_shrinkage",
         "reader_recent_items", "reader_recent_order", "reader_neighbours", "reader_similar_users",
-        "reader_recent_position_decay", "reader_session_gap_s", "reader_outside_session_weight",
+        "reader_recent_position_decay", "reader_session_gap_s", "reader_outside_session_weight", "similarity_alpha",
         "event_weights")}
     report["targets"] = {k: {"target": v, "value": report.get(k), "met": (report.get(k) or 0) >= v}
                          for k, v in TARGETS.items()}
