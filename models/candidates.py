@@ -9,6 +9,7 @@ score to one ``now``, the similar-users scores and the depth of each read are on
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driftrec.models.blend import Candidates, recent_items
@@ -48,21 +49,27 @@ def session_weights(recent: Pairs, history: Sequence[tuple[str, float]], context
     rank: dict[str, int] = {}
     for p, item in enumerate(context):  # newest first, as ``newest`` lists them
         rank.setdefault(item, p)
-    in_session = set(rank)
-    prev: float | None = None
-    open_session = True
+    placed: dict[str, float] = {}  # recent item -> its last click, for those not in the context
+    wanted = {i for i, _ in recent if i not in rank}
     for p, (item, t) in enumerate(history):
-        rank.setdefault(item, len(context) + p)
-        if open_session and prev is not None and prev - t > session_gap_s:
-            open_session = False
-        if open_session:
-            in_session.add(item)
-        prev = t
+        if len(placed) == len(wanted):
+            break
+        if item in wanted and item not in placed:
+            rank[item] = len(context) + p
+            placed[item] = t
+    start = -math.inf  # the latest session's first click
+    if outside_session != 1.0 and history:
+        start = prev = history[0][1]
+        for _, t in history[1:]:
+            if prev - t > session_gap_s:
+                break
+            start = prev = t
+    oldest = len(context) + len(history)  # an item with a weight but out of the trimmed history
     out = []
     for item, w in recent:
-        p = rank.get(item, 0)
+        p = rank.get(item, oldest)
         m = 1.0 / (1.0 + position_decay * p) if position_decay > 0 else 1.0
-        if item not in in_session:
+        if p >= len(context) and placed.get(item, -math.inf) < start:
             m *= outside_session
         out.append((item, w * m))
     return out

@@ -84,3 +84,12 @@ def test_session_weights_follow_the_order_of_the_last_clicks_and_the_latest_sess
                                order="time", position_decay=1.0, session_gap_s=1.0, outside_session=0.5)
     assert decayed == [("a", 1.0), ("c", 1.0)]
     assert rec == [("c", 1.0), ("a", pytest.approx(0.25))]
+
+
+def test_a_recent_item_out_of_the_trimmed_history_counts_as_the_oldest() -> None:
+    from driftrec.models.candidates import session_weights
+
+    history = [("c", 1000.0), ("b", 990.0)]
+    got = session_weights([("c", 1.0), ("gone", 1.0)], history, position_decay=1.0, session_gap_s=100.0,
+                          outside_session=0.5)
+    assert got == [("c", 1.0), ("gone", pytest.approx(1 / 3 * 0.5))]
