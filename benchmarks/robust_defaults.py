@@ -94,6 +94,41 @@ COMBOS: tuple[dict[str, Any], ...] = (
 )
 
 
+#: ``--weights``: blend weights around the defaults, with the TF model published (the search had none).
+WEIGHTS: tuple[dict[str, float], ...] = (
+    {"w.tf": 0.2}, {"w.tf": 0.1}, {"w.tf": 0.0},
+    {"w.tf": 0.1, "w.user_vector": 0.3}, {"w.tf": 0.1, "w.similar_users": 0.1},
+    {"w.tf": 0.1, "w.user_vector": 0.3, "w.similar_users": 0.1},
+    {"w.tf": 0.0, "w.user_vector": 0.3, "w.similar_users": 0.0},
+    {"w.user_vector": 0.3, "w.similar_users": 0.1, "w.trending": 0.05},
+    {"w.tf": 0.1, "w.user_vector": 0.3, "w.similar_users": 0.1, "w.trending": 0.05},
+)
+
+
+def run_weights(args: argparse.Namespace) -> None:
+    """Score WEIGHTS against the current defaults on the warm-up halves, TF published; adds 'weights'."""
+    base = Settings()
+    ref = _defaults(base)
+    halves: dict[str, Any] = {}
+    for ds in args.datasets.split(","):
+        name, events = load_stream(ds)
+        half = events[: len(events) // 2]
+        halves[name] = (half, _publish_model(base, half[: len(half) // 2], tf=True))
+    configs = [ref, *({**ref, **c} for c in WEIGHTS)]
+    only_ii = {**ref, **{f"w.{s}": 0.0 for s in ("user_vector", "tf", "similar_users", "trending")}}
+    configs.append(only_ii)
+    hr = phase("weights", configs, halves, base, args.max_windows)
+    ranked = rank(configs, {ds: {k: v for k, v in per.items() if k != "_scored"} for ds, per in hr.items()}, ref)
+    out = RESULTS / "robust_defaults.json"
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    report["weights"] = {"command": "python benchmarks/robust_defaults.py " + " ".join(sys.argv[1:]),
+                         "commit": commit(), "reference": ref, "hr": hr, "ranked": ranked}
+    out.write_text(json.dumps(report, indent=1, default=str))
+    for row in ranked:
+        print(f"{row['worst']:.3f} {row['geomean']:.3f} {row['changes']} "
+              + " ".join(f"{k} {hr[k][row['key']]['hr10']:.4f}" for k in hr))
+
+
 def run_combos(args: argparse.Namespace) -> None:
     """Score COMBOS against OLD_DEFAULTS on the warm-up halves; add them to the result file."""
     base = Settings()
@@ -123,10 +158,15 @@ def main() -> None:
     ap.add_argument("--read-samples", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combos", action="store_true", help="only score COMBOS against OLD_DEFAULTS (adds 'combos')")
+    ap.add_argument("--weights", action="store_true", help="only score WEIGHTS against the defaults, TF published "
+                    "(adds 'weights')")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.combos:
         run_combos(args)
+        return
+    if args.weights:
+        run_weights(args)
         return
     t0 = time.perf_counter()
     base = Settings()

@@ -202,7 +202,7 @@ def _best(res: PrequentialResult, named: dict[str, dict[str, Any]]) -> tuple[dic
     return named[name], summary[name]["hr10"]
 
 
-def _publish_model(settings: Settings, events: Sequence[EventView]) -> Any:
+def _publish_model(settings: Settings, events: Sequence[EventView], tf: bool = False) -> Any:
     from driftrec.evaluate import PrequentialOptions, _publish
     from driftrec.models.baselines import Interactions
     from driftrec.models.decay import EventWeights
@@ -211,7 +211,7 @@ def _publish_model(settings: Settings, events: Sequence[EventView]) -> Any:
     warm.add(events)
     if len(warm.users) < 2 or len(warm.item_names) < 2:
         return None
-    return _publish(settings, warm, PrequentialOptions(tf=False))[1]
+    return _publish(settings, warm, PrequentialOptions(tf=tf))[1]
 
 
 def tune(events: Sequence[EventView], base: Settings, options: TuneOptions,
