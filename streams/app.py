@@ -14,7 +14,10 @@ __all__ = ["create_app", "faust_settings"]
 
 def create_app(settings: Settings) -> faust.App:
     """The worker's Faust app; its consumer hands agents whole batches (streams/batch_consumer.py)."""
-    return BatchApp(settings.consumer_group, **faust_settings(settings))
+    app = BatchApp(settings.consumer_group, **faust_settings(settings))
+    app.fetch_min_bytes = settings.worker_fetch_min_bytes
+    app.fetch_max_wait_ms = settings.worker_fetch_max_wait_ms
+    return app
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:

@@ -146,3 +146,16 @@ def test_a_quiet_topic_gives_empty_batches_and_loses_no_batch(consumer: BatchCon
 
     assert asyncio.run(scenario()) == [0, 1]
     assert consumer._in_flight == 0
+
+
+async def test_the_worker_consumer_fetches_with_the_settings_batching(tmp_path: Path) -> None:
+    """Faust builds the aiokafka consumer with no fetch_min_bytes; ours waits for the settings'."""
+    s = load_settings(home=tmp_path, worker_fetch_min_bytes=12_345, worker_fetch_max_wait_ms=17)
+    app = create_app(s)
+    kafka = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    try:
+        assert (kafka._fetch_min_bytes, kafka._fetch_max_wait_ms) == (12_345, 17)
+    finally:
+        await kafka.stop()  # never started: closes its client
+    defaults = load_settings(home=tmp_path)
+    assert defaults.worker_fetch_min_bytes == 1 << 20 and defaults.worker_fetch_max_wait_ms == 20
