@@ -30,10 +30,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def rsettings(settings: Settings) -> Settings:
     # Read every neighbour of every recent item, and keep every item in the snapshot, so the
-    # reference below needs no mirror of the reader's caps.
+    # reference below needs no mirror of the reader's caps. The recent items keep their decayed
+    # weights (no session weighting: tests/unit/test_candidates.py checks that against its own
+    # hand-computed cases), so the reference is the plain blend of the stored state.
     return settings.model_copy(update={
         "reader_recent_items": settings.history_len, "reader_neighbours": settings.neighbours_k,
         "reader_snapshot_items": 100_000,
+        "reader_recent_position_decay": 0.0, "reader_outside_session_weight": 1.0,
     })
 
 
