@@ -819,6 +819,10 @@ def table(result: dict[str, Any]) -> str:
         *[(f"reader alone, {rate} req/s offered", (lambda rt: lambda r: reader(r, rt))(str(rate)))
           for rate in plan["reader_rates"]],
         ("reader, highest offered rate with p99 ≤ 10 ms", lambda r: f"{r['reader_max_rate_p99_10ms']:,} req/s"),
+        *[(f"`serve --workers {n}`, highest offered rate with p99 ≤ 10 ms",
+           (lambda key: lambda r: f"{r[key]['max_rate_p99_10ms']:,} req/s" if key in r else "—")(
+               f"reader_{n}_processes"))
+          for n in sorted({int(k.split("_")[1]) for k in result if k.startswith("reader_") and k.endswith("_processes")})],
         (f"reader at {plan['under_writes_rate']} req/s while {plan['background_rate']:,} clicks/s arrive",
          lambda r: reader({"reader": {"x": r["reader_under_writes"]}}, "x")),
     ]
