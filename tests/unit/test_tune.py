@@ -81,3 +81,22 @@ def test_tiny_tune_is_deterministic_and_checks_on_the_later_part() -> None:
     # recommended only with the interval above 1
     if one.recommended:
         assert one.intervals["tuned_vs_defaults"][0] > 1.0
+
+
+def test_cli_writes_the_settings_file_only_when_recommended(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from driftrec.cli import app
+
+    log = tmp_path / "clicks.csv"
+    rows = ["user,item,type,timestamp"] + [f"{e.user},{e.item},view,{e.t:.3f}" for e in _clicks(1200)]
+    log.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "tuned.json"
+    got = CliRunner().invoke(app, ["tune", str(log), "--budget", "1m", "--seed", "3", "--no-model",
+                                   "--max-windows", "0", "--out", str(out), "--report", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "on the later part" in got.output and "vsknn" in got.output
+    if report["recommended"]:
+        assert got.exit_code == 0 and json.loads(out.read_text()) is not None
+    else:  # refused: exit 3, no file
+        assert got.exit_code == 3 and not out.exists()
