@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from driftrec.catalogue import ItemEvent
 from driftrec.events import ClickEvent
@@ -17,6 +17,8 @@ __all__ = ["EventSink", "KafkaSink", "ItemSink", "KafkaItemSink"]
 
 logger = logging.getLogger(__name__)
 
+E = TypeVar("E")
+
 
 class EventSink(Protocol):
     async def send_all(self, events: Sequence[ClickEvent]) -> None:
@@ -25,25 +27,31 @@ class EventSink(Protocol):
     async def close(self) -> None: ...
 
 
-class KafkaSink:
-    """An idempotent producer to the clicks topic, keyed by user, started on first use.
+class _LazySink(Generic[E]):
+    """An idempotent Kafka producer started on first use, with a bound on each delivery.
 
-    The reader serves reads without Kafka; only POST /v1/events and DELETE /v1/users need it,
-    so it connects lazily and a broker outage answers those two with 503.
+    The reader serves reads without Kafka; only the write endpoints need it, so it connects
+    lazily and a broker outage answers those with 503 (:class:`Unavailable`), never a 500.
     """
+
+    #: What the producer writes to, for the 503's message.
+    log = "event log"
 
     def __init__(self, settings: Settings, timeout_s: float = 10.0) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
-        self._publisher: Publisher | None = None
+        self._publisher: Any = None
         self._lock = asyncio.Lock()
 
-    async def _started(self) -> Publisher:
+    def _new_publisher(self) -> Any:
+        raise NotImplementedError
+
+    async def _started(self) -> Any:
         if self._publisher is not None:
             return self._publisher
         async with self._lock:
             if self._publisher is None:
-                pub = Publisher(self.settings, validate=False)
+                pub = self._new_publisher()
                 try:
                     await asyncio.wait_for(pub.__aenter__(), self.timeout_s)
                 except Exception as exc:
@@ -51,11 +59,11 @@ class KafkaSink:
                         await pub.__aexit__(None, None, None)
                     except Exception:  # the producer never started; nothing to stop
                         pass
-                    raise Unavailable(f"event log unavailable: {type(exc).__name__}") from exc
+                    raise Unavailable(f"{self.log} unavailable: {type(exc).__name__}") from exc
                 self._publisher = pub
         return self._publisher
 
-    async def send_all(self, events: Sequence[ClickEvent]) -> None:
+    async def send_all(self, events: Sequence[E]) -> None:
         pub = await self._started()
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -64,12 +72,22 @@ class KafkaSink:
                 # 202 means the broker has them: wait for the acks of this batch (acks=all).
                 await pub.flush()
         except Exception as exc:
-            raise Unavailable(f"event log unavailable: {type(exc).__name__}") from exc
+            raise Unavailable(f"{self.log} unavailable: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         if self._publisher is not None:
             pub, self._publisher = self._publisher, None
             await pub.__aexit__(None, None, None)
+
+
+class KafkaSink(_LazySink[ClickEvent]):
+    """Click events and forget-user tombstones to the clicks topic, keyed by user (POST
+    /v1/events, DELETE /v1/users)."""
+
+    log = "event log"
+
+    def _new_publisher(self) -> Publisher:
+        return Publisher(self.settings, validate=False)
 
 
 class ItemSink(Protocol):
@@ -79,45 +97,12 @@ class ItemSink(Protocol):
     async def close(self) -> None: ...
 
 
-class KafkaItemSink:
-    """An idempotent producer to the items topic, keyed by item id, started on first use: the
-    catalogue endpoints write through the topic the worker applies, like every other source of
-    catalogue changes (one write path, one order per item, a log Redis can be rebuilt from)."""
+class KafkaItemSink(_LazySink[ItemEvent]):
+    """Catalogue events to the items topic, keyed by item id: the catalogue endpoints write through
+    the topic the worker applies, like every other source of catalogue changes (one write path,
+    one order per item, a log Redis can be rebuilt from)."""
 
-    def __init__(self, settings: Settings, timeout_s: float = 10.0) -> None:
-        self.settings = settings
-        self.timeout_s = timeout_s
-        self._publisher: ItemPublisher | None = None
-        self._lock = asyncio.Lock()
+    log = "catalogue log"
 
-    async def _started(self) -> ItemPublisher:
-        if self._publisher is not None:
-            return self._publisher
-        async with self._lock:
-            if self._publisher is None:
-                pub = ItemPublisher(self.settings)
-                try:
-                    await asyncio.wait_for(pub.__aenter__(), self.timeout_s)
-                except Exception as exc:
-                    try:
-                        await pub.__aexit__(None, None, None)
-                    except Exception:  # the producer never started; nothing to stop
-                        pass
-                    raise Unavailable(f"catalogue log unavailable: {type(exc).__name__}") from exc
-                self._publisher = pub
-        return self._publisher
-
-    async def send_all(self, events: Sequence[ItemEvent]) -> None:
-        pub = await self._started()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                for event in events:
-                    await pub.send(event)
-                await pub.flush()  # 202 means the broker has them (acks=all)
-        except Exception as exc:
-            raise Unavailable(f"catalogue log unavailable: {type(exc).__name__}") from exc
-
-    async def close(self) -> None:
-        if self._publisher is not None:
-            pub, self._publisher = self._publisher, None
-            await pub.__aexit__(None, None, None)
+    def _new_publisher(self) -> ItemPublisher:
+        return ItemPublisher(self.settings)
