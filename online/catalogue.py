@@ -26,6 +26,7 @@ from typing import Any
 from driftrec.catalogue import ItemFilter, ItemInfo, stored_item_info
 from driftrec.errors import InvalidEventError
 from driftrec.keys import Keys
+from driftrec.online.periodic import Periodic
 
 __all__ = ["CatalogueView"]
 
@@ -38,7 +39,7 @@ def _text(x: Any) -> str:
     return x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else str(x)
 
 
-class CatalogueView:
+class CatalogueView(Periodic):
     """Item records and the ids to hide, as of the last poll.
 
     Parameters
@@ -173,31 +174,6 @@ class CatalogueView:
         self.polled_at = time.time()
         return done
 
-    async def run(self) -> None:
-        """Poll until :meth:`stop` (the app's lifespan runs this as a task)."""
-        self._running = True
-        while self._running:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down: keep the view as it is
-                self.failures += 1
-                logger.debug("catalogue poll failed: %s", exc)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from exc
-            await asyncio.sleep(self.interval_s)
-
-    async def stop(self, task: asyncio.Task[None]) -> None:
-        self._running = False
-        task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), 2.0)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
-        except Exception as exc:
-            logger.debug("catalogue task ended with %s", exc)
 
     @property
     def age_s(self) -> float | None:

@@ -7,7 +7,6 @@ recommendation needs no third round trip for them; they are at most one refresh 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -15,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from driftrec.models.decay import DecayPolicy
+from driftrec.online.periodic import Periodic
 from driftrec.online.store import Meta, Pairs, ReaderStore
 
 __all__ = ["TrendingSnapshot"]
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 _POPULAR_KEPT = 1000
 
 
-class TrendingSnapshot:
+class TrendingSnapshot(Periodic):
     """Top popular items overall and per recently asked category, as stored forward scores.
 
     Parameters
@@ -85,34 +85,6 @@ class TrendingSnapshot:
         self.categories = {c: v for c, v in lists.items() if v}
         self.refreshed_at = time.time()
 
-    async def run(self) -> None:
-        """Refresh until :meth:`stop` (the app's lifespan runs this as a task)."""
-        self._running = True
-        while self._running:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down: keep serving the last snapshot
-                self.failures += 1
-                logger.debug("snapshot refresh failed: %s", exc)
-                # redis-py can turn a cancellation that lands mid-read into a connection error;
-                # a task asked to stop must stop all the same.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from exc
-            await asyncio.sleep(self.interval_s)
-
-    async def stop(self, task: asyncio.Task[None]) -> None:
-        """Stop the :meth:`run` task and wait for it (bounded)."""
-        self._running = False
-        task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), 2.0)
-        except (TimeoutError, asyncio.CancelledError):
-            pass
-        except Exception as exc:  # it was stopping anyway
-            logger.debug("snapshot task ended with %s", exc)
 
     @property
     def age_s(self) -> float | None:
