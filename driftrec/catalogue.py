@@ -33,7 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from driftrec.errors import InvalidEventError
-from driftrec.events import _check_category, _check_id, _check_timestamp
+from driftrec.events import _check_category, _check_id, _check_timestamp, invalid_event
 
 __all__ = [
     "ItemEvent",
@@ -181,16 +181,7 @@ def validate_item_event(data: Any, item_id: str | None = None) -> ItemEvent:
     try:
         event = ItemEvent.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            msg = "field required"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "literal_error":
-            msg = "must be upsert or delete"
-        raise InvalidEventError(f"{field}: {msg}", field=field) from None
+        raise invalid_event(exc, literal="must be upsert or delete") from None
     if len(encode_item_event(event)) > MAX_ITEM_BYTES:
         raise InvalidEventError(f"item is over {MAX_ITEM_BYTES} bytes encoded", field=None)
     return event

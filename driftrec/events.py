@@ -198,16 +198,24 @@ def validate_event(
     try:
         event = ClickEvent.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            msg = "field required"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise InvalidEventError(f"{field}: {msg}", field=field) from None
+        raise invalid_event(exc) from None
     _check_type_and_item(event.type, event.item_id, allowed_types)
     return event
+
+
+def invalid_event(exc: ValidationError, *, literal: str | None = None) -> InvalidEventError:
+    """The first error of a schema's validation as one reason naming its field (``literal``: the
+    message for a value outside a fixed set, e.g. a catalogue event's ``op``)."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "field required"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "literal_error" and literal is not None:
+        msg = literal
+    return InvalidEventError(f"{field}: {msg}", field=field)
 
 
 def _check_type_and_item(type_: str, item_id: str, allowed_types: tuple[str, ...] | frozenset[str]) -> None:
