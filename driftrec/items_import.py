@@ -12,7 +12,7 @@ from typing import Any
 
 from driftrec.catalogue import read_item_file, validate_item_event
 from driftrec.errors import InvalidEventError
-from driftrec.publisher import ItemPublisher
+from driftrec.publisher import ItemPublisher, SendPace
 from driftrec.settings import Settings
 
 __all__ = ["ImportReport", "import_items", "count_rows", "publish_items", "movielens_items", "simulator_items"]
@@ -42,7 +42,7 @@ def count_rows(path: Path) -> int:
 
 async def _import(settings: Settings, path: Path, fmt: str | None, progress: Any, rate: float | None) -> ImportReport:
     report = ImportReport()
-    started = time.monotonic()
+    pace = SendPace(rate, progress)
     async with ItemPublisher(settings) as pub:
         with path.open(encoding="utf-8", newline="") as f:
             for line, row in read_item_file(f, fmt):
@@ -54,14 +54,9 @@ async def _import(settings: Settings, path: Path, fmt: str | None, progress: Any
                         report.sent += 1
                     except InvalidEventError as exc:
                         report.rejected.append((line, exc.reason))
-                if progress is not None:
-                    progress.update(1)
-                if rate:
-                    ahead = report.sent / rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
+                await pace.step(report.sent)
         await pub.flush()
-    report.seconds = time.monotonic() - started
+    report.seconds = time.monotonic() - pace.started
     return report
 
 

@@ -65,7 +65,7 @@ class Publisher:
                       *, rate: float | None = None, progress: Any = None) -> PublishReport:
         """Send many events, at most ``rate`` per second; invalid ones are reported, not sent."""
         report = PublishReport()
-        started = time.monotonic()
+        pace = SendPace(rate, progress)
 
         async def one(i: int, ev: Any) -> None:
             try:
@@ -73,12 +73,7 @@ class Publisher:
                 report.sent += 1
             except InvalidEventError as exc:
                 report.rejected.append((i, exc.reason))
-            if progress is not None:
-                progress.update(1)
-            if rate:
-                ahead = report.sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+            await pace.step(report.sent)
 
         if hasattr(events, "__aiter__"):
             i = 0
@@ -90,6 +85,24 @@ class Publisher:
                 await one(i, ev)
         await self.flush()
         return report
+
+
+class SendPace:
+    """A loop of sends' progress bar and upper bound on its rate: :meth:`step` after each send."""
+
+    def __init__(self, rate: float | None, progress: Any = None) -> None:
+        self.rate = rate
+        self.progress = progress
+        self.started = time.monotonic()
+
+    async def step(self, sent: int) -> None:
+        """One row done, ``sent`` sent so far: tick the bar, and wait while ahead of the rate."""
+        if self.progress is not None:
+            self.progress.update(1)
+        if self.rate:
+            ahead = sent / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
 class ItemPublisher:

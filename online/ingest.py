@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -27,7 +28,7 @@ class EventSink(Protocol):
     async def close(self) -> None: ...
 
 
-class _LazySink(Generic[E]):
+class _LazySink(ABC, Generic[E]):
     """An idempotent Kafka producer started on first use, with a bound on each delivery.
 
     The reader serves reads without Kafka; only the write endpoints need it, so it connects
@@ -43,8 +44,9 @@ class _LazySink(Generic[E]):
         self._publisher: Any = None
         self._lock = asyncio.Lock()
 
+    @abstractmethod
     def _new_publisher(self) -> Any:
-        raise NotImplementedError
+        """The (not yet started) producer this sink delivers through."""
 
     async def _started(self) -> Any:
         if self._publisher is not None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 
 __all__ = ["Periodic"]
 
 logger = logging.getLogger(__name__)
 
 
-class Periodic:
+class Periodic(ABC):
     """Subclasses set ``interval_s`` and implement :meth:`refresh`; the app's lifespan runs
     :meth:`run` as a task and ends it with :meth:`stop`."""
 
@@ -19,9 +20,9 @@ class Periodic:
     failures: int = 0
     _running: bool = False
 
+    @abstractmethod
     async def refresh(self) -> object:
         """One refresh (its result, if any, is the subclass's; :meth:`run` ignores it)."""
-        raise NotImplementedError
 
     async def run(self) -> None:
         """Refresh until :meth:`stop`; a failed refresh (Redis down) keeps the last state."""
