@@ -7,7 +7,7 @@ not a merge)::
     {"op": "upsert", "item_id": "sku-1234", "title": "Trail shoe", "category": "shoes",
      "tags": ["running", "waterproof"], "price": 59.9, "available": true,
      "image_url": "https://shop.example/img/sku-1234.jpg", "properties": {"brand": "Acme"},
-     "updated_at": 1764275000.0}
+     "updated_at": 1764275000.0, "added_at": 1764000000.0}
 
 A delete is ``{"op": "delete", "item_id": "sku-1234"}``. It is a record with a value, not a Kafka
 tombstone (null value): compaction keeps the latest value of each key for ever, so a replay of the
@@ -52,7 +52,7 @@ __all__ = [
 #: A catalogue message (or one stored record) larger than this is refused.
 MAX_ITEM_BYTES = 16 * 1024
 #: Item fields an answer may carry with ``fields=`` (besides item_id, score, reason, source).
-FIELDS = ("title", "category", "tags", "price", "available", "image_url", "properties", "updated_at")
+FIELDS = ("title", "category", "tags", "price", "available", "image_url", "properties", "updated_at", "added_at")
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _URL_RE = re.compile(r"https?://[^\s\x00-\x1f\x7f]{1,2040}")
@@ -127,6 +127,9 @@ class ItemEvent(BaseModel):
     image_url: str | None = Field(default=None, description="http(s) URL of the product image.")
     properties: dict[str, Any] | None = Field(default=None, description="Free-form extras.")
     updated_at: float | None = Field(default=None, description="When the shop changed it, Unix seconds.")
+    added_at: float | None = Field(default=None, description=(
+        "When the item entered the shop's catalogue, Unix seconds: the new-item source boosts it by "
+        "its age from then (from updated_at when unset). Send it with every upsert (a record is replaced whole)."))
 
     @field_validator("*", mode="before")
     @classmethod
@@ -150,6 +153,7 @@ _CHECKS: dict[str, Any] = {
     "image_url": _check_url,
     "properties": _check_properties,
     "updated_at": lambda v: None if v is None else _check_timestamp(v),
+    "added_at": lambda v: None if v is None else _check_timestamp(v),
 }
 _DELETE_FIELDS = frozenset({"op", "item_id", "updated_at"})
 
@@ -228,6 +232,7 @@ class ItemInfo:
     properties: dict[str, Any] | None
     updated_at: float | None
     deleted: bool = False
+    added_at: float | None = None
 
     @property
     def hidden(self) -> bool:
@@ -255,7 +260,7 @@ def item_info(record: bytes | str) -> ItemInfo:
     deleted = event.op == "delete"
     return ItemInfo(event.title, event.category, frozenset(event.tags), event.price,
                     event.available and not deleted, event.image_url, event.properties, event.updated_at,
-                    deleted)
+                    deleted, event.added_at)
 
 
 def stored_item_info(record: bytes | str) -> ItemInfo:
@@ -275,7 +280,7 @@ def stored_item_info(record: bytes | str) -> ItemInfo:
         return ItemInfo(d.get("title"), d.get("category"), frozenset(tags),
                         float(price) if price is not None else None,
                         bool(d.get("available", True)) and not deleted, d.get("image_url"), props,
-                        d.get("updated_at"), deleted)
+                        d.get("updated_at"), deleted, d.get("added_at"))
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         return item_info(record)
 
@@ -318,7 +323,7 @@ class ItemFilter:
 # --- files (driftrec items import) ----------------------------------------------------------
 
 _CSV_LISTS = frozenset({"tags"})
-_CSV_NUMBERS = frozenset({"price", "updated_at"})
+_CSV_NUMBERS = frozenset({"price", "updated_at", "added_at"})
 
 
 def _csv_row(row: Mapping[str, str | None]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +32,10 @@ __all__ = [
     "prequential",
     "summarise",
     "offline",
+    "title_year",
+    "catalogue_changes",
+    "prior_clicks",
+    "hit_intervals",
 ]
 
 logger = logging.getLogger(__name__)
@@ -414,4 +419,83 @@ def offline(path: str | Path, *, models: Sequence[str] = ("pop", "als", "itemknn
         m.update({"fit_s": fit_s, "params": model.params()})
         out["models"][name] = m
         log(f"offline {split} {name}: P@{k} {m['precision']:.4f} nDCG@{k} {m['ndcg']:.4f} ({fit_s:.1f}s)")
+    return out
+
+
+# --- the catalogue's new-item source in the prequential loop ---------------------------------------
+_YEAR_RE = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
+
+
+def title_year(title: str) -> int | None:
+    """The release year a MovieLens title ends with ("Toy Story (1995)"), if any."""
+    m = _YEAR_RE.search(title.strip())
+    return int(m.group(1)) if m else None
+
+
+def catalogue_changes(items: Sequence[dict[str, Any]], added: dict[str, float]) -> list[tuple[float, str, bytes]]:
+    """Catalogue upserts as the reader's view would store them, each at the time its item was
+    added (``added_at``): ``(time, item id, record)`` in time order. Items without an added time
+    are left out (the catalogue does not list them)."""
+    from driftrec.catalogue import encode_item_event, validate_item_event
+
+    out = []
+    for item in items:
+        t = added.get(str(item["item_id"]))
+        if t is None:
+            continue
+        event = validate_item_event({**item, "added_at": t})
+        out.append((t, event.item_id, encode_item_event(event)))
+    out.sort(key=lambda x: (x[0], x[1]))
+    return out
+
+
+def prior_clicks(events: Sequence[EventView], index: np.ndarray) -> np.ndarray:
+    """For each event at ``index`` (sorted), the clicks its item had before it in the stream."""
+    counts: dict[str, int] = {}
+    out = np.zeros(index.size, dtype=np.int64)
+    k = 0
+    for i, e in enumerate(events):
+        while k < index.size and index[k] == i:
+            out[k] = counts.get(e.item, 0)
+            k += 1
+        counts[e.item] = counts.get(e.item, 0) + 1
+    return out
+
+
+def hit_intervals(result: PrequentialResult, window_s: float, base: str, subset: np.ndarray | None = None,
+                  draws: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """HR@k and NDCG@k per method on the scored events of ``subset`` (all when None), with 95 %
+    bootstrap intervals resampling whole scored windows (hours) as :func:`_ratio_intervals`
+    does, and the paired ratio and difference of HR against ``base`` on the same draws."""
+    keep = np.ones(result.scored, dtype=bool) if subset is None else np.asarray(subset, dtype=bool)
+    if not keep.any():
+        return {m: {"events": 0} for m in result.methods}
+    win = np.floor(result.times[keep] / window_s)
+    _, cluster = np.unique(win, return_inverse=True)
+    n = int(cluster.max()) + 1
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)
+    count = w @ np.bincount(cluster, minlength=n).astype(float)
+
+    def sums(values: np.ndarray) -> np.ndarray:
+        return w @ np.bincount(cluster, weights=values, minlength=n)
+
+    def ci(x: np.ndarray) -> list[float]:
+        return [float(np.quantile(x, q, method="inverted_cdf")) for q in (0.025, 0.975)]
+
+    base_hits = sums((result.ranks[base][keep] > 0).astype(float))
+    out: dict[str, dict[str, Any]] = {}
+    for m in result.methods:
+        r = result.ranks[m][keep]
+        hit = (r > 0).astype(float)
+        gain = np.where(r > 0, 1.0 / np.log2(np.maximum(r, 1) + 1.0), 0.0)
+        hits, gains = sums(hit), sums(gain)
+        d: dict[str, Any] = {"events": int(keep.sum()), "hits": int(hit.sum()),
+                             "hr10": float(hit.mean()), "ndcg10": float(gain.mean()),
+                             "hr10_ci95": ci(hits / count), "ndcg10_ci95": ci(gains / count)}
+        if m != base:
+            d["hr10_minus_base_ci95"] = ci((hits - base_hits) / count)
+            ratio = np.divide(hits, base_hits, out=np.full(draws, np.inf), where=base_hits > 0)
+            d["hr10_ratio_to_base_ci95"] = ci(ratio)
+        out[m] = d
     return out

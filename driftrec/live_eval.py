@@ -19,15 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights, Candidates, blend
 from driftrec.models.candidates import (
     MAX_TRENDING_READ,
     PER_SIMILAR_USER,
     assemble,
+    new_item_scores,
     trending_depth,
     user_recent,
 )
 from driftrec.models.online import EventView, InMemoryState
+from driftrec.online.catalogue import CatalogueView, new_item_rule, newest_kept
 from driftrec.settings import Settings
 
 __all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
@@ -154,11 +157,16 @@ class LiveRecommender:
         Stream offset from which the model counts as published: the worker folds users in
         only from then on (before, it ran ISGD, whose vectors the reader ignores, so a user
         not seen since is served the model's own training vector).
+    catalogue : sequence of (event time, item id, stored record), optional
+        Catalogue changes in time order (records as ``driftrec.catalogue.encode_item_event``
+        writes them). Each is applied to the reader's own :class:`CatalogueView` with the
+        first click batch at or after its time, after that batch's events were scored; the
+        new-item source (``new_items`` weight) reads the view as the reader does.
     """
 
     def __init__(self, settings: Settings, weights: BlendWeights | None = None,
                  model: LiveModel | None = None, state: InMemoryState | None = None,
-                 publish_offset: int = 0) -> None:
+                 publish_offset: int = 0, catalogue: Sequence[tuple[float, str, bytes]] = ()) -> None:
         self.settings = settings
         self.publish_offset = publish_offset
         self.weights = weights or BlendWeights().with_overrides(settings.reader_blend_weights)
@@ -168,6 +176,25 @@ class LiveRecommender:
         self.vector_versions: dict[str, str] = {}
         self._top = _TopCache(self.state.pop, MAX_TRENDING_READ)
         self._cache: tuple[tuple[str, int, int], _Reads] | None = None
+        self.catalogue_events = list(catalogue)
+        self.catalogue: CatalogueView | None = (
+            CatalogueView(None, Keys(), newest_kept=newest_kept(settings)) if catalogue else None)
+        self._next_change = 0
+        self.new_rule = new_item_rule(settings)
+
+    def _feed_catalogue(self, events: Sequence[EventView]) -> None:
+        """The catalogue changes up to the batch's last event time (a time-ordered stream beside
+        the clicks: what the shop's catalogue said by then)."""
+        if self.catalogue is None or not events:
+            return
+        until = max(e.t for e in events)
+        todo = self.catalogue_events
+        k = self._next_change
+        while k < len(todo) and todo[k][0] <= until:
+            k += 1
+        if k > self._next_change:
+            self.catalogue.apply_records((item, record) for _, item, record in todo[self._next_change:k])
+            self._next_change = k
 
     # --- the write path ------------------------------------------------------------------------
     def update(self, events: Sequence[EventView]) -> None:
@@ -175,6 +202,7 @@ class LiveRecommender:
         st = self.state
         if not events:
             return
+        self._feed_catalogue(events)
         landmark = st.policy.next_landmark(max(e.t for e in events), st.landmark)
         if landmark != st.landmark:  # the worker rescales before it plans (streams/processor.py)
             st.rescale(landmark)
@@ -197,13 +225,15 @@ class LiveRecommender:
     def view(self, weights: BlendWeights) -> LiveView:
         return LiveView(self, weights)
 
-    def reader(self, settings: Settings, weights: BlendWeights | None = None) -> LiveRecommender:
-        """Another reader of this recommender's state (other read settings; no writes of its own).
+    def reader(self, settings: Settings, weights: BlendWeights | None = None,
+               catalogue: Sequence[tuple[float, str, bytes]] = ()) -> LiveRecommender:
+        """Another reader of this recommender's state (other read settings; no writes of its own;
+        a catalogue of its own, fed as the clicks pass).
 
         Only read-side settings may differ (``reader_*``, ``similarity_shrinkage``, ``similarity_alpha``); the state,
         the user vectors and the trending cache stay this recommender's.
         """
-        other = _Reader(settings, weights or self.weights, self.model, self.state, self.publish_offset)
+        other = _Reader(settings, weights or self.weights, self.model, self.state, self.publish_offset, catalogue)
         other.vectors, other.vector_versions, other._top = self.vectors, self.vector_versions, self._top
         return other
 
@@ -249,9 +279,11 @@ class LiveRecommender:
         k_nbrs = s.neighbours_read
         rows = {i: _zrevrange(st.cooc.get(i, {}), k_nbrs) for i, _ in recent}
         theirs = {v: _zrevrange(st.user_items.get(v, {}), PER_SIMILAR_USER) for v, _ in similar}
+        new, labels = (new_item_scores(recent, self.catalogue, st.last_event_time, self.new_rule)
+                       if self.catalogue is not None else ([], {}))
         cands = assemble(recent, rows, f, lambda items: {i: st.pop.get(i, 0.0) * f for i in items},
                          vector_scores=vec_scores, tf_scores=tf_scores, similar=similar, theirs=theirs,
-                         trending=self._top.read(trend_n), trending_label=None)
+                         trending=self._top.read(trend_n), trending_label=None, new_items=new, new_labels=labels)
         reads = _Reads(cands, excluded)
         self._cache = (key, reads)
         return reads
@@ -259,7 +291,7 @@ class LiveRecommender:
 
 class _Reader(LiveRecommender):
     def update(self, events: Sequence[EventView]) -> None:
-        return None  # the recommender whose state it reads is fed by the loop
+        self._feed_catalogue(events)  # its own catalogue; the state is fed by the recommender it reads
 
 
 class LiveView:

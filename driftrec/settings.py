@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     allow_anonymous_writes: bool = Field(default=False, description="Take POST /v1/events and DELETE /v1/users/{id} without an API key when none is configured (the demo and tests; never on a reader the internet can reach).")
     max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest HTTP request body accepted.")
     reader_blend_weights: dict[str, float] = Field(
-        default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending); unset = models.blend defaults.")
+        default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending, new_items); unset = models.blend defaults. new_items (default 0) is the catalogue's new-item source: items added recently (added_at) that share a category or tag with the shopper's recent items, clicked or not (reader_new_item_*).")
     reader_recent_items: int = Field(default=8, ge=1, description="Recent items whose neighbours the reader reads per request.")
     reader_recent_order: Literal["time", "weight"] = Field(
         default="time", description="Which recent items feed item-item: the last clicked ('time') or the strongest decayed weights ('weight').")
@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     reader_redis_timeout_s: float = Field(default=0.5, gt=0, description="Reader's Redis socket timeout; past it the answer is degraded.")
     reader_max_in_flight: int = Field(default=16, ge=1, description="Most ranking requests (recommendations, similar items) one reader process works on at once; past it a request is answered at once from the in-memory trending snapshot (\"degraded\": true, counted as shed), so overload never queues every request behind the others.")
     reader_deadline_s: float = Field(default=0.1, gt=0, description="Longest one ranking request may take; past it the reader answers from the in-memory trending snapshot instead (\"degraded\": true, counted as shed).")
+    reader_new_item_half_life_s: float = Field(default=30 * 86400.0, gt=0, description="New-item source: an item's boost halves every this many seconds after its catalogue added_at (updated_at when unset), in the stream's event time.")
+    reader_new_item_max_age_s: float = Field(default=90 * 86400.0, gt=0, description="New-item source: items added longer ago than this are not candidates (each source's scores are divided by their largest, so without a bound the newest of old items would score as new ones).")
+    reader_new_item_candidates: int = Field(default=20, ge=0, description="New-item source: newest items read per category or tag of each recent item, from the reader's in-memory catalogue (which keeps 5x this many per category and tag); 0 turns the source off.")
     reader_catalogue_poll_s: float = Field(default=0.1, gt=0, description="How often the reader polls the catalogue change feed (one XREAD when nothing changed); bounds how late an item made unavailable can still be shown, with the worker's own delay.")
 
     # --- online experiments (driftrec/experiments.py) ---------------------------------------

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _INF = math.inf
 
 #: Source names, as used in weights, metrics and the ``source`` of each answer.
-SOURCES = ("item_item", "user_vector", "tf", "similar_users", "trending")
+SOURCES = ("item_item", "user_vector", "tf", "similar_users", "trending", "new_items")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class BlendWeights:
     tf: float = 0.1
     similar_users: float = 0.1
     trending: float = 0.05
+    #: Items added to the catalogue recently that share a category or tag with the shopper's
+    #: recent items (:func:`driftrec.models.candidates.new_item_scores`): how an item with no
+    #: clicks yet enters recommendations (benchmarks/cold_start.py measures it).
+    new_items: float = 0.0
 
     def with_overrides(self, overrides: Mapping[str, float]) -> BlendWeights:
         unknown = set(overrides) - set(SOURCES)
@@ -61,6 +65,8 @@ class Candidates:
     norms : item -> decayed popularity, for every item in ``recent`` and ``neighbours``.
     vector_scores, tf_scores, similar_users : (item, score) from those sources.
     trending : (item, decayed popularity), overall or in the asked category.
+    new_items : (item, score) of items new in the catalogue that share a category or tag with the
+        recent items; ``new_labels`` names, per item, the category or tag it shares (its reason).
     """
 
     recent: Sequence[tuple[str, float]] = ()
@@ -71,6 +77,8 @@ class Candidates:
     similar_users: Sequence[tuple[str, float]] = ()
     trending: Sequence[tuple[str, float]] = ()
     trending_label: str | None = None
+    new_items: Sequence[tuple[str, float]] = ()
+    new_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +238,7 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
     ii = _item_item_totals(c, shrinkage, alpha) if weights.item_item > 0 else {}
     raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {
         "item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
-        "similar_users": c.similar_users, "trending": c.trending}
+        "similar_users": c.similar_users, "trending": c.trending, "new_items": c.new_items}
     # (source, weight, item -> normalised score) of the sources that count, in SOURCES order.
     weighted = [(name, w, _normalised(pairs)) for name, pairs in raw.items() if (w := getattr(weights, name)) > 0]
     total: dict[str, float] = {}
@@ -259,11 +267,15 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
                 best, source = w * got, name
         shown.append((item, score, source))
     because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"), alpha)
-    return [Scored(item, score, source, _reason(source, item, because, c.trending_label))
+    return [Scored(item, score, source, _reason(source, item, because, c.trending_label, c.new_labels))
             for item, score, source in shown]
 
 
-def _reason(source: str, item: str, because: Mapping[str, str], label: str | None) -> str:
+def _reason(source: str, item: str, because: Mapping[str, str], label: str | None,
+            new_labels: Mapping[str, str] | None = None) -> str:
+    if source == "new_items":
+        shared = (new_labels or {}).get(item)
+        return f"new in {shared}" if shared else "new in the catalogue"
     if source == "item_item" and item in because:
         return f"because you viewed {because[item]}"
     if source == "user_vector":

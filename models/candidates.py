@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from driftrec.models.blend import Candidates, recent_items
 from driftrec.models.decay import DecayPolicy
 
 __all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "session_weights",
-           "similar_user_scores", "assemble"]
+           "similar_user_scores", "assemble", "NewItemIndex", "NewItemRule", "new_item_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,8 @@ def similar_user_scores(similar: Sequence[tuple[str, float]], theirs: Mapping[st
 def assemble(recent: Pairs, rows: Mapping[str, Sequence[tuple[str, float]]], factor: float,
              norms_of: Callable[[set[str]], dict[str, float]], *, vector_scores: Pairs, tf_scores: Pairs,
              similar: Sequence[tuple[str, float]], theirs: Mapping[str, Sequence[tuple[str, float]]],
-             trending: Iterable[tuple[str, float]], trending_label: str | None) -> Candidates:
+             trending: Iterable[tuple[str, float]], trending_label: str | None,
+             new_items: Pairs | None = None, new_labels: Mapping[str, str] | None = None) -> Candidates:
     """The blend's inputs from what was read.
 
     ``rows`` (item -> stored neighbour row, strongest first) and ``trending`` hold stored forward
@@ -150,4 +153,86 @@ def assemble(recent: Pairs, rows: Mapping[str, Sequence[tuple[str, float]]], fac
         recent=recent, neighbours=neighbours, norms=norms_of(wanted), vector_scores=vector_scores,
         tf_scores=tf_scores, similar_users=similar_user_scores(similar, theirs),
         trending=[(i, v * factor) for i, v in trending], trending_label=trending_label,
+        new_items=new_items or (), new_labels=new_labels or {},
     )
+
+
+class NewItemIndex(Protocol):
+    """What :func:`new_item_scores` reads: the reader's in-memory catalogue
+    (:class:`driftrec.online.catalogue.CatalogueView`), no I/O."""
+
+    def features(self, item: str) -> frozenset[str]:
+        """The item's metadata features (``c:<category>``, ``t:<tag>``); empty when unknown."""
+        ...
+
+    def newest(self, feature: str) -> Sequence[tuple[float, str]]:
+        """``(-added_at, item)`` of the newest visible items with ``feature``, newest first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewItemRule:
+    """The new-item boost's settings (``reader_new_item_*``)."""
+
+    half_life_s: float
+    max_age_s: float
+    per_feature: int
+
+
+def new_item_scores(recent: Sequence[tuple[str, float]], index: NewItemIndex, now: float,
+                    rule: NewItemRule) -> tuple[Pairs, dict[str, str]]:
+    """Items new in the catalogue that share metadata with the shopper's recent items.
+
+    For each recent item ``r`` (weight ``w_r``), the ``rule.per_feature`` newest items of each of
+    its features (its category, each tag) not older than ``rule.max_age_s`` are candidates ``j``::
+
+        score(j) = 2 ** (-age(j) / half_life) * sum_r (w_r / max w) * |F(r) & F(j)| / |F(r) | F(j)|
+
+    (Jaccard overlap of the feature sets, so a candidate sharing a category and two tags with the
+    item just clicked beats one sharing a tag with an item clicked earlier), with ``age(j) = now -
+    added_at(j)``, at least 0 (an item the catalogue already lists is listed now). The clicks
+    play no part: an item nobody clicked yet gets a score. Cost: one pass over at most
+    ``len(recent) x features x per_feature`` index entries, all in memory.
+
+    Returns
+    -------
+    scores : (item, score), the recent items themselves left out
+    labels : item -> the category or tag its strongest term shares (its reason: "new in ...")
+    """
+    top = max((w for _, w in recent), default=0.0)
+    if top <= 0 or rule.per_feature <= 0:
+        return [], {}
+    oldest = now - rule.max_age_s
+    recent_ids = {i for i, _ in recent}
+    totals: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
+    feats: dict[str, frozenset[str]] = {}
+    added: dict[str, float] = {}
+    for r, w in recent:
+        fr = index.features(r)
+        if not fr or w <= 0:
+            continue
+        rel = w / top
+        seen: set[str] = set()
+        for f in fr:
+            for k, (neg_added, j) in enumerate(index.newest(f)):
+                if k >= rule.per_feature or -neg_added < oldest:
+                    break
+                if j in seen or j in recent_ids:
+                    continue
+                seen.add(j)
+                fj = feats.get(j)
+                if fj is None:
+                    fj = feats[j] = index.features(j)
+                    added[j] = -neg_added
+                shared = fr & fj
+                s = rel * len(shared) / len(fr | fj)
+                if s <= 0:
+                    continue
+                totals[j] = totals.get(j, 0.0) + s
+                if j not in best or s > best[j][0]:
+                    cat = next((x for x in shared if x.startswith("c:")), None)
+                    best[j] = (s, (cat or min(shared))[2:])
+    h = rule.half_life_s
+    scores = [(j, t * 2.0 ** (-max(0.0, now - added[j]) / h)) for j, t in totals.items()]
+    return scores, {j: label for j, (_, label) in best.items()}

@@ -24,7 +24,7 @@ from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.ann import ann_config
-from driftrec.online.catalogue import CatalogueView
+from driftrec.online.catalogue import CatalogueView, newest_kept
 from driftrec.online.errors import EXCEPTION_HANDLERS
 from driftrec.online.experiments import ExperimentRegistry
 from driftrec.online.ingest import EventSink, ItemSink, KafkaItemSink, KafkaSink
@@ -136,7 +136,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                 per_category=min(settings.trending_k, 500),
                                 interval_s=settings.reader_snapshot_interval_s)
     # What the catalogue hides, in memory, polled from the worker's change feed (online/catalogue.py).
-    catalogue = CatalogueView(store.client, store.keys, interval_s=settings.reader_catalogue_poll_s)
+    catalogue = CatalogueView(store.client, store.keys, interval_s=settings.reader_catalogue_poll_s,
+                              newest_kept=newest_kept(settings))
     rec = Recommender(settings, store, models, snapshot, configured_weights(settings), catalogue)
     recorder = ServedRecorder(store.execute, store.keys, metrics.count_served)
     experiments = ExperimentRegistry(

@@ -18,9 +18,15 @@ import redis.exceptions
 from driftrec.catalogue import ItemFilter
 from driftrec.keys import Keys
 from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend
-from driftrec.models.candidates import PER_SIMILAR_USER, assemble, trending_depth, user_recent
+from driftrec.models.candidates import (
+    PER_SIMILAR_USER,
+    assemble,
+    new_item_scores,
+    trending_depth,
+    user_recent,
+)
 from driftrec.models.decay import DecayPolicy
-from driftrec.online.catalogue import CatalogueView
+from driftrec.online.catalogue import CatalogueView, new_item_rule
 from driftrec.online.model_cache import ModelCache
 from driftrec.online.rowcache import RowCache
 from driftrec.online.snapshot import TrendingSnapshot
@@ -58,6 +64,7 @@ class Recommender:
         self.models = models
         self.snapshot = snapshot
         self.weights = weights
+        self.new_rule = new_item_rule(settings)
         self.policy = DecayPolicy(settings.half_life_s)
         self.rate = self.policy.rate
         # Shared rows reused across requests for at most reader_cache_ttl_s (online/rowcache.py).
@@ -99,7 +106,7 @@ class Recommender:
         active = rule is not None and rule.active
         if not hidden and not active:
             return set()  # nothing hidden, no rule: no pass over the candidates at all
-        lists = [*c.neighbours.values(), c.vector_scores, c.tf_scores, c.similar_users, c.trending]
+        lists = [*c.neighbours.values(), c.vector_scores, c.tf_scores, c.similar_users, c.trending, c.new_items]
         if not active:
             out: set[str] = set()
             for pairs in lists:
@@ -177,9 +184,12 @@ class Recommender:
         nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
         nbrs, theirs = await self._expansion(nbr_items, [v for v, _ in similar], r.meta.landmark)
         landmark = r.meta.landmark
+        # New items sharing a category or tag with the recent ones: from the in-memory catalogue.
+        new, labels = (new_item_scores(recent, self.catalogue, r.meta.now, self.new_rule)
+                       if w.new_items > 0 else ([], {}))
         cands = assemble(recent, nbrs, f, lambda items: self.snapshot.norms(items, landmark, f),
                          vector_scores=vec_scores, tf_scores=tf_scores, similar=similar, theirs=theirs,
-                         trending=r.trending, trending_label=category)
+                         trending=r.trending, trending_label=category, new_items=new, new_labels=labels)
         if category is not None:
             cands = await self._in_category(cands, category)
         hidden = excluded | self._hide(cands, rule)
@@ -207,7 +217,7 @@ class Recommender:
         ids: set[str] = set()
         for rows in c.neighbours.values():
             ids.update(j for j, _ in rows)
-        for pairs in (c.vector_scores, c.tf_scores, c.similar_users):
+        for pairs in (c.vector_scores, c.tf_scores, c.similar_users, c.new_items):
             ids.update(i for i, _ in pairs)
         if not ids:
             return c
@@ -222,6 +232,7 @@ class Recommender:
             vector_scores=[p for p in c.vector_scores if p[0] in keep],
             tf_scores=[p for p in c.tf_scores if p[0] in keep],
             similar_users=[p for p in c.similar_users if p[0] in keep],
+            new_items=[p for p in c.new_items if p[0] in keep],
         )
 
     # --- similar items ----------------------------------------------------------------------
