@@ -859,6 +859,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driftrec-system-work-"))
     print(f"logs under {work}", flush=True)
     with services() as stack:
+        # The local stack runs Redis at the priority `local_redis_priority` asks (real time by
+        # default); recorded because Redis' longest command depends on it.
+        from driftrec.stack.local import LocalStack
+        result["redis_cpu_priority"] = next((st.priority for st in LocalStack(stack).status()
+                                             if st.name == "redis"), None)
         phases = [("current", None)] + ([("baseline", args.baseline_ref)] if args.baseline_ref else [])
         for name, ref in phases:
             tag = uuid.uuid4().hex[:8]

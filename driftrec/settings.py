@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(default=19093, description="Local-stack KRaft controller port.")
     redis_port: int = Field(default=16379, description="Local-stack Redis port (loopback).")
     kafka_version: str = Field(default="4.1.1", description="Apache Kafka version fetched from Maven Central.")
+    local_redis_priority: Literal["realtime", "high", "normal"] = Field(
+        default="realtime",
+        description="CPU priority of the local stack's Redis, which shares the host's cores with Kafka, the worker "
+                    "and the reader: 'realtime' runs its command thread under SCHED_FIFO (priority 10, reset on "
+                    "fork, so a snapshot or AOF rewrite child runs at normal priority), so a busy worker or "
+                    "reader never preempts a command half done and every client waits behind it; 'high' is nice "
+                    "-10; 'normal' leaves it to the scheduler. Needs root or CAP_SYS_NICE; without them the stack "
+                    "logs a warning and runs Redis at normal priority. A Redis of your own (REDIS_URL) is not "
+                    "touched.")
 
     # --- topics and keys ------------------------------------------------------------------
     clicks_topic: str = Field(default="driftrec.clicks", description="Topic the site publishes clicks to.")
