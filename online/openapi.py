@@ -239,7 +239,9 @@ def openapi_document(*, api_keys: bool, history_len: int) -> dict[str, Any]:
                     "price": {"type": "number", "minimum": 0}, "available": {"type": "boolean", "default": True},
                     "image_url": {"type": "string", "format": "uri", "maxLength": 2048},
                     "properties": {"type": "object", "maxProperties": 32},
-                    "updated_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}}},
+                    "updated_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]},
+                    "added_at": {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+                                 "description": "When the item entered the catalogue (the new-item source's age)."}}},
                 "ClickEvent": {"type": "object", "required": ["event_id", "user_id", "item_id", "type", "timestamp"],
                                "additionalProperties": False, "properties": {
                     "event_id": _ID, "user_id": _ID, "item_id": _ID,

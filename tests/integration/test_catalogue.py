@@ -263,3 +263,52 @@ def test_the_items_topic_is_created_log_compacted(settings: Settings) -> None:
 
     assert asyncio.run(policy(s.items_topic)) == "compact"
     assert asyncio.run(policy(s.clicks_topic)) == "delete"  # the clicks keep their retention
+
+
+def test_a_new_item_with_no_clicks_enters_recommendations_through_its_category(settings: Settings,
+                                                                                spawn: Any) -> None:
+    """The new-item source on the real stack: an item upserted with no click at all is
+    recommended to a shopper whose recent click shares its category, from the reader's in-memory
+    catalogue; an equally new item of another category is not, and the weight turns it off."""
+    s = _with_items(settings).model_copy(update={"reader_blend_weights": {"new_items": 0.3}})
+    worker = spawn(["worker"], s)
+    reader = spawn(["serve"], s)
+    wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
+    clicks = _clicks(12)
+    publish_events(s, clicks)
+    _wait_applied(s, len(clicks), worker)
+    now = time.time()
+    new, hat = "sku-new", "sku-hat"
+    path = f"/v1/recommendations/{SHOPPER}?n=10&fields=title"
+    with httpx.Client(base_url=f"http://127.0.0.1:{s.reader_port}", timeout=5) as http:
+        # The shopper's click (A) is an old shoe; the new items were added just now.
+        for item, body in ((A, {"title": "Shoe A", "category": "shoes", "added_at": now - 400 * 86400}),
+                           (new, {"title": "New shoe", "category": "shoes", "tags": ["trail"], "added_at": now}),
+                           (hat, {"title": "New hat", "category": "hats", "added_at": now})):
+            assert http.put(f"/v1/items/{item}", json=body).status_code == 202
+        started = time.monotonic()
+        while True:
+            got = {x["item_id"]: x for x in http.get(path).json()["items"]}
+            if new in got:
+                break
+            assert time.monotonic() - started < 30, f"{new} not recommended: {list(got)}\n{worker.tail()}"
+            time.sleep(0.05)
+        print(f"the new item was recommended {time.monotonic() - started:.2f} s after its PUT")
+        assert got[new]["source"] == "new_items" and got[new]["reason"] == "new in shoes"
+        assert got[new]["title"] == "New shoe"
+        assert X in got and hat not in got  # the clicked neighbours stay; another category's new item does not come
+        off = [x["item_id"] for x in http.get(f"{path}&weights=new_items:0").json()["items"]]
+        assert new not in off and X in off
+        # Made unavailable, it leaves the new-item source too.
+        assert http.put(f"/v1/items/{new}", json={"category": "shoes", "available": False,
+                                                  "added_at": now}).status_code == 202
+        started = time.monotonic()
+        while new in [x["item_id"] for x in http.get(path).json()["items"]]:
+            assert time.monotonic() - started < 5
+            time.sleep(0.02)
+        # No click of the new item ever reached the store: the metadata alone brought it in.
+        client = redis.Redis.from_url(s.redis)
+        try:
+            assert client.zscore(Keys(s.key_prefix).popularity, new) is None
+        finally:
+            client.close()
