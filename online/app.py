@@ -23,6 +23,7 @@ from driftrec.experiments import load_experiments_file
 from driftrec.keys import Keys
 from driftrec.models.blend import BlendWeights
 from driftrec.models.decay import DecayPolicy
+from driftrec.online.admission import Admission
 from driftrec.online.ann import ann_config
 from driftrec.online.catalogue import CatalogueView, newest_kept
 from driftrec.online.errors import EXCEPTION_HANDLERS
@@ -149,6 +150,9 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
     metrics.watch_caches({"neighbours": rec.nbr_rows, "similar_users": rec.user_rows})
     metrics.watch_catalogue(lambda: len(catalogue.items), lambda: len(catalogue.hidden), lambda: catalogue.age_s)
+    # Admission of ranking requests: the in-flight bound, the loop's lag (sampled by a task of
+    # the lifespan) and the deadline (online/admission.py).
+    gate = Admission(settings.reader_max_in_flight, settings.reader_deadline_s, settings.reader_max_loop_lag_ms / 1000)
     openapi = openapi_document(api_keys=bool(settings.api_keys), history_len=settings.history_len)
 
     @asynccontextmanager
@@ -156,6 +160,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
         task = exp_task = cat_task = None
         # With several reader processes, each keeps its gauges current in the shared folder.
         gauges = asyncio.get_running_loop().create_task(metrics.run()) if metrics.multiprocess else None
+        lag = asyncio.get_running_loop().create_task(gate.watch_lag()) if gate.lag_limit_s else None
         recorder.start()
         await _first_model(store, models)
         if refresh_snapshot:
@@ -187,6 +192,8 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                 experiments.stop()
                 exp_task.cancel()
             await recorder.stop()
+            if lag is not None:
+                lag.cancel()
             if gauges is not None:
                 gauges.cancel()
                 metrics.process_exited()
@@ -201,7 +208,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                    type(exc).__name__, exc)
 
     routes: list[Route] = [
-        *recommendation_routes(rec, metrics, recorder, experiments=experiments),
+        *recommendation_routes(rec, metrics, recorder, admission=gate, experiments=experiments),
         *experiment_routes(settings, experiments),
         *user_routes(settings, store, sink, metrics, catalogue),
         *event_routes(settings, sink, metrics),
@@ -227,6 +234,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
     app.state.sink = sink
     app.state.recorder = recorder
     app.state.experiments = experiments
+    app.state.admission = gate
     return app
 
 

@@ -127,13 +127,15 @@ def recommendation_routes(rec: Recommender, metrics: ReaderMetrics,
                           admission: Admission | None = None,
                           experiments: ExperimentRegistry | None = None) -> list[Route]:
     base = rec.weights
-    gate = admission or Admission(rec.settings.reader_max_in_flight, rec.settings.reader_deadline_s)
+    gate = admission or Admission(rec.settings.reader_max_in_flight, rec.settings.reader_deadline_s,
+                                  rec.settings.reader_max_loop_lag_ms / 1000)
 
     async def admitted(endpoint: str, rank: Callable[[], Awaitable[Answer]],
                        fallback: Callable[[], Answer]) -> Answer:
         """``rank()``, unless the reader is full (shed at once) or it overruns the deadline."""
-        if not gate.enter():
-            metrics.shed.labels(endpoint, "in_flight").inc()
+        refused = gate.admit()
+        if refused is not None:
+            metrics.shed.labels(endpoint, refused).inc()
             return fallback()
         try:
             async with asyncio.timeout(gate.deadline_s):
