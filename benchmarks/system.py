@@ -395,6 +395,8 @@ def vegeta(bin_: str, targets: Path, rate: int, seconds: float, work: Path) -> d
     return {"offered_per_s": rate, "requests": total, "p50_ms": round(float(np.quantile(a, 0.5)), 2),
             "p99_ms": round(float(np.quantile(a, 0.99)), 2), "p999_ms": round(float(np.quantile(a, 0.999)), 2),
             "max_ms": round(float(a.max()), 2), "status": codes,
+            # The overload target: answered (shed or degraded included) within 50 ms.
+            "within_50ms": round(float(np.mean(a <= 50.0)), 4) if lat else 0.0,
             "success": round(codes.get("200", 0) / total, 4) if total else 0.0,
             "shed": codes.get("503", 0)}
 
@@ -727,8 +729,10 @@ async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_pro
         out.update({"freshness_p50_ms": f["p50_ms"], "freshness_p99_ms": f["p99_ms"],
                     "freshness_max_ms": f["max_ms"], "freshness_lost": f["lost"], "freshness_probes": f["probes"]})
         print(f"[{ph.name}] freshness at {plan.background_rate}/s: {f}", flush=True)
+        degraded0 = metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers")
         res = await asyncio.to_thread(vegeta, vegeta_, targets, plan.under_writes_rate, plan.under_writes_seconds,
                                       ph.work)
+        res["degraded"] = int(metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers") - degraded0)
         a1, c1 = applied(r, s), time.monotonic()
         stop.set()
         await load
@@ -809,6 +813,13 @@ def table(result: dict[str, Any]) -> str:
         return (f"p50 {ms(res['freshness_p50_ms'])}, p99 {ms(res['freshness_p99_ms'])}, "
                 f"{res['freshness_lost']} of {res['freshness_probes']} lost")
 
+    def overload(res: dict[str, Any]) -> str:
+        top = res.get("reader_max_rate_p99_10ms")
+        r = res["reader"].get(str(2 * top), {}) if top else {}
+        if "within_50ms" not in r:
+            return "—"
+        return f"{r['within_50ms']:.1%} at {2 * top:,} req/s"
+
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("worker: clicks/s applied at the highest offered rate it keeps fresh (p99 ≤ 1 s)",
          lambda r: f"{r['worker_events_per_s']:,.0f} clicks/s"),
@@ -819,6 +830,7 @@ def table(result: dict[str, Any]) -> str:
         *[(f"reader alone, {rate} req/s offered", (lambda rt: lambda r: reader(r, rt))(str(rate)))
           for rate in plan["reader_rates"]],
         ("reader, highest offered rate with p99 ≤ 10 ms", lambda r: f"{r['reader_max_rate_p99_10ms']:,} req/s"),
+        ("reader at twice that rate: answered within 50 ms (degraded included)", overload),
         *[(f"`serve --workers {n}`, highest offered rate with p99 ≤ 10 ms",
            (lambda key: lambda r: f"{r[key]['max_rate_p99_10ms']:,} req/s" if key in r else "—")(
                f"reader_{n}_processes"))
