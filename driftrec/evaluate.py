@@ -258,8 +258,8 @@ def build_methods(settings: Settings, events: Sequence[EventView], start: int,
         "live": live,
     })
     for source in SOURCES:
-        if source == "tf" and not options.tf:
-            continue
+        if (source == "tf" and not options.tf) or (source == "new_items" and live.catalogue is None):
+            continue  # nothing to score: no TF model, or no catalogue (benchmarks/cold_start.py has one)
         methods[f"live_{source}"] = live.view(BlendWeights(**{**_ONE, source: 1.0}))
     return methods
 
