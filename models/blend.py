@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["BlendWeights", "Candidates", "Scored", "blend", "recent_items", "SOURCES"]
+__all__ = ["BlendWeights", "Candidates", "Scored", "blend", "blend_each", "recent_items", "SOURCES"]
 
 logger = logging.getLogger(__name__)
 
@@ -236,41 +236,64 @@ def blend(c: Candidates, n: int, *, exclude: set[str] | frozenset[str] = frozens
     Trending also fills the list when the other sources have fewer than ``n`` candidates, so a
     cold user still gets ``n`` items.
     """
+    return blend_each(c, n, (weights,), exclude=exclude, shrinkage=shrinkage, alpha=alpha)[0]
+
+
+def blend_each(c: Candidates, n: int, weights: Sequence[BlendWeights], *,
+               exclude: set[str] | frozenset[str] = frozenset(), shrinkage: float = 5.0,
+               alpha: float = 0.5) -> list[list[Scored]]:
+    """:func:`blend` once per entry of ``weights``, each answer exactly :func:`blend`'s.
+
+    What does not depend on the weights (the item-item totals, each source's normalised scores)
+    is computed once: an interleaving experiment ranks two variants for one answer, and the
+    second ranking then costs only its weighted sum (``benchmarks/experiments.py``).
+    """
     # A source with weight 0 adds nothing, so it is not computed (trending still back-fills).
-    ii = _item_item_totals(c, shrinkage, alpha) if weights.item_item > 0 else {}
+    ii = _item_item_totals(c, shrinkage, alpha) if any(w.item_item > 0 for w in weights) else {}
     raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {
         "item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
         "similar_users": c.similar_users, "trending": c.trending, "new_items": c.new_items}
-    # (source, weight, item -> normalised score) of the sources that count, in SOURCES order.
-    weighted = [(name, w, _normalised(pairs)) for name, pairs in raw.items() if (w := getattr(weights, name)) > 0]
-    total: dict[str, float] = {}
-    for _, w, scores in weighted:
-        # Sum of w · s over the sources, added in SOURCES order.
-        for item, s in scores.items():
-            if item in exclude:
-                continue
-            if item in total:
-                total[item] += w * s
-            else:
-                total[item] = w * s
-    if weights.trending <= 0:  # still back-fill a short list from trending, with a tiny score
-        for item, s in _normalised(c.trending).items():
-            if item not in exclude and item not in total:
-                total[item] = 1e-9 * s
-    ranked = _top_n(total, n)
-    # The source that gave an item its largest part (the first on ties) names its reason; it is
-    # worked out for the n items shown only. An item no weighted source has is a back-fill.
-    shown = []
-    for item, score in ranked:
-        best, source = -1.0, "trending"
-        for name, w, scores in weighted:
-            got = scores.get(item)
-            if got is not None and w * got > best:
-                best, source = w * got, name
-        shown.append((item, score, source))
-    because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"), alpha)
-    return [Scored(item, score, source, _reason(source, item, because, c.trending_label, c.new_labels))
-            for item, score, source in shown]
+    normalised: dict[str, dict[str, float]] = {}
+
+    def scores_of(name: str) -> dict[str, float]:
+        got = normalised.get(name)
+        if got is None:
+            got = normalised[name] = _normalised(raw[name])
+        return got
+
+    out = []
+    for ws in weights:
+        # (source, weight, item -> normalised score) of the sources that count, in SOURCES order.
+        weighted = [(name, w, scores_of(name)) for name in raw if (w := getattr(ws, name)) > 0]
+        total: dict[str, float] = {}
+        for _, w, scores in weighted:
+            # Sum of w · s over the sources, added in SOURCES order.
+            for item, s in scores.items():
+                if item in exclude:
+                    continue
+                if item in total:
+                    total[item] += w * s
+                else:
+                    total[item] = w * s
+        if ws.trending <= 0:  # still back-fill a short list from trending, with a tiny score
+            for item, s in scores_of("trending").items():
+                if item not in exclude and item not in total:
+                    total[item] = 1e-9 * s
+        ranked = _top_n(total, n)
+        # The source that gave an item its largest part (the first on ties) names its reason; it
+        # is worked out for the n items shown only. An item no weighted source has is a back-fill.
+        shown = []
+        for item, score in ranked:
+            best, source = -1.0, "trending"
+            for name, w, scores in weighted:
+                got = scores.get(item)
+                if got is not None and w * got > best:
+                    best, source = w * got, name
+            shown.append((item, score, source))
+        because = _strongest_recent(c, shrinkage, (i for i, _, src in shown if src == "item_item"), alpha)
+        out.append([Scored(item, score, source, _reason(source, item, because, c.trending_label, c.new_labels))
+                    for item, score, source in shown])
+    return out
 
 
 def _reason(source: str, item: str, because: Mapping[str, str], label: str | None,

@@ -17,7 +17,7 @@ import redis.exceptions
 
 from driftrec.catalogue import ItemFilter
 from driftrec.keys import Keys
-from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend
+from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend, blend_each
 from driftrec.models.candidates import (
     PER_SIMILAR_USER,
     assemble,
@@ -194,8 +194,10 @@ class Recommender:
             cands = await self._in_category(cands, category)
         hidden = excluded | self._hide(cands, rule)
         version = model.version if model else None
-        return [Answer(blend(cands, n, exclude=hidden, weights=x, shrinkage=s.similarity_shrinkage,
-                             alpha=s.similarity_alpha), version, False) for x in ws]
+        # Two rankings (interleaving) share what does not depend on the weights.
+        return [Answer(x, version, False) for x in blend_each(cands, n, ws, exclude=hidden,
+                                                              shrinkage=s.similarity_shrinkage,
+                                                              alpha=s.similarity_alpha)]
 
     async def _expansion(self, items: list[str], users: list[str], landmark: float) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
         """Neighbour rows of ``items`` and top items of ``users``: from the row caches when read

@@ -14,7 +14,15 @@ from collections.abc import Mapping, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, _reason, blend
+from driftrec.models.blend import (
+    SOURCES,
+    BlendWeights,
+    Candidates,
+    Scored,
+    _reason,
+    blend,
+    blend_each,
+)
 
 
 def _definition(c: Candidates, n: int, exclude: set[str], weights: BlendWeights, shrinkage: float) -> list[Scored]:
@@ -88,3 +96,15 @@ def test_blend_equals_its_definition(c: Candidates, n: int, exclude: set[str], w
     got = blend(c, n, exclude=exclude, weights=w, shrinkage=shrinkage)
     want = _definition(c, n, exclude, w, shrinkage)
     assert got == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(c=candidates(), n=st.integers(1, 15), exclude=st.sets(st.sampled_from(ITEMS), max_size=4),
+       ws=st.lists(weights, min_size=1, max_size=3), shrinkage=st.sampled_from([0.0, 5.0, 0.5]))
+def test_blend_each_equals_one_blend_per_weights(c: Candidates, n: int, exclude: set[str], ws: list[BlendWeights],
+                                                 shrinkage: float) -> None:
+    """Sharing the weight-independent work between rankings (an interleaved answer's two) changes
+    none of them: items, scores bit for bit, sources and reasons."""
+    got = blend_each(c, n, ws, exclude=exclude, shrinkage=shrinkage)
+    assert got == [blend(c, n, exclude=exclude, weights=w, shrinkage=shrinkage) for w in ws]
+    assert got == [_definition(c, n, exclude, w, shrinkage) for w in ws]
