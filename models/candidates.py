@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +18,7 @@ from driftrec.models.blend import Candidates, recent_items
 from driftrec.models.decay import DecayPolicy
 
 __all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "session_weights",
-           "similar_user_scores", "assemble", "NewItemIndex", "NewItemRule", "new_item_scores"]
+           "similar_user_scores", "assemble", "NewItemIndex", "NewItemRule", "NewItemLabels", "new_item_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,9 @@ class NewItemIndex(Protocol):
         """The item's metadata features (``c:<category>``, ``t:<tag>``); empty when unknown."""
         ...
 
-    def newest(self, feature: str) -> Sequence[tuple[float, str]]:
-        """``(-added_at, item)`` of the newest visible items with ``feature``, newest first."""
+    def newest(self, feature: str) -> Sequence[tuple[float, str, frozenset[str]]]:
+        """``(-added_at, item, its features)`` of the newest visible items with ``feature``,
+        newest first."""
         ...
 
 
@@ -180,7 +181,7 @@ class NewItemRule:
 
 
 def new_item_scores(recent: Sequence[tuple[str, float]], index: NewItemIndex, now: float,
-                    rule: NewItemRule) -> tuple[Pairs, dict[str, str]]:
+                    rule: NewItemRule) -> tuple[Pairs, Mapping[str, str]]:
     """Items new in the catalogue that share metadata with the shopper's recent items.
 
     For each recent item ``r`` (weight ``w_r``), the ``rule.per_feature`` newest items of each of
@@ -205,34 +206,54 @@ def new_item_scores(recent: Sequence[tuple[str, float]], index: NewItemIndex, no
     oldest = now - rule.max_age_s
     recent_ids = {i for i, _ in recent}
     totals: dict[str, float] = {}
-    best: dict[str, tuple[float, str]] = {}
-    feats: dict[str, frozenset[str]] = {}
+    best: dict[str, tuple[float, frozenset[str], frozenset[str]]] = {}  # strongest term: F(r), F(j)
     added: dict[str, float] = {}
+    per = rule.per_feature
     for r, w in recent:
         fr = index.features(r)
         if not fr or w <= 0:
             continue
         rel = w / top
+        n_r = len(fr)
         seen: set[str] = set()
         for f in fr:
-            for k, (neg_added, j) in enumerate(index.newest(f)):
-                if k >= rule.per_feature or -neg_added < oldest:
+            for neg_added, j, fj in index.newest(f)[:per]:
+                if -neg_added < oldest:
                     break
                 if j in seen or j in recent_ids:
                     continue
                 seen.add(j)
-                fj = feats.get(j)
-                if fj is None:
-                    fj = feats[j] = index.features(j)
+                shared = len(fr & fj)
+                s = rel * shared / (n_r + len(fj) - shared)  # Jaccard: |F(r) & F(j)| / |F(r) | F(j)|
+                prev = totals.get(j)
+                if prev is None:
+                    totals[j] = s
                     added[j] = -neg_added
-                shared = fr & fj
-                s = rel * len(shared) / len(fr | fj)
-                if s <= 0:
-                    continue
-                totals[j] = totals.get(j, 0.0) + s
-                if j not in best or s > best[j][0]:
-                    cat = next((x for x in shared if x.startswith("c:")), None)
-                    best[j] = (s, (cat or min(shared))[2:])
+                    best[j] = (s, fr, fj)
+                else:
+                    totals[j] = prev + s
+                    if s > best[j][0]:
+                        best[j] = (s, fr, fj)
     h = rule.half_life_s
     scores = [(j, t * 2.0 ** (-max(0.0, now - added[j]) / h)) for j, t in totals.items()]
-    return scores, {j: label for j, (_, label) in best.items()}
+    return scores, NewItemLabels(best)
+
+
+class NewItemLabels(Mapping[str, str]):
+    """item -> the category (else the first tag) its strongest term shares with a recent item:
+    worked out only for the few items an answer shows (``blend`` asks for their reasons)."""
+
+    def __init__(self, best: Mapping[str, tuple[float, frozenset[str], frozenset[str]]]) -> None:
+        self._best = best
+
+    def __getitem__(self, item: str) -> str:
+        _, fr, fj = self._best[item]
+        shared = fr & fj  # never empty: the item was found under one of F(r)'s features
+        cat = next((x for x in shared if x.startswith("c:")), None)
+        return (cat or min(shared))[2:]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._best)
+
+    def __len__(self) -> int:
+        return len(self._best)

@@ -102,9 +102,9 @@ class CatalogueView(Periodic):
         self.failures = 0
         self._running = False
         self.newest_kept = newest_kept
-        # feature -> [(-added, item)] ascending (newest first); item -> (features, added) indexed
-        self._newest: dict[str, list[tuple[float, str]]] = {}
-        self._indexed: dict[str, tuple[frozenset[str], float]] = {}
+        # feature -> [(-added, item, features)] ascending (newest first): a request reads the
+        # candidates' features from the list, not from their records
+        self._newest: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
         self._cut: set[str] = set()    # features whose list was cut to newest_kept
         self._short: set[str] = set()  # cut features that lost items since: rebuilt after the poll
 
@@ -145,8 +145,8 @@ class CatalogueView(Periodic):
         info = self.items.get(item)
         return item_features(info) if info is not None else frozenset()
 
-    def newest(self, feature: str) -> list[tuple[float, str]]:
-        """``(-added, item)`` of the newest visible items with ``feature``, newest first."""
+    def newest(self, feature: str) -> list[tuple[float, str, frozenset[str]]]:
+        """``(-added, item, its features)`` of the newest visible items with ``feature``, newest first."""
         return self._newest.get(feature, [])
 
     # --- the new-item index (changed only by the poll task) -------------------------------------
@@ -162,8 +162,8 @@ class CatalogueView(Periodic):
             row = self._newest.get(f)
             if row is None:
                 continue
-            k = bisect.bisect_left(row, key)
-            if k < len(row) and row[k] == key:
+            k = bisect.bisect_left(row, key)  # (-added, item) sorts just before its entry
+            if k < len(row) and row[k][:2] == key:
                 del row[k]
                 if f in self._cut:
                     self._short.add(f)
@@ -174,8 +174,9 @@ class CatalogueView(Periodic):
         added = _added(info)
         if self.newest_kept <= 0 or info.hidden or added is None:
             return
-        key = (-added, item)
-        for f in item_features(info):
+        feats = item_features(info)
+        key = (-added, item, feats)
+        for f in feats:
             row = self._newest.get(f)
             if row is None:
                 self._newest[f] = [key]
@@ -193,13 +194,13 @@ class CatalogueView(Periodic):
         aside, then swap them in; yields every 1,000 items (the poll task lets requests run)."""
         if self.newest_kept <= 0:
             return
-        rows: dict[str, list[tuple[float, str]]] = {}
+        rows: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
         for k, (item, info) in enumerate(list(self.items.items())):
             added = _added(info)
             if not info.hidden and added is not None:
                 feats = item_features(info)
                 for f in feats if only is None else feats & only:
-                    rows.setdefault(f, []).append((-added, item))
+                    rows.setdefault(f, []).append((-added, item, feats))
             if k % 1000 == 999:
                 yield
         kept = self.newest_kept

@@ -58,20 +58,20 @@ def test_a_new_item_sharing_metadata_scores_by_overlap_and_age_and_nothing_else_
 
 def test_the_index_keeps_the_newest_visible_items_and_refills_a_cut_list() -> None:
     view = view_of(*((f"i{k}", {"category": "c", "added_at": NOW - k * DAY}) for k in range(6)), kept=3)
-    assert [i for _, i in view.newest("c:c")] == ["i0", "i1", "i2"]
+    assert [e[1] for e in view.newest("c:c")] == ["i0", "i1", "i2"]
     view.apply_records([("i0", record("i0", category="c", available=False, added_at=NOW)),
                         ("i1", record("i1", category="d", added_at=NOW - DAY))])
     # hidden and moved items leave the list; the cut list is refilled from the whole view
-    assert [i for _, i in view.newest("c:c")] == ["i2", "i3", "i4"]
-    assert [i for _, i in view.newest("c:d")] == ["i1"]
+    assert [e[1] for e in view.newest("c:c")] == ["i2", "i3", "i4"]
+    assert [e[1] for e in view.newest("c:d")] == ["i1"]
     view.apply_records([("i9", record("i9", category="c", added_at=NOW + 1)), ("i2", None)])
-    assert [i for _, i in view.newest("c:c")] == ["i9", "i3", "i4"]
+    assert [e[1] for e in view.newest("c:c")] == ["i9", "i3", "i4"]
     view.apply_records([("i9", record("i9", op="delete"))])
-    assert "i9" not in {i for _, i in view.newest("c:c")}
+    assert "i9" not in {e[1] for e in view.newest("c:c")}
     assert view.features("i1") == {"c:d"} and view.features("nothing") == frozenset()
     # updated_at stands in for a missing added_at
     view.apply_records([("u", record("u", category="c", updated_at=NOW + 5))])
-    assert view.newest("c:c")[0] == (-(NOW + 5), "u")
+    assert view.newest("c:c")[0] == (-(NOW + 5), "u", frozenset({"c:c"}))
 
 
 def test_the_blend_lets_an_item_with_no_clicks_in_only_with_a_weight() -> None:
