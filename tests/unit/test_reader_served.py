@@ -65,6 +65,27 @@ def test_records_are_written_in_pipelines_of_hset_and_expire() -> None:
     assert cmds[4][:2] == ["HSET", "p:{r:r3}"] and cmds[5] == ["EXPIRE", "p:{r:r3}", 3600]
 
 
+def test_experiment_counts_are_folded_over_a_batch() -> None:
+    """An experiment's answers carry a counter increment and a shopper each: a batch sends one
+    HINCRBY per counter (the sum) and one SADD per set, in the records' pipeline."""
+    async def go() -> FakeRedis:
+        fake = FakeRedis()
+        rec = ServedRecorder(fake.run, Keys("p"), lambda o, n: None, max_batch=10)
+        for k, (user, variant) in enumerate([("u1", "a"), ("u2", "b"), ("u1", "a"), ("u3", "a")]):
+            rec.record(f"r{k}", "blend", _items(("i", "tf")), (("#variant", variant),),
+                       (("HINCRBY", "c", f"answers|{variant}", 1), ("SADD", f"s:{variant}", user),
+                        ("DEL", f"x{k}")))
+        await rec.flush()
+        return fake
+
+    (pipeline,) = asyncio.run(go()).pipelines
+    assert [c[0] for c in pipeline[:8]] == ["HSET", "EXPIRE"] * 4
+    assert pipeline[0] == ["HSET", "p:{r:r0}", "#strategy", "blend", "i", "tf", "#variant", "a"]
+    assert pipeline[8:] == [["HINCRBY", "c", "answers|a", 3], ["HINCRBY", "c", "answers|b", 1],
+                            ["SADD", "s:a", "u1", "u3"], ["SADD", "s:b", "u2"],
+                            ["DEL", "x0"], ["DEL", "x1"], ["DEL", "x2"], ["DEL", "x3"]]
+
+
 def test_redis_down_drops_records_with_a_count_and_the_queue_stays_bounded() -> None:
     async def go() -> tuple[FakeRedis, Counter[str], int]:
         fake, counts = FakeRedis(), Counter[str]()
