@@ -65,6 +65,10 @@ def settings(services: Settings, request: pytest.FixtureRequest) -> Iterator[Set
         "batch_max_wait_s": 0.02,
         # Tests POST events and forget users without keys; test_reader_events checks the default.
         "allow_anonymous_writes": True,
+        # These tests check what is ranked, on a machine the whole stack shares: a slow moment
+        # must not turn an answer into a degraded one. Shedding has its own tests
+        # (test_reader_degraded.py, tests/unit/test_admission.py), which set these themselves.
+        "reader_deadline_s": 5.0, "reader_max_loop_lag_ms": 0.0,
     })
     ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
     yield s
