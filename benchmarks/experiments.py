@@ -337,18 +337,28 @@ def latency(rounds: int, seconds: float, rates: tuple[int, ...]) -> dict[str, An
                     define(None)
                     define(cases[name])
                     shed0 = sb.metric_total(metrics_url, "driftrec_reader_shed_answers")
+                    cmds0, rcpu0 = int(r.info("stats")["total_commands_processed"]), rb.redis_cpu_seconds(rport)
                     meter = sb.CpuMeter({"reader": reader.pid})
                     one = sb.vegeta(vegeta, targets, rate, seconds, work)
+                    one["redis_commands_per_request"] = round(
+                        (int(r.info("stats")["total_commands_processed"]) - cmds0) / max(one["requests"], 1), 2)
+                    one["redis_cpu_ms_per_request"] = round(
+                        (rb.redis_cpu_seconds(rport) - rcpu0) * 1000 / max(one["requests"], 1), 3)
                     one["cpu"] = meter.read()
                     one["reader_cpu_ms_per_request"] = round(
                         one["cpu"].get("reader_cpu_pct", 0.0) * seconds * 10 / max(one["requests"], 1), 3)
                     one["shed_answers"] = int(sb.metric_total(metrics_url, "driftrec_reader_shed_answers") - shed0)
+                    # A shed answer costs next to nothing: per ranked answer compares the cases' work.
+                    one["reader_cpu_ms_per_ranked_answer"] = round(
+                        one["cpu"].get("reader_cpu_pct", 0.0) * seconds * 10
+                        / max(one["requests"] - one["shed_answers"], 1), 3)
                     one["round"] = rnd
                     logger.info("round %d %d/s %s: p50 %.1f p99 %.1f ms, shed %d, %s", rnd, rate, name, one["p50_ms"],
                                 one["p99_ms"], one["shed_answers"], one["cpu"])
                     runs[str(rate)][name].append(one)
         define(None)
-        keys = ("p50_ms", "p99_ms", "max_ms", "reader_cpu_ms_per_request", "shed_answers", "success")
+        keys = ("p50_ms", "p99_ms", "max_ms", "reader_cpu_ms_per_request", "reader_cpu_ms_per_ranked_answer",
+                "redis_commands_per_request", "redis_cpu_ms_per_request", "shed_answers", "success")
         median = {at: {name: {k: float(np.median([x[k] for x in rs])) for k in keys} for name, rs in by.items()}
                   for at, by in runs.items()}
         ratio: dict[str, dict[str, Any]] = {}
@@ -356,12 +366,12 @@ def latency(rounds: int, seconds: float, rates: tuple[int, ...]) -> dict[str, An
             ratio[at] = {}
             for name in ("ab", "interleave"):
                 per_round = [round(x["p99_ms"] / b["p99_ms"], 3) for x, b in zip(by[name], by["none"], strict=True)]
-                cpu = [round(x["reader_cpu_ms_per_request"] / b["reader_cpu_ms_per_request"], 3)
+                cpu = [round(x["reader_cpu_ms_per_ranked_answer"] / b["reader_cpu_ms_per_ranked_answer"], 3)
                        for x, b in zip(by[name], by["none"], strict=True)]
                 ratio[at][name] = {"p99_over_none_per_round": per_round,
                                    "p99_over_none_median": float(np.median(per_round)),
-                                   "reader_cpu_over_none_per_round": cpu,
-                                   "reader_cpu_over_none_median": float(np.median(cpu))}
+                                   "reader_cpu_per_ranked_answer_over_none_per_round": cpu,
+                                   "reader_cpu_per_ranked_answer_over_none_median": float(np.median(cpu))}
         return {
             "what": f"GET /v1/recommendations/{{random of 50,000 shoppers}}?n=10, vegeta open loop at {list(rates)} "
                     f"req/s, {seconds:g} s per window; {rounds} rounds, in each every rate and case, the case "
@@ -381,6 +391,93 @@ def latency(rounds: int, seconds: float, rates: tuple[int, ...]) -> dict[str, An
         redis_proc.terminate()
         redis_proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ranking_cpu(rounds: int, users_per_round: int = 400) -> dict[str, Any]:
+    """The reader's CPU per ranked answer in process (no HTTP, no load generator): no experiment,
+    an A/B variant, an interleaved answer, and an interleaved answer ranked by two separate blends
+    (as before ``blend_each`` shared their work). ``benchmarks/reader.py``'s data; the cases
+    alternate within each round (order rotating) on the same shoppers; ``time.process_time``."""
+    import random
+    import shutil
+    import tempfile
+
+    import reader as rb  # benchmarks/reader.py
+    import redis
+
+    import driftrec.online.recommender as recmod
+    from driftrec.models.blend import blend, blend_each
+    from driftrec.online.app import create_app, create_store
+    from driftrec.online.experiments import Pick
+    from driftrec.settings import load_settings
+
+    def unshared(c: Any, n: int, ws: Any, **kw: Any) -> list[Any]:
+        return [blend(c, n, weights=w, **kw) for w in ws]
+
+    async def measure(port: int) -> dict[str, list[float]]:
+        s = load_settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix=rb.PREFIX,
+                          kafka_bootstrap_servers="127.0.0.1:9")
+        app = create_app(s, create_store(s))
+        async with app.router.lifespan_context(app):
+            await app.state.snapshot.refresh()
+            rec, reg = app.state.recommender, app.state.experiments
+            lives = {}
+            for name, body in (("ab", {"variants": [{"name": "control", "share": 0.5}, {
+                                   "name": "tf", "share": 0.5, "weights": {"tf": 1.0, "item_item": 0.5}}]}),
+                               ("il", {"method": "interleave", "variants": [{"name": "blend"}, {
+                                   "name": "tf", "weights": {"tf": 1.0}}]})):
+                reg.stored = {name: parse_experiment(body, name)}
+                reg._compile()
+                lives[name] = reg.active[0]
+            reg.stored = {}
+            reg._compile()
+            rng = random.Random(3)
+            out: dict[str, list[float]] = {"none": [], "ab": [], "interleave": [], "interleave_unshared_blends": []}
+
+            async def one(case: str, user: str) -> None:
+                if case == "none":
+                    await rec.for_user(user, 10)
+                elif case == "ab":
+                    await reg.rank(Pick(lives["ab"], 1), user, 10, "r", exclude=(), category=None, context=())
+                else:
+                    await reg.rank(Pick(lives["il"], -1), user, 10, "r" + user, exclude=(), category=None, context=())
+
+            await rec.for_user("u0", 10)
+            await app.state.models.wait()  # the published model loaded, as in steady state
+            for u in range(200):  # warm the row caches
+                await one("interleave", f"u{u}")
+            names = list(out)
+            try:
+                for rnd in range(rounds):
+                    users = [f"u{rng.randrange(50_000)}" for _ in range(users_per_round)]
+                    for case in names[rnd % len(names):] + names[:rnd % len(names)]:
+                        recmod.blend_each = unshared if case == "interleave_unshared_blends" else blend_each
+                        t0 = time.process_time()
+                        for user in users:
+                            await one(case, user)
+                        out[case].append(round((time.process_time() - t0) * 1000 / len(users), 3))
+            finally:
+                recmod.blend_each = blend_each
+            return out
+
+    work = Path(tempfile.mkdtemp(prefix="driftrec-rankcpu-"))
+    port = rb.free_port()
+    proc = rb.private_redis(port, work)
+    try:
+        r = redis.Redis(port=port)
+        rb.wait_redis(r)
+        rb.populate(r, 10_000, 50_000)
+        runs = asyncio.run(measure(port))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    median = {k: float(np.median(v)) for k, v in runs.items()}
+    return {"what": f"process CPU per ranked answer (ms), in process, {rounds} rounds of {users_per_round} random "
+                    "shoppers per case, cases alternating (order rotating); the recorder's write is not included",
+            "runs": runs, "median": median,
+            "over_none_median": {k: round(float(np.median([x / b for x, b in zip(v, runs["none"], strict=True)])), 3)
+                                 for k, v in runs.items() if k != "none"}}
 
 
 # --- A/A on the real stack ----------------------------------------------------------------------
@@ -504,6 +601,8 @@ def main() -> None:
     if args.latency:
         rates = tuple(int(x) for x in args.latency_rates.split(","))
         result = latency(args.latency_rounds, args.latency_seconds, rates)
+        result["ranking_cpu"] = ranking_cpu(8)
+        logger.info("ranking CPU per answer: %s", result["ranking_cpu"]["median"])
         body = json.loads(args.out.read_text()) if args.out.exists() else {}
         body["latency"] = result
         body["latency"].update(commit=commit(), machine=machine(),
@@ -511,7 +610,8 @@ def main() -> None:
                                        f"{args.latency_rounds} --latency-seconds {args.latency_seconds:g} "
                                        f"--latency-rates {args.latency_rates}")
         args.out.write_text(json.dumps(body, indent=2) + "\n")
-        print(json.dumps({"median": body["latency"]["median"], "ratio": body["latency"]["ratio"]}, indent=2))
+        print(json.dumps({"median": body["latency"]["median"], "ratio": body["latency"]["ratio"],
+                          "ranking_cpu": body["latency"]["ranking_cpu"]["median"]}, indent=2))
         return
 
     logger.info("A/A: %d runs on %d simulated clicks", args.runs, args.events)
