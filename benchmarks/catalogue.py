@@ -11,7 +11,8 @@ same shoppers and items for the whole probe phase; what the worker applied meanw
 (``background``), so a run where the publisher fell short says so.
 
 Probe k takes the (k mod 10)-th item of the trending answer, a shopper whose recommendations show
-it and an item whose similar items show it (each if one of 50 / one of the top 10 does), marks it
+it and an item whose similar items show it (each if one of 50 shoppers / one of the item's own similar
+items or of the trending top 10 does), marks it
 unavailable through ``PUT /v1/items/{id}`` and polls every watched answer (trending,
 recommendations, similar items) back to back until a whole round shows it nowhere, then keeps
 polling for ``--confirm-s`` more (an answer that shows it again counts). The measure is the
@@ -104,7 +105,8 @@ def probe(http: httpx.Client, users: list[str], k: int, timeout: float = 10.0,
         if item in items_of(http, path):
             watched.append(path)
             break
-    for other in top:
+    # a similar-items answer that shows it: among its own neighbours' (co-occurrence is symmetric)
+    for other in [*items_of(http, f"/v1/items/{item}/similar?n=10"), *top]:
         path = f"/v1/items/{other}/similar?n=10"
         if other != item and item in items_of(http, path):
             watched.append(path)
