@@ -871,7 +871,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="driftrec-system-work-"))
     print(f"logs under {work}", flush=True)
     with services() as stack:
-        # The local stack runs Redis at the priority `local_redis_priority` asks (real time by
+        # The local stack runs Redis at the priority `local_redis_priority` asks (normal by
         # default); recorded because Redis' longest command depends on it.
         from driftrec.stack.local import LocalStack
         result["redis_cpu_priority"] = next((st.priority for st in LocalStack(stack).status()
