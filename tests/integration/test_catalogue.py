@@ -64,6 +64,17 @@ def _wait_applied(s: Settings, n: int, worker: Any, timeout: float = 90) -> None
         time.sleep(0.1)
 
 
+def _stack_with_clicks(s: Settings, spawn: Any, n_users: int) -> tuple[Any, Any]:
+    """A worker and a reader on ``s``, with the clicks of ``n_users`` shoppers applied."""
+    worker = spawn(["worker"], s)
+    reader = spawn(["serve"], s)
+    wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
+    clicks = _clicks(n_users)
+    publish_events(s, clicks)
+    _wait_applied(s, len(clicks), worker)
+    return worker, reader
+
+
 ENDPOINTS = (f"/v1/recommendations/{SHOPPER}?n=10", f"/v1/items/{A}/similar?n=10", "/v1/trending?n=10")
 
 
@@ -99,12 +110,7 @@ def _never_shown(http: httpx.Client, seconds: float) -> None:
 def test_an_unavailable_item_leaves_every_answer_within_a_second_and_comes_back(settings: Settings,
                                                                                  spawn: Any) -> None:
     s = _with_items(settings)
-    worker = spawn(["worker"], s)
-    reader = spawn(["serve"], s)
-    wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
-    clicks = _clicks(12)
-    publish_events(s, clicks)
-    _wait_applied(s, len(clicks), worker)
+    worker, reader = _stack_with_clicks(s, spawn, 12)
     with httpx.Client(base_url=f"http://127.0.0.1:{s.reader_port}", timeout=5) as http:
         _wait_until(http, shown=True, timeout=30)  # X is everywhere before the catalogue says a word
 
@@ -271,12 +277,7 @@ def test_a_new_item_with_no_clicks_enters_recommendations_through_its_category(s
     recommended to a shopper whose recent click shares its category, from the reader's in-memory
     catalogue; an equally new item of another category is not, and the weight turns it off."""
     s = _with_items(settings).model_copy(update={"reader_blend_weights": {"new_items": 0.3}})
-    worker = spawn(["worker"], s)
-    reader = spawn(["serve"], s)
-    wait_http(f"http://127.0.0.1:{s.reader_port}/readyz", 60, reader)
-    clicks = _clicks(12)
-    publish_events(s, clicks)
-    _wait_applied(s, len(clicks), worker)
+    worker, reader = _stack_with_clicks(s, spawn, 12)
     now = time.time()
     new, hat = "sku-new", "sku-hat"
     path = f"/v1/recommendations/{SHOPPER}?n=10&fields=title"
