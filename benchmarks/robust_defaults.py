@@ -109,42 +109,44 @@ def run_weights(args: argparse.Namespace) -> None:
     """Score WEIGHTS against the current defaults on the warm-up halves, TF published; adds 'weights'."""
     base = Settings()
     ref = _defaults(base)
-    halves: dict[str, Any] = {}
-    for ds in args.datasets.split(","):
-        name, events = load_stream(ds)
-        half = events[: len(events) // 2]
-        halves[name] = (half, _publish_model(base, half[: len(half) // 2], tf=True))
+    halves = _warmup_halves(args.datasets, base, tf=True)
     configs = [ref, *({**ref, **c} for c in WEIGHTS)]
     only_ii = {**ref, **{f"w.{s}": 0.0 for s in ("user_vector", "tf", "similar_users", "trending")}}
     configs.append(only_ii)
-    hr = phase("weights", configs, halves, base, args.max_windows)
-    ranked = rank(configs, {ds: {k: v for k, v in per.items() if k != "_scored"} for ds, per in hr.items()}, ref)
-    out = RESULTS / "robust_defaults.json"
-    report = json.loads(out.read_text()) if out.is_file() else {}
-    report["weights"] = {"command": "python benchmarks/robust_defaults.py " + " ".join(sys.argv[1:]),
-                         "commit": commit(), "reference": ref, "hr": hr, "ranked": ranked}
-    out.write_text(json.dumps(report, indent=1, default=str))
-    for row in ranked:
-        print(f"{row['worst']:.3f} {row['geomean']:.3f} {row['changes']} "
-              + " ".join(f"{k} {hr[k][row['key']]['hr10']:.4f}" for k in hr))
+    _score_and_record("weights", configs, ref, halves, base, args.max_windows)
 
 
 def run_combos(args: argparse.Namespace) -> None:
     """Score COMBOS against OLD_DEFAULTS on the warm-up halves; add them to the result file."""
     base = Settings()
     old = {**_defaults(base), **OLD_DEFAULTS}
+    halves = _warmup_halves(args.datasets, base)
+    configs = [old, *({**old, **c} for c in COMBOS)]
+    _score_and_record("combos", configs, old, halves, base, args.max_windows)
+
+
+def _warmup_halves(datasets: str, base: Settings, tf: bool = False) -> dict[str, Any]:
+    """Per data set (comma-separated names): its first half, and the model published from the
+    first half of that."""
     halves: dict[str, Any] = {}
-    for ds in args.datasets.split(","):
+    for ds in datasets.split(","):
         name, events = load_stream(ds)
         half = events[: len(events) // 2]
-        halves[name] = (half, _publish_model(base, half[: len(half) // 2]))
-    configs = [old, *({**old, **c} for c in COMBOS)]
-    hr = phase("combos", configs, halves, base, args.max_windows)
-    ranked = rank(configs, {ds: {k: v for k, v in per.items() if k != "_scored"} for ds, per in hr.items()}, old)
+        halves[name] = (half, _publish_model(base, half[: len(half) // 2], tf=tf))
+    return halves
+
+
+def _score_and_record(section: str, configs: list[dict[str, Any]], reference: dict[str, Any],
+                      halves: dict[str, Any], base: Settings, max_windows: int) -> None:
+    """Replay ``configs``, rank them against ``reference``, store them as ``section`` of the
+    result file and print the ranking."""
+    hr = phase(section, configs, halves, base, max_windows)
+    ranked = rank(configs, {ds: {k: v for k, v in per.items() if k != "_scored"} for ds, per in hr.items()},
+                  reference)
     out = RESULTS / "robust_defaults.json"
     report = json.loads(out.read_text()) if out.is_file() else {}
-    report["combos"] = {"command": "python benchmarks/robust_defaults.py " + " ".join(sys.argv[1:]),
-                        "commit": commit(), "reference": old, "hr": hr, "ranked": ranked}
+    report[section] = {"command": "python benchmarks/robust_defaults.py " + " ".join(sys.argv[1:]),
+                       "commit": commit(), "reference": reference, "hr": hr, "ranked": ranked}
     out.write_text(json.dumps(report, indent=1, default=str))
     for row in ranked:
         print(f"{row['worst']:.3f} {row['geomean']:.3f} {row['changes']} "
@@ -171,11 +173,7 @@ def main() -> None:
     t0 = time.perf_counter()
     base = Settings()
     ref = _defaults(base)
-    halves: dict[str, Any] = {}
-    for ds in args.datasets.split(","):
-        name, events = load_stream(ds)
-        half = events[: len(events) // 2]
-        halves[name] = (half, _publish_model(base, half[: len(half) // 2]))
+    halves = _warmup_halves(args.datasets, base)
     # write path: one setting at a time, then every combination of the settings' best values
     writes = [dict(ref)] + [{**ref, k: v} for k, vs in WRITE_SPACE.items() for v in vs]
     hr_w = phase("write", writes, halves, base, args.max_windows)
