@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -70,6 +71,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     #: Batches fetched but not yet taken by the agent (bounded: back-pressure on the fetcher).
     handoff_size = 2
+    #: While the batch topics are paused, how long one fetch of the other topics may wait (s):
+    #: how late the batch topics resume once the agent has taken the waiting batches.
+    held_poll_s = 0.05
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -78,6 +82,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self.batch_topics: dict[str, int] = {}  # topic -> max events per batch
         self._handoff = _Handoff(self.handoff_size)
+        # Batches fetched while the hand-off was full. While there are any, the fetch loop pauses
+        # the batch topics' partitions and keeps serving the others (the items topic), so a
+        # catalogue record never waits behind the click backlog; the agent's side moves them on.
+        self._waiting: collections.deque[Batch] = collections.deque()
+        self._held: set[TP] = set()  # batch-topic partitions this class paused
+        self._moved = asyncio.Event()  # set when the agent's side took batches from _waiting
         self._applied: dict[TP, int] = {}  # next offset to commit, per partition
         self._n_applied = 0
         self._in_flight = 0
@@ -114,6 +124,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     done, _ = await asyncio.wait({getter}, timeout=idle_s)
                     if done:
                         batch, getter = getter.result(), None
+                        self._refill()
                         if batch.generation != self.app.consumer_generation_id or not self.flow_active:
                             continue  # fetched before a rebalance: the new assignment re-reads it
                     elif self.flow_active:
@@ -176,6 +187,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
             self._applied.pop(tp, None)
+        self._held -= revoked
 
     async def wait_empty(self) -> None:
         """Wait for the batch the agent is applying (a Redis outage holds a stop here), then commit."""
@@ -191,6 +203,36 @@ class BatchConsumer(faust_aiokafka.Consumer):
         super().stop_flow()
         while not self._handoff.empty():  # not started: the next owner of the partition reads them
             self._handoff.get_nowait()
+        self._waiting.clear()
+        self._release_held()
+
+    # --- the hand-off's overflow -----------------------------------------------------------------
+    def _refill(self) -> None:
+        """Move waiting batches into the hand-off while it has room; once none wait, fetch the
+        batch topics again."""
+        moved = False
+        while self._waiting and not self._handoff.full():
+            self._handoff.put_nowait(self._waiting.popleft())
+            moved = True
+        if not self._waiting:
+            self._release_held()
+        if moved:
+            self._moved.set()
+
+    def _hold(self) -> bool:
+        """Pause the assigned batch-topic partitions; True if others are left to fetch."""
+        held = {tp for tp in self._get_active_partitions() if tp.topic in self.batch_topics}
+        if held:
+            self.pause_partitions(held)
+            self._held |= held
+        return bool(self._get_active_partitions())
+
+    def _release_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, set()
+            self._paused_partitions.difference_update(held)
+            assigned = self.assignment()
+            self._get_active_partitions().update(tp for tp in held if tp in assigned)
 
     # --- the fetcher's side ----------------------------------------------------------------------
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
@@ -201,7 +243,19 @@ class BatchConsumer(faust_aiokafka.Consumer):
         callback = self.callback
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                records, active = await self._wait_next_records(1.0)
+                self._refill()
+                if self._waiting:
+                    # The agent has a full hand-off: fetch only the other topics, briefly, and
+                    # look again; with nothing else to fetch, wait until the agent takes a batch.
+                    if not self._hold():
+                        self._moved.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._moved.wait(), timeout=1.0)
+                        continue
+                    timeout = self.held_poll_s
+                else:
+                    timeout = 1.0
+                records, active = await self._wait_next_records(timeout)
                 if not records or self.should_stop or not self.flow_active:
                     await asyncio.sleep(0)
                     continue
@@ -222,8 +276,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         for row in rows:
                             await self.wait_first(callback(self._to_message(tp, row)),
                                                   self.suspend_flow.wait())
-                for batch in self._split(pending, generation):
-                    await self._handoff.put(batch)
+                self._waiting.extend(self._split(pending, generation))
+                self._refill()
                 if self._commit_every is not None and self._n_applied >= self._commit_every:
                     self._n_applied = 0
                     await self.commit()

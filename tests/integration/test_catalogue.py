@@ -12,9 +12,11 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
+from driftrec.catalogue import parse_item_event
 from driftrec.keys import Keys
 from driftrec.publisher import ItemPublisher, publish_events
 from driftrec.settings import Settings
@@ -313,3 +315,52 @@ def test_a_new_item_with_no_clicks_enters_recommendations_through_its_category(s
             assert client.zscore(Keys(s.key_prefix).popularity, new) is None
         finally:
             client.close()
+
+
+def test_a_catalogue_event_does_not_wait_behind_a_click_backlog(settings: Settings, spawn: Any) -> None:
+    """While the worker catches up tens of thousands of clicks, an item made unavailable is
+    applied within a second: the click partitions wait while the clicks agent's hand-off is
+    full, and the fetch loop keeps serving the items topic (issue 27's head-of-line defect)."""
+    s = _with_items(settings)
+    worker = spawn(["worker"], s)
+    warm = _clicks(4)
+    publish_events(s, warm)
+    _wait_applied(s, len(warm), worker)
+    client = redis.Redis.from_url(s.redis, decode_responses=True)
+    keys = Keys(s.key_prefix)
+
+    def wait_record(available: bool, timeout: float) -> float:
+        """Seconds from sending the upsert (producer started) to the worker's record in Redis."""
+
+        async def run() -> float:
+            async with ItemPublisher(s) as pub:
+                started = time.monotonic()
+                await pub.send(parse_item_event(orjson.dumps({"item_id": X, "available": available})))
+                await pub.flush()
+                while f'"available":{str(available).lower()}' not in (client.hget(keys.catalogue, X) or ""):
+                    assert worker.alive() and time.monotonic() - started < timeout, worker.tail()
+                    await asyncio.sleep(0.01)
+                return time.monotonic() - started
+
+        return asyncio.run(run())
+
+    wait_record(True, 60)  # the items agent is up and fetching
+    worker.stop()
+    now = time.time()
+    backlog = [{"event_id": f"b{k}", "user_id": f"bu{k % 20_000}", "item_id": f"bi{(k * 7919) % 5_000}",
+                "type": "view", "timestamp": now - 120 + k / 1000, "category": "c"} for k in range(120_000)]
+    publish_events(s, backlog)
+    total = len(warm) + len(backlog)
+    worker = spawn(["worker"], s)
+    deadline = time.monotonic() + 120
+    while _applied(s) < len(warm) + 5_000:  # catching up, with most of the backlog still to come
+        assert worker.alive() and time.monotonic() < deadline, worker.tail()
+        time.sleep(0.05)
+    seconds = wait_record(False, 30)
+    behind = total - _applied(s)
+    print(f"applied {seconds:.2f} s after it was sent, with {behind} clicks still to apply")
+    assert behind > 0, "the backlog was gone before the catalogue record was applied: nothing measured"
+    assert seconds < 1.0, f"{seconds:.2f} s behind {behind} clicks"
+    _wait_applied(s, total, worker, timeout=300)  # and the clicks are all applied, once
+    assert _applied(s) == total
+    client.close()

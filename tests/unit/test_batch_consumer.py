@@ -159,3 +159,61 @@ async def test_the_worker_consumer_fetches_with_the_settings_batching(tmp_path: 
         await kafka.stop()  # never started: closes its client
     defaults = load_settings(home=tmp_path)
     assert defaults.worker_fetch_min_bytes == 1 << 20 and defaults.worker_fetch_max_wait_ms == 20
+
+
+def _assign(c: BatchConsumer, monkeypatch: pytest.MonkeyPatch, tps: set[TP]) -> None:
+    monkeypatch.setattr(c, "assignment", lambda: set(tps))
+    c._set_active_tps(set(tps))
+
+
+def test_a_full_handoff_pauses_the_clicks_and_keeps_fetching_the_items(
+        consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches the agent cannot take yet wait with the click partitions paused, so the fetch loop
+    keeps serving the items topic; as the agent takes batches they move on in order, and the
+    clicks are fetched again once none wait."""
+    clicks0, clicks1, items0 = TP("clicks", 0), TP("clicks", 1), TP("items", 0)
+    _assign(consumer, monkeypatch, {clicks0, clicks1, items0})
+    fetched = [_batch(consumer, {clicks0: o}) for o in range(consumer.handoff_size + 3)]
+    consumer._waiting.extend(fetched)
+    consumer._refill()
+    assert consumer._handoff.full() and len(consumer._waiting) == 3
+    assert consumer._hold()  # the items partition is left to fetch
+    assert consumer._get_active_partitions() == {items0}
+    assert consumer._paused_partitions == {clicks0, clicks1}
+
+    taken = []
+    while not consumer._handoff.empty():
+        taken.append(consumer._handoff.get_nowait())
+        consumer._refill()  # what batches() does after each batch it takes
+        if consumer._waiting:
+            assert consumer._get_active_partitions() == {items0}
+    assert taken == fetched
+    assert consumer._get_active_partitions() == {clicks0, clicks1, items0}
+    assert not consumer._paused_partitions and not consumer._held
+
+
+def test_with_nothing_else_to_fetch_the_hold_says_so(consumer: BatchConsumer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    clicks0 = TP("clicks", 0)
+    _assign(consumer, monkeypatch, {clicks0})
+    assert not consumer._hold()  # the fetch loop then waits for the agent instead of fetching
+    consumer._release_held()
+    assert consumer._get_active_partitions() == {clicks0}
+
+
+def test_a_rebalance_drops_waiting_batches_and_leaves_pausing_to_faust(
+        consumer: BatchConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revoke stops the flow (the next owner re-reads the waiting batches) and forgets what this
+    class paused; Faust pauses the assignment itself and its recovery resumes it."""
+    clicks0, clicks1, items0 = TP("clicks", 0), TP("clicks", 1), TP("items", 0)
+    _assign(consumer, monkeypatch, {clicks0, clicks1, items0})
+    consumer._waiting.extend(_batch(consumer, {clicks0: o}) for o in range(consumer.handoff_size + 1))
+    consumer._refill()
+    consumer._hold()
+    monkeypatch.setattr(consumer, "assignment", lambda: {clicks0, items0})
+    asyncio.run(consumer.on_partitions_revoked({clicks1}))  # the app's callback calls stop_flow
+    assert not consumer._waiting and consumer._handoff.empty() and not consumer._held
+    consumer._refill()  # the agent's side after the rebalance: does not unpause Faust's pause
+    assert not consumer._get_active_partitions()
+    consumer.resume_partitions({clicks0, items0})  # Faust's recovery, once the rebalance is done
+    assert consumer._get_active_partitions() == {clicks0, items0}
