@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -197,6 +198,41 @@ def click_backlog(s: Any, client: redis.Redis, keys: Keys) -> int:
     return max(0, asyncio.run(ends()) - applied_events(client, keys))
 
 
+def backlog_probes(s: Any, sim: ShopSimulator, worker: Child, http: httpx.Client, users: list[str],
+                   client: redis.Redis, keys: Keys, args: argparse.Namespace, stored: Any) -> dict[str, Any]:
+    """Probes while the worker catches up a click backlog: the case where a catalogue record used
+    to wait behind the clicks. The worker is paused (SIGSTOP) while ``--backlog-clicks`` are
+    published, resumed, and probed while it is more than 1 s of clicks behind."""
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        published = time.monotonic()
+        publish_events(s, wall_clock(sim.events(args.backlog_clicks)))
+        paused_s = time.monotonic() - published
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+    probes: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for k in range(args.probes):
+        backlog = click_backlog(s, client, keys)
+        if backlog < args.clicks_rate:
+            break
+        p = probe(http, users, 1000 + k, confirm_s=args.confirm_s, stored=stored)
+        if p is not None:
+            probes.append({**p, "click_backlog_at_start": backlog,
+                           "click_backlog_at_end": click_backlog(s, client, keys)})
+    last = [p["last_answer_with_item_s"] for p in probes]
+    applied = [p["applied_in_redis_s"] for p in probes if p["applied_in_redis_s"] is not None]
+    print(f"behind a backlog: {len(probes)} probes, last answer with the item "
+          f"{[round(x, 3) for x in last]}, backlog {[p['click_backlog_at_start'] for p in probes]}", flush=True)
+    return {"backlog_clicks": args.backlog_clicks, "worker_paused_s": round(paused_s, 1),
+            "probing_s": round(time.monotonic() - started, 1), "probes": len(probes),
+            "click_backlog_at_start": summary([float(p["click_backlog_at_start"]) for p in probes]) if probes else None,
+            "unavailable_to_last_answer_s": summary(last) if last else None,
+            "unavailable_to_applied_in_redis_s": summary(applied) if applied else None,
+            "probes_over_1s": sum(x >= 1.0 for x in last)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--probes", type=int, default=100)
@@ -206,6 +242,9 @@ def main() -> None:
     ap.add_argument("--confirm-s", type=float, default=0.5,
                     help="seconds a probe keeps polling after the first round without the item")
     ap.add_argument("--latency-requests", type=int, default=1000, help="per variant (with / without fields=)")
+    ap.add_argument("--backlog-clicks", type=int, default=150_000,
+                    help="clicks published while the worker is paused (SIGSTOP), then probes while it "
+                         "catches them up under the background clicks (0: no backlog phase)")
     ap.add_argument("--out", type=Path, default=RESULTS / "catalogue.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -280,6 +319,8 @@ def main() -> None:
                 if bg is not None and not bg.check():
                     raise SystemExit(f"background clicks stopped:\n{bg.tail()}")
             a1, t1 = applied_events(client, keys), time.monotonic()
+            if args.backlog_clicks > 0:
+                out["behind_a_backlog"] = backlog_probes(s, sim, worker, http, users, client, keys, args, stored)
             if bg is not None:
                 bg.stop()
             out["background"] = {"clicks_per_s_offered": args.clicks_rate, "seconds": round(t1 - t0, 1),
