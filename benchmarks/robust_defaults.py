@@ -105,6 +105,28 @@ WEIGHTS: tuple[dict[str, float], ...] = (
 )
 
 
+#: ``--session``: the session_knn source's weight and reads, around the defaults, TF published.
+SESSION: tuple[dict[str, Any], ...] = (
+    {"w.session_knn": 0.25}, {"w.session_knn": 0.5}, {"w.session_knn": 1.0}, {"w.session_knn": 2.0},
+    {"w.session_knn": 1.0, "reader_session_knn_sample": 50},
+    {"w.session_knn": 1.0, "reader_session_knn_users": 10},
+    {"w.session_knn": 1.0, "reader_session_knn_users": 10, "reader_session_knn_sample": 50},
+    {"w.session_knn": 1.0, "reader_session_knn_users": 100, "reader_session_knn_sample": 50},
+    {"w.session_knn": 1.0, "w.item_item": 0.0, "w.user_vector": 0.0, "w.tf": 0.0, "w.similar_users": 0.0,
+     "w.trending": 0.0},
+)
+
+
+def run_session(args: argparse.Namespace) -> None:
+    """Score SESSION against the current defaults on the warm-up halves, TF published; adds 'session'."""
+    base = Settings()
+    ref = {**_defaults(base), "reader_session_knn_users": base.reader_session_knn_users,
+           "reader_session_knn_sample": base.reader_session_knn_sample}
+    halves = _warmup_halves(args.datasets, base, tf=True)
+    configs = [ref, *({**ref, **c} for c in SESSION)]
+    _score_and_record("session", configs, ref, halves, base, args.max_windows)
+
+
 def run_weights(args: argparse.Namespace) -> None:
     """Score WEIGHTS against the current defaults on the warm-up halves, TF published; adds 'weights'."""
     base = Settings()
@@ -162,8 +184,13 @@ def main() -> None:
     ap.add_argument("--combos", action="store_true", help="only score COMBOS against OLD_DEFAULTS (adds 'combos')")
     ap.add_argument("--weights", action="store_true", help="only score WEIGHTS against the defaults, TF published "
                     "(adds 'weights')")
+    ap.add_argument("--session", action="store_true", help="only score SESSION (the session_knn source) against "
+                    "the defaults, TF published (adds 'session')")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.session:
+        run_session(args)
+        return
     if args.combos:
         run_combos(args)
         return

@@ -39,6 +39,15 @@ class Keys:
         """ZSET neighbour -> forward-decayed co-occurrence (top-K pruned)."""
         return f"{self.prefix}:{{i:{item}}}:nbr"
 
+    def item_sessions(self, item: str) -> str:
+        """ZSET user -> event time of the user's latest click of the item (not decayed), the
+        ``session_index_k`` latest: the session index the session_knn source reads."""
+        return f"{self.prefix}:{{i:{item}}}:us"
+
+    def is_item_sessions(self, key: str) -> bool:
+        """Whether ``key`` is an :meth:`item_sessions` key (its scores are times: never rescaled)."""
+        return key.startswith(f"{self.prefix}:{{i:") and key.endswith("}:us")
+
     def item_vec(self, item: str) -> str:
         """STRING ``<"isgd" or version> NUL <float32 bytes>``: online / cold-start item vector."""
         return f"{self.prefix}:{{i:{item}}}:vec"

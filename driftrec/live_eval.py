@@ -26,6 +26,9 @@ from driftrec.models.candidates import (
     PER_SIMILAR_USER,
     assemble,
     new_item_scores,
+    session_knn_scores,
+    session_neighbours,
+    session_query,
     trending_depth,
     user_recent,
 )
@@ -89,7 +92,8 @@ class LiveModel:
 
 def new_state(settings: Settings, **overrides: object) -> InMemoryState:
     """An InMemoryState bounded as the worker bounds Redis (``streams.redis_state``)."""
-    kw: dict[str, object] = {"user_items_k": settings.history_len, "user_cats_k": _CATS_KEPT}
+    kw: dict[str, object] = {"user_items_k": settings.history_len, "user_cats_k": _CATS_KEPT,
+                             "session_index_k": settings.session_index_k}
     kw.update(overrides)
     return InMemoryState.from_settings(settings, **kw)
 
@@ -281,12 +285,28 @@ class LiveRecommender:
         theirs = {v: _zrevrange(st.user_items.get(v, {}), PER_SIMILAR_USER) for v, _ in similar}
         new, labels = (new_item_scores(recent, self.catalogue, st.last_event_time, self.new_rule)
                        if self.catalogue is not None else ([], {}))
+        sess = self._session_knn(user, newest) if st.session_index_k > 0 else []
         cands = assemble(recent, rows, f, lambda items: {i: st.pop.get(i, 0.0) * f for i in items},
                          vector_scores=vec_scores, tf_scores=tf_scores, similar=similar, theirs=theirs,
-                         trending=self._top.read(trend_n), trending_label=None, new_items=new, new_labels=labels)
+                         trending=self._top.read(trend_n), trending_label=None, new_items=new, new_labels=labels,
+                         session_knn=sess)
         reads = _Reads(cands, excluded)
         self._cache = (key, reads)
         return reads
+
+
+    def _session_knn(self, user: str, newest: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """The session_knn source as the reader reads it: the session index's rows of the latest
+        session's items (``ZREVRANGE``), then the neighbours' stored histories (``HGETALL``)."""
+        s, st = self.settings, self.state
+        if s.reader_session_knn_users <= 0:
+            return []
+        query = session_query(newest, k=s.reader_recent_items, session_gap_s=s.reader_session_gap_s)
+        rows = {i: st.session_users(i, s.reader_session_knn_sample) for i in query}
+        nbrs = session_neighbours(rows, user, s.reader_session_knn_users, query)
+        hist = st.hist
+        theirs = {v: list(hist[v].items()) for v, _ in nbrs if v in hist}
+        return session_knn_scores(query, nbrs, theirs, gap_s=s.reader_session_gap_s)
 
 
 class _Reader(LiveRecommender):

@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     isgd_regularization: float = Field(default=0.01, ge=0, description="ISGD L2 regularisation.")
     fold_in_regularization: float = Field(default=0.1, ge=0, description="L2 of the ALS fold-in step.")
     trending_k: int = Field(default=500, ge=1, description="Items kept per trending list.")
+    session_index_k: int = Field(default=100, ge=0, description="Session index (P:{i:<item>}:us, read by the session_knn source): the shoppers who clicked an item last kept per item, with that click's time; 0 = the worker keeps no index.")
 
     # --- reader ---------------------------------------------------------------------------
     reader_host: str = Field(default="127.0.0.1", description="Reader bind address.")
@@ -151,7 +152,7 @@ class Settings(BaseSettings):
     allow_anonymous_writes: bool = Field(default=False, description="Take POST /v1/events and DELETE /v1/users/{id} without an API key when none is configured (the demo and tests; never on a reader the internet can reach).")
     max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest HTTP request body accepted.")
     reader_blend_weights: dict[str, float] = Field(
-        default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending, new_items); unset = models.blend defaults. new_items (default 0) is the catalogue's new-item source: items added recently (added_at) that share a category or tag with the shopper's recent items, clicked or not (reader_new_item_*).")
+        default={}, description="Blend weight per source (item_item, user_vector, tf, similar_users, trending, new_items, session_knn); unset = models.blend defaults. new_items (default 0) is the catalogue's new-item source: items added recently (added_at) that share a category or tag with the shopper's recent items, clicked or not (reader_new_item_*).")
     reader_recent_items: int = Field(default=8, ge=1, description="Recent items whose neighbours the reader reads per request.")
     reader_recent_order: Literal["time", "weight"] = Field(
         default="time", description="Which recent items feed item-item: the last clicked ('time') or the strongest decayed weights ('weight').")
@@ -159,6 +160,8 @@ class Settings(BaseSettings):
     reader_session_gap_s: float = Field(default=1800.0, gt=0, description="A gap between two clicks longer than this ends a session (reader_outside_session_weight).")
     reader_outside_session_weight: float = Field(default=0.2, gt=0, le=1, description="Item-item source: factor on a recent item not clicked in the shopper's latest session (reader_session_gap_s); 1 = no difference.")
     reader_neighbours: int = Field(default=20, ge=1, description="Strongest neighbours read per recent item.")
+    reader_session_knn_sample: int = Field(default=20, ge=1, description="session_knn source: shoppers read from the session index per item of the shopper's latest session (at most reader_recent_items of them).")
+    reader_session_knn_users: int = Field(default=30, ge=0, description="session_knn source: the shoppers who clicked those items last whose sessions are compared with the shopper's (one HASH read each, per request); 0 = off.")
     reader_similar_users: int = Field(default=5, ge=0, description="Nearest users whose items the similar-users source reads (0 = off).")
     reader_similar_users_pool: int = Field(default=10000, ge=1, description="Most published users searched for nearest users (bounds per-request cost).")
     reader_scan_items: int = Field(default=20_000, ge=1, description="Without reader_ann (or below reader_ann_min_rows items): most published items the reader's per-request exact scans cover (user vector, TF model, similar items by factors): on a larger catalogue, those with the largest factor norms. Bounds a request's cost: each scanned item streams (factors + TF hidden width) x 4 bytes from memory per request, about 1.4 ms of CPU per 10,000 items at driftrec train's 128 factors and 256-wide TF layer. Every item stays reachable through item-item neighbours and trending.")

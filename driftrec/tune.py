@@ -61,6 +61,7 @@ READ_SPACE: dict[str, tuple[float | int, ...]] = {
     "w.user_vector": (0.0, 0.15, 0.3, 0.6, 1.0),
     "w.similar_users": (0.0, 0.1, 0.3),
     "w.trending": (0.0, 0.05, 0.15, 0.3),
+    "w.session_knn": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
 
 

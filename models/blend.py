@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _INF = math.inf
 
 #: Source names, as used in weights, metrics and the ``source`` of each answer.
-SOURCES = ("item_item", "user_vector", "tf", "similar_users", "trending", "new_items")
+SOURCES = ("item_item", "user_vector", "tf", "similar_users", "trending", "new_items", "session_knn")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,10 @@ class BlendWeights:
     #: docs/experiments.md) it hits unrated and little-rated movies only at weights (>= 0.4)
     #: that lose more hits on the rest (HR@10 -14 to -33 %); at <= 0.2 it changes nothing.
     new_items: float = 0.0
+    #: V-SKNN over the sessions of the shoppers who clicked the items of the shopper's latest
+    #: session last (:func:`driftrec.models.candidates.session_knn_scores`; the worker's session
+    #: index): items a session shares with recent sessions that the neighbour rows do not reach.
+    session_knn: float = 0.0
 
     def with_overrides(self, overrides: Mapping[str, float]) -> BlendWeights:
         unknown = set(overrides) - set(SOURCES)
@@ -69,6 +73,7 @@ class Candidates:
     trending : (item, decayed popularity), overall or in the asked category.
     new_items : (item, score) of items new in the catalogue that share a category or tag with the
         recent items; ``new_labels`` names, per item, the category or tag it shares (its reason).
+    session_knn : (item, score) from the sessions of shoppers who clicked the same items lately.
     """
 
     recent: Sequence[tuple[str, float]] = ()
@@ -81,6 +86,7 @@ class Candidates:
     trending_label: str | None = None
     new_items: Sequence[tuple[str, float]] = ()
     new_labels: Mapping[str, str] = field(default_factory=dict)
+    session_knn: Sequence[tuple[str, float]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +258,8 @@ def blend_each(c: Candidates, n: int, weights: Sequence[BlendWeights], *,
     ii = _item_item_totals(c, shrinkage, alpha) if any(w.item_item > 0 for w in weights) else {}
     raw: dict[str, Mapping[str, float] | Sequence[tuple[str, float]]] = {
         "item_item": ii, "user_vector": c.vector_scores, "tf": c.tf_scores,
-        "similar_users": c.similar_users, "trending": c.trending, "new_items": c.new_items}
+        "similar_users": c.similar_users, "trending": c.trending, "new_items": c.new_items,
+        "session_knn": c.session_knn}
     normalised: dict[str, dict[str, float]] = {}
 
     def scores_of(name: str) -> dict[str, float]:
@@ -309,4 +316,6 @@ def _reason(source: str, item: str, because: Mapping[str, str], label: str | Non
         return "often next after items like yours"
     if source == "similar_users":
         return "shoppers like you bought this"
+    if source == "session_knn":
+        return "in sessions like yours"
     return f"popular in {label}" if label else "popular now"

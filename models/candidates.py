@@ -8,21 +8,27 @@ score to one ``now``, the similar-users scores and the depth of each read are on
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from driftrec.models.blend import Candidates, recent_items
 from driftrec.models.decay import DecayPolicy
+from driftrec.models.sknn import vsknn_scores
 
 __all__ = ["PER_SIMILAR_USER", "MAX_TRENDING_READ", "trending_depth", "user_recent", "session_weights",
-           "similar_user_scores", "assemble", "NewItemIndex", "NewItemRule", "NewItemLabels", "new_item_scores"]
+           "similar_user_scores", "session_query", "session_neighbours", "session_around",
+           "session_knn_scores", "assemble", "NewItemIndex", "NewItemRule", "NewItemLabels", "new_item_scores"]
 
 logger = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, float]]
+#: An item id as text, or as the UTF-8 bytes of a raw Redis reply.
+Item = TypeVar("Item", str, bytes, str | bytes)
 
 #: Strongest items read per similar user.
 PER_SIMILAR_USER = 10
@@ -120,6 +126,110 @@ def user_recent(stored: Iterable[tuple[str, float]], history: Sequence[tuple[str
                                     session_gap_s=session_gap_s, outside_session=outside_session)
 
 
+def session_query(history: Sequence[tuple[str, float]], context: Sequence[str] = (), *, k: int,
+                  session_gap_s: float) -> list[str]:
+    """The items of the shopper's latest session, at most ``k``, oldest first (the query of the
+    session_knn source): ``context`` items (newest first) count as the latest clicks, then the
+    history's items (newest first) back to the first gap longer than ``session_gap_s``."""
+    out: list[str] = []
+    for item in context:
+        if len(out) == k:
+            break
+        if item not in out:
+            out.append(item)
+    prev = None
+    for item, t in history:
+        if len(out) >= k or (prev is not None and prev - t > session_gap_s):
+            break
+        prev = t
+        if item not in out:
+            out.append(item)
+    out.reverse()
+    return out
+
+
+def session_neighbours(rows: Mapping[str, Sequence[tuple[str, float]]], user: str, m: int,
+                       query: Sequence[str] = ()) -> list[tuple[str, float]]:
+    """The ``m`` shoppers (not ``user``) of the session-index ``rows`` (item -> (shopper, time of
+    their last click of it), latest first) to compare, with the time of their latest shared click.
+
+    With ``query`` (the latest session, oldest first) they are ranked as V-SKNN ranks neighbour
+    sessions (:func:`driftrec.models.sknn.vsknn_scores`): by the sum of the position weights
+    ``p / L`` of the query items they share, which the index rows already tell, so only the ``m``
+    most similar shoppers' histories are read; ties, and without ``query`` all, by the latest
+    shared click, then shopper id (descending, as the rows order them). Returned in that order.
+    """
+    latest: dict[str, float] = {}
+    for row in rows.values():
+        for v, t in row:
+            if v != user and t > latest.get(v, -math.inf):
+                latest[v] = t
+    if query:
+        sim = dict.fromkeys(latest, 0.0)
+        for p, item in enumerate(query, start=1):
+            for v, _ in rows.get(item, ()):
+                if v != user:
+                    sim[v] += p
+        ranked = heapq.nlargest(m, latest, key=lambda v: (sim[v], latest[v], v))
+        return [(v, latest[v]) for v in ranked]
+    if len(latest) <= m:
+        return sorted(latest.items(), key=_time_then_id, reverse=True)
+    return heapq.nlargest(m, latest.items(), key=_time_then_id)
+
+
+def _time_then_id(kv: tuple[str, float]) -> tuple[float, str]:
+    return kv[1], kv[0]
+
+
+def session_around(times: Sequence[tuple[Item, float]], t: float, gap_s: float) -> set[Item]:
+    """The items of the session holding a click at ``t``: the run of ``times`` ((item, time), any
+    order; a NaN time is no click) with gaps of at most ``gap_s`` between consecutive clicks that
+    contains ``t``."""
+    clicks = sorted([x for _, x in times if x == x])  # floats sort in C, several times faster than pairs
+    at = bisect_left(clicks, t)
+    if at < len(clicks) and clicks[at] - t <= gap_s:
+        lo = at  # the run of the first click at or after t ...
+    elif at > 0 and t - clicks[at - 1] <= gap_s:
+        lo = at - 1  # ... or of the one before (t's own click left the bounded history)
+    else:
+        return set()
+    hi = lo
+    while lo > 0 and clicks[lo] - clicks[lo - 1] <= gap_s:
+        lo -= 1
+    while hi + 1 < len(clicks) and clicks[hi + 1] - clicks[hi] <= gap_s:
+        hi += 1
+    first, last = clicks[lo], clicks[hi]
+    return {i for i, x in times if first <= x <= last}
+
+
+def session_knn_scores(query: Sequence[str], neighbours: Sequence[tuple[str, float]],
+                       histories: Mapping[str, Sequence[tuple[str, float]] | Sequence[tuple[str | bytes, float]]],
+                       *, gap_s: float) -> Pairs:
+    """The session_knn source: V-SKNN (:func:`driftrec.models.sknn.vsknn_scores`) over the
+    sessions of the shoppers who clicked the query's items last.
+
+    Parameters
+    ----------
+    query : the shopper's latest session, oldest first (:func:`session_query`).
+    neighbours : (shopper, time of their latest click of a query item), latest first
+        (:func:`session_neighbours`); each one's session is the run of their stored history
+        around that click (:func:`session_around`), and every one is a scored neighbour.
+    histories : shopper -> their stored history (item, time); a shopper without one (forgotten,
+        or nothing stored) adds nothing. Items may be UTF-8 bytes (the reader's raw replies):
+        only those of the sessions taken are decoded.
+    gap_s : a gap longer than this ends a session.
+    """
+    if not query or not neighbours:
+        return []
+    sessions: list[set[str]] = []
+    for v, t in neighbours:
+        h = histories.get(v)
+        if h:
+            sess = session_around(h, t, gap_s)
+            sessions.append({i if isinstance(i, str) else i.decode("utf-8", "surrogateescape") for i in sess})
+    return list(vsknn_scores(query, sessions, len(sessions)).items())
+
+
 def similar_user_scores(similar: Sequence[tuple[str, float]], theirs: Mapping[str, Sequence[tuple[str, float]]]) -> Pairs:
     """Σ over similar users v of cos(u, v) · (v's weight of the item / v's largest weight)."""
     scores: dict[str, float] = {}
@@ -138,7 +248,8 @@ def assemble(recent: Pairs, rows: Mapping[str, Sequence[tuple[str, float]]], fac
              norms_of: Callable[[set[str]], dict[str, float]], *, vector_scores: Pairs, tf_scores: Pairs,
              similar: Sequence[tuple[str, float]], theirs: Mapping[str, Sequence[tuple[str, float]]],
              trending: Iterable[tuple[str, float]], trending_label: str | None,
-             new_items: Pairs | None = None, new_labels: Mapping[str, str] | None = None) -> Candidates:
+             new_items: Pairs | None = None, new_labels: Mapping[str, str] | None = None,
+             session_knn: Pairs | None = None) -> Candidates:
     """The blend's inputs from what was read.
 
     ``rows`` (item -> stored neighbour row, strongest first) and ``trending`` hold stored forward
@@ -153,7 +264,7 @@ def assemble(recent: Pairs, rows: Mapping[str, Sequence[tuple[str, float]]], fac
         recent=recent, neighbours=neighbours, norms=norms_of(wanted), vector_scores=vector_scores,
         tf_scores=tf_scores, similar_users=similar_user_scores(similar, theirs),
         trending=[(i, v * factor) for i, v in trending], trending_label=trending_label,
-        new_items=new_items or (), new_labels=new_labels or {},
+        new_items=new_items or (), new_labels=new_labels or {}, session_knn=session_knn or (),
     )
 
 

@@ -139,6 +139,12 @@ def subtract_share(delta: BatchDelta, share: BatchDelta) -> None:
     share of events in this very batch), and one left at ``<= FORGET_RESIDUE × |increment|``
     is removed. Events of the user inside the batch before the tombstone are both in ``delta``
     and in ``share``, so they net out.
+
+    Every item in the share also lists the batch's forgotten users in ``delta.index_gone``: they
+    leave that item's session index (``P:{i:<item>}:us``) before the batch's own clicks go in.
+    (The share's per-user rows end empty at the closing tombstone, so the items come from its
+    popularity: with several users forgotten in one batch, each leaves the rows of the others'
+    items too, where removing a non-member changes nothing.)
     """
     if share.landmark != delta.landmark:
         raise ValueError("the share was planned at another landmark than the batch")
@@ -146,6 +152,9 @@ def subtract_share(delta: BatchDelta, share: BatchDelta) -> None:
     for table, rows in ((delta.trend, share.trend), (delta.cooc, share.cooc)):
         for key, row in rows.items():
             _net(table.setdefault(key, {}), row)
+    if delta.forgotten:
+        for item in share.pop:
+            delta.index_gone.setdefault(item, set()).update(delta.forgotten)
 
 
 class ForgettingState(InMemoryState):

@@ -73,6 +73,9 @@ class BatchDelta:
     forgotten: set[str] = field(default_factory=set)
     #: Events with no weight for their type, with the reason; their offsets still count.
     rejected: list[tuple[EventView, str]] = field(default_factory=list)
+    #: item -> users to take out of its session index (the items a forgotten user clicked, from
+    #: their share: :func:`driftrec.models.forget.subtract_share`); removed before ``hist`` is added.
+    index_gone: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _start_history(given: Iterable[tuple[str, float]] | None, keep: int) -> tuple[History, dict[str, float]]:
@@ -332,6 +335,10 @@ class InMemoryState:
     by raw decayed score, and optionally ``user_items_k`` / ``user_cats_k`` per user. Pruning
     forgets evidence, so with it the result can depend on how the stream was cut into batches;
     without it (bounds not reached) it does not.
+
+    ``session_index_k`` > 0 keeps the session index: item -> user -> the user's last click of
+    the item (event time, not decayed), the ``session_index_k`` latest by ``(time, user)``
+    (``ZADD GT`` then a cut by rank, as ``apply_ops.lua``'s ``g`` op does).
     """
 
     def __init__(
@@ -347,12 +354,15 @@ class InMemoryState:
         user_items_k: int | None = None,
         user_cats_k: int | None = None,
         landmark: float = 0.0,
+        session_index_k: int = 0,
     ) -> None:
         self.policy, self.weights = policy, weights
         self.window, self.window_s, self.history_len = window, window_s, history_len
         self.neighbours_k, self.trending_k = neighbours_k, trending_k
         self.user_items_k, self.user_cats_k = user_items_k, user_cats_k
         self.landmark = landmark
+        self.session_index_k = session_index_k
+        self.sessions: dict[str, dict[str, float]] = {}  # item -> user -> last click time
         self.pop: dict[str, float] = {}
         self.trend: dict[str, dict[str, float]] = {}
         self.cooc: dict[str, dict[str, float]] = {}
@@ -373,6 +383,7 @@ class InMemoryState:
             "history_len": settings.history_len,
             "neighbours_k": settings.neighbours_k,
             "trending_k": settings.trending_k,
+            "session_index_k": settings.session_index_k,
         }
         kwargs.update(overrides)
         return cls(DecayPolicy(settings.half_life_s), EventWeights(settings.event_weights), **kwargs)
@@ -449,11 +460,36 @@ class InMemoryState:
                 if t > row.get(item, -math.inf):
                     row[item] = t
             _keep_top(row, self.history_len)
+        if self.session_index_k > 0:
+            self._index_sessions(delta)
         self.item_cat.update(delta.item_cat)
         self.offsets.update(delta.offsets)
         self.last_event_time = max(self.last_event_time, delta.last_event_time)
         self.applied += delta.applied
         return True
+
+    def _index_sessions(self, delta: BatchDelta) -> None:
+        """The session index's share of :meth:`apply`: forgotten users out, then ``ZADD GT`` and the cut."""
+        index, k = self.sessions, self.session_index_k
+        for item, users in delta.index_gone.items():
+            row = index.get(item)
+            if row is None:
+                continue
+            for user in users:
+                row.pop(user, None)
+            if not row:
+                del index[item]
+        touched: set[str] = set()
+        for user, times in delta.hist.items():
+            for item, t in times.items():
+                row = index.get(item)
+                if row is None:
+                    row = index[item] = {}
+                if t > row.get(user, -math.inf):
+                    row[user] = t
+                touched.add(item)
+        for item in touched:
+            _keep_top(index[item], k)
 
     def process(self, events: Sequence[EventView]) -> BatchDelta:
         """Plan and apply one batch; returns the delta."""
@@ -493,6 +529,11 @@ class InMemoryState:
             for b, c in row.items()
         }
         return top_k(scores, n)
+
+    def session_users(self, item: str, n: int) -> list[tuple[str, float]]:
+        """The ``n`` users who clicked ``item`` last, with that click's time, latest first
+        (``ZREVRANGE`` of the item's session index)."""
+        return heapq.nlargest(n, self.sessions.get(item, {}).items(), key=_hist_key)
 
     def user_weights(self, user: str, now: float | None = None) -> dict[str, float]:
         """The user's decayed item weights (the fold-in input)."""

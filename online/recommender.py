@@ -12,6 +12,7 @@ import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import redis.exceptions
 
@@ -22,6 +23,9 @@ from driftrec.models.candidates import (
     PER_SIMILAR_USER,
     assemble,
     new_item_scores,
+    session_knn_scores,
+    session_neighbours,
+    session_query,
     trending_depth,
     user_recent,
 )
@@ -70,6 +74,8 @@ class Recommender:
         # Shared rows reused across requests for at most reader_cache_ttl_s (online/rowcache.py).
         self.nbr_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
         self.user_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
+        self.session_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
+        self.history_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
         self.clock = time.monotonic  # the row caches' clock (tests move it by hand)
 
     def _trend_key(self, category: str | None) -> str:
@@ -106,7 +112,8 @@ class Recommender:
         active = rule is not None and rule.active
         if not hidden and not active:
             return set()  # nothing hidden, no rule: no pass over the candidates at all
-        lists = [*c.neighbours.values(), c.vector_scores, c.tf_scores, c.similar_users, c.trending, c.new_items]
+        lists = [*c.neighbours.values(), c.vector_scores, c.tf_scores, c.similar_users, c.trending, c.new_items,
+                 c.session_knn]
         if not active:
             out: set[str] = set()
             for pairs in lists:
@@ -182,14 +189,18 @@ class Recommender:
                 vector=w.user_vector > 0, tf=w.tf > 0)
 
         nbr_items = [i for i, _ in recent] if w.item_item > 0 else []
-        nbrs, theirs = await self._expansion(nbr_items, [v for v, _ in similar], r.meta.landmark)
+        query = (session_query(r.history, context, k=s.reader_recent_items, session_gap_s=s.reader_session_gap_s)
+                 if w.session_knn > 0 and s.reader_session_knn_users > 0 else [])
+        nbrs, theirs, index_rows = await self._expansion(nbr_items, [v for v, _ in similar], r.meta.landmark, query)
         landmark = r.meta.landmark
+        sess = await self._session_knn(user, query, index_rows, landmark) if query else []
         # New items sharing a category or tag with the recent ones: from the in-memory catalogue.
         new, labels = (new_item_scores(recent, self.catalogue, r.meta.now, self.new_rule)
                        if w.new_items > 0 else ([], {}))
         cands = assemble(recent, nbrs, f, lambda items: self.snapshot.norms(items, landmark, f),
                          vector_scores=vec_scores, tf_scores=tf_scores, similar=similar, theirs=theirs,
-                         trending=r.trending, trending_label=category, new_items=new, new_labels=labels)
+                         trending=r.trending, trending_label=category, new_items=new, new_labels=labels,
+                         session_knn=sess)
         if category is not None:
             cands = await self._in_category(cands, category)
         hidden = excluded | self._hide(cands, rule)
@@ -199,27 +210,53 @@ class Recommender:
                                                               shrinkage=s.similarity_shrinkage,
                                                               alpha=s.similarity_alpha)]
 
-    async def _expansion(self, items: list[str], users: list[str], landmark: float) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
-        """Neighbour rows of ``items`` and top items of ``users``: from the row caches when read
-        less than ``reader_cache_ttl_s`` ago under the same landmark, else in one round trip."""
+    async def _expansion(self, items: list[str], users: list[str], landmark: float,
+                         session_items: Sequence[str] = ()) -> tuple[dict[str, Pairs], dict[str, Pairs], dict[str, Pairs]]:
+        """Neighbour rows of ``items``, top items of ``users`` and session-index rows of
+        ``session_items``: from the row caches when read less than ``reader_cache_ttl_s`` ago
+        under the same landmark, else in one round trip."""
         now = self.clock()
         nbrs, want_items = self.nbr_rows.lookup(items, now, landmark)
         theirs, want_users = self.user_rows.lookup(users, now, landmark)
-        if want_items or want_users:
-            got_nbrs, got_theirs = await self.store.read_expansion(
-                want_items, self.settings.neighbours_read, want_users, PER_SIMILAR_USER)
+        index, want_index = self.session_rows.lookup(session_items, now, landmark)
+        if want_items or want_users or want_index:
+            got_nbrs, got_theirs, got_index = await self.store.read_expansion(
+                want_items, self.settings.neighbours_read, want_users, PER_SIMILAR_USER,
+                want_index, self.settings.reader_session_knn_sample)
             self.nbr_rows.store(got_nbrs, now, landmark)
             self.user_rows.store(got_theirs, now, landmark)
+            self.session_rows.store(got_index, now, landmark)
             nbrs.update(got_nbrs)
             theirs.update(got_theirs)
-        return nbrs, theirs
+            index.update(got_index)
+        return nbrs, theirs, index
+
+    async def _session_knn(self, user: str, query: list[str], index_rows: dict[str, Pairs],
+                           landmark: float) -> Pairs:
+        """The session_knn source: the neighbours the index rows name, their histories (row cache,
+        else one more round trip) and :func:`driftrec.models.candidates.session_knn_scores`."""
+        s = self.settings
+        neighbours = session_neighbours(index_rows, user, s.reader_session_knn_users, query)
+        if not neighbours:
+            return []
+        now = self.clock()
+        # The row cache keeps the histories as read (items as bytes from the raw pool: only the
+        # items of the sessions taken are ever decoded).
+        cached, want = self.history_rows.lookup([v for v, _ in neighbours], now, landmark)
+        histories = cast(dict[str, list[tuple[str | bytes, float]]], cached)
+        if want:
+            got = await self.store.histories(want)
+            # A neighbour with nothing stored (forgotten) is cached as empty, not read again.
+            self.history_rows.store(cast(dict[str, Pairs], {v: got.get(v, []) for v in want}), now, landmark)
+            histories.update(got)
+        return session_knn_scores(query, neighbours, histories, gap_s=s.reader_session_gap_s)
 
     async def _in_category(self, c: Candidates, category: str) -> Candidates:
         """Keep only candidates of ``category`` (trending is already that category's list)."""
         ids: set[str] = set()
         for rows in c.neighbours.values():
             ids.update(j for j, _ in rows)
-        for pairs in (c.vector_scores, c.tf_scores, c.similar_users, c.new_items):
+        for pairs in (c.vector_scores, c.tf_scores, c.similar_users, c.new_items, c.session_knn):
             ids.update(i for i, _ in pairs)
         if not ids:
             return c
@@ -235,6 +272,7 @@ class Recommender:
             tf_scores=[p for p in c.tf_scores if p[0] in keep],
             similar_users=[p for p in c.similar_users if p[0] in keep],
             new_items=[p for p in c.new_items if p[0] in keep],
+            session_knn=[p for p in c.session_knn if p[0] in keep],
         )
 
     # --- similar items ----------------------------------------------------------------------

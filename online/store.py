@@ -2,7 +2,9 @@
 
 A recommendation costs two round trips: one for everything keyed by the user and the globals
 (:meth:`ReaderStore.read_user`), one for what depends on the first answer — the neighbours of
-the user's recent items and the items of similar users (:meth:`ReaderStore.read_expansion`).
+the user's recent items, the items of similar users and the session index of the latest
+session's items (:meth:`ReaderStore.read_expansion`) — and, with the session_knn source on, a
+third for the histories of the shoppers that index names (:meth:`ReaderStore.histories`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from driftrec.models.decay import read_factor
 from driftrec.online.resp import RespPool
 from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
 
-__all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
+__all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs", "history_times"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,23 @@ def user_state(reply: Any) -> tuple[dict[str, float], dict[str, float]]:
     times = {i: t for i, t in zip(items, vals[0::2], strict=True) if t == t}
     weights = {i: w for i, w in zip(items, vals[1::2], strict=True) if w == w}
     return times, weights
+
+
+def history_times(reply: Any) -> list[tuple[str | bytes, float]]:
+    """(item, last event time) of an ``HGETALL`` reply of a user's item HASH, in no particular
+    order: the time half of :func:`user_state` only, decoded in one ``struct.unpack`` (the
+    session_knn source reads a few dozen such hashes per request). With the raw pool's binary
+    reply the items stay bytes and the times include NaN (an entry with a weight only): the
+    source decodes only the few items of the session it takes, and skips NaN times
+    (:func:`driftrec.models.candidates.session_around`). Anything else goes through
+    :func:`user_state` (str items, no NaN)."""
+    if isinstance(reply, dict) and reply:
+        raws = list(reply.values())
+        if type(raws[0]) is bytes:
+            joined = b"".join(raws)
+            if len(joined) == ENTRY_BYTES * len(raws):
+                return list(zip(reply, struct.unpack(f"<{len(raws) * 2}d", joined)[0::2], strict=True))
+    return list(user_state(reply)[0].items())
 
 
 def _float(x: str | bytes | None) -> float | None:
@@ -194,17 +213,36 @@ class ReaderStore:
                          pairs(trending[0]) if trending else [])
 
     async def read_expansion(self, items: Sequence[str], k_neighbours: int, users: Sequence[str],
-                             per_user: int) -> tuple[dict[str, Pairs], dict[str, Pairs]]:
-        """Neighbours of ``items`` and the strongest items of ``users``: one pipeline."""
-        if not items and not users:
-            return {}, {}
+                             per_user: int, session_items: Sequence[str] = (), k_sessions: int = 0,
+                             ) -> tuple[dict[str, Pairs], dict[str, Pairs], dict[str, Pairs]]:
+        """Neighbours of ``items``, the strongest items of ``users`` and the ``k_sessions`` latest
+        users of the session index of each of ``session_items``: one pipeline."""
+        if not items and not users and not session_items:
+            return {}, {}, {}
         k = self.keys
         cmds = [["ZREVRANGE", k.item_nbrs(i), 0, k_neighbours - 1, "WITHSCORES"] for i in items]
         cmds += [["HGETALL", k.user_state(u)] for u in users]
-        res = await self._run(cmds, frozenset(range(len(items), len(cmds))))
-        nbrs = {i: pairs(r) for i, r in zip(items, res[: len(items)], strict=True)}
-        theirs = {u: strongest(user_state(r)[1], per_user) for u, r in zip(users, res[len(items):], strict=True)}
-        return nbrs, theirs
+        cmds += [["ZREVRANGE", k.item_sessions(i), 0, k_sessions - 1, "WITHSCORES"] for i in session_items]
+        a, b = len(items), len(items) + len(users)
+        res = await self._run(cmds, frozenset(range(a, b)))
+        nbrs = {i: pairs(r) for i, r in zip(items, res[:a], strict=True)}
+        theirs = {u: strongest(user_state(r)[1], per_user) for u, r in zip(users, res[a:b], strict=True)}
+        sessions = {i: pairs(r) for i, r in zip(session_items, res[b:], strict=True)}
+        return nbrs, theirs, sessions
+
+    async def histories(self, users: Sequence[str]) -> dict[str, list[tuple[str | bytes, float]]]:
+        """Each of ``users``' stored history, (item, last event time) in no particular order
+        (:func:`history_times`): one pipeline (the session_knn source's neighbours); a user with
+        nothing stored is left out."""
+        if not users:
+            return {}
+        res = await self._run([["HGETALL", self.keys.user_state(u)] for u in users], frozenset(range(len(users))))
+        out = {}
+        for u, r in zip(users, res, strict=True):
+            times = history_times(r)
+            if times:
+                out[u] = times
+        return out
 
     async def item_categories(self, items: Sequence[str]) -> dict[str, str]:
         """Category of each item that has one."""

@@ -86,6 +86,7 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
                        neighbours_k=settings.neighbours_k, trending_k=settings.trending_k,
                        chunk_cost=settings.apply_chunk_cost)
     state.exit_after_chunk = settings.fault_exit_after_chunk
+    state.session_index_k = settings.session_index_k
     factors = FactorCache(client, keys, settings.fold_in_regularization) if vectors else None
 
     async def send_dead_letters(dead: Sequence[DeadLetter]) -> None:

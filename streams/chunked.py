@@ -61,7 +61,7 @@ CHUNK_COST = 500
 #: component of a vector sum (``v``: ``GET``, two ``struct.unpack``, the additions,
 #: ``struct.pack``, ``SET``); ``t`` (a vector ``SET``) and ``d`` (``DEL``) per op.
 OP_COST = 1.0
-PER_ELEMENT = {"z": 1.6, "Z": 3.3, "s": 0.6, "x": 0.5, "v": 0.12}
+PER_ELEMENT = {"z": 1.6, "Z": 3.3, "s": 0.6, "x": 0.5, "v": 0.12, "g": 1.6, "r": 0.5}
 PER_OP = {"t": 2.3, "d": 3.0, "v": 2.0}
 #: Rows bounded below this many members stay listpacks (Redis' ``zset-max-listpack-entries``).
 _LISTPACK = 128
@@ -79,7 +79,7 @@ BEGIN, APPLY_CHUNK, FINISH = "begin_batch.lua", "apply_chunk.lua", "finish_batch
 
 # Redis' Lua cmsgpack predates the msgpack str8/bin types: pack with the old raw types only.
 _pack = msgpack.Packer(use_bin_type=False).pack
-_STEP = {"z": 2, "s": 2, "x": 1}  # flat list entries per element of the splittable ops
+_STEP = {"z": 2, "s": 2, "x": 1, "g": 2, "r": 1}  # flat list entries per element of the splittable ops
 
 
 def inflight_key(keys: Keys) -> str:
@@ -126,6 +126,7 @@ def cut_ops(keys: Sequence[str], ops: Sequence[list[Any]], budget: float,
     rows: list[list[Any]] = []
     first, used = 0, 0.0  # the chunk being filled: its first op's position, its cost so far
     small, large, field, gone = PER_ELEMENT["z"], PER_ELEMENT["Z"], PER_ELEMENT["s"], PER_ELEMENT["x"]
+    index_each = PER_ELEMENT["g"]
     fixed = {kind: OP_COST + c for kind, c in PER_OP.items() if kind != "v"}
     vec_base, vec_each = OP_COST + PER_OP["v"], PER_ELEMENT["v"]
     for op in ops:
@@ -135,6 +136,10 @@ def cut_ops(keys: Sequence[str], ops: Sequence[list[Any]], budget: float,
         elif kind == "s":
             cost = OP_COST + field * (len(flat) >> 1)
         elif kind == "x":
+            cost = OP_COST + gone * len(flat)
+        elif kind == "g":
+            cost = OP_COST + index_each * (len(flat) >> 1)
+        elif kind == "r":
             cost = OP_COST + gone * len(flat)
         elif kind == "v":
             cost = vec_base + vec_each * abs(cap)
@@ -161,7 +166,7 @@ def cut_ops(keys: Sequence[str], ops: Sequence[list[Any]], budget: float,
             part = flat[start:start + max(1, int(room // each)) * step]
             start += len(part)
             last = start >= n
-            rows.append([index, kind, cap if kind != "z" or cap == 0 else (-cap if last else 0), part])
+            rows.append([index, kind, cap if kind not in ("z", "g") or cap == 0 else (-cap if last else 0), part])
             used += OP_COST + each * (len(part) // step)
             if not last:
                 out.append((first, list(keys[first:index]), rows))

@@ -55,6 +55,7 @@ from driftrec.streams.redis_state import (
     lua_source,
     user_item_ops,
 )
+from driftrec.streams.session_index import session_index_ops
 from driftrec.streams.vectors import VectorPlan
 from driftrec.userstate import pack_vector
 
@@ -208,6 +209,7 @@ class ClusterRedisState(RedisState):
             add((key, kind, 0, flat))
         if delta.item_cat:
             add((k.item_category, "s", 0, list(_flat(delta.item_cat.items()))))
+        out.extend(session_index_ops(k, delta, self.session_index_k))
         if vectors is not None:
             tag = vectors.model
             for user, vec in vectors.users.items():

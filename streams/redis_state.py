@@ -37,6 +37,7 @@ from driftrec.keys import Keys
 from driftrec.models.decay import SCORE_SCALE
 from driftrec.models.online import BatchDelta, merge_user_items
 from driftrec.streams import chunked, metrics
+from driftrec.streams.session_index import session_index_ops
 from driftrec.streams.vectors import VectorPlan
 from driftrec.userstate import (
     ENTRY_BYTES,
@@ -331,6 +332,8 @@ class RedisState:
         #: Testing only (setting ``fault_exit_after_chunk``): the process kills itself (SIGKILL)
         #: once this many chunks of a batch with more chunks are applied.
         self.exit_after_chunk = 0
+        #: Users kept per item in the session index (setting ``session_index_k``); 0: no index.
+        self.session_index_k = 0
         self.commands_sent = 0  # Redis commands issued, for the benchmark's per-event cost
         self.recovered = 0  # batches finished from a write-ahead copy
         self.rescaler_id = uuid.uuid4().hex  # names this worker in the landmark-move lease
@@ -472,6 +475,8 @@ class RedisState:
             op(key, kind, 0, flat)
         if delta.item_cat:
             op(k.item_category, "s", 0, list(_flat(delta.item_cat.items())))
+        for key, kind, cap, flat in session_index_ops(k, delta, self.session_index_k):
+            op(key, kind, cap, flat)
         if vectors is not None:
             tag = vectors.model
             for user, vec in vectors.users.items():

@@ -134,7 +134,8 @@ async def run_rescale(state: Any, owner: str, *, plan: tuple[float, float] | Non
 async def _rescale_keys(state: Any, owner: str, plan_id: str, factor: float) -> int:
     """Every decayed key not yet done under ``plan_id``, in (slot, name) order; returns how many."""
     client, keys = state.client, state.keys
-    kinds = {name: "z" for name in await _scan(client, keys.pattern(), "zset")}  # every ZSET is decayed
+    # Every ZSET is decayed but the session index, whose scores are event times.
+    kinds = {name: "z" for name in await _scan(client, keys.pattern(), "zset") if not keys.is_item_sessions(name)}
     kinds.update({name: "h" for name in await _scan(client, keys.user_state("*"), "hash")})
     by_slot: dict[int, list[str]] = defaultdict(list)
     for name in kinds:

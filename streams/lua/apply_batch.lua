@@ -12,6 +12,9 @@
 --          a member was added (a key that got no new member has not grown since it was last cut;
 --          a smaller `cap` set on a running store therefore applies to a key when it next gains
 --          a member);
+--      "g" ZADD GT the (score, member) pairs (the session index: a user's latest click time of
+--          the item), then keep the top `cap` as "z" does;
+--      "r" ZREM the listed members (a forgotten user from the session index);
 --      "s" HSET the flat (field, value, ...) list (values may be binary);
 --      "x" HDEL the listed fields;
 --      "t" SET the key to the one value listed (a vector STRING: "<model tag>\0<float32 bytes>");

@@ -78,6 +78,16 @@ for _, op in ipairs(p.ops) do
   elseif kind == 'z' then
     -- The key was cut to `cap` whenever it last grew, so with no new member it still fits.
     if #kv > 0 and zincr(key, kv) > 0 then bounded(key, cap) end
+  elseif kind == 'g' then
+    -- The session index (item -> user -> last click time): ZADD GT keeps each user's latest
+    -- time; a cut as for 'z' (a negative cap: the last part of a split op cuts regardless).
+    local added = 0
+    for i = 1, #kv, 2 * CHUNK do
+      added = added + redis.call('ZADD', key, 'GT', unpack(kv, i, math.min(i + 2 * CHUNK - 1, #kv)))
+    end
+    if cap < 0 then bounded(key, -cap) elseif added > 0 then bounded(key, cap) end
+  elseif kind == 'r' then
+    for i = 1, #kv, CHUNK do redis.call('ZREM', key, unpack(kv, i, math.min(i + CHUNK - 1, #kv))) end
   elseif kind == 's' then
     if #kv > 0 then variadic('HSET', key, nil, kv) end
   elseif kind == 'x' then

@@ -6,7 +6,7 @@
 --                    ops = {{index, op, cap, {...}}, ...}}: each op on key k[index - o]. A
 --           slot's group over the chunk budget comes in parts (streams/chunked.py cut_ops), part
 --           j > 0 guarded by the fields "<topic>:<partition>#<j>" instead.
--- The ops are apply_batch.lua's ("z", "s", "x", "t", "v", "d"; see there) and must stay in step.
+-- The ops are apply_batch.lua's ("z", "g", "r", "s", "x", "t", "v", "d"; see there) and must stay in step.
 -- Effectively once per slot group: a batch is replayed from its write-ahead copy after a crash,
 -- so a group may arrive twice; the guard already at or past the batch's end offset means it is
 -- in, and nothing happens. A batch's partitions are written together, so checking them all

@@ -116,6 +116,8 @@ class RedisSnapshot:
     cooc: dict[str, dict[str, float]] = field(default_factory=dict)
     user_vec: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     item_vec: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    #: The session index: item -> user -> time of the user's latest click of it.
+    sessions: dict[str, dict[str, float]] = field(default_factory=dict)
     other_keys: list[str] = field(default_factory=list)
 
     @property
@@ -174,6 +176,8 @@ def _file(snap: RedisSnapshot, rest: str, value: Any, keys: Keys) -> None:
         item = tag[2:]
         if suffix == "nbr":
             snap.cooc[item] = _zrows(value)
+        elif suffix == "us":
+            snap.sessions[item] = _zrows(value)
         elif suffix == "vec":
             vec, model = unpack_vector(value)
             snap.item_vec[item] = (vec or b"", model or "")
@@ -245,16 +249,20 @@ def snapshot_of(oracle: InMemoryState) -> RedisSnapshot:
                          hist={k: dict(v) for k, v in oracle.hist.items()},
                          user_items={k: dict(v) for k, v in oracle.user_items.items()},
                          user_cats={k: dict(v) for k, v in oracle.user_cats.items()},
-                         cooc={k: dict(v) for k, v in oracle.cooc.items()})
+                         cooc={k: dict(v) for k, v in oracle.cooc.items()},
+                         sessions={k: dict(v) for k, v in oracle.sessions.items()})
 
 
 def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings: Settings, *,
-            rel_tol: float = 1e-9, last_offsets: Mapping[int, int] | None = None) -> Comparison:
+            rel_tol: float = 1e-9, last_offsets: Mapping[int, int] | None = None,
+            session_index: bool = False) -> Comparison:
     """Compare a Redis snapshot with the oracle, or with another run's snapshot (see the module
     docstring for what is exact).
 
     ``last_offsets`` (partition -> offset of the topic's last record) is what the stored offsets
     must equal when the topic also holds dead letters, whose offsets the oracle never sees.
+    ``session_index``: also compare the session index (event times, exact; cut by
+    ``(time, user)``, so exact at the cap too), for stores whose worker keeps one.
     """
     ref = oracle if isinstance(oracle, RedisSnapshot) else snapshot_of(oracle)
     mism: Counter[str] = Counter()
@@ -302,6 +310,10 @@ def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings
             capped_items.append(item)
         elif not _same(a, b, rel_tol):
             bad("neighbours", item)
+    if session_index:
+        for item in snap.sessions.keys() | ref.sessions.keys():
+            if snap.sessions.get(item) != ref.sessions.get(item):
+                bad("session_index", item)
     pruned = {
         "user_weights_at_cap": _overlap(snap.user_items, ref.user_items, capped_users, settings.history_len),
         "neighbours_at_cap": _overlap(snap.cooc, ref.cooc, capped_items, settings.neighbours_k),
