@@ -261,6 +261,8 @@ def build_methods(settings: Settings, events: Sequence[EventView], start: int,
         if (source == "tf" and not options.tf) or (source == "new_items" and live.catalogue is None):
             continue  # nothing to score: no TF model, or no catalogue (benchmarks/cold_start.py has one)
         methods[f"live_{source}"] = live.view(BlendWeights(**{**_ONE, source: 1.0}))
+    if live.weights.session_knn > 0:  # the blend without it, on the same reads: what the source adds
+        methods["live_without_session_knn"] = live.view(replace(live.weights, session_knn=0.0))
     return methods
 
 

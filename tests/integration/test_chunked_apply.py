@@ -60,6 +60,7 @@ class Worker:
         keys = Keys(s.key_prefix)
         self.state = RedisState(self.client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
                                 neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=chunk_cost)
+        self.state.session_index_k = s.session_index_k  # as `driftrec worker` sets it
         self.dead: list[DeadLetter] = []
 
         async def sink(dead: Any) -> None:
@@ -275,8 +276,10 @@ def test_cluster_slot_groups_over_the_budget_are_applied_in_parts_once_across_a_
         return [RawRecord(s.clicks_topic, r.partition, r.offset, r.value) for r in rs]
 
     def state(client: Any) -> ClusterRedisState:
-        return ClusterRedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                                 neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=SMALL)
+        st = ClusterRedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
+                               neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=SMALL)
+        st.session_index_k = s.session_index_k
+        return st
 
     async def run() -> int:
         client = async_client(s.redis, socket_timeout=10)
@@ -308,7 +311,7 @@ def test_cluster_slot_groups_over_the_budget_are_applied_in_parts_once_across_a_
     assert any(b"#" in f for f in sync.hkeys(g)), "parts past the first have guard fields of their own"
     snap = read_redis(sync, keys)
     views, _ = views_of(records, s.event_types)
-    cmp = compare(snap, build_oracle(s, views, float(snap.meta["landmark"])), s)
+    cmp = compare(snap, build_oracle(s, views, float(snap.meta["landmark"])), s, session_index=True)
     assert cmp.equal, cmp.as_dict()
     assert snap.applied == len(records)
     sync.close()

@@ -51,7 +51,14 @@ def _model_version(settings: Settings) -> str | None:
         return json.loads(resp.read())["model_version"]
 
 
-def test_real_path_gives_the_in_process_numbers(settings: Settings, spawn, rds) -> None:  # type: ignore[no-untyped-def]
+#: The default blend, and the session_knn source alone (its index writes, the reader's third round
+#: trip and the raw replies' bytes items must give the in-process ranks too).
+SESSION_ONLY = {"session_knn": 1.0, "item_item": 0.0, "user_vector": 0.0, "tf": 0.0, "similar_users": 0.0,
+                "trending": 0.0}
+
+
+@pytest.mark.parametrize("weights", [{}, SESSION_ONLY], ids=["defaults", "session_knn"])
+def test_real_path_gives_the_in_process_numbers(settings: Settings, spawn, rds, weights) -> None:  # type: ignore[no-untyped-def]
     # Bounds the slice never reaches (so how Kafka cuts batches cannot matter), one partition
     # (stream order), a snapshot of norms and trending that refreshes fast, and no reuse of
     # shared rows across requests (each request must see the state after the last event; the
@@ -59,7 +66,7 @@ def test_real_path_gives_the_in_process_numbers(settings: Settings, spawn, rds) 
     s = settings.model_copy(update={
         "topic_partitions": 1, "clicks_topic": settings.clicks_topic + "1", "history_len": 1000,
         "neighbours_k": 1000, "trending_k": 1000, "reader_snapshot_interval_s": 0.02,
-        "reader_cache_ttl_s": 0.0,
+        "reader_cache_ttl_s": 0.0, "reader_blend_weights": weights,
     })
     from driftrec.kafka_admin import ensure_topics
 
@@ -86,6 +93,11 @@ def test_real_path_gives_the_in_process_numbers(settings: Settings, spawn, rds) 
     # In-process: the loop with one event per batch.
     live = LiveRecommender(s, model=LiveModel(VERSION, parts, s))
     expected = run_prequential(events, {"live": live}, mask, batch_size=1, bulk_size=None)
+    if weights:  # the source ranks something: without it (trending back-fill only) the ranks differ
+        off = s.model_copy(update={"reader_blend_weights": {**weights, "session_knn": 0.0}})
+        without = run_prequential(events, {"live": LiveRecommender(off, model=LiveModel(VERSION, parts, off))},
+                                  mask, batch_size=1, bulk_size=None)
+        assert without.ranks["live"].tolist() != expected.ranks["live"].tolist()
 
     # Real path: ask the reader before each scored event, then publish it and wait until applied.
     worker = spawn(["worker"], s)

@@ -78,6 +78,7 @@ def processor(s: Settings, client: Any, cluster: bool, crash_after_groups: int |
     kind = ClusterRedisState if cluster else RedisState
     state = kind(client, Keys(s.key_prefix), s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
                  neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+    state.session_index_k = s.session_index_k
     if crash_after_groups is not None:
         async def dies_mid_batch(batch_id: str, groups: list[tuple[str, bytes]], finish: Any) -> None:
             await state._scripts(state._slot, [([g], [p]) for g, p in groups[:crash_after_groups]])  # type: ignore[attr-defined]
@@ -142,9 +143,10 @@ def test_forgets_subtract_once_across_a_crash(settings: Settings, cluster: Local
     oracle = ForgettingState.from_settings(s, user_items_k=s.history_len, user_cats_k=32, landmark=landmark)
     for i in range(0, len(views), 1000):
         oracle.process(views[i: i + 1000])
-    cmp = compare(snap, oracle, s)
+    cmp = compare(snap, oracle, s, session_index=True)
     assert cmp.equal, cmp.as_dict()
     assert snap.applied == len(records)
+    assert snap.sessions and not any(victims[2] in row for row in snap.sessions.values())
 
     clean = build_oracle(s, forgotten_clean(views), landmark)
     assert clean.landmark == landmark  # no rescale in this stream: raw scores compare

@@ -153,6 +153,10 @@ def assert_state_is_the_oracles(r: redis.Redis, s: Settings, keys: Keys, n_event
         _close(weights, oracle.user_items[user], f"w:{user}")
         _close(_zset(r, keys.user_cats(user)), oracle.user_cats[user], f"cats:{user}")
         assert times == oracle.hist[user]
+    assert oracle.sessions  # the worker keeps the session index by default
+    for item, row in oracle.sessions.items():  # event times, exact
+        assert _zset(r, keys.item_sessions(item)) == row, f"us:{item}"
+    assert sum(1 for _ in r.scan_iter(match=keys.item_sessions("*"), count=1000)) == len(oracle.sessions)
     assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
     assert _redis_offsets(r, s) == oracle.offsets
     return oracle
