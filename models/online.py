@@ -79,8 +79,18 @@ class BatchDelta:
 
 
 def _start_history(given: Iterable[tuple[str, float]] | None, keep: int) -> tuple[History, dict[str, float]]:
-    latest: dict[str, float] = {}
-    for item, t in given or ():
+    if not given:
+        return [], {}
+    if type(given) is list:
+        # A loaded HASH (the usual case, per shopper and batch): one float time per item, so
+        # the newest `keep` by (time, item) come straight from one sort.
+        h = sorted(given, key=_hist_key)[-keep:]
+        latest = dict(h)
+        if len(latest) == len(h) and all(type(t) is float for t in latest.values()) and (
+                len(given) <= keep or len({i for i, _ in given}) == len(given)):
+            return h, latest
+    latest = {}
+    for item, t in given:
         t = float(t)
         if t > latest.get(item, -math.inf):
             latest[item] = t

@@ -121,30 +121,46 @@ class Carry:
     this apply, so for the keys this batch writes it reads them from here instead
     (:meth:`overlay`). A user's item HASH and vector have one writer (the user's partition); the
     offsets, the landmark and the vectors of items are what this apply stores when it applies.
+    Users are kept as the apply built them and turned into the load's form only for the users
+    the next batch loads: with many shoppers interleaved, few are in two batches running.
     """
 
     offsets: dict[int, str]
     landmark_raw: str | None
-    histories: dict[str, list[tuple[str, float]]]
-    user_weights: dict[str, list[tuple[str, float]]]
-    user_vecs: dict[str, tuple[bytes | None, str | None]]
+    #: Each batch user's item HASH after the apply: (item -> time, item -> forward weight).
+    after: dict[str, tuple[dict[str, float], dict[str, float]]]
+    #: Users whose keys the apply deletes before its own writes (those in ``after`` get theirs).
+    forgotten: frozenset[str]
+    #: Users' vectors the apply stores, of model ``vec_model``.
+    user_vec_set: dict[str, bytes]
+    vec_model: str | None
     item_vecs: dict[str, tuple[bytes | None, str | None]]
 
     def overlay(self, ctx: BatchContext) -> BatchContext:
         """``ctx`` (loaded before this batch's apply ran) as it reads once the apply ran."""
-        def over(mine: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
-            return {u: (mine[u] if u in mine else v) for u, v in loaded.items()}
+        after, forgotten, vecs, tag = self.after, self.forgotten, self.user_vec_set, self.vec_model
+        gone: tuple[bytes | None, str | None] = (None, None)
 
+        def entries(loaded: dict[str, list[tuple[str, float]]], side: int) -> dict[str, list[tuple[str, float]]]:
+            return {u: (list(after[u][side].items()) if u in after else [] if u in forgotten else v)
+                    for u, v in loaded.items()}
+
+        def vec(u: str, v: tuple[bytes | None, str | None]) -> tuple[bytes | None, str | None]:
+            if u in vecs:
+                return vecs[u], tag
+            return gone if u in forgotten else v
+
+        items = self.item_vecs
         landmark_raw = self.landmark_raw if self.landmark_raw is not None else ctx.landmark_raw
         return BatchContext(
             stored_offsets={**ctx.stored_offsets, **self.offsets},
             landmark=float(landmark_raw) if landmark_raw is not None else None,
-            histories=over(self.histories, ctx.histories),
+            histories=entries(ctx.histories, 0),
             landmark_raw=landmark_raw,
             model_version=ctx.model_version,
-            user_weights=over(self.user_weights, ctx.user_weights),
-            user_vecs=over(self.user_vecs, ctx.user_vecs),
-            item_vecs=over(self.item_vecs, ctx.item_vecs),
+            user_weights=entries(ctx.user_weights, 1),
+            user_vecs={u: vec(u, v) for u, v in ctx.user_vecs.items()},
+            item_vecs={i: (items[i] if i in items else v) for i, v in ctx.item_vecs.items()},
         )
 
 
@@ -164,11 +180,9 @@ def _carry(delta: BatchDelta, ctx: BatchContext, lm: str, vectors: VectorPlan | 
            after: dict[str, tuple[dict[str, float], dict[str, float]]]) -> Carry:
     """The :class:`Carry` of one prepared apply, computed as apply_ops.lua computes the values."""
     gone: tuple[bytes | None, str | None] = (None, None)
-    user_vecs = dict.fromkeys(delta.forgotten, gone)
     items: dict[str, tuple[bytes | None, str | None]] = {}
     if vectors is not None:
         tag = vectors.model
-        user_vecs.update((u, (v, tag)) for u, v in vectors.users.items())
         items.update((i, (v, tag)) for i, v in vectors.items_set.items())
         # "v": the stored vector when it is of this model and length, else base; plus the delta
         # in doubles, stored as float32 (Lua's struct.pack "f" rounds to nearest). All at once.
@@ -185,10 +199,10 @@ def _carry(delta: BatchDelta, ctx: BatchContext, lm: str, vectors: VectorPlan | 
     return Carry(
         offsets={p: str(o) for p, o in delta.offsets.items()},
         landmark_raw=lm or ctx.landmark_raw,
-        # A forgotten user's keys are deleted before the batch's own writes to them.
-        histories={u: [] for u in delta.forgotten} | {u: list(t.items()) for u, (t, _) in after.items()},
-        user_weights={u: [] for u in delta.forgotten} | {u: list(w.items()) for u, (_, w) in after.items()},
-        user_vecs=user_vecs,
+        after=after,
+        forgotten=frozenset(delta.forgotten),
+        user_vec_set=vectors.users if vectors is not None else {},
+        vec_model=vectors.model if vectors is not None else None,
         item_vecs=items,
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -91,13 +92,17 @@ def applied_events(events: Iterable[EventView], applied_offsets: Mapping[int, in
     return out
 
 
+_by_weight = itemgetter(1, 0)  # (weight, item), as the ZSET orders its members
+_time = itemgetter(1)
+
+
 def _merged_weights(stored: Sequence[tuple[str, float]], inc: Mapping[str, float], keep: int) -> list[tuple[str, float]]:
     # What P:{u}:w holds after the apply: ZINCRBY each increment, then keep the `keep` largest
     # by (score, member), as ZREMRANGEBYRANK does.
     merged = dict(stored)
     for item, v in inc.items():
         merged[item] = merged.get(item, 0.0) + v
-    rows = sorted(merged.items(), key=lambda kv: (kv[1], kv[0]))
+    rows = sorted(merged.items(), key=_by_weight)
     return rows[-keep:]
 
 
@@ -120,20 +125,26 @@ def plan_fold_in(
     plan = VectorPlan(model.version)
     users, rows, confs = [], [], []
     index, landmark = model.index, delta.landmark
+    index_get = index.get
     for user, times in delta.hist.items():
         forgotten = user in delta.forgotten
         now = max(times.values())
         if not forgotten and histories.get(user):
-            now = max(now, max(t for _, t in histories[user]))
+            now = max(now, max(map(_time, histories[user])))
         weights = _merged_weights(() if forgotten else stored_weights.get(user, ()),
                                   delta.user_items.get(user, {}), history_len)
-        scale = model.alpha * policy.read_factor(landmark, now)
-        r = [(index[i], w * scale) for i, w in weights if i in index and w > 0]
-        if not r:
+        at = [index_get(i, -1) for i, _ in weights]
+        keep = [j for j, (x, (_, w)) in enumerate(zip(at, weights, strict=True)) if x >= 0 and w > 0]
+        if not keep:
             continue  # nothing in the model to fold against; the stored vector stays
+        scale = model.alpha * policy.read_factor(landmark, now)
         users.append(user)
-        rows.append(np.fromiter((x for x, _ in r), dtype=np.intp, count=len(r)))
-        confs.append(np.fromiter((c for _, c in r), dtype=np.float64, count=len(r)))
+        if len(keep) == len(weights):
+            rows.append(np.array(at, dtype=np.intp))
+            confs.append(np.array([w for _, w in weights], dtype=np.float64) * scale)
+        else:
+            rows.append(np.array([at[j] for j in keep], dtype=np.intp))
+            confs.append(np.array([weights[j][1] for j in keep], dtype=np.float64) * scale)
     if users:
         X = fold_in_many(model.Yz, model.YtY, rows, confs, model.regularization, model.Zz, model.YZz)
         plan.users = {u: to_f32(x) for u, x in zip(users, X, strict=True)}
