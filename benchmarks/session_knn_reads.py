@@ -1,0 +1,122 @@
+"""What the session_knn source costs in Redis reads: the reader's own store against a private Redis.
+
+Starts ``redis-server`` on a free port (no persistence), writes 2,000 shoppers' item hashes (50
+entries each, the worker's 16-byte values) and 500 items' session indexes (50 shoppers each), then
+times, through ``online/app.py``'s ``create_store`` (the raw RESP pool the reader uses), the
+expansion round trip with and without the session rows of 8 items, and the extra round trip of
+``reader_session_knn_users`` histories: wall time and this process's CPU per request, and Redis'
+own time per command (``INFO commandstats``). Alternating rounds; medians.
+
+    python benchmarks/session_knn_reads.py [--users 30] [--sample 20] [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import redis
+
+from common import RESULTS, commit, machine
+
+from driftrec.keys import Keys
+from driftrec.online.app import create_store
+from driftrec.settings import Settings
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fill(r: redis.Redis, keys: Keys, rng: random.Random) -> None:
+    now = 1_700_000_000.0
+    pipe = r.pipeline(transaction=False)
+    for u in range(2000):
+        pipe.hset(keys.user_state(f"user-{u}"), mapping={
+            f"sku-{rng.randrange(5000)}": struct.pack("<dd", now - rng.random() * 86400, rng.random()) for _ in range(50)})
+    for i in range(500):
+        pipe.zadd(keys.item_sessions(f"sku-{i}"), {f"user-{rng.randrange(2000)}": now - rng.random() * 86400
+                                                   for _ in range(50)})
+        pipe.zadd(keys.item_nbrs(f"sku-{i}"), {f"sku-{rng.randrange(5000)}": rng.random() * 1e6 for _ in range(50)})
+    pipe.execute()
+
+
+async def _measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    store = create_store(settings)
+    rng = random.Random(1)
+    reqs = [([f"sku-{rng.randrange(500)}" for _ in range(8)], [f"user-{rng.randrange(2000)}" for _ in range(args.users)])
+            for _ in range(args.requests)]
+
+    async def expansion(with_sessions: bool) -> None:
+        for items, _ in reqs:
+            await store.read_expansion(items, 20, [], 10, items if with_sessions else [], args.sample)
+
+    async def histories() -> None:
+        for _, users in reqs:
+            await store.histories(users)
+
+    variants = {"expansion_without": lambda: expansion(False), "expansion_with": lambda: expansion(True),
+                "histories": histories}
+    out: dict[str, dict[str, list[float]]] = {v: {"wall_us": [], "cpu_us": []} for v in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            w, c = time.perf_counter(), time.process_time()
+            await fn()
+            out[name]["wall_us"].append((time.perf_counter() - w) / len(reqs) * 1e6)
+            out[name]["cpu_us"].append((time.process_time() - c) / len(reqs) * 1e6)
+    await store.aclose()
+    return {k: {m: statistics.median(v) for m, v in d.items()} | {"rounds": d} for k, d in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=30)
+    ap.add_argument("--sample", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    port = _port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                                 "--dir", tmp], stdout=subprocess.DEVNULL)
+        try:
+            r = redis.Redis(port=port)
+            for _ in range(100):
+                try:
+                    r.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            keys = Keys("bench")
+            _fill(r, keys, random.Random(0))
+            r.config_resetstat()
+            settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="bench")
+            got = asyncio.run(_measure(settings, args))
+            stats = r.info("commandstats")
+            redis_us = {k: v["usec_per_call"] for k, v in stats.items() if k in ("cmdstat_hgetall", "cmdstat_zrevrange")}
+        finally:
+            proc.terminate()
+            proc.wait()
+    out = {"commit": commit(), "machine": machine(),
+           "command": "python benchmarks/session_knn_reads.py " + " ".join(sys.argv[1:]),
+           "per_request": got, "redis_usec_per_call": redis_us}
+    (RESULTS / "session_knn_reads.json").write_text(json.dumps(out, indent=1))
+    for k, v in got.items():
+        print(f"{k:18s} wall {v['wall_us']:.0f} us, reader CPU {v['cpu_us']:.0f} us per request")
+    print("Redis usec per call:", redis_us)
+
+
+if __name__ == "__main__":
+    main()
