@@ -283,11 +283,13 @@ def _rescale_row(row: dict[str, float], f: float) -> None:
             del row[key]
 
 
-def _keep_top(row: dict[str, Any], k: int | None) -> None:
+def _keep_top(row: dict[str, Any], k: int | None, dropped: set[str] | None = None) -> None:
     # What ZREMRANGEBYRANK key 0 -(k+1) keeps: the k largest by (score, member).
     if k is not None and len(row) > k:
         for key, _ in heapq.nsmallest(len(row) - k, row.items(), key=_hist_key):
             del row[key]
+            if dropped is not None:
+                dropped.add(key)
 
 
 def merge_user_items(
@@ -297,6 +299,7 @@ def merge_user_items(
     user: str,
     history_len: int,
     items_k: int | None = None,
+    dropped: set[str] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """One user's history and weights after ``delta``, as :meth:`InMemoryState.apply` makes them.
 
@@ -313,6 +316,9 @@ def merge_user_items(
         Newest entries kept in the history (by ``(time, item)``).
     items_k : int or None
         Strongest weights kept (by ``(weight, item)``); None keeps every one.
+    dropped : set or None
+        Receives the items a bound cut from either half. With the batch's own items of the
+        user, these are all the entries whose values can differ from ``times`` / ``weights``.
 
     Returns
     -------
@@ -326,13 +332,13 @@ def merge_user_items(
     inc = delta.user_items.get(user)
     if inc is not None:
         _add(new_weights, inc)
-        _keep_top(new_weights, items_k)
+        _keep_top(new_weights, items_k, dropped)
     hist = delta.hist.get(user)
     if hist is not None:
         for item, t in hist.items():
             if t > new_times.get(item, -math.inf):
                 new_times[item] = t
-        _keep_top(new_times, history_len)
+        _keep_top(new_times, history_len, dropped)
     return new_times, new_weights
 
 

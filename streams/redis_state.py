@@ -225,13 +225,14 @@ def user_item_ops(keys: Keys, delta: BatchDelta, ctx: BatchContext, history_len:
             old_t, old_w = {}, {}
         else:
             old_t, old_w = dict(hists.get(user, ())), dict(weights.get(user, ()))
-        new_t, new_w = merge_user_items(old_t, old_w, delta, user, history_len, history_len)
+        dropped: set[str] = set()
+        new_t, new_w = merge_user_items(old_t, old_w, delta, user, history_len, history_len, dropped)
         if after is not None:
             after[user] = (new_t, new_w)
-        # Only the batch's items get new values; the bounds only drop entries. So an entry can
-        # change only if the batch touched it or a bound dropped one of its halves.
-        maybe = (delta.hist.get(user, no_items).keys() | delta.user_items.get(user, no_items).keys()
-                 | (old_t.keys() - new_t.keys()) | (old_w.keys() - new_w.keys()))
+        # Only the batch's items get new values (or, for a weight taken to nothing, go); the
+        # bounds only drop entries. So an entry can change only if the batch touched it or a
+        # bound dropped one of its halves.
+        maybe = delta.hist.get(user, no_items).keys() | delta.user_items.get(user, no_items).keys() | dropped
         changed: list[Any] = []
         gone: list[str] = []
         for item in sorted(maybe):
@@ -263,8 +264,11 @@ def _split_raw(rows: Any) -> tuple[list[tuple[str, float]], list[tuple[str, floa
         vals = struct.unpack(f"<{len(values) * 2}d", b"".join(values))
     except (AttributeError, TypeError):
         return split_state(rows)
-    return ([(i, t) for i, t in zip(items, vals[0::2], strict=True) if t == t],
-            [(i, w) for i, w in zip(items, vals[1::2], strict=True) if w == w])
+    # NaN marks a missing half; a sum without NaN (times and weights are finite) skips the filter.
+    ts, ws = vals[0::2], vals[1::2]
+    st, sw = sum(ts), sum(ws)
+    return (list(zip(items, ts, strict=True)) if st == st else [(i, t) for i, t in zip(items, ts, strict=True) if t == t],
+            list(zip(items, ws, strict=True)) if sw == sw else [(i, w) for i, w in zip(items, ws, strict=True) if w == w])
 
 
 def loaded_context(parts: list[int], users: list[str], items: list[str], user_extra: str,
