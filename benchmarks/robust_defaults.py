@@ -117,6 +117,21 @@ SESSION: tuple[dict[str, Any], ...] = (
 )
 
 
+#: ``--session-users``: neighbours read per request around the defaults (session_knn on), TF published.
+SESSION_USERS: tuple[dict[str, Any], ...] = (
+    {"reader_session_knn_users": 20}, {"reader_session_knn_users": 50},
+)
+
+
+def run_session_users(args: argparse.Namespace) -> None:
+    """Score SESSION_USERS against the current defaults on the warm-up halves; adds 'session_users'."""
+    base = Settings()
+    ref = {**_defaults(base), "reader_session_knn_users": base.reader_session_knn_users}
+    halves = _warmup_halves(args.datasets, base, tf=True)
+    configs = [ref, *({**ref, **c} for c in SESSION_USERS)]
+    _score_and_record("session_users", configs, ref, halves, base, args.max_windows)
+
+
 def run_session(args: argparse.Namespace) -> None:
     """Score SESSION against the current defaults on the warm-up halves, TF published; adds 'session'."""
     base = Settings()
@@ -186,8 +201,13 @@ def main() -> None:
                     "(adds 'weights')")
     ap.add_argument("--session", action="store_true", help="only score SESSION (the session_knn source) against "
                     "the defaults, TF published (adds 'session')")
+    ap.add_argument("--session-users", action="store_true", help="only score SESSION_USERS (neighbours read by "
+                    "session_knn) against the defaults, TF published (adds 'session_users')")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.session_users:
+        run_session_users(args)
+        return
     if args.session:
         run_session(args)
         return

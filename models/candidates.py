@@ -160,18 +160,25 @@ def session_neighbours(rows: Mapping[str, Sequence[tuple[str, float]]], user: st
     shared click, then shopper id (descending, as the rows order them). Returned in that order.
     """
     latest: dict[str, float] = {}
+    if query:
+        sim: dict[str, int] = {}
+        for p, item in enumerate(query, start=1):
+            for v, t in rows.get(item, ()):
+                if v == user:
+                    continue
+                prev = latest.get(v)
+                if prev is None:
+                    latest[v], sim[v] = t, p
+                else:
+                    sim[v] += p
+                    if t > prev:
+                        latest[v] = t
+        ranked = heapq.nlargest(m, [(x, latest[v], v) for v, x in sim.items()])
+        return [(v, t) for _, t, v in ranked]
     for row in rows.values():
         for v, t in row:
             if v != user and t > latest.get(v, -math.inf):
                 latest[v] = t
-    if query:
-        sim = dict.fromkeys(latest, 0.0)
-        for p, item in enumerate(query, start=1):
-            for v, _ in rows.get(item, ()):
-                if v != user:
-                    sim[v] += p
-        ranked = heapq.nlargest(m, latest, key=lambda v: (sim[v], latest[v], v))
-        return [(v, latest[v]) for v in ranked]
     if len(latest) <= m:
         return sorted(latest.items(), key=_time_then_id, reverse=True)
     return heapq.nlargest(m, latest.items(), key=_time_then_id)

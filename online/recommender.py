@@ -304,7 +304,7 @@ class Recommender:
             trending=[(i, v * f) for i, v in trending], trending_label=category,
         )
         # Trending only back-fills here: similar means similar first.
-        w = BlendWeights(item_item=1.0, user_vector=0.5, tf=0.0, similar_users=0.0, trending=0.0)
+        w = BlendWeights(item_item=1.0, user_vector=0.5, tf=0.0, similar_users=0.0, trending=0.0, session_knn=0.0)
         ranked = blend(cands, n, exclude={item} | self._hide(cands, rule), weights=w,
                        shrinkage=s.similarity_shrinkage)
         items = [replace(x, reason=_similar_reason(x, item)) for x in ranked]
