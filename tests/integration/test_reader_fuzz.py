@@ -180,7 +180,7 @@ def test_fuzz_json_4xx_ids_stay_in_their_keys_and_only_answers_are_recorded(sett
         watch.stop()
     prefix = settings.key_prefix
     grammar = re.compile(
-        rf"^{prefix}:(\{{u:{_ID}\}}:(iw|cats|vec)|\{{i:{_ID}\}}:(nbr|vec)"
+        rf"^{prefix}:(\{{u:{_ID}\}}:(iw|cats|vec)|\{{i:{_ID}\}}:(nbr|vec|us)"
         rf"|\{{g\}}:(pop|icat|meta|trend:[^\x00-\x1f\x7f]{{1,64}})|\{{m\}}:(current|v:.+))$")
     # The one key the reader writes: the record of an answer, named by the request id it made.
     served = re.compile(rf"^{prefix}:\{{r:[0-9a-f]{{32}}\}}$")
