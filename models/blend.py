@@ -50,10 +50,16 @@ class BlendWeights:
     #: V-SKNN over the sessions of the shoppers who clicked the items of the shopper's latest
     #: session last (:func:`driftrec.models.candidates.session_knn_scores`; the worker's session
     #: index): items a session shares with recent sessions that the neighbour rows do not reach.
-    #: 1.0: on the warm-up halves (``python benchmarks/robust_defaults.py --session``, TF
-    #: published) HR@10 +6.9 % on the simulator, +2.4 % on Online Retail, MovieLens unchanged;
-    #: 0.25 / 0.5 gained less, 2.0 lost 14 % on MovieLens.
-    session_knn: float = 1.0
+    #: At 1.0, on the warm-up halves (``python benchmarks/robust_defaults.py --session``, TF
+    #: published) HR@10 +6.9 % on the simulator, +2.4 % on Online Retail, MovieLens unchanged
+    #: (0.25 / 0.5 gained less, 2.0 lost 14 % on MovieLens); on the scored halves +7 % on the
+    #: simulator (``live_without_session_knn`` in evaluation.json). 0 by default, an opt-in
+    #: (``weights=session_knn:1``, ``DRIFTREC_READER_BLEND_WEIGHTS``, ``driftrec tune``): its
+    #: reads and decoding of 30 neighbours' histories cost ~0.9 ms of reader CPU per ranked
+    #: request, +57 % (2.56 vs 1.65 ms in process), and the system benchmark's reader p99 at
+    #: 250 req/s went from 8 to 19 ms with it (docs/experiments.md). The worker keeps the index
+    #: (``session_index_k``), so turning it on needs no replay.
+    session_knn: float = 0.0
 
     def with_overrides(self, overrides: Mapping[str, float]) -> BlendWeights:
         unknown = set(overrides) - set(SOURCES)
