@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     isgd_regularization: float = Field(default=0.01, ge=0, description="ISGD L2 regularisation.")
     fold_in_regularization: float = Field(default=0.1, ge=0, description="L2 of the ALS fold-in step.")
     trending_k: int = Field(default=500, ge=1, description="Items kept per trending list.")
-    session_index_k: int = Field(default=50, ge=0, description="Session index (P:{i:<item>}:us, read by the session_knn source): the shoppers who clicked an item last kept per item, with that click's time; 0 = the worker keeps no index. At least reader_session_knn_sample (the reader reads that many of the latest); about a neighbour row's memory per item at 50.")
+    session_index_k: int = Field(default=0, ge=0, description="Session index (P:{i:<item>}:us, read by the session_knn source): the shoppers who clicked an item last kept per item, with that click's time; 0 (the default, with the source opt-in) = the worker keeps no index; 50 is what the source was measured with (set it on the worker before giving session_knn a weight: the index fills from then on). At least reader_session_knn_sample (the reader reads that many of the latest); about a neighbour row's memory per item at 50.")
 
     # --- reader ---------------------------------------------------------------------------
     reader_host: str = Field(default="127.0.0.1", description="Reader bind address.")

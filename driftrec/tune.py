@@ -65,6 +65,11 @@ READ_SPACE: dict[str, tuple[float | int, ...]] = {
 }
 
 
+#: Shoppers per item in the session index while tuning (the worker's default keeps none, as the
+#: session_knn source is off by default): what the source was measured with.
+SESSION_INDEX_K = 50
+
+
 def parse_budget(text: str) -> float:
     """Seconds in ``"10m"``, ``"90s"``, ``"1h"`` or a plain number of seconds."""
     text = text.strip().lower()
@@ -219,6 +224,8 @@ def tune(events: Sequence[EventView], base: Settings, options: TuneOptions,
          log: Callable[[str], Any] = logger.info) -> TuneResult:
     """Tune on ``events[:cut]``, check on ``events[cut:]`` (see the module's docstring)."""
     t_begin = time.perf_counter()
+    if base.session_index_k == 0:  # the session_knn source is searched too: its index must exist
+        base = base.model_copy(update={"session_index_k": SESSION_INDEX_K})
     spent = 0.0  # estimated seconds of the stages planned so far (see _Bench)
     rng = random.Random(options.seed)
     cut = int(len(events) * options.tune_fraction)
@@ -359,4 +366,6 @@ def settings_file_content(result: TuneResult, base: Settings) -> dict[str, Any]:
     weights = {k[2:]: float(v) for k, v in result.tuned.items() if k.startswith("w.")}
     if weights != {k[2:]: float(v) for k, v in result.defaults.items() if k.startswith("w.")}:
         out["reader_blend_weights"] = weights
+    if weights.get("session_knn", 0.0) > 0 and base.session_index_k == 0:
+        out["session_index_k"] = SESSION_INDEX_K  # the worker keeps the index the source reads
     return out

@@ -69,6 +69,9 @@ def settings(services: Settings, request: pytest.FixtureRequest) -> Iterator[Set
         # must not turn an answer into a degraded one. Shedding has its own tests
         # (test_reader_degraded.py, tests/unit/test_admission.py), which set these themselves.
         "reader_deadline_s": 5.0, "reader_max_loop_lag_ms": 0.0,
+        # The session index (off by default, as the session_knn source is): on, so the write-path
+        # tests check its ops too (chunking, forgetting, crashes); the source's tests give it a weight.
+        "session_index_k": 50,
     })
     ensure_topics(s.bootstrap, {s.clicks_topic: s.topic_partitions, s.dead_letter_topic: 1})
     yield s

@@ -267,7 +267,7 @@ def test_cluster_slot_groups_over_the_budget_are_applied_in_parts_once_across_a_
     is applied in parts of bounded cost, each with a guard field of its own; a process that dies
     between two parts leaves the rest to the next load."""
     s = Settings(redis_url=cluster.url, kafka_bootstrap_servers="unused:1", key_prefix="clparts",
-                 clicks_topic="clicks", apply_chunk_cost=SMALL)
+                 clicks_topic="clicks", apply_chunk_cost=SMALL, session_index_k=50)  # the index's ops too
     keys = Keys(s.key_prefix)
     records = cluster_records(3000, seed=8)
     sync = sync_client(s.redis)

@@ -157,7 +157,7 @@ def test_with_reads_that_reach_every_session_it_scores_as_v_sknn(seed: int) -> N
 
 def test_the_live_recommender_serves_the_source_and_its_reason() -> None:
     s = Settings(reader_blend_weights={"session_knn": 1.0, "item_item": 0.0, "user_vector": 0.0, "tf": 0.0,
-                                       "similar_users": 0.0, "trending": 0.0})
+                                       "similar_users": 0.0, "trending": 0.0}, session_index_k=50)
     live = LiveRecommender(s)
     # v and w clicked a then b; u clicks a now: b comes from their sessions
     live.update([ev("v", "a", 0.0, 0), ev("v", "b", 60.0, 1), ev("w", "a", 100.0, 2), ev("w", "b", 160.0, 3),
