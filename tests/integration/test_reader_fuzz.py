@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -70,7 +71,9 @@ class KeyWatch:
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
         self.commands: list[list[str]] = []
-        self._stop = threading.Event()
+        # stop() sends this; MONITOR shows it after every command Redis ran before it, so the watch
+        # reads up to it (on a loaded machine the watch lags behind the commands it is sent).
+        self._marker = f"keywatch-stop-{uuid.uuid4().hex}"
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -79,21 +82,23 @@ class KeyWatch:
     def _run(self) -> None:
         with self.client.monitor() as m:
             self._ready.set()
-            while not self._stop.is_set():
+            while True:
                 # The raw line: redis-py's next_command() joins the arguments with spaces.
                 try:
                     line = m.connection.read_response()
                 except redis.exceptions.TimeoutError:
                     continue  # a quiet moment on a loaded machine, not the end of the watch
+                if self._marker in line:
+                    return  # every command before stop() is read
                 self.commands.append(_split(line.split("] ", 1)[1] if "] " in line else ""))
 
     def stop(self) -> None:
-        self._stop.set()
         poke = redis.Redis(**{k: v for k, v in self.client.connection_pool.connection_kwargs.items()
                               if k in ("host", "port", "db", "password")})
-        poke.ping()  # one more command so the monitor loop wakes up and sees the stop flag
+        poke.execute_command("PING", self._marker)
         poke.close()
-        self._thread.join(5)
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the monitor never saw the stop marker"
 
 
 def _split(line: str) -> list[str]:
