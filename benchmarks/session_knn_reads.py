@@ -16,28 +16,22 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
+from reader import private_redis
 
-from common import RESULTS, commit, machine
+from common import RESULTS, commit, free_port, machine
 
 from driftrec.keys import Keys
 from driftrec.online.app import create_store
 from driftrec.settings import Settings
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _fill(r: redis.Redis, keys: Keys, rng: random.Random) -> None:
@@ -87,18 +81,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    port = _port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                                 "--dir", tmp], stdout=subprocess.DEVNULL)
+        proc = private_redis(port, Path(tmp))
         try:
             r = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
             keys = Keys("bench")
             _fill(r, keys, random.Random(0))
             r.config_resetstat()

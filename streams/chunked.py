@@ -61,7 +61,7 @@ CHUNK_COST = 500
 #: component of a vector sum (``v``: ``GET``, two ``struct.unpack``, the additions,
 #: ``struct.pack``, ``SET``); ``t`` (a vector ``SET``) and ``d`` (``DEL``) per op.
 OP_COST = 1.0
-PER_ELEMENT = {"z": 1.6, "Z": 3.3, "s": 0.6, "x": 0.5, "v": 0.12, "g": 1.6, "r": 0.5}
+PER_ELEMENT = {"z": 1.6, "Z": 3.3, "s": 0.6, "x": 0.5, "v": 0.12, "g": 1.6}  # "r" (ZREM) costs as "x"
 PER_OP = {"t": 2.3, "d": 3.0, "v": 2.0}
 #: Rows bounded below this many members stay listpacks (Redis' ``zset-max-listpack-entries``).
 _LISTPACK = 128
@@ -135,12 +135,10 @@ def cut_ops(keys: Sequence[str], ops: Sequence[list[Any]], budget: float,
             cost = OP_COST + (small if 0 < cap <= _LISTPACK else large) * (len(flat) >> 1)
         elif kind == "s":
             cost = OP_COST + field * (len(flat) >> 1)
-        elif kind == "x":
+        elif kind in ("x", "r"):
             cost = OP_COST + gone * len(flat)
         elif kind == "g":
             cost = OP_COST + index_each * (len(flat) >> 1)
-        elif kind == "r":
-            cost = OP_COST + gone * len(flat)
         elif kind == "v":
             cost = vec_base + vec_each * abs(cap)
         else:

@@ -8,15 +8,12 @@ times, not decayed scores: a landmark move leaves them alone (streams/rescale.py
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from driftrec.keys import Keys
 from driftrec.models.online import BatchDelta
 
 __all__ = ["session_index_ops"]
-
-logger = logging.getLogger(__name__)
 
 
 def session_index_ops(keys: Keys, delta: BatchDelta, cap: int) -> list[tuple[str, str, int, list[Any]]]:

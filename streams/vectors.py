@@ -133,18 +133,13 @@ def plan_fold_in(
             now = max(now, max(map(_time, histories[user])))
         weights = _merged_weights(() if forgotten else stored_weights.get(user, ()),
                                   delta.user_items.get(user, {}), history_len)
-        at = [index_get(i, -1) for i, _ in weights]
-        keep = [j for j, (x, (_, w)) in enumerate(zip(at, weights, strict=True)) if x >= 0 and w > 0]
-        if not keep:
+        r = [(x, w) for i, w in weights if (x := index_get(i, -1)) >= 0 and w > 0]
+        if not r:
             continue  # nothing in the model to fold against; the stored vector stays
         scale = model.alpha * policy.read_factor(landmark, now)
         users.append(user)
-        if len(keep) == len(weights):
-            rows.append(np.array(at, dtype=np.intp))
-            confs.append(np.array([w for _, w in weights], dtype=np.float64) * scale)
-        else:
-            rows.append(np.array([at[j] for j in keep], dtype=np.intp))
-            confs.append(np.array([weights[j][1] for j in keep], dtype=np.float64) * scale)
+        rows.append(np.array([x for x, _ in r], dtype=np.intp))
+        confs.append(np.array([w for _, w in r], dtype=np.float64) * scale)
     if users:
         X = fold_in_many(model.Yz, model.YtY, rows, confs, model.regularization, model.Zz, model.YZz)
         plan.users = {u: to_f32(x) for u, x in zip(users, X, strict=True)}
