@@ -8,8 +8,12 @@ for ``overfetch × n`` rows, re-scores those exactly from the same float32 array
 reads, and keeps the top ``n``. The scores the blend sees are therefore the exact ones; only the
 candidate *set* is approximate (an item the graph search misses is missing from the list).
 
-The indexes read the published arrays in place (usearch's ``copy=False``): an index adds its
-graph, about ``connectivity × 8`` bytes per row, not a second copy of the vectors.
+An index keeps its own copy of the rows in ``bf16`` by default (``reader_ann_dtype``): half the
+bytes of the float32 rows for each distance the graph walk computes, which made the three
+per-request searches 0.72x as costly on ``driftrec train``'s model here with the same recall
+(docs/experiments.md); the exact re-score still reads the float32 arrays. With ``f32`` the index
+reads the published arrays in place (usearch's ``copy=False``) and adds only its graph, about
+``connectivity × 8`` bytes per row.
 """
 
 from __future__ import annotations
@@ -53,14 +57,17 @@ class AnnConfig:
         HNSW build breadth (``efConstruction``).
     threads : int
         Threads one index build uses (the search always uses the calling thread).
+    dtype : {"bf16", "f16", "f32"}
+        Scalar type of the rows the graph walk compares; only the candidate set depends on it.
     """
 
     min_rows: int = 5000
     overfetch: float = 2.0
-    expansion: int = 64
+    expansion: int = 32
     connectivity: int = 16
     expansion_add: int = 128
     threads: int = 1
+    dtype: Literal["bf16", "f16", "f32"] = "bf16"
 
     def fetch(self, n: int) -> int:
         """Candidates to fetch for ``n`` wanted rows."""
@@ -87,11 +94,13 @@ class AnnIndex:
         if vectors.dtype != np.float32 or vectors.ndim != 2 or not vectors.flags.c_contiguous:
             raise ValueError("an index needs a C-contiguous 2-D float32 array")
         started = time.perf_counter()
-        self._vectors = vectors  # usearch keeps pointers into these rows (copy=False)
-        self._index = Index(ndim=int(vectors.shape[1]), metric=metric, dtype="f32",
+        in_place = config.dtype == "f32"
+        # In place, usearch keeps pointers into these rows (copy=False); else it converts a copy.
+        self._vectors = vectors if in_place else None
+        self._index = Index(ndim=int(vectors.shape[1]), metric=metric, dtype=config.dtype,
                             connectivity=config.connectivity, expansion_add=config.expansion_add,
                             expansion_search=config.expansion)
-        self._index.add(np.arange(vectors.shape[0], dtype=np.uint64), vectors, copy=False,
+        self._index.add(np.arange(vectors.shape[0], dtype=np.uint64), vectors, copy=not in_place,
                         threads=config.threads)
         self.rows = int(vectors.shape[0])
         self.metric = metric
@@ -119,7 +128,7 @@ class AnnIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes the index holds besides the vectors it reads in place (graph, levels)."""
+        """Bytes the index holds: graph and levels, plus its copy of the rows unless ``f32``."""
         return int(self._index.memory_usage)
 
     def candidates(self, query: F32, count: int) -> Rows:
@@ -133,7 +142,8 @@ def ann_config(settings: Settings) -> AnnConfig | None:
     if not settings.reader_ann:
         return None
     return AnnConfig(min_rows=settings.reader_ann_min_rows, overfetch=settings.reader_ann_overfetch,
-                     expansion=settings.reader_ann_expansion, threads=settings.reader_ann_build_threads)
+                     expansion=settings.reader_ann_expansion, threads=settings.reader_ann_build_threads,
+                     dtype=settings.reader_ann_dtype)
 
 
 def top_of(scores: F32, n: int) -> npt.NDArray[np.intp]:

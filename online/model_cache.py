@@ -132,8 +132,8 @@ class PublishedModel:
                 aug = np.empty((self.scan_tf_out.shape[0], width + 1), dtype=np.float32)
                 aug[:, :width] = self.scan_tf_out
                 aug[:, width] = self.scan_tf_bias
-                # The output layer is kept once, as the index's rows: the re-score reads the
-                # weights through a view of them.
+                # The output layer is kept once, as these rows: the re-score reads the weights
+                # through a view of them (and an f32 index reads them in place).
                 self.scan_tf_out = aug[:, :width]
                 if self.scan_rows is None:
                     self.tf_out = self.scan_tf_out

@@ -104,6 +104,23 @@ def test_recall_at_50_of_each_index_against_the_exact_scan(trained: Trained, sou
     assert recall(answers(trained.ann, trained, source), answers(trained.exact, trained, source)) >= 0.95
 
 
+def test_an_f32_index_reads_the_published_rows_in_place_with_the_same_recall(trained: Trained) -> None:
+    """``reader_ann_dtype = "f32"``: no copy of the rows (the bf16 default holds one at half their
+    size), and the same recall; the re-scored scores are the exact ones either way."""
+    assert trained.config is not None and trained.config.dtype == "bf16"
+    kw = {"default_reg": S.fold_in_regularization, "pool_size": S.reader_similar_users_pool}
+    f32 = build_model("v", trained.head, trained.tf, **kw, ann=AnnConfig(**{**trained.config.__dict__, "dtype": "f32"}))
+    rows_bytes = trained.ann.scan_Y.nbytes
+    assert trained.ann.index_stats()["user_vector"]["memory_bytes"] >= f32.index_stats()["user_vector"]["memory_bytes"] \
+        + rows_bytes // 2
+    for source in ("user_vector", "tf", "similar_users"):
+        assert recall(answers(f32, trained, source), answers(trained.exact, trained, source)) >= 0.95
+    u = trained.exact.user_vector(None, None, *trained.users[0])
+    assert u is not None
+    exact = dict(trained.exact.score(u, None, N)[0])
+    assert all(exact[i] == s for i, s in trained.ann.score(u, None, N)[0] if i in exact)
+
+
 def test_recall_at_50_of_similar_items(trained: Trained) -> None:
     got = [trained.ann.item_neighbours(i, N) for i in trained.items]
     assert recall(got, [trained.exact.item_neighbours(i, N) for i in trained.items]) >= 0.95
@@ -169,8 +186,9 @@ def test_an_indexed_catalogue_is_searched_whole() -> None:
 def test_the_switch_and_the_settings() -> None:
     assert ann_config(S.model_copy(update={"reader_ann": False})) is None
     c = ann_config(S.model_copy(update={"reader_ann_min_rows": 10, "reader_ann_overfetch": 2.0,
-                                        "reader_ann_expansion": 40, "reader_ann_build_threads": 2}))
-    assert c == AnnConfig(min_rows=10, overfetch=2.0, expansion=40, threads=2)
+                                        "reader_ann_expansion": 40, "reader_ann_build_threads": 2,
+                                        "reader_ann_dtype": "f16"}))
+    assert c == AnnConfig(min_rows=10, overfetch=2.0, expansion=40, threads=2, dtype="f16")
     assert c.fetch(7) == 14 and AnnConfig(overfetch=1.5).fetch(3) == 5
 
 
