@@ -1,6 +1,7 @@
 """The batch processor alone (no Kafka, no Faust) on two versions of the code, side by side.
 
 Usage: python benchmarks/processor_ab.py [--baseline-ref 2eff196] [--events 100000] [--rounds 3]
+                                         [--baseline-index 0] [--new-index 0] [--reference-index K]
                                          [--out benchmarks/results/processor_ab.json]
                                          [--redis-config zset-max-listpack-entries 0 ...]
                                          [--overlap] [--model]
@@ -17,6 +18,9 @@ ratio new/baseline.
 ``BatchProcessor.feed``, with the next batch as ``upcoming`` where the code takes it) instead of one
 after another; ``--model`` publishes item factors for every
 item first (the fold-in mode instead of ISGD vectors).
+``--baseline-index`` / ``--new-index`` set each side's ``session_index_k`` (the session index and
+the shopper session values the worker keeps); ``--reference-index K`` adds a third side each round,
+the working tree with ``session_index_k`` K (e.g. 0: what the index costs on top).
 ``--redis-config NAME VALUE ...`` starts that Redis with those settings (both sides). On a shared machine
 compare the ratio, not the absolute numbers.
 """
@@ -48,8 +52,8 @@ from driftrec.streams.processor import BatchProcessor, RawRecord
 from driftrec.streams.published import FactorCache
 from driftrec.streams.redis_state import RedisState
 
-port, n = int(sys.argv[1]), int(sys.argv[2])
-overlap, model = "overlap" in sys.argv[3:], "model" in sys.argv[3:]
+port, n, index_k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+overlap, model = "overlap" in sys.argv[4:], "model" in sys.argv[4:]
 s = Settings(kafka_bootstrap_servers="x:1", redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="ab")
 sim = ShopSimulator(n_users=10_000, n_items=20_000, n_categories=20, seed=17)
 rows = [orjson.dumps(e) for e in itertools.islice(sim.events(n), n)]
@@ -61,6 +65,7 @@ async def main():
     keys = Keys(s.key_prefix)
     state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
                        neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+    state.session_index_k = index_k  # as `driftrec worker` sets it (streams/agents.py)
     async def sink(dead): pass
     proc = BatchProcessor(s, state, sink, FactorCache(client, keys, s.fold_in_regularization))
     sync = redis.Redis(port=port)
@@ -127,9 +132,10 @@ asyncio.run(main())
 '''
 
 
-def _run(code_root: Path, port: int, events: int, modes: list[str]) -> dict[str, Any]:
+def _run(code_root: Path, port: int, events: int, index_k: int, modes: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONHASHSEED": "0"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(port), str(events), *modes], cwd=code_root, env=env,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(port), str(events), str(index_k), *modes],
+                         cwd=code_root, env=env,
                          capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"child failed in {code_root}:\n{out.stderr[-3000:]}")
@@ -147,6 +153,10 @@ def main() -> None:
     ap.add_argument("--overlap", action="store_true",
                     help="feed() the batches (overlapped, as the worker runs them) instead of process()")
     ap.add_argument("--model", action="store_true", help="publish item factors first (fold-in mode)")
+    ap.add_argument("--baseline-index", type=int, default=0, help="session_index_k of the baseline side")
+    ap.add_argument("--new-index", type=int, default=0, help="session_index_k of the new side")
+    ap.add_argument("--reference-index", type=int, default=None,
+                    help="also run the working tree with this session_index_k each round ('reference')")
     args = ap.parse_args()
     modes = [m for m, on in (("overlap", args.overlap), ("model", args.model)) if on]
     tmp = Path(tempfile.mkdtemp(prefix="driftrec-ab-"))
@@ -167,12 +177,15 @@ def main() -> None:
             break
         except redis.ConnectionError:
             time.sleep(0.1)
-    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "new": []}
+    sides = [("baseline", base, args.baseline_index), ("new", ROOT, args.new_index)]
+    if args.reference_index is not None:
+        sides.append(("reference", ROOT, args.reference_index))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
     try:
         for _ in range(args.rounds):
-            for name, root in (("baseline", base), ("new", ROOT)):
+            for name, root, index_k in sides:
                 client.flushall()
-                row = _run(root, port, args.events, modes)
+                row = _run(root, port, args.events, index_k, modes)
                 row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
                 runs[name].append(row)
                 print(name, json.dumps(row), flush=True)
@@ -188,11 +201,14 @@ def main() -> None:
     keys = ("events_per_s", "redis_commands_executed_per_event", "redis_cpu_ms_per_1000_events",
             "python_cpu_ms_per_1000_events", "redis_dataset_bytes", "nbr_row_bytes_mean",
             "nbr_row_members_mean")
-    summary = {k: {"baseline": med("baseline", k), "new": med("new", k),
-                   "ratio_new_over_baseline": round(med("new", k) / med("baseline", k), 3)} for k in keys}
+    summary = {k: {name: med(name, k) for name in runs}
+               | {"ratio_new_over_baseline": round(med("new", k) / med("baseline", k), 3)}
+               | ({"ratio_new_over_reference": round(med("new", k) / med("reference", k), 3)}
+                  if "reference" in runs else {}) for k in keys}
     result = {"summary": summary, "runs": runs, "baseline_ref": args.baseline_ref,
               "commit": commit(), "events": args.events, "rounds": args.rounds,
               "redis_config": args.redis_config, "modes": modes,
+              "session_index_k": {name: k for name, _, k in sides},
               "machine": machine(("redis", "orjson")) | {"load_avg_at_end": list(os.getloadavg())},
               "command": "python " + " ".join(sys.argv)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
