@@ -10,7 +10,7 @@ Usage: python benchmarks/processor_ab.py [--baseline-ref 2eff196] [--events 1000
 then the working tree, each in a child process of its own, against a private ``redis-server``
 (flushed between runs) on the same simulator clicks (ISGD vectors on, default settings, batches of
 ``batch_max_events`` cut across 4 partitions as the worker gets them). Reported: events/s per run,
-Redis commands executed per event (``INFO commandstats``, the scripts' inner calls included), the Redis server's CPU seconds per 1,000 events (``INFO cpu``),
+Redis commands executed per event (``INFO commandstats``, the scripts' inner calls included; also by command), the Redis server's CPU seconds per 1,000 events (``INFO cpu``),
 the child's CPU per 1,000 events, Redis' time per event by command, the memory of the state it
 left (``used_memory_dataset``; ``MEMORY USAGE`` of up to 2,000 neighbour rows), and the median
 ratio new/baseline.
@@ -122,6 +122,9 @@ async def main():
                       "redis_usec_per_event_by_command": {k.removeprefix("cmdstat_"): round(v["usec"] / len(raws), 2)
                                                           for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])
                                                           if k not in ("cmdstat_info", "cmdstat_config|resetstat")},
+                      "redis_calls_per_event_by_command": {k.removeprefix("cmdstat_"): round(v["calls"] / len(raws), 3)
+                                                           for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["calls"])
+                                                           if k not in ("cmdstat_info", "cmdstat_config|resetstat")},
                       "redis_dataset_bytes": dataset,
                       "nbr_rows_sampled": len(nbr),
                       "nbr_row_bytes_mean": round(sum(nbr_bytes) / max(1, len(nbr)), 1),

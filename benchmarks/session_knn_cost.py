@@ -3,10 +3,12 @@
 Times what the reader does for the source on a reader-sized synthetic request: the session
 query from a 50-item history, the neighbours from ``len(query)`` session-index rows of
 ``reader_session_knn_sample`` entries (parsed from a RESP3-shaped reply, as ``online/store.py``
-gets it), the ``reader_session_knn_users`` neighbours' histories decoded from their raw
-``HGETALL`` replies (50 entries of 16 bytes each, as the raw pool returns them), their
-sessions and the V-SKNN scores; and the blend with and without the source's ~200 candidates.
-Alternating rounds; medians.
+gets it), then the ``reader_session_knn_users`` neighbours' sessions and the V-SKNN scores, two
+ways side by side: ``source_hashes`` (before: each neighbour's whole item HASH decoded from its
+raw ``HGETALL`` reply, 50 entries of 16 bytes, and the session cut around the shared click) and
+``source`` (now: each neighbour's click log, the raw reply of a ``GET`` of ``P:{u:U}:clk``,
+decoded, and the session cut by a bisect); and the blend with and without the source's
+candidates. Alternating rounds; medians.
 
     python benchmarks/session_knn_cost.py [--users 30] [--sample 20] [--rounds 7]
 """
@@ -25,9 +27,15 @@ from typing import Any
 from common import RESULTS, commit, machine
 
 from driftrec.models.blend import BlendWeights, Candidates, blend
-from driftrec.models.candidates import session_knn_scores, session_neighbours, session_query
-from driftrec.online.store import history_times, pairs, user_state
-from driftrec.userstate import newest
+from driftrec.models.candidates import (
+    session_around,
+    session_knn_scores,
+    session_neighbours,
+    session_query,
+)
+from driftrec.models.sknn import vsknn_scores
+from driftrec.online.store import pairs, user_state
+from driftrec.userstate import ENTRY_BYTES, newest, pack_clicks, unpack_clicks
 
 GAP = 1800.0
 
@@ -63,24 +71,59 @@ def request(seed: int, sample: int, users: int) -> dict[str, Any]:
             h[q.encode()] = struct.pack("<dd", latest - rng.random() * 300, 1.0)
         hists[f"user-{n}"] = h
     latest_of = {v: max(struct.unpack("<dd", x)[0] for x in h.values()) for v, h in hists.items()}
-    return {"history": history, "index": index, "hists": hists, "now": now, "latest": latest_of,
+    # the worker's click log of each: the same history, packed (a raw GET reply: bytes)
+    values = {v: pack_clicks(user_state(h)[0]) for v, h in hists.items()}
+    return {"history": history, "index": index, "hists": hists, "values": values, "now": now, "latest": latest_of,
             "other": [(rng.choice(items), rng.random()) for _ in range(360)]}
 
 
-def source(r: dict[str, Any], users: int) -> list[tuple[str, float]]:
-    """What ``Recommender._for_user`` / ``_session_knn`` run for the source (reads replaced by replies)."""
+def history_times(reply: Any) -> list[tuple[Any, float]]:
+    """The reader's decode of a neighbour's ``HGETALL`` reply before the session values (its
+    online/store.py at 0e4a223): (item bytes, time) in one ``struct.unpack``."""
+    raws = list(reply.values())
+    joined = b"".join(raws)
+    if len(joined) == ENTRY_BYTES * len(raws):
+        return list(zip(reply, struct.unpack(f"<{len(raws) * 2}d", joined)[0::2], strict=True))
+    return list(user_state(reply)[0].items())
+
+
+def _neighbours(r: dict[str, Any], users: int) -> tuple[list[str], list[tuple[str, float]], list[str]]:
     query = session_query(r["history"], k=8, session_gap_s=GAP)
     rows = {i: pairs(reply) for i, reply in r["index"].items()}
-    nbrs = session_neighbours(rows, "me", users)
+    nbrs = session_neighbours(rows, "me", users, query)
     # the neighbours named by the synthetic index are random ids: they get the prepared histories,
     # and their shared click a time inside their latest session (r["latest"])
+    names = list(r["hists"])[:len(nbrs)]
+    return query, [(v, r["latest"][name]) for (v, _), name in zip(nbrs, names, strict=False)], names
+
+
+def source_hashes(r: dict[str, Any], users: int) -> list[tuple[str, float]]:
+    """Before: whole HASHes decoded, the session cut around the shared click (0e4a223)."""
+    query, nbrs, names = _neighbours(r, users)
+    sessions = []
+    for (_, t), name in zip(nbrs, names, strict=True):
+        h = history_times(r["hists"][name])
+        if h:
+            sess = session_around(h, t, GAP)
+            sessions.append({i if isinstance(i, str) else i.decode("utf-8", "surrogateescape") for i in sess})
+    return list(vsknn_scores(query, sessions, len(sessions)).items())
+
+
+def source(r: dict[str, Any], users: int) -> list[tuple[str, float]]:
+    """Now: what ``Recommender._session_knn`` runs (reads replaced by the values' replies)."""
+    query, nbrs, names = _neighbours(r, users)
     theirs = {}
-    for (v, _), reply in zip(nbrs, r["hists"].values(), strict=False):
-        times = history_times(reply)
-        if times:
-            theirs[v] = times
-    nbrs = [(v, r["latest"][name]) for (v, _), name in zip(nbrs, r["hists"], strict=False) if v in theirs]
+    for (v, _), name in zip(nbrs, names, strict=True):
+        log = unpack_clicks(r["values"][name])
+        if log[0]:
+            theirs[v] = log
     return session_knn_scores(query, nbrs, theirs, gap_s=GAP)
+
+
+def _alike(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
+    """The same items with the same scores up to rounding (the sums run in another order)."""
+    x, y = dict(a), dict(b)
+    return x.keys() == y.keys() and all(abs(x[i] - y[i]) <= 1e-9 * abs(y[i]) for i in x)
 
 
 def ranked(r: dict[str, Any], sess: list[tuple[str, float]], w: BlendWeights) -> None:
@@ -108,7 +151,9 @@ def main() -> None:
     reqs = [request(s, args.sample, args.users) for s in range(100)]
     sess = {id(r): source(r, args.users) for r in reqs}
     on, off = BlendWeights(session_knn=0.5), BlendWeights()
+    same = sum(_alike(source(r, args.users), source_hashes(r, args.users)) for r in reqs)
     variants = {
+        "source_hashes": lambda r: source_hashes(r, args.users),
         "source": lambda r: source(r, args.users),
         "blend_without": lambda r: ranked(r, [], off),
         "blend_with": lambda r: ranked(r, sess[id(r)], on),
@@ -120,10 +165,10 @@ def main() -> None:
     cands = statistics.median(len(v) for v in sess.values())
     out = {"commit": commit(), "machine": machine(),
            "command": "python benchmarks/session_knn_cost.py " + " ".join(sys.argv[1:]),
-           "median_candidates": cands,
+           "median_candidates": cands, "requests_scored_alike": [same, len(reqs)],
            "us_per_request": {k: {"median": statistics.median(v), "rounds": v} for k, v in us.items()}}
     (RESULTS / "session_knn_cost.json").write_text(json.dumps(out, indent=1))
-    print(f"median candidates of the source: {cands}")
+    print(f"median candidates of the source: {cands}; scored alike before and now: {same} of {len(reqs)}")
     for k, v in out["us_per_request"].items():
         print(f"{k:14s} median {v['median']:.1f} us per request")
 

@@ -1,11 +1,14 @@
 """What the session_knn source costs in Redis reads: the reader's own store against a private Redis.
 
 Starts ``redis-server`` on a free port (no persistence), writes 2,000 shoppers' item hashes (50
-entries each, the worker's 16-byte values) and 500 items' session indexes (50 shoppers each), then
-times, through ``online/app.py``'s ``create_store`` (the raw RESP pool the reader uses), the
-expansion round trip with and without the session rows of 8 items, and the extra round trip of
-``reader_session_knn_users`` histories: wall time and this process's CPU per request, and Redis'
-own time per command (``INFO commandstats``). Alternating rounds; medians.
+entries each, the worker's 16-byte values), their click logs (``P:{u:U}:clk``, the same history
+packed, as the worker writes it) and 500 items' session indexes (50
+shoppers each), then times, through ``online/app.py``'s ``create_store`` (the raw RESP pool the
+reader uses), the expansion round trip with and without the session rows of 8 items, and the
+extra round trip of ``reader_session_knn_users`` neighbours two ways: ``histories`` (before: their
+whole item HASHes, ``HGETALL``, decoded) and ``click_logs`` (now: ``GET`` of their click logs,
+decoded): wall time and this process's CPU per request, and Redis' own time per command
+(``INFO commandstats``). Alternating rounds; medians.
 
     python benchmarks/session_knn_reads.py [--users 30] [--sample 20] [--requests 2000]
 """
@@ -26,20 +29,31 @@ from typing import Any
 
 import redis
 from reader import private_redis
+from session_knn_cost import history_times
 
 from common import RESULTS, commit, free_port, machine
 
 from driftrec.keys import Keys
 from driftrec.online.app import create_store
 from driftrec.settings import Settings
+from driftrec.userstate import pack_clicks
 
 
 def _fill(r: redis.Redis, keys: Keys, rng: random.Random) -> None:
     now = 1_700_000_000.0
     pipe = r.pipeline(transaction=False)
     for u in range(2000):
+        # sessions of 3-10 clicks a minute apart, hours apart (benchmarks/session_knn_cost.py)
+        times: dict[str, float] = {}
+        t = now - rng.random() * 3600
+        while len(times) < 50:
+            for _ in range(rng.randint(3, 10)):
+                times[f"sku-{rng.randrange(5000)}"] = t
+                t -= 60.0
+            t -= rng.uniform(2 * 3600, 48 * 3600)
         pipe.hset(keys.user_state(f"user-{u}"), mapping={
-            f"sku-{rng.randrange(5000)}": struct.pack("<dd", now - rng.random() * 86400, rng.random()) for _ in range(50)})
+            i: struct.pack("<dd", x, rng.random()) for i, x in times.items()})
+        pipe.set(keys.user_clicks(f"user-{u}"), pack_clicks(times))
     for i in range(500):
         pipe.zadd(keys.item_sessions(f"sku-{i}"), {f"user-{rng.randrange(2000)}": now - rng.random() * 86400
                                                    for _ in range(50)})
@@ -49,6 +63,7 @@ def _fill(r: redis.Redis, keys: Keys, rng: random.Random) -> None:
 
 async def _measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     store = create_store(settings)
+    keys = Keys(settings.key_prefix)
     rng = random.Random(1)
     reqs = [([f"sku-{rng.randrange(500)}" for _ in range(8)], [f"user-{rng.randrange(2000)}" for _ in range(args.users)])
             for _ in range(args.requests)]
@@ -57,12 +72,17 @@ async def _measure(settings: Settings, args: argparse.Namespace) -> dict[str, An
         for items, _ in reqs:
             await store.read_expansion(items, 20, [], 10, items if with_sessions else [], args.sample)
 
-    async def histories() -> None:
+    async def histories() -> None:  # the reader's read before the session values (0e4a223)
         for _, users in reqs:
-            await store.histories(users)
+            res = await store._run([["HGETALL", keys.user_state(u)] for u in users], frozenset(range(len(users))))
+            [history_times(r) for r in res]
+
+    async def click_logs() -> None:
+        for _, users in reqs:
+            await store.click_logs(users)
 
     variants = {"expansion_without": lambda: expansion(False), "expansion_with": lambda: expansion(True),
-                "histories": histories}
+                "histories": histories, "click_logs": click_logs}
     out: dict[str, dict[str, list[float]]] = {v: {"wall_us": [], "cpu_us": []} for v in variants}
     for _ in range(args.rounds):
         for name, fn in variants.items():
@@ -92,7 +112,7 @@ def main() -> None:
             settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="bench")
             got = asyncio.run(_measure(settings, args))
             stats = r.info("commandstats")
-            redis_us = {k: v["usec_per_call"] for k, v in stats.items() if k in ("cmdstat_hgetall", "cmdstat_zrevrange")}
+            redis_us = {k: v["usec_per_call"] for k, v in stats.items() if k in ("cmdstat_hgetall", "cmdstat_zrevrange", "cmdstat_get")}
         finally:
             proc.terminate()
             proc.wait()

@@ -34,6 +34,12 @@ class Keys:
         """STRING ``<model version or isgd> NUL <float32 bytes>``: the user's factor vector."""
         return f"{self.prefix}:{{u:{user}}}:vec"
 
+    def user_clicks(self, user: str) -> str:
+        """STRING: the time half of :meth:`user_state` in one value, oldest click first (times
+        then item ids: :func:`driftrec.userstate.pack_clicks`); written with the session index,
+        read by the session_knn source for the shoppers the index names."""
+        return f"{self.prefix}:{{u:{user}}}:clk"
+
     # --- one item -------------------------------------------------------------------------
     def item_nbrs(self, item: str) -> str:
         """ZSET neighbour -> forward-decayed co-occurrence (top-K pruned)."""

@@ -35,6 +35,7 @@ from driftrec.models.candidates import (
 from driftrec.models.online import EventView, InMemoryState
 from driftrec.online.catalogue import CatalogueView, new_item_rule, newest_kept
 from driftrec.settings import Settings
+from driftrec.userstate import unpack_clicks
 
 __all__ = ["LiveModel", "LiveRecommender", "LiveView", "publish_parts", "new_state"]
 
@@ -297,15 +298,16 @@ class LiveRecommender:
 
     def _session_knn(self, user: str, newest: list[tuple[str, float]]) -> list[tuple[str, float]]:
         """The session_knn source as the reader reads it: the session index's rows of the latest
-        session's items (``ZREVRANGE``), then the neighbours' stored histories (``HGETALL``)."""
+        session's items (``ZREVRANGE``), then the neighbours' click logs (``GET`` of the values
+        the worker writes, decoded as the reader decodes them)."""
         s, st = self.settings, self.state
         if s.reader_session_knn_users <= 0:
             return []
         query = session_query(newest, k=s.reader_recent_items, session_gap_s=s.reader_session_gap_s)
         rows = {i: st.session_users(i, s.reader_session_knn_sample) for i in query}
         nbrs = session_neighbours(rows, user, s.reader_session_knn_users, query)
-        hist = st.hist
-        theirs = {v: list(hist[v].items()) for v, _ in nbrs if v in hist}
+        logs = st.click_logs
+        theirs = {v: unpack_clicks(logs[v]) for v, _ in nbrs if v in logs}
         return session_knn_scores(query, nbrs, theirs, gap_s=s.reader_session_gap_s)
 
 

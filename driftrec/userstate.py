@@ -15,6 +15,13 @@ one half only; the missing half is a NaN (never a valid time or weight). A field
 are both missing is deleted. Orders follow Redis sorted sets: by (value, item) with ties broken
 by the item's bytes.
 
+A shopper's click log (``P:{u:U}:clk``) is the time half of their item HASH as one STRING, oldest
+click first: a little-endian uint32 count ``n``, ``n`` float64 times (ascending, ties by item as
+Redis orders them), then the ``n`` item ids joined by NUL bytes (ids never hold one:
+driftrec/events.py). The session_knn source reads a few dozen per request: one bulk string whose
+times unpack in one C call and are already sorted, so the session around a time is a bisect,
+where a whole HASH cost a reply of 100 bulk strings, a sort and a pass over every entry.
+
 A vector with its tag used to be a HASH ``{vec, model}``; its 128-byte value is above
 ``hash-max-listpack-value`` (64), so Redis kept it as a hashtable (~390 bytes). As one STRING it
 is about half that. The tag (a model version or ``isgd``) never holds a NUL byte.
@@ -31,7 +38,7 @@ from typing import Any
 
 __all__ = [
     "ENTRY_BYTES", "pack_entry", "unpack_entry", "decode_fields", "split_state",
-    "newest", "strongest", "encode_state", "pack_vector", "unpack_vector",
+    "newest", "strongest", "encode_state", "pack_vector", "unpack_vector", "pack_clicks", "unpack_clicks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,3 +140,32 @@ def unpack_vector(raw: Any) -> tuple[bytes | None, str | None]:
     if not sep:
         return None, None
     return (vec or None), tag.decode("utf-8", "surrogateescape")
+
+
+_COUNT = struct.Struct("<I")
+
+
+def pack_clicks(times: Mapping[str, float]) -> bytes:
+    """The STRING value of a click-log key from a history (item -> last click time)."""
+    rows = sorted(times.items(), key=_VALUE_THEN_ITEM)
+    n = len(rows)
+    return (_COUNT.pack(n) + struct.pack(f"<{n}d", *[t for _, t in rows])
+            + "\0".join([i for i, _ in rows]).encode("utf-8", "surrogateescape"))
+
+
+def unpack_clicks(raw: Any) -> tuple[tuple[float, ...], str]:
+    """``(times, ids)`` of a click-log value, oldest first, the ids still joined by NUL (the
+    session_knn source splits off only the few it takes: ``ids.rsplit("\0", k)``); ``((), "")``
+    when absent or malformed."""
+    if not raw:
+        return (), ""
+    b = _bytes(raw)
+    end = 4 + 8 * _COUNT.unpack_from(b)[0] if len(b) >= 4 else 0
+    if end <= 4 or len(b) <= end:
+        return (), ""
+    times = struct.unpack_from(f"<{(end - 4) >> 3}d", b, 4)
+    ids = b[end:].decode("utf-8", "surrogateescape")
+    if ids.count("\0") != len(times) - 1:
+        logger.warning("ignoring a malformed click log (%d times, %d ids)", len(times), ids.count("\0") + 1)
+        return (), ""
+    return times, ids

@@ -14,6 +14,7 @@ from typing import Any
 from driftrec.events import TOMBSTONE_TYPE
 from driftrec.models.cooccurrence import similarity, top_k
 from driftrec.models.decay import SCORE_SCALE, DecayPolicy, EventWeights, quantise
+from driftrec.userstate import pack_clicks
 
 __all__ = ["EventView", "BatchDelta", "plan_batch", "merge_user_items", "InMemoryState", "FORGET_RESIDUE"]
 
@@ -354,7 +355,8 @@ class InMemoryState:
 
     ``session_index_k`` > 0 keeps the session index: item -> user -> the user's last click of
     the item (event time, not decayed), the ``session_index_k`` latest by ``(time, user)``
-    (``ZADD GT`` then a cut by rank, as ``apply_ops.lua``'s ``g`` op does).
+    (``ZADD GT`` then a cut by rank, as ``apply_ops.lua``'s ``g`` op does), and each clicking
+    user's click log (``click_logs``: the bytes of ``P:{u:U}:clk``, their history packed).
     """
 
     def __init__(
@@ -379,6 +381,7 @@ class InMemoryState:
         self.landmark = landmark
         self.session_index_k = session_index_k
         self.sessions: dict[str, dict[str, float]] = {}  # item -> user -> last click time
+        self.click_logs: dict[str, bytes] = {}  # user -> packed history (userstate.pack_clicks)
         self.pop: dict[str, float] = {}
         self.trend: dict[str, dict[str, float]] = {}
         self.cooc: dict[str, dict[str, float]] = {}
@@ -455,7 +458,7 @@ class InMemoryState:
         if delta.landmark != self.landmark:
             self.rescale(delta.landmark)
         for user in delta.forgotten:
-            for table in (self.user_items, self.user_cats, self.hist):
+            for table in (self.user_items, self.user_cats, self.hist, self.click_logs):
                 table.pop(user, None)
         _add(self.pop, delta.pop)
         for table, inc, k in (
@@ -495,6 +498,9 @@ class InMemoryState:
                 row.pop(user, None)
             if not row:
                 del index[item]
+        logs, hist = self.click_logs, self.hist
+        for user in delta.hist:  # the click logs: as streams/session_index.py writes them
+            logs[user] = pack_clicks(hist[user])
         touched: set[str] = set()
         for user, times in delta.hist.items():
             for item, t in times.items():

@@ -149,7 +149,7 @@ def create_app(settings: Settings, store: ReaderStore | None = None, *, sink: Ev
                                        scan_items=settings.reader_scan_items, ann=ann_config(settings)))
     metrics.watch(lambda: snapshot.age_s, lambda: models.version, lambda: models.loads)
     metrics.watch_caches({"neighbours": rec.nbr_rows, "similar_users": rec.user_rows,
-                          "session_index": rec.session_rows, "session_histories": rec.history_rows})
+                          "session_index": rec.session_rows, "session_clicks": rec.click_rows})
     metrics.watch_catalogue(lambda: len(catalogue.items), lambda: len(catalogue.hidden), lambda: catalogue.age_s)
     # Admission of ranking requests: the in-flight bound, the loop's lag (sampled by a task of
     # the lifespan) and the deadline (online/admission.py).

@@ -75,7 +75,7 @@ class Recommender:
         self.nbr_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
         self.user_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
         self.session_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
-        self.history_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
+        self.click_rows = RowCache(settings.reader_cache_ttl_s, settings.reader_cache_rows)
         self.clock = time.monotonic  # the row caches' clock (tests move it by hand)
 
     def _trend_key(self, category: str | None) -> str:
@@ -233,23 +233,21 @@ class Recommender:
 
     async def _session_knn(self, user: str, query: list[str], index_rows: dict[str, Pairs],
                            landmark: float) -> Pairs:
-        """The session_knn source: the neighbours the index rows name, their histories (row cache,
-        else one more round trip) and :func:`driftrec.models.candidates.session_knn_scores`."""
+        """The session_knn source: the neighbours the index rows name, their click logs (row cache,
+        else one more round trip, a GET each) and :func:`driftrec.models.candidates.session_knn_scores`."""
         s = self.settings
         neighbours = session_neighbours(index_rows, user, s.reader_session_knn_users, query)
         if not neighbours:
             return []
         now = self.clock()
-        # The row cache keeps the histories as read (items as bytes from the raw pool: only the
-        # items of the sessions taken are ever decoded).
-        cached, want = self.history_rows.lookup([v for v, _ in neighbours], now, landmark)
-        histories = cast(dict[str, list[tuple[str | bytes, float]]], cached)
+        cached, want = self.click_rows.lookup([v for v, _ in neighbours], now, landmark)
+        logs = cast(dict[str, tuple[tuple[float, ...], str]], cached)
         if want:
-            got = await self.store.histories(want)
+            got = await self.store.click_logs(want)
             # A neighbour with nothing stored (forgotten) is cached as empty, not read again.
-            self.history_rows.store(cast(dict[str, Pairs], {v: got.get(v, []) for v in want}), now, landmark)
-            histories.update(got)
-        return session_knn_scores(query, neighbours, histories, gap_s=s.reader_session_gap_s)
+            self.click_rows.store(cast(dict[str, Pairs], {v: got.get(v, ()) for v in want}), now, landmark)
+            logs.update(got)
+        return session_knn_scores(query, neighbours, logs, gap_s=s.reader_session_gap_s)
 
     async def _in_category(self, c: Candidates, category: str) -> Candidates:
         """Keep only candidates of ``category`` (trending is already that category's list)."""

@@ -4,7 +4,7 @@ A recommendation costs two round trips: one for everything keyed by the user and
 (:meth:`ReaderStore.read_user`), one for what depends on the first answer — the neighbours of
 the user's recent items, the items of similar users and the session index of the latest
 session's items (:meth:`ReaderStore.read_expansion`) — and, with the session_knn source on, a
-third for the histories of the shoppers that index names (:meth:`ReaderStore.histories`).
+third for the click logs of the shoppers that index names (:meth:`ReaderStore.click_logs`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,24 @@ from driftrec import modelblobs
 from driftrec.keys import Keys
 from driftrec.models.decay import read_factor
 from driftrec.online.resp import RespPool
-from driftrec.userstate import ENTRY_BYTES, decode_fields, newest, strongest, unpack_vector
+from driftrec.userstate import (
+    ENTRY_BYTES,
+    decode_fields,
+    newest,
+    strongest,
+    unpack_clicks,
+    unpack_vector,
+)
 
-__all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs", "history_times"]
+__all__ = ["ReaderStore", "UserReads", "Meta", "Pairs", "pairs"]
 
 logger = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, float]]
 #: Replies of :meth:`ReaderStore.read_user` that hold binary values: the user HASH, the vector.
 _USER_BINARY = frozenset({2, 3})
+
+_FIRST = frozenset({0})
 
 #: Popularity entries per snapshot round trip: about 1 ms of Redis each.
 SNAPSHOT_PAGE = 1000
@@ -102,23 +111,6 @@ def user_state(reply: Any) -> tuple[dict[str, float], dict[str, float]]:
     times = {i: t for i, t in zip(items, vals[0::2], strict=True) if t == t}
     weights = {i: w for i, w in zip(items, vals[1::2], strict=True) if w == w}
     return times, weights
-
-
-def history_times(reply: Any) -> list[tuple[str | bytes, float]]:
-    """(item, last event time) of an ``HGETALL`` reply of a user's item HASH, in no particular
-    order: the time half of :func:`user_state` only, decoded in one ``struct.unpack`` (the
-    session_knn source reads a few dozen such hashes per request). With the raw pool's binary
-    reply the items stay bytes and the times include NaN (an entry with a weight only): the
-    source decodes only the few items of the session it takes, and skips NaN times
-    (:func:`driftrec.models.candidates.session_around`). Anything else goes through
-    :func:`user_state` (str items, no NaN)."""
-    if isinstance(reply, dict) and reply:
-        raws = list(reply.values())
-        if type(raws[0]) is bytes:
-            joined = b"".join(raws)
-            if len(joined) == ENTRY_BYTES * len(raws):
-                return list(zip(reply, struct.unpack(f"<{len(raws) * 2}d", joined)[0::2], strict=True))
-    return list(user_state(reply)[0].items())
 
 
 def _float(x: str | bytes | None) -> float | None:
@@ -230,18 +222,23 @@ class ReaderStore:
         sessions = {i: pairs(r) for i, r in zip(session_items, res[b:], strict=True)}
         return nbrs, theirs, sessions
 
-    async def histories(self, users: Sequence[str]) -> dict[str, list[tuple[str | bytes, float]]]:
-        """Each of ``users``' stored history, (item, last event time) in no particular order
-        (:func:`history_times`): one pipeline (the session_knn source's neighbours); a user with
-        nothing stored is left out."""
+    async def click_logs(self, users: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+        """Each of ``users``' click log (``P:{u:U}:clk``: times ascending, items), one bulk string
+        each (the session_knn source's neighbours): one ``MGET`` on a single server, one pipeline
+        of ``GET``s through the Cluster client (the keys are in as many slots as users); a user
+        with none stored is left out."""
         if not users:
             return {}
-        res = await self._run([["HGETALL", self.keys.user_state(u)] for u in users], frozenset(range(len(users))))
+        key = self.keys.user_clicks
+        if self.fast is not None:
+            (res,) = await self.fast.execute([["MGET", *map(key, users)]], _FIRST)
+        else:
+            res = await self._run([["GET", key(u)] for u in users])
         out = {}
         for u, r in zip(users, res, strict=True):
-            times = history_times(r)
-            if times:
-                out[u] = times
+            log = unpack_clicks(r)
+            if log[0]:
+                out[u] = log
         return out
 
     async def item_categories(self, items: Sequence[str]) -> dict[str, str]:

@@ -55,7 +55,7 @@ from driftrec.streams.redis_state import (
     lua_source,
     user_item_ops,
 )
-from driftrec.streams.session_index import session_index_ops
+from driftrec.streams.session_index import click_log_ops, session_index_ops
 from driftrec.streams.vectors import VectorPlan
 from driftrec.userstate import pack_vector
 
@@ -195,7 +195,7 @@ class ClusterRedisState(RedisState):
         out: list[tuple[str, str, int, list[Any]]] = []
         add = out.append
         for user in sorted(delta.forgotten):
-            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user)):
+            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user), k.user_clicks(user)):
                 add((key, "d", 0, []))
         if delta.pop:
             add((k.popularity, "z", 0, list(_flat(delta.pop.items()))))
@@ -205,11 +205,14 @@ class ClusterRedisState(RedisState):
             add((k.item_nbrs(item), "z", self.neighbours_k, list(_flat(nbrs.items()))))
         for user, cats in delta.user_cats.items():
             add((k.user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items()))))
-        for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len):
+        after: dict[str, tuple[dict[str, float], dict[str, float]]] | None = {} if self.session_index_k > 0 else None
+        for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len, after):
             add((key, kind, 0, flat))
         if delta.item_cat:
             add((k.item_category, "s", 0, list(_flat(delta.item_cat.items()))))
         out.extend(session_index_ops(k, delta, self.session_index_k))
+        if after is not None:
+            out.extend(click_log_ops(k, delta, after))
         if vectors is not None:
             tag = vectors.model
             for user, vec in vectors.users.items():

@@ -37,7 +37,7 @@ from driftrec.keys import Keys
 from driftrec.models.decay import SCORE_SCALE
 from driftrec.models.online import BatchDelta, merge_user_items
 from driftrec.streams import chunked, metrics
-from driftrec.streams.session_index import session_index_ops
+from driftrec.streams.session_index import click_log_ops, session_index_ops
 from driftrec.streams.vectors import VectorPlan
 from driftrec.userstate import (
     ENTRY_BYTES,
@@ -476,7 +476,7 @@ class RedisState:
             add_op([len(keys), kind, cap, flat])
 
         for user in sorted(delta.forgotten):
-            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user)):
+            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user), k.user_clicks(user)):
                 op(key, "d", 0, [])
         if delta.pop:
             op(k.popularity, "z", 0, list(_flat(delta.pop.items())))
@@ -488,13 +488,18 @@ class RedisState:
         ops.extend([j, "z", nbrs_k, list(_flat(nbrs.items()))] for j, nbrs in enumerate(delta.cooc.values(), first))
         for user, cats in delta.user_cats.items():
             op(user_cats(user), "z", _CATS_KEPT, list(_flat(cats.items())))
-        after: dict[str, tuple[dict[str, float], dict[str, float]]] | None = {} if item_vecs is not None else None
+        indexed = self.session_index_k > 0
+        after: dict[str, tuple[dict[str, float], dict[str, float]]] | None = (
+            {} if item_vecs is not None or indexed else None)
         for key, kind, flat in user_item_ops(k, delta, ctx, self.history_len, after):
             op(key, kind, 0, flat)
         if delta.item_cat:
             op(k.item_category, "s", 0, list(_flat(delta.item_cat.items())))
         for key, kind, cap, flat in session_index_ops(k, delta, self.session_index_k):
             op(key, kind, cap, flat)
+        if indexed and after is not None:
+            for key, kind, cap, flat in click_log_ops(k, delta, after):
+                op(key, kind, cap, flat)
         if vectors is not None:
             tag = vectors.model
             for user, vec in vectors.users.items():

@@ -5,11 +5,9 @@
 -- (streams/chunked.py): it cuts the key to -cap whether or not this part added a member, since
 -- the parts before it may have (they carry cap 0: no cut until the whole op is in).
 local CHUNK = 1000  -- pairs per variadic call: stays far below Lua's C-stack limit for unpack
+-- One call, no ZCARD first: the ranks 0 .. -(cap + 1) are empty while the key holds cap or fewer.
 local function bounded(key, cap)
-  if cap > 0 then
-    local n = redis.call('ZCARD', key)
-    if n > cap then redis.call('ZREMRANGEBYRANK', key, 0, n - cap - 1) end
-  end
+  if cap > 0 then redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1) end
 end
 local function variadic(cmd, key, opt, kv)
   for i = 1, #kv, 2 * CHUNK do

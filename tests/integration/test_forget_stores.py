@@ -147,6 +147,7 @@ def test_forgets_subtract_once_across_a_crash(settings: Settings, cluster: Local
     assert cmp.equal, cmp.as_dict()
     assert snap.applied == len(records)
     assert snap.sessions and not any(victims[2] in row for row in snap.sessions.values())
+    assert snap.click_logs and victims[2] not in snap.click_logs  # compare() checked the bytes
 
     clean = build_oracle(s, forgotten_clean(views), landmark)
     assert clean.landmark == landmark  # no rescale in this stream: raw scores compare

@@ -185,16 +185,17 @@ def test_fuzz_json_4xx_ids_stay_in_their_keys_and_only_answers_are_recorded(sett
         watch.stop()
     prefix = settings.key_prefix
     grammar = re.compile(
-        rf"^{prefix}:(\{{u:{_ID}\}}:(iw|cats|vec)|\{{i:{_ID}\}}:(nbr|vec|us)"
+        rf"^{prefix}:(\{{u:{_ID}\}}:(iw|cats|vec|clk)|\{{i:{_ID}\}}:(nbr|vec|us)"
         rf"|\{{g\}}:(pop|icat|meta|trend:[^\x00-\x1f\x7f]{{1,64}})|\{{m\}}:(current|v:.+))$")
     # The one key the reader writes: the record of an answer, named by the request id it made.
     served = re.compile(rf"^{prefix}:\{{r:[0-9a-f]{{32}}\}}$")
     touched = [c for c in watch.commands if c and c[0].upper() not in _NO_KEY and len(c) > 1
                and c[1].startswith(prefix + ":")]
     assert touched, "the monitor saw no reader command"
-    reads = [c for c in touched if c[0].upper() in {"ZREVRANGE", "HGETALL", "HMGET", "HGET", "GET", "ZMSCORE"}]
+    reads = [c for c in touched if c[0].upper() in {"ZREVRANGE", "HGETALL", "HMGET", "HGET", "GET", "MGET", "ZMSCORE"}]
     writes = [c for c in touched if c not in reads]
     bad = [c[:2] for c in reads if not grammar.match(c[1])]
+    bad += [[c[0], k] for c in reads if c[0].upper() == "MGET" for k in c[2:] if not grammar.match(k)]
     assert not bad, bad[:10]
     # Writes: only HSET + EXPIRE of answer records, whose fields are served items (valid ids)
     # and their sources, plus the strategy; nothing else the fuzzer sent is ever written.

@@ -157,6 +157,9 @@ def assert_state_is_the_oracles(r: redis.Redis, s: Settings, keys: Keys, n_event
     for item, row in oracle.sessions.items():  # event times, exact
         assert _zset(r, keys.item_sessions(item)) == row, f"us:{item}"
     assert sum(1 for _ in r.scan_iter(match=keys.item_sessions("*"), count=1000)) == len(oracle.sessions)
+    for user, value in oracle.click_logs.items():  # the click logs, byte for byte
+        assert r.get(keys.user_clicks(user)) == value, f"clk:{user}"
+    assert sum(1 for _ in r.scan_iter(match=keys.user_clicks("*"), count=1000)) == len(oracle.click_logs)
     assert {k.decode(): v.decode() for k, v in r.hgetall(keys.item_category).items()} == oracle.item_cat
     assert _redis_offsets(r, s) == oracle.offsets
     return oracle

@@ -4,6 +4,7 @@ the reader's maths against the V-SKNN baseline (models/sknn.py), forgetting, and
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 
@@ -15,14 +16,17 @@ from driftrec.models.candidates import (
     session_knn_scores,
     session_neighbours,
     session_query,
+    session_span,
 )
 from driftrec.models.decay import DecayPolicy, EventWeights
 from driftrec.models.forget import ForgettingState
 from driftrec.models.online import BatchDelta, EventView, InMemoryState
-from driftrec.models.sknn import SessionKNNRecommender
+from driftrec.models.sknn import SessionKNNRecommender, vsknn_scores
 from driftrec.settings import Settings
 from driftrec.streams.chunked import cut_ops, op_cost
-from driftrec.streams.session_index import session_index_ops
+from driftrec.streams.redis_state import BatchContext, user_item_ops
+from driftrec.streams.session_index import click_log_ops, session_index_ops
+from driftrec.userstate import pack_clicks, unpack_clicks
 
 GAP = 1800.0
 
@@ -74,6 +78,7 @@ def test_a_forgotten_user_leaves_every_index_row_and_comes_back_with_new_clicks_
     st.process([ev("a", "x", 10, 0), ev("a", "y", 20, 1), ev("b", "x", 30, 2)])
     st.process([ev("a", "", 40, 3, type="forget_user"), ev("a", "z", 50, 4)])
     assert st.sessions == {"x": {"b": 30.0}, "z": {"a": 50.0}}
+    assert unpack_clicks(st.click_logs["a"]) == ((50.0,), "z")  # the clicks after the forget only
     ops = session_index_ops(Keys("t"), _forget_delta(), 100)
     assert [(k, kind) for k, kind, _, _ in ops][:2] == [("t:{i:x}:us", "r"), ("t:{i:y}:us", "r")]
 
@@ -97,6 +102,72 @@ def test_the_write_ops_are_zadd_gt_pairs_per_item_and_split_like_z_ops() -> None
     parts = [op for _, _, ops_ in chunks for op in ops_]
     assert len(parts) > 1 and [op[2] for op in parts] == [0] * (len(parts) - 1) + [-100]
     assert [x for op in parts for x in op[3]] == flat
+
+
+def test_a_click_log_is_the_history_oldest_first_times_then_ids() -> None:
+    times = {"b": 20.0, "a": 20.0, "é": 5.0, "x/1": 1e9 + 0.125}
+    raw = pack_clicks(times)
+    assert raw == struct.pack("<I4d", 4, 5.0, 20.0, 20.0, 1e9 + 0.125) + "é\0a\0b\0x/1".encode()
+    assert unpack_clicks(raw) == ((5.0, 20.0, 20.0, 1e9 + 0.125), "é\0a\0b\0x/1")  # ties by id
+    assert unpack_clicks(raw.decode("utf-8", "surrogateescape")) == unpack_clicks(raw)  # a text reply
+    hist = {f"sku-{n}": 1_700_000_000.0 + 37.5 * (n % 7) for n in range(50)}
+    got_t, got_i = unpack_clicks(pack_clicks(hist))
+    assert dict(zip(got_i.split("\0"), got_t, strict=True)) == hist and list(got_t) == sorted(got_t)
+    for bad in (None, b"", b"\x01\x00", raw[:-6] + b"\0\0\0\0\0\0\0"):  # absent, cut short, ids off by some
+        assert unpack_clicks(bad) == ((), "")
+
+
+def test_the_session_span_of_a_click_log_is_session_around() -> None:
+    rng = random.Random(4)
+    for _ in range(300):
+        h = {f"i{j}": float(rng.choice([0, 10, 60, 2000, 3000]) * j + rng.randrange(5)) for j in range(rng.randint(1, 12))}
+        times, ids = unpack_clicks(pack_clicks(h))
+        items = ids.split("\0")
+        t = rng.uniform(-3000, 40_000)
+        span = session_span(times, t, GAP)
+        want = session_around(list(h.items()), t, GAP)
+        assert (set(items[span[0]:span[1] + 1]) if span else set()) == want
+
+
+def _context(st: InMemoryState, users: set[str]) -> BatchContext:
+    """What the worker's load reads of ``users`` from a store holding ``st``."""
+    return BatchContext(stored_offsets={}, landmark=st.landmark,
+                        histories={u: list(st.hist[u].items()) for u in users if u in st.hist},
+                        user_weights={u: list(st.user_items[u].items()) for u in users if u in st.user_items})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_worker_writes_the_click_logs_the_reference_keeps(seed: int) -> None:
+    """streams/session_index.py's SET values equal InMemoryState's (what the evaluation reads),
+    batch after batch, forgetting included; a replay of a batch plans the same bytes."""
+    rng = random.Random(seed)
+    st = _state(100, ForgettingState)
+    t, offset = 0.0, 0
+    for _ in range(30):
+        batch = []
+        for _ in range(rng.randint(1, 12)):
+            t += rng.choice([30.0, 60.0, 600.0, 4000.0])
+            user = f"u{rng.randrange(6)}"
+            typ = "forget_user" if rng.random() < 0.03 else "view"
+            batch.append(ev(user, "" if typ == "forget_user" else f"i{rng.randrange(15)}", t, offset, typ))
+            offset += 1
+        delta = st.plan(batch)
+        ctx = _context(st, {e.user for e in batch})
+        after: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+        user_item_ops(Keys("t"), delta, ctx, st.history_len, after)
+        ops = click_log_ops(Keys("t"), delta, after)
+        again: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+        user_item_ops(Keys("t"), delta, ctx, st.history_len, again)
+        assert click_log_ops(Keys("t"), delta, again) == ops  # replay-safe: the same SETs
+        assert st.apply(delta)
+        assert {key: flat[0] for key, _, _, flat in ops} == {
+            f"t:{{u:{u}}}:clk": st.click_logs[u] for u in delta.hist}
+        assert all(kind == "t" and cap == 0 for _, kind, cap, _ in ops)
+        for user in delta.forgotten - delta.hist.keys():
+            assert user not in st.click_logs
+        for user, value in st.click_logs.items():
+            times, ids = unpack_clicks(value)
+            assert dict(zip(ids.split("\0"), times, strict=True)) == st.hist[user]
 
 
 def test_session_query_is_the_latest_sessions_items_oldest_first() -> None:
@@ -146,13 +217,44 @@ def test_with_reads_that_reach_every_session_it_scores_as_v_sknn(seed: int) -> N
             query = session_query(newest, k=50, session_gap_s=GAP)
             rows = {item: st.session_users(item, 1000) for item in query}
             nbrs = session_neighbours(rows, user, 1000, query)
-            theirs = {v: list(st.hist[v].items()) for v, _ in nbrs}
+            theirs = {v: unpack_clicks(st.click_logs[v]) for v, _ in nbrs}
             got = dict(session_knn_scores(query, nbrs, theirs, gap_s=GAP))
             want = ref.scores(user)
             assert got.keys() == want.keys()
             assert got == pytest.approx(want, rel=1e-12)
             checked += bool(want)
     assert checked > 20
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_from_the_click_logs_it_scores_the_sessions_around_the_shared_clicks(seed: int) -> None:
+    """Shoppers with several sessions: the source's scores from the click logs equal V-SKNN over
+    the session of each neighbour's stored history around their shared click (what the reader
+    computed from whole item HASHes before the click logs)."""
+    rng = random.Random(seed)
+    log = []
+    for u in range(40):
+        t = rng.uniform(0, 20_000)
+        for _ in range(rng.randint(1, 4)):  # sessions hours apart
+            for _ in range(rng.randint(2, 6)):
+                log.append((t, f"u{u}", f"i{rng.randrange(30)}"))
+                t += 60.0
+            t += rng.uniform(2 * GAP, 20 * GAP)
+    log.sort()
+    st = _state(50)
+    st.process([ev(user, item, t, offset=n) for n, (t, user, item) in enumerate(log)])
+    scored = 0
+    for user in sorted(st.hist):
+        newest = sorted(st.hist[user].items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        query = session_query(newest, k=8, session_gap_s=GAP)
+        nbrs = session_neighbours({i: st.session_users(i, 20) for i in query}, user, 30, query)
+        got = dict(session_knn_scores(query, nbrs, {v: unpack_clicks(st.click_logs[v]) for v, _ in nbrs},
+                                      gap_s=GAP))
+        sessions = [session_around(list(st.hist[v].items()), t, GAP) for v, t in nbrs]
+        want = vsknn_scores(query, [x for x in sessions if x], len(nbrs))
+        assert got.keys() == want.keys() and got == pytest.approx(want, rel=1e-12)
+        scored += bool(want)
+    assert scored > 20
 
 
 def test_the_live_recommender_serves_the_source_and_its_reason() -> None:

@@ -118,6 +118,8 @@ class RedisSnapshot:
     item_vec: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     #: The session index: item -> user -> time of the user's latest click of it.
     sessions: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: user -> the bytes of their click log (``P:{u:U}:clk``).
+    click_logs: dict[str, bytes] = field(default_factory=dict)
     other_keys: list[str] = field(default_factory=list)
 
     @property
@@ -146,7 +148,7 @@ def read_redis(client: redis.Redis, keys: Keys) -> RedisSnapshot:
                 pipe.zrange(name, 0, -1, withscores=True)
             elif kind == b"hash":
                 pipe.hgetall(name)
-            elif kind == b"string" and name.endswith(":vec"):
+            elif kind == b"string" and name.endswith((":vec", ":clk")):
                 pipe.get(name)
             else:
                 pipe.type(name)
@@ -171,6 +173,8 @@ def _file(snap: RedisSnapshot, rest: str, value: Any, keys: Keys) -> None:
         elif suffix == "vec":
             vec, model = unpack_vector(value)
             snap.user_vec[user] = (vec or b"", model or "")
+        elif suffix == "clk":
+            snap.click_logs[user] = value
         return
     if tag.startswith("i:"):
         item = tag[2:]
@@ -250,7 +254,8 @@ def snapshot_of(oracle: InMemoryState) -> RedisSnapshot:
                          user_items={k: dict(v) for k, v in oracle.user_items.items()},
                          user_cats={k: dict(v) for k, v in oracle.user_cats.items()},
                          cooc={k: dict(v) for k, v in oracle.cooc.items()},
-                         sessions={k: dict(v) for k, v in oracle.sessions.items()})
+                         sessions={k: dict(v) for k, v in oracle.sessions.items()},
+                         click_logs=dict(oracle.click_logs))
 
 
 def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings: Settings, *,
@@ -262,7 +267,8 @@ def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings
     ``last_offsets`` (partition -> offset of the topic's last record) is what the stored offsets
     must equal when the topic also holds dead letters, whose offsets the oracle never sees.
     ``session_index``: also compare the session index (event times, exact; cut by
-    ``(time, user)``, so exact at the cap too), for stores whose worker keeps one.
+    ``(time, user)``, so exact at the cap too) and the shoppers' click logs (bytes, exact), for
+    stores whose worker keeps them.
     """
     ref = oracle if isinstance(oracle, RedisSnapshot) else snapshot_of(oracle)
     mism: Counter[str] = Counter()
@@ -314,6 +320,9 @@ def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings
         for item in snap.sessions.keys() | ref.sessions.keys():
             if snap.sessions.get(item) != ref.sessions.get(item):
                 bad("session_index", item)
+        for user in snap.click_logs.keys() | ref.click_logs.keys():
+            if snap.click_logs.get(user) != ref.click_logs.get(user):
+                bad("click_logs", user)
     pruned = {
         "user_weights_at_cap": _overlap(snap.user_items, ref.user_items, capped_users, settings.history_len),
         "neighbours_at_cap": _overlap(snap.cooc, ref.cooc, capped_items, settings.neighbours_k),
