@@ -147,10 +147,11 @@ _COUNT = struct.Struct("<I")
 
 def pack_clicks(times: Mapping[str, float]) -> bytes:
     """The STRING value of a click-log key from a history (item -> last click time)."""
-    rows = sorted(times.items(), key=_VALUE_THEN_ITEM)
-    n = len(rows)
-    return (_COUNT.pack(n) + struct.pack(f"<{n}d", *[t for _, t in rows])
-            + "\0".join([i for i, _ in rows]).encode("utf-8", "surrogateescape"))
+    if not times:
+        return _COUNT.pack(0)
+    # (time, item) tuples sort in C with no key function, ties by item as a sorted set orders them.
+    ts, ids = zip(*sorted(zip(times.values(), times.keys(), strict=True)), strict=True)
+    return struct.pack(f"<I{len(ts)}d", len(ts), *ts) + "\0".join(ids).encode("utf-8", "surrogateescape")
 
 
 def unpack_clicks(raw: Any) -> tuple[tuple[float, ...], str]:
