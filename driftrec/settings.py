@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1, description="Largest micro-batch the worker applies at once.")
     worker_fetch_min_bytes: int = Field(default=1 << 20, ge=1, description="Bytes the broker gathers before it answers one of the worker's fetches (up to worker_fetch_max_wait_ms); more means fewer, larger fetches for the broker and the worker to turn around.")
     worker_fetch_max_wait_ms: int = Field(default=20, ge=0, description="Longest the broker holds one of the worker's fetches to gather worker_fetch_min_bytes; bounds the delay it adds to freshness.")
-    batch_max_wait_s: float = Field(default=0.05, gt=0, description="Longest a micro-batch waits to fill.")
+    batch_max_wait_s: float = Field(default=0.05, gt=0, description="Not used by the worker: its micro-batches are what each Kafka fetch brings (at most batch_max_events), and worker_fetch_max_wait_ms bounds how long a fetch gathers. Kept so configurations that set it still load; benchmarks/write_path.py's reference Faust consumer (take_events) reads it.")
     worker_overlap_batches: bool = Field(
         default=True, description="Plan the next micro-batch while Redis applies the one before it "
                                   "(single Redis node; a cluster applies them in turn).")
