@@ -234,7 +234,8 @@ class Recommender:
     async def _session_knn(self, user: str, query: list[str], index_rows: dict[str, Pairs],
                            landmark: float) -> Pairs:
         """The session_knn source: the neighbours the index rows name, their click logs (row cache,
-        else one more round trip, a GET each) and :func:`driftrec.models.candidates.session_knn_scores`."""
+        else one more round trip: :meth:`ReaderStore.click_logs`) and
+        :func:`driftrec.models.candidates.session_knn_scores`."""
         s = self.settings
         neighbours = session_neighbours(index_rows, user, s.reader_session_knn_users, query)
         if not neighbours:

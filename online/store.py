@@ -39,6 +39,7 @@ Pairs = list[tuple[str, float]]
 #: Replies of :meth:`ReaderStore.read_user` that hold binary values: the user HASH, the vector.
 _USER_BINARY = frozenset({2, 3})
 
+#: The one reply of :meth:`ReaderStore.click_logs`' ``MGET``: binary values.
 _FIRST = frozenset({0})
 
 #: Popularity entries per snapshot round trip: about 1 ms of Redis each.
