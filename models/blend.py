@@ -54,11 +54,14 @@ class BlendWeights:
     #: published) HR@10 +6.9 % on the simulator, +2.4 % on Online Retail, MovieLens unchanged
     #: (0.25 / 0.5 gained less, 2.0 lost 14 % on MovieLens); on the scored halves +7 % on the
     #: simulator (``live_without_session_knn`` in evaluation.json). 0 by default, an opt-in
-    #: (``weights=session_knn:1``, ``DRIFTREC_READER_BLEND_WEIGHTS``, ``driftrec tune``): its
-    #: reads and decoding of 30 neighbours' histories cost ~0.9 ms of reader CPU per ranked
-    #: request, +57 % (2.56 vs 1.65 ms in process), and the system benchmark's reader p99 at
-    #: 250 req/s went from 8 to 19 ms with it (docs/experiments.md). The worker keeps the index
-    #: (``session_index_k``), so turning it on needs no replay.
+    #: (``weights=session_knn:1``, ``DRIFTREC_READER_BLEND_WEIGHTS``, ``driftrec tune``): with the
+    #: neighbours' click logs (``P:{u:U}:clk``, one MGET) it still adds ~0.43 ms of reader CPU per
+    #: uncached ranked request with the blend's share (0.35 ms the source,
+    #: ``benchmarks/session_knn_source.py``; 0.86 ms when it decoded whole item hashes), about a
+    #: fifth of a ranked answer over HTTP, and the worker's index and logs +10-15 % of Redis' CPU
+    #: per click (``benchmarks/processor_ab.py --reference-index 0``; docs/experiments.md). The
+    #: worker keeps them only with ``session_index_k`` > 0: turning the source on takes both
+    #: settings, and the index fills from the clicks after it.
     session_knn: float = 0.0
 
     def with_overrides(self, overrides: Mapping[str, float]) -> BlendWeights:
