@@ -12,6 +12,8 @@ import logging
 import os
 import socket
 import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,17 @@ def portable(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(str(ROOT.parent) + os.sep):
         return os.path.relpath(value, ROOT)
     return value
+
+
+async def alternating_rounds(variants: Mapping[str, Callable[[], Awaitable[object]]], rounds: int,
+                             per: int) -> dict[str, dict[str, list[float]]]:
+    """Each variant run once per round, in turn (so a slow moment of the machine hits them all):
+    wall and CPU microseconds per item (``per`` items a run) of every round, by variant."""
+    out: dict[str, dict[str, list[float]]] = {v: {"wall_us": [], "cpu_us": []} for v in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            w, c = time.perf_counter(), time.process_time()
+            await fn()
+            out[name]["wall_us"].append((time.perf_counter() - w) / per * 1e6)
+            out[name]["cpu_us"].append((time.process_time() - c) / per * 1e6)
+    return out

@@ -23,7 +23,6 @@ import statistics
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import redis
 from reader import private_redis
 from session_knn_cost import history_times
 
-from common import RESULTS, commit, free_port, machine
+from common import RESULTS, alternating_rounds, commit, free_port, machine
 
 from driftrec.keys import Keys
 from driftrec.online.app import create_store
@@ -83,13 +82,7 @@ async def _measure(settings: Settings, args: argparse.Namespace) -> dict[str, An
 
     variants = {"expansion_without": lambda: expansion(False), "expansion_with": lambda: expansion(True),
                 "histories": histories, "click_logs": click_logs}
-    out: dict[str, dict[str, list[float]]] = {v: {"wall_us": [], "cpu_us": []} for v in variants}
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            w, c = time.perf_counter(), time.process_time()
-            await fn()
-            out[name]["wall_us"].append((time.perf_counter() - w) / len(reqs) * 1e6)
-            out[name]["cpu_us"].append((time.process_time() - c) / len(reqs) * 1e6)
+    out = await alternating_rounds(variants, args.rounds, len(reqs))
     await store.aclose()
     return {k: {m: statistics.median(v) for m, v in d.items()} | {"rounds": d} for k, d in out.items()}
 

@@ -34,7 +34,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import redis
 from reader import private_redis
 from session_knn_cost import history_times
 
-from common import RESULTS, commit, free_port, machine
+from common import RESULTS, alternating_rounds, commit, free_port, machine
 
 from driftrec.keys import Keys
 from driftrec.live_eval import new_state
@@ -138,13 +137,7 @@ async def _measure(settings: Settings, st: Any, args: argparse.Namespace) -> dic
     alike = sum(a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-9 * abs(a[k]) for k in a)
                 for a, b in zip(before, now, strict=True))
     variants = {"without": without, "index_rows": rows_only, "hashes": hashes, "click_logs": click_logs}
-    runs: dict[str, dict[str, list[float]]] = {v: {"wall_us": [], "cpu_us": []} for v in variants}
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            w, c = time.perf_counter(), time.process_time()
-            await fn()
-            runs[name]["wall_us"].append((time.perf_counter() - w) / len(reqs) * 1e6)
-            runs[name]["cpu_us"].append((time.process_time() - c) / len(reqs) * 1e6)
+    runs = await alternating_rounds(variants, args.rounds, len(reqs))
     await store.aclose()
     med = {k: {x: statistics.median(v) for x, v in d.items()} for k, d in runs.items()}
     return {"per_request": {k: med[k] | {"rounds": runs[k]} for k in runs},
