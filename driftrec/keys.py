@@ -40,6 +40,10 @@ class Keys:
         read by the session_knn source for the shoppers the index names."""
         return f"{self.prefix}:{{u:{user}}}:clk"
 
+    def user_keys(self, user: str) -> tuple[str, ...]:
+        """Every key of one user, all in the user's slot: what forgetting the user deletes."""
+        return self.user_state(user), self.user_cats(user), self.user_vec(user), self.user_clicks(user)
+
     # --- one item -------------------------------------------------------------------------
     def item_nbrs(self, item: str) -> str:
         """ZSET neighbour -> forward-decayed co-occurrence (top-K pruned)."""

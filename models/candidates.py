@@ -267,20 +267,11 @@ def session_knn_scores(query: Sequence[str], neighbours: Sequence[tuple[str, flo
         if not log:
             continue
         times, ids = log
-        # session_span inlined (the per-neighbour hot loop): the same range, one call less each.
-        n = len(times)
-        lo = bisect_left(times, t)
-        if not (lo < n and times[lo] - t <= gap_s):
-            if lo > 0 and t - times[lo - 1] <= gap_s:
-                lo -= 1
-            else:
-                continue
-        hi = lo
-        while lo > 0 and times[lo] - times[lo - 1] <= gap_s:
-            lo -= 1
-        while hi + 1 < n and times[hi + 1] - times[hi] <= gap_s:
-            hi += 1
-        k = n - lo  # split off only the ids from the session's first on
+        span = session_span(times, t, gap_s)
+        if span is None:
+            continue
+        lo, hi = span
+        k = len(times) - lo  # split off only the ids from the session's first on
         sess = ids.rsplit("\0", k)[-k:][:hi - lo + 1]
         shared = keys & sess
         if shared:

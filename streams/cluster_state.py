@@ -195,7 +195,7 @@ class ClusterRedisState(RedisState):
         out: list[tuple[str, str, int, list[Any]]] = []
         add = out.append
         for user in sorted(delta.forgotten):
-            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user), k.user_clicks(user)):
+            for key in k.user_keys(user):
                 add((key, "d", 0, []))
         if delta.pop:
             add((k.popularity, "z", 0, list(_flat(delta.pop.items()))))

@@ -476,7 +476,7 @@ class RedisState:
             add_op([len(keys), kind, cap, flat])
 
         for user in sorted(delta.forgotten):
-            for key in (k.user_state(user), k.user_cats(user), k.user_vec(user), k.user_clicks(user)):
+            for key in k.user_keys(user):
                 op(key, "d", 0, [])
         if delta.pop:
             op(k.popularity, "z", 0, list(_flat(delta.pop.items())))
