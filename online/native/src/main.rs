@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("driftrec-reader: work in progress");
+}
