@@ -149,6 +149,11 @@ def serve(
         typer.echo(f"--workers: {exc}", err=True)
         raise typer.Exit(2) from None
     bind_host, bind_port = host or s.reader_host, port or s.reader_port
+    if s.reader_native:
+        from driftrec.online.native_front import serve_native
+
+        _logging()
+        raise typer.Exit(serve_native(s, bind_host, bind_port, n))
     if n > 1:
         _logging()
         serve_processes(s, bind_host, bind_port, n)

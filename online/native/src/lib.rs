@@ -4,4 +4,8 @@
 //! proxied to the Python reader it runs in front of.
 
 pub mod blend;
+pub mod catalogue;
+pub mod config;
 pub mod model;
+pub mod snapshot;
+pub mod store;

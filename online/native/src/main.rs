@@ -1,3 +1,518 @@
-fn main() {
-    eprintln!("driftrec-reader: work in progress");
+//! `driftrec-reader`: the compiled front of `driftrec serve` (issue 23).
+//!
+//! It listens on the reader's public port and answers the plain ranked request —
+//! `GET /v1/recommendations/{user}` with at most `n` and `exclude`, no experiment running —
+//! itself, with the Python reader's reads, decay, model sources and blend; every other request
+//! (categories, rules, strategies, experiments, writes, metrics, health) is proxied to the Python
+//! reader on loopback, which stays the reference: `online/native.py` starts both, and the parity
+//! test compares their answers.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use driftrec_reader::blend;
+use driftrec_reader::catalogue::Catalogue;
+use driftrec_reader::config::Config;
+use driftrec_reader::model::Model;
+use driftrec_reader::snapshot::Snapshot;
+use driftrec_reader::store::{self, Keys, Pairs, PER_SIMILAR_USER};
+
+const MAX_N: usize = 100;
+const MAX_TRENDING_READ: usize = 1000;
+/// Latency buckets of `online/metrics.py` (fine below 10 ms: the target is p99 <= 5 ms).
+const BUCKETS: [f64; 15] = [0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SERVED_TTL_S: u64 = 3600;
+
+#[derive(Default)]
+struct Metrics {
+    answered: AtomicU64,
+    degraded: AtomicU64,
+    shed_in_flight: AtomicU64,
+    shed_deadline: AtomicU64,
+    proxied: AtomicU64,
+    proxy_errors: AtomicU64,
+    served_written: AtomicU64,
+    served_dropped: AtomicU64,
+    latency: [AtomicU64; 16],
+    latency_sum_us: AtomicU64,
 }
+
+impl Metrics {
+    fn observe(&self, secs: f64) {
+        let at = BUCKETS.iter().position(|&b| secs <= b).unwrap_or(BUCKETS.len());
+        self.latency[at].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, st: &State) -> String {
+        let mut out = String::new();
+        let c = |out: &mut String, name: &str, help: &str, v: u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {v}\n"));
+        };
+        c(&mut out, "driftrec_reader_native_answers", "Recommendations the compiled front ranked itself.", self.answered.load(Ordering::Relaxed));
+        c(&mut out, "driftrec_reader_native_degraded", "Of those, answered from the trending snapshot (Redis unreachable or shed).", self.degraded.load(Ordering::Relaxed));
+        out.push_str("# HELP driftrec_reader_native_shed Ranking requests the compiled front shed, by reason.\n# TYPE driftrec_reader_native_shed counter\n");
+        out.push_str(&format!("driftrec_reader_native_shed_total{{reason=\"in_flight\"}} {}\n", self.shed_in_flight.load(Ordering::Relaxed)));
+        out.push_str(&format!("driftrec_reader_native_shed_total{{reason=\"deadline\"}} {}\n", self.shed_deadline.load(Ordering::Relaxed)));
+        c(&mut out, "driftrec_reader_native_proxied", "Requests passed to the Python reader.", self.proxied.load(Ordering::Relaxed));
+        c(&mut out, "driftrec_reader_native_proxy_errors", "Requests the Python reader did not answer (502).", self.proxy_errors.load(Ordering::Relaxed));
+        c(&mut out, "driftrec_reader_native_served_records", "Answers recorded for click attribution.", self.served_written.load(Ordering::Relaxed));
+        c(&mut out, "driftrec_reader_native_served_dropped", "Answer records dropped (queue full or Redis error).", self.served_dropped.load(Ordering::Relaxed));
+        out.push_str("# HELP driftrec_reader_native_request_seconds Latency of the recommendations the compiled front ranked.\n# TYPE driftrec_reader_native_request_seconds histogram\n");
+        let mut cum = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cum += self.latency[i].load(Ordering::Relaxed);
+            out.push_str(&format!("driftrec_reader_native_request_seconds_bucket{{le=\"{b}\"}} {cum}\n"));
+        }
+        cum += self.latency[BUCKETS.len()].load(Ordering::Relaxed);
+        out.push_str(&format!("driftrec_reader_native_request_seconds_bucket{{le=\"+Inf\"}} {cum}\n"));
+        out.push_str(&format!("driftrec_reader_native_request_seconds_count {cum}\n"));
+        out.push_str(&format!("driftrec_reader_native_request_seconds_sum {}\n", self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6));
+        let model = st.model.read().unwrap().as_ref().map(|m| m.version.clone());
+        out.push_str(&format!("# HELP driftrec_reader_native_model_loaded The compiled front has the live model mapped (1) or not.\n# TYPE driftrec_reader_native_model_loaded gauge\ndriftrec_reader_native_model_loaded {}\n", model.is_some() as u8));
+        out
+    }
+}
+
+type Record = (String, Vec<(String, &'static str)>);
+
+struct State {
+    cfg: Config,
+    keys: Keys,
+    rate: f64,
+    conn: MultiplexedConnection,
+    snapshot: RwLock<Arc<Snapshot>>,
+    hidden: RwLock<Arc<HashSet<String>>>,
+    /// Any experiment defined: the Python reader enrols shoppers, so it answers.
+    experiments: std::sync::atomic::AtomicBool,
+    model: RwLock<Option<Arc<Model>>>,
+    /// The version a load was last tried for, and when (a version not built yet is retried).
+    model_try: Mutex<(Option<String>, Option<Instant>)>,
+    in_flight: AtomicUsize,
+    metrics: Metrics,
+    served: mpsc::Sender<Record>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    item_id: &'a str,
+    score: f64,
+    reason: &'a str,
+    source: &'a str,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    request_id: &'a str,
+    model_version: Option<&'a str>,
+    generated_at: f64,
+    degraded: bool,
+    user_id: &'a str,
+    strategy: &'a str,
+    items: Vec<Item<'a>>,
+}
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// `online/params.py` `_ID_RE`: 1-128 of letters, digits and ._:@/+-.
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._:@/+-".contains(&c))
+}
+
+/// The requests this front ranks: `n` (digits, 1..=100) and `exclude` (comma-separated valid
+/// ids, at most 100) only, nothing percent-encoded. None: the Python reader answers (it also
+/// words every 4xx).
+fn plain_query(q: Option<&str>) -> Option<(usize, Vec<String>)> {
+    let mut n = 10;
+    let mut exclude = Vec::new();
+    let mut seen = HashSet::new();
+    for part in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=')?;
+        if v.contains('%') || v.contains('+') || !seen.insert(k) {
+            return None;
+        }
+        match k {
+            "n" => {
+                if v.is_empty() || v.len() > 3 || !v.bytes().all(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+                n = v.parse().ok()?;
+                if !(1..=MAX_N).contains(&n) {
+                    return None;
+                }
+            }
+            "exclude" => {
+                for id in v.split(',').filter(|s| !s.is_empty()) {
+                    if !valid_id(id) || exclude.len() >= 100 {
+                        return None;
+                    }
+                    exclude.push(id.to_string());
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some((n, exclude))
+}
+
+struct Answer {
+    items: Vec<blend::Scored>,
+    model_version: Option<String>,
+    degraded: bool,
+}
+
+impl State {
+    fn current_model(&self) -> Option<Arc<Model>> {
+        self.model.read().unwrap().clone()
+    }
+
+    /// `ModelCache.observe`: the model of `version` when mapped; else start mapping it (once
+    /// per 0.5 s while the Python reader has not built it yet) and say it is not here.
+    fn observe(self: &Arc<Self>, version: Option<&str>) -> Result<Option<Arc<Model>>, ()> {
+        let current = self.current_model();
+        let Some(v) = version else { return Ok(current) };
+        if current.as_ref().is_some_and(|m| m.version == v) {
+            return Ok(current);
+        }
+        let mut t = self.model_try.lock().unwrap();
+        let due = t.0.as_deref() != Some(v) || t.1.map_or(true, |at| at.elapsed() > Duration::from_millis(500));
+        if due {
+            *t = (Some(v.to_string()), Some(Instant::now()));
+            let st = self.clone();
+            let version = v.to_string();
+            tokio::task::spawn_blocking(move || match Model::open(std::path::Path::new(&st.cfg.model_dir), &version) {
+                Ok(Some(m)) => {
+                    eprintln!("driftrec-reader: serving model {version}");
+                    *st.model.write().unwrap() = Some(Arc::new(m));
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("driftrec-reader: model {version} not mapped: {e:#}"),
+            });
+        }
+        Err(())
+    }
+
+    fn degraded(&self, n: usize, exclude: &HashSet<String>) -> Answer {
+        let snap = self.snapshot.read().unwrap().clone();
+        let hidden = self.hidden.read().unwrap().clone();
+        let mut want = n + if hidden.is_empty() { 0 } else { hidden.len().min(n) };
+        let items = loop {
+            let got = snap.trending(want, exclude, self.rate);
+            let top: Pairs = got.iter().filter(|p| !hidden.contains(&p.0)).take(n).cloned().collect();
+            if top.len() >= n || got.len() < want || want >= 4096 {
+                break top;
+            }
+            want *= 2;
+        };
+        Answer {
+            items: items.into_iter().map(|(i, s)| blend::Scored { item: i, score: s, source: "trending", reason: "popular now".into() }).collect(),
+            model_version: self.current_model().map(|m| m.version.clone()),
+            degraded: true,
+        }
+    }
+
+    /// `Recommender._for_user` for the configured weights, no category, context or rule.
+    /// Err(()) : this front cannot give the Python reader's answer (model not mapped yet).
+    async fn rank(self: &Arc<Self>, user: &str, n: usize, exclude: &[String]) -> Result<Result<Answer, ()>> {
+        let cfg = &self.cfg;
+        let w = &cfg.weights;
+        let hidden = self.hidden.read().unwrap().clone();
+        let snap = self.snapshot.read().unwrap().clone();
+        let mut excluded: HashSet<String> = exclude.iter().cloned().collect();
+        let extra = if hidden.is_empty() { 0 } else { hidden.len().min(n) };
+        let trend_n = (n + excluded.len() + extra + cfg.history_len).min(MAX_TRENDING_READ);
+        let top = snap.stored_top(trend_n);
+        let mut conn = self.conn.clone();
+        let r = store::read_user(&mut conn, &self.keys, user, if top.is_some() { None } else { Some(trend_n) }).await?;
+        let trending: Pairs = match (top, r.trending) {
+            (Some((landmark, list)), _) if landmark == r.meta.landmark => list.to_vec(),
+            (Some(_), _) => store::read_trending(&mut conn, &self.keys, trend_n).await?,
+            (None, t) => t.unwrap_or_default(),
+        };
+        let Ok(model) = self.observe(r.model_version.as_deref()) else { return Ok(Err(())) };
+        let f = r.meta.factor(self.rate);
+        let now = r.meta.now();
+        excluded.extend(r.history.iter().map(|(i, _)| i.clone()));
+        let (decayed, recent) = blend::user_recent(&r.weights, &r.history, f, now, self.rate, cfg.reader_recent_items,
+                                                   &cfg.reader_recent_order, &[], cfg.reader_recent_position_decay,
+                                                   cfg.reader_session_gap_s, cfg.reader_outside_session_weight);
+        let want = n + excluded.len() + extra;
+        let (mut vec_scores, mut tf_scores, mut similar) = (Vec::new(), Vec::new(), Vec::new());
+        if let Some(m) = &model {
+            if !decayed.is_empty() || r.vec.is_some() {
+                let n_similar = if w.similar_users > 0.0 { cfg.reader_similar_users } else { 0 };
+                (vec_scores, tf_scores, similar) = m.sources(r.vec.as_deref(), r.vec_version.as_deref(), user, &decayed, want,
+                                                             n_similar, w.user_vector > 0.0, w.tf > 0.0);
+            }
+        }
+        let nbr_items: Vec<String> = if w.item_item > 0.0 { recent.iter().map(|(i, _)| i.clone()).collect() } else { Vec::new() };
+        let users: Vec<String> = similar.iter().map(|(v, _)| v.clone()).collect();
+        let (nbrs, theirs) = store::read_expansion(&mut conn, &self.keys, &nbr_items, cfg.neighbours_read, &users, PER_SIMILAR_USER).await?;
+        let landmark = r.meta.landmark;
+        let rate = self.rate;
+        let norms_of = |item: &str| snap.norm(item, landmark, f, rate);
+        let cands = blend::assemble(recent, &nbrs, f, &norms_of, vec_scores, tf_scores, &similar, &theirs, &trending);
+        if !hidden.is_empty() {
+            excluded.extend(cands.ids().filter(|i| hidden.contains(*i)).map(|i| i.to_string()));
+        }
+        let items = blend::blend(&cands, n, &excluded, &blend_weights(w), cfg.similarity_shrinkage, cfg.similarity_alpha);
+        Ok(Ok(Answer { items, model_version: model.map(|m| m.version.clone()), degraded: false }))
+    }
+}
+
+fn blend_weights(w: &driftrec_reader::config::Weights) -> blend::BlendWeights {
+    blend::BlendWeights {
+        item_item: w.item_item,
+        user_vector: w.user_vector,
+        tf: w.tf,
+        similar_users: w.similar_users,
+        trending: w.trending,
+        new_items: w.new_items,
+        session_knn: w.session_knn,
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>, request_id: Option<&str>) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(status).header("content-type", "application/json");
+    if let Some(id) = request_id {
+        b = b.header("x-request-id", id);
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+async fn recommendations(st: &Arc<State>, user: &str, n: usize, exclude: Vec<String>) -> Option<Response<Full<Bytes>>> {
+    let started = Instant::now();
+    let cfg = &st.cfg;
+    let excluded: HashSet<String> = exclude.iter().cloned().collect();
+    let answer = if st.in_flight.fetch_add(1, Ordering::AcqRel) >= cfg.reader_max_in_flight {
+        st.in_flight.fetch_sub(1, Ordering::AcqRel);
+        st.metrics.shed_in_flight.fetch_add(1, Ordering::Relaxed);
+        st.degraded(n, &excluded)
+    } else {
+        let got = tokio::time::timeout(Duration::from_secs_f64(cfg.reader_deadline_s), st.rank(user, n, &exclude)).await;
+        st.in_flight.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(Ok(Ok(a))) => a,
+            Ok(Ok(Err(()))) => return None, // the model is not mapped here yet: Python answers
+            Ok(Err(e)) => {
+                eprintln!("driftrec-reader: Redis unavailable ({e:#}): degraded answer for a user");
+                st.degraded(n, &excluded)
+            }
+            Err(_) => {
+                st.metrics.shed_deadline.fetch_add(1, Ordering::Relaxed);
+                st.degraded(n, &excluded)
+            }
+        }
+    };
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    if answer.degraded {
+        st.metrics.degraded.fetch_add(1, Ordering::Relaxed);
+    } else if !answer.items.is_empty() {
+        let rec = answer.items.iter().map(|x| (x.item.clone(), x.source)).collect();
+        if st.served.try_send((request_id.clone(), rec)).is_err() {
+            st.metrics.served_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let body = Body {
+        request_id: &request_id,
+        model_version: answer.model_version.as_deref(),
+        generated_at: now_s(),
+        degraded: answer.degraded,
+        user_id: user,
+        strategy: "blend",
+        items: answer.items.iter().map(|x| Item { item_id: &x.item, score: x.score, reason: &x.reason, source: x.source }).collect(),
+    };
+    let out = serde_json::to_vec(&body).unwrap();
+    st.metrics.answered.fetch_add(1, Ordering::Relaxed);
+    st.metrics.observe(started.elapsed().as_secs_f64());
+    Some(json(StatusCode::OK, out, Some(&request_id)))
+}
+
+async fn proxy(st: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    st.metrics.proxied.fetch_add(1, Ordering::Relaxed);
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let is_metrics = parts.uri.path() == "/metrics";
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return json(StatusCode::BAD_REQUEST, br#"{"error":"bad_request","detail":"request body could not be read"}"#.to_vec(), None);
+    };
+    parts.uri = format!("http://{}{}", st.cfg.upstream, path).parse().unwrap();
+    let out = Request::from_parts(parts, Full::new(body));
+    match st.client.request(out).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if is_metrics && parts.status == StatusCode::OK {
+                let mut text = bytes.to_vec();
+                text.extend_from_slice(st.metrics.render(st).as_bytes());
+                bytes = Bytes::from(text);
+            }
+            let mut r = Response::from_parts(parts, Full::new(bytes));
+            r.headers_mut().remove("content-length");
+            r.headers_mut().remove("transfer-encoding");
+            r
+        }
+        Err(e) => {
+            st.metrics.proxy_errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("driftrec-reader: the Python reader did not answer: {e}");
+            json(StatusCode::BAD_GATEWAY, br#"{"error":"upstream_unavailable","detail":"the reader's Python process did not answer"}"#.to_vec(), None)
+        }
+    }
+}
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == hyper::Method::GET && !st.experiments.load(Ordering::Relaxed) {
+        if let Some(user) = req.uri().path().strip_prefix("/v1/recommendations/") {
+            if valid_id(user) && st.cfg.weights.new_items <= 0.0 && st.cfg.weights.session_knn <= 0.0 {
+                if let Some((n, exclude)) = plain_query(req.uri().query()) {
+                    let user = user.to_string();
+                    if let Some(resp) = recommendations(&st, &user, n, exclude).await {
+                        return Ok(resp);
+                    }
+                }
+            }
+        }
+    }
+    Ok(proxy(&st, req).await)
+}
+
+/// Writes the answers' records (`online/served.py`): `HSET P:{r:id} item source ... #strategy
+/// blend` + `EXPIRE`, many answers per pipeline, never on a request's path.
+async fn served_writer(st: Arc<State>, mut rx: mpsc::Receiver<Record>) {
+    let mut conn = st.conn.clone();
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        batch.push(first);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut p = redis::pipe();
+        for (id, items) in &batch {
+            let key = st.keys.served(id);
+            let mut c = redis::cmd("HSET");
+            c.arg(&key);
+            for (item, source) in items {
+                c.arg(item).arg(*source);
+            }
+            c.arg("#strategy").arg("blend");
+            p.add_command(c).ignore();
+            p.cmd("EXPIRE").arg(&key).arg(SERVED_TTL_S).ignore();
+        }
+        let n = batch.len() as u64;
+        match p.query_async::<()>(&mut conn).await {
+            Ok(()) => st.metrics.served_written.fetch_add(n, Ordering::Relaxed),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                st.metrics.served_dropped.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+        batch.clear();
+    }
+}
+
+async fn snapshot_loop(st: Arc<State>) {
+    let mut conn = st.conn.clone();
+    loop {
+        match Snapshot::read(&mut conn, &st.keys, st.cfg.reader_snapshot_items).await {
+            Ok(s) => *st.snapshot.write().unwrap() = Arc::new(s),
+            Err(e) => eprintln!("driftrec-reader: snapshot not refreshed: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_secs_f64(st.cfg.reader_snapshot_interval_s)).await;
+    }
+}
+
+async fn catalogue_loop(st: Arc<State>) {
+    let mut conn = st.conn.clone();
+    let mut cat = Catalogue::default();
+    loop {
+        match cat.refresh(&mut conn, &st.keys).await {
+            Ok(()) => {
+                let cur = st.hidden.read().unwrap().clone();
+                if *cur != cat.hidden {
+                    *st.hidden.write().unwrap() = Arc::new(cat.hidden.clone());
+                }
+            }
+            Err(e) => eprintln!("driftrec-reader: catalogue not refreshed: {e:#}"),
+        }
+        // Experiments: the Python reader answers while any is defined (enrolment is its job).
+        // A stored definition, running, scheduled or stopped, keeps it there until deleted
+        // (telling them apart means parsing their dates); an experiments file always does.
+        let defined: redis::RedisResult<i64> = redis::cmd("HLEN").arg(format!("{}:{{x}}:experiments", st.keys.prefix))
+            .query_async(&mut conn).await;
+        if let Ok(c) = defined {
+            st.experiments.store(c > 0 || st.cfg.experiments_file, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs_f64(driftrec_reader::catalogue::POLL_S)).await;
+    }
+}
+
+fn main() -> Result<()> {
+    let path = std::env::args().nth(1).context("usage: driftrec-reader <config.json>")?;
+    let cfg: Config = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {path}"))?)
+        .with_context(|| format!("parsing {path}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.threads.max(1)).enable_all().build()?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+    let (tx, rx) = mpsc::channel(10_000);
+    let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let st = Arc::new(State {
+        keys: Keys { prefix: cfg.key_prefix.clone() },
+        rate: cfg.rate(),
+        conn,
+        snapshot: RwLock::new(Arc::new(Snapshot::default())),
+        hidden: RwLock::new(Arc::new(HashSet::new())),
+        experiments: std::sync::atomic::AtomicBool::new(false),
+        model: RwLock::new(None),
+        model_try: Mutex::new((None, None)),
+        in_flight: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        served: tx,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        cfg,
+    });
+    tokio::spawn(served_writer(st.clone(), rx));
+    tokio::spawn(snapshot_loop(st.clone()));
+    tokio::spawn(catalogue_loop(st.clone()));
+    eprintln!("driftrec-reader: listening on {}, Python reader at {}", st.cfg.listen, st.cfg.upstream);
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let st = st.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(st.clone(), req));
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(sock), svc).await;
+        });
+    }
+}
+
+#[allow(dead_code)]
+fn _types(_: HashMap<String, Pairs>) {}
