@@ -2,7 +2,7 @@
 //! `models/candidates.py` (`trending_depth`, `session_weights`, `user_recent`,
 //! `similar_user_scores`, `assemble`) and of `TrendingSnapshot.norms` (`online/snapshot.py`).
 
-use std::collections::{HashMap, HashSet};
+use super::{Map, Set};
 
 use super::decay::DecayPolicy;
 use super::{recent_items, Candidates, Pairs, RecentOrder};
@@ -37,12 +37,12 @@ pub fn session_weights(recent: Pairs, history: &[(String, f64)], context: &[Stri
     if position_decay <= 0.0 && outside_session == 1.0 {
         return recent;
     }
-    let mut rank: HashMap<&str, usize> = HashMap::new();
+    let mut rank: Map<&str, usize> = Map::default();
     for (p, item) in context.iter().enumerate() {
         rank.entry(item.as_str()).or_insert(p);
     }
-    let mut placed: HashMap<&str, f64> = HashMap::new(); // recent item -> its last click, outside the context
-    let wanted: HashSet<&str> = recent.iter().map(|(i, _)| i.as_str()).filter(|i| !rank.contains_key(i)).collect();
+    let mut placed: Map<&str, f64> = Map::default(); // recent item -> its last click, outside the context
+    let wanted: Set<&str> = recent.iter().map(|(i, _)| i.as_str()).filter(|i| !rank.contains_key(i)).collect();
     for (p, (item, t)) in history.iter().enumerate() {
         if placed.len() == wanted.len() {
             break;
@@ -91,7 +91,7 @@ pub fn user_recent(stored: &[(String, f64)], history: &[(String, f64)], factor: 
     }
     if !context.is_empty() {
         let top = decayed.first().map_or(1.0, |p| p.1);
-        let ctx: HashSet<&str> = context.iter().map(String::as_str).collect();
+        let ctx: Set<&str> = context.iter().map(String::as_str).collect();
         let mut with: Pairs = context.iter().map(|i| (i.clone(), top)).collect();
         with.extend(decayed.into_iter().filter(|p| !ctx.contains(p.0.as_str())));
         decayed = with;
@@ -104,8 +104,8 @@ pub fn user_recent(stored: &[(String, f64)], history: &[(String, f64)], factor: 
 
 /// `similar_user_scores`: Σ over similar users v of cos(u, v) · (v's weight of the item / v's
 /// first (largest) weight), items in the order they were first met.
-pub fn similar_user_scores(similar: &[(String, f64)], theirs: &HashMap<String, Pairs>) -> Pairs {
-    let mut at: HashMap<&str, usize> = HashMap::new();
+pub fn similar_user_scores(similar: &[(String, f64)], theirs: &Map<String, Pairs>) -> Pairs {
+    let mut at: Map<&str, usize> = Map::default();
     let mut scores: Pairs = Vec::new();
     for (v, sim) in similar {
         let rows: &[(String, f64)] = theirs.get(v).map_or(&[], Vec::as_slice);
@@ -135,7 +135,7 @@ pub fn similar_user_scores(similar: &[(String, f64)], theirs: &HashMap<String, P
 #[derive(Debug, Clone, Default)]
 pub struct PopularitySnapshot {
     /// item -> stored forward popularity, relative to `landmark`.
-    pub pop: HashMap<String, f64>,
+    pub pop: Map<String, f64>,
     /// What an item the snapshot does not keep gets (the smallest kept popularity, or 0).
     pub floor: f64,
     /// The landmark of the stored scores; None before the first refresh.
@@ -164,18 +164,18 @@ impl PopularitySnapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Gathered {
     /// recent item -> its stored neighbour row, strongest first (only the items read).
-    pub rows: HashMap<String, Pairs>,
+    pub rows: Map<String, Pairs>,
     pub vector_scores: Pairs,
     pub tf_scores: Pairs,
     /// (similar user, cosine) from the model.
     pub similar: Pairs,
     /// similar user -> their stored weights, strongest first.
-    pub theirs: HashMap<String, Pairs>,
+    pub theirs: Map<String, Pairs>,
     /// stored trending scores.
     pub trending: Pairs,
     pub trending_label: Option<String>,
     pub new_items: Pairs,
-    pub new_labels: HashMap<String, String>,
+    pub new_labels: Map<String, String>,
     pub session_knn: Pairs,
 }
 
@@ -183,9 +183,9 @@ pub struct Gathered {
 /// `norm_of` gives the decayed popularity of each recent item and neighbour (in the reader:
 /// `PopularitySnapshot::norm` with the request's shift and factor).
 pub fn assemble(recent: Pairs, read: Gathered, factor: f64, mut norm_of: impl FnMut(&str) -> f64) -> Candidates {
-    let neighbours: HashMap<String, Pairs> =
+    let neighbours: Map<String, Pairs> =
         read.rows.into_iter().map(|(i, row)| (i, row.into_iter().map(|(j, c)| (j, c * factor)).collect())).collect();
-    let mut norms: HashMap<String, f64> = HashMap::new();
+    let mut norms: Map<String, f64> = Map::default();
     let wanted = recent.iter().map(|(i, _)| i).chain(neighbours.values().flatten().map(|(j, _)| j));
     for item in wanted {
         if !norms.contains_key(item) {

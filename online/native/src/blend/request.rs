@@ -12,7 +12,7 @@
 //! The category filter (`_in_category`) and the catalogue's hidden items are the caller's: they
 //! need the catalogue; `rank` takes the hidden set.
 
-use std::collections::{HashMap, HashSet};
+use super::{Map, Set};
 
 use super::candidates::{assemble, trending_depth, user_recent, Gathered, PopularitySnapshot, RecentRule};
 use super::decay::DecayPolicy;
@@ -45,7 +45,7 @@ pub struct UserRead {
 /// Trending items to read for a request (`trend_n` in `_for_user`): `extra` is the catalogue's
 /// over-fetch for hidden items.
 pub fn trending_read_depth(n: usize, exclude: &[String], context: &[String], extra: usize, history_len: usize) -> usize {
-    let excluded: HashSet<&str> = exclude.iter().chain(context).map(String::as_str).collect();
+    let excluded: Set<&str> = exclude.iter().chain(context).map(String::as_str).collect();
     trending_depth(n, excluded.len() + extra, history_len)
 }
 
@@ -56,7 +56,7 @@ pub struct Plan {
     pub factor: f64,
     pub landmark: f64,
     /// Items never shown: the request's exclude and context, and the history's items.
-    pub excluded: HashSet<String>,
+    pub excluded: Set<String>,
     /// (item, weight at `now`), strongest first: the model sources' input.
     pub decayed: Pairs,
     /// The recent items whose neighbour rows feed the item-item source, with their weights.
@@ -78,7 +78,7 @@ impl Plan {
 /// Step 1: read factor, exclusions and `user_recent`.
 pub fn plan(user: &UserRead, exclude: &[String], context: &[String], policy: &DecayPolicy, rule: &RecentRule) -> Plan {
     let factor = policy.read_factor(user.landmark, user.now);
-    let excluded: HashSet<String> = exclude.iter().chain(context).chain(user.history.iter().map(|(i, _)| i)).cloned().collect();
+    let excluded: Set<String> = exclude.iter().chain(context).chain(user.history.iter().map(|(i, _)| i)).cloned().collect();
     let (decayed, recent) = user_recent(&user.weights, &user.history, factor, user.now, policy, rule, context);
     Plan { factor, landmark: user.landmark, excluded, decayed, recent }
 }
@@ -86,7 +86,7 @@ pub fn plan(user: &UserRead, exclude: &[String], context: &[String], policy: &De
 /// Step 4: the candidates from what was read, then the top `n`. `norm_of` gives an item's
 /// decayed popularity (`PopularitySnapshot::norm` with the request's shift and factor);
 /// `hidden` are the candidates the catalogue hides (`_hide`).
-pub fn rank(plan: Plan, read: Gathered, norm_of: impl FnMut(&str) -> f64, hidden: &HashSet<String>, n: usize, weights: &BlendWeights, settings: &RecSettings) -> (Candidates, Vec<Scored>) {
+pub fn rank(plan: Plan, read: Gathered, norm_of: impl FnMut(&str) -> f64, hidden: &Set<String>, n: usize, weights: &BlendWeights, settings: &RecSettings) -> (Candidates, Vec<Scored>) {
     let cands = assemble(plan.recent, read, plan.factor, norm_of);
     let mut exclude = plan.excluded;
     exclude.extend(hidden.iter().cloned());
@@ -102,9 +102,9 @@ pub struct RecInputs {
     pub exclude: Vec<String>,
     pub context: Vec<String>,
     /// item -> stored neighbour row, strongest first.
-    pub neighbour_rows: HashMap<String, Pairs>,
+    pub neighbour_rows: Map<String, Pairs>,
     /// user -> stored weights, strongest first (the similar users' rows).
-    pub user_rows: HashMap<String, Pairs>,
+    pub user_rows: Map<String, Pairs>,
     pub vector_scores: Pairs,
     pub tf_scores: Pairs,
     /// (similar user, cosine).
@@ -113,21 +113,21 @@ pub struct RecInputs {
     pub trending: Pairs,
     pub trending_label: Option<String>,
     pub new_items: Pairs,
-    pub new_labels: HashMap<String, String>,
+    pub new_labels: Map<String, String>,
     pub session_knn: Pairs,
     pub snapshot: PopularitySnapshot,
-    pub hidden: HashSet<String>,
+    pub hidden: Set<String>,
 }
 
 /// Steps 1 to 4 on inputs read up front; returns the plan and candidates too (for checks).
 pub fn recommend(inp: &RecInputs, n: usize, weights: &BlendWeights, policy: &DecayPolicy, settings: &RecSettings) -> (Plan, Candidates, Vec<Scored>) {
     let p = plan(&inp.user, &inp.exclude, &inp.context, policy, &settings.recent);
-    let rows: HashMap<String, Pairs> = p
+    let rows: Map<String, Pairs> = p
         .neighbour_items(weights)
         .into_iter()
         .filter_map(|i| inp.neighbour_rows.get(i).map(|row| (i.to_owned(), row.clone())))
         .collect();
-    let theirs: HashMap<String, Pairs> =
+    let theirs: Map<String, Pairs> =
         inp.similar.iter().filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), row.clone()))).collect();
     let read = Gathered {
         rows,

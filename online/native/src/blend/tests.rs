@@ -1,7 +1,5 @@
 //! Edge cases of the blend port; `tests/blend_parity.py` checks it against Python at large.
 
-use std::collections::{HashMap, HashSet};
-
 use super::candidates::{session_weights, similar_user_scores, user_recent, RecentRule};
 use super::decay::DecayPolicy;
 use super::json::to_vec;
@@ -21,23 +19,15 @@ fn ties_rank_by_item_id_in_code_point_order() {
     // Python: sorted(["😀", "€", "é", "z", "a"]) == ['a', 'z', 'é', '€', '😀'] (code points
     // 0x61 < 0x7a < 0xe9 < 0x20ac < 0x1f600); UTF-8 byte order agrees.
     let c = Candidates { vector_scores: p(&[("😀", 1.0), ("€", 1.0), ("é", 1.0), ("z", 1.0), ("a", 1.0), ("b", 0.5)]), ..Default::default() };
-    let got = blend(&c, 4, &HashSet::new(), &only(Source::UserVector, 1.0), 5.0, 0.5);
+    let got = blend(&c, 4, &Set::default(), &only(Source::UserVector, 1.0), 5.0, 0.5);
     let ids: Vec<&str> = got.iter().map(|x| x.item.as_str()).collect();
     assert_eq!(ids, ["a", "z", "é", "€"]);
 }
 
 #[test]
-fn normalised_keeps_positive_finite_scores_and_the_last_repeat() {
-    let pairs = p(&[("a", 2.0), ("b", 0.0), ("c", -1.0), ("d", f64::NAN), ("e", f64::INFINITY), ("a", 4.0), ("f", 1.0), ("f", -3.0)]);
-    let got = normalised(pairs.iter().map(|(i, s)| (i.as_str(), *s)));
-    let want: HashMap<&str, f64> = [("a", 4.0 / 4.0), ("f", 1.0 / 4.0)].into_iter().collect();
-    assert_eq!(got, want);
-}
-
-#[test]
 fn trending_back_fills_with_a_tiny_score_when_its_weight_is_zero() {
     let c = Candidates { vector_scores: p(&[("v", 2.0)]), trending: p(&[("t1", 4.0), ("t2", 2.0), ("v", 8.0)]), trending_label: Some(String::new()), ..Default::default() };
-    let got = blend(&c, 3, &HashSet::new(), &only(Source::UserVector, 0.3), 5.0, 0.5);
+    let got = blend(&c, 3, &Set::default(), &only(Source::UserVector, 0.3), 5.0, 0.5);
     let want = [("v", 0.3 * (2.0 / 2.0), Source::UserVector, "matches your taste"), ("t1", 1e-9 * (4.0 / 8.0), Source::Trending, "popular now"), ("t2", 1e-9 * (2.0 / 8.0), Source::Trending, "popular now")];
     let got: Vec<(&str, f64, Source, &str)> = got.iter().map(|x| (x.item.as_str(), x.score, x.source, x.reason.as_str())).collect();
     assert_eq!(got, want);
@@ -46,25 +36,22 @@ fn trending_back_fills_with_a_tiny_score_when_its_weight_is_zero() {
 #[test]
 fn excluded_items_never_appear_even_from_trending() {
     let c = Candidates { vector_scores: p(&[("a", 1.0), ("b", 1.0)]), trending: p(&[("a", 1.0), ("c", 1.0)]), ..Default::default() };
-    let exclude: HashSet<String> = ["a".to_owned()].into_iter().collect();
+    let exclude: Set<String> = ["a".to_owned()].into_iter().collect();
     let got = blend(&c, 10, &exclude, &BlendWeights::default(), 5.0, 0.5);
     assert!(got.iter().all(|x| x.item != "a"), "{got:?}");
     assert_eq!(got.len(), 2);
 }
 
 #[test]
-fn item_item_without_shrinkage_skips_items_with_no_popularity() {
-    // den = sqrt(0) * sqrt(pop) + 0 = 0: no score rather than a division by zero.
+fn item_item_without_shrinkage_names_the_recent_item_with_a_norm() {
+    // r has no popularity: den = 0 without shrinkage, so only q's term counts for j.
     let c = Candidates {
         recent: p(&[("r", 2.0), ("q", 1.0)]),
         neighbours: [("r".to_owned(), p(&[("j", 3.0), ("k", 1.0)])), ("q".to_owned(), p(&[("j", 6.0)]))].into_iter().collect(),
         norms: [("r", 0.0), ("q", 4.0), ("j", 9.0), ("k", 1.0)].into_iter().map(|(i, x)| (i.to_owned(), x)).collect(),
         ..Default::default()
     };
-    let totals = item_item_totals(&c, 0.0, 0.5);
-    let want_j = (1.0 / 2.0) * (6.0 / (4.0_f64.sqrt() * 9.0_f64.sqrt() + 0.0));
-    assert_eq!(totals, [("j", want_j)].into_iter().collect::<HashMap<_, _>>());
-    let got = blend(&c, 5, &HashSet::new(), &only(Source::ItemItem, 1.0), 0.0, 0.5);
+    let got = blend(&c, 5, &Set::default(), &only(Source::ItemItem, 1.0), 0.0, 0.5);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].reason, "because you viewed q");
 }
@@ -77,34 +64,21 @@ fn the_first_recent_item_names_the_reason_on_a_tie() {
         norms: [("r", 1.0), ("q", 1.0), ("j", 1.0)].into_iter().map(|(i, x)| (i.to_owned(), x)).collect(),
         ..Default::default()
     };
-    let got = blend(&c, 1, &HashSet::new(), &BlendWeights::default(), 5.0, 0.5);
+    let got = blend(&c, 1, &Set::default(), &BlendWeights::default(), 5.0, 0.5);
     assert_eq!(got[0].reason, "because you viewed r");
 }
 
 #[test]
-fn asymmetric_alpha_uses_powers_and_zero_to_the_zero_is_one() {
-    // alpha = 1: pop(r)^1 · pop(j)^0, and 0^0 = 1 in both languages.
-    let c = Candidates {
-        recent: p(&[("r", 1.0)]),
-        neighbours: [("r".to_owned(), p(&[("j", 3.0)]))].into_iter().collect(),
-        norms: [("r", 2.0), ("j", 0.0)].into_iter().map(|(i, x)| (i.to_owned(), x)).collect(),
-        ..Default::default()
-    };
-    let got = item_item_totals(&c, 0.0, 1.0);
-    assert_eq!(got["j"], 1.0 * (3.0 / (2.0_f64.powf(1.0) * 0.0_f64.powf(0.0) + 0.0)));
-}
-
-#[test]
 fn nothing_to_rank_gives_an_empty_answer() {
-    assert!(blend(&Candidates::default(), 10, &HashSet::new(), &BlendWeights::default(), 5.0, 0.5).is_empty());
+    assert!(blend(&Candidates::default(), 10, &Set::default(), &BlendWeights::default(), 5.0, 0.5).is_empty());
     let c = Candidates { vector_scores: p(&[("a", 1.0)]), ..Default::default() };
-    assert!(blend(&c, 0, &HashSet::new(), &BlendWeights::default(), 5.0, 0.5).is_empty());
+    assert!(blend(&c, 0, &Set::default(), &BlendWeights::default(), 5.0, 0.5).is_empty());
 }
 
 #[test]
 fn new_items_reason_names_the_shared_label() {
     let c = Candidates { new_items: p(&[("a", 2.0), ("b", 1.0)]), new_labels: [("a".to_owned(), "shoes".to_owned()), ("b".to_owned(), String::new())].into_iter().collect(), ..Default::default() };
-    let got = blend(&c, 2, &HashSet::new(), &only(Source::NewItems, 1.0), 5.0, 0.5);
+    let got = blend(&c, 2, &Set::default(), &only(Source::NewItems, 1.0), 5.0, 0.5);
     let reasons: Vec<&str> = got.iter().map(|x| x.reason.as_str()).collect();
     assert_eq!(reasons, ["new in shoes", "new in the catalogue"]);
 }
@@ -149,7 +123,7 @@ fn history_without_weights_decays_by_recency() {
 
 #[test]
 fn similar_users_start_sums_from_positive_zero() {
-    let theirs: HashMap<String, Pairs> = [("u".to_owned(), p(&[("a", 2.0), ("b", 0.0)])), ("v".to_owned(), p(&[("b", 0.0)]))].into_iter().collect();
+    let theirs: Map<String, Pairs> = [("u".to_owned(), p(&[("a", 2.0), ("b", 0.0)])), ("v".to_owned(), p(&[("b", 0.0)]))].into_iter().collect();
     let got = similar_user_scores(&p(&[("u", -0.0), ("v", 1.0), ("w", 1.0)]), &theirs);
     // Python: scores.get("a", 0.0) + -0.0 * 2.0 / 2.0 == 0.0, positive; b (weight 0) and the
     // users whose top weight is 0 or who have no row add nothing.
