@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend
+from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend, blend_each
 from driftrec.models.candidates import assemble, user_recent
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.snapshot import TrendingSnapshot
@@ -109,8 +109,11 @@ def blend_case(rng: random.Random) -> dict[str, Any]:
                  trending_label=rng.choice(LABELS), new_items=new,
                  new_labels={i: rng.choice(["", "shoes", "t-shirts"]) for i, _ in new if rng.random() < 0.7},
                  session_knn=score_list(rng, rng.randint(0, 15)) if rng.random() < 0.4 else [])
-    return dict(kind="blend", cands=cands, weights=weights_of(rng), n=rng.choice([0, 1, 3, 5, 10, 20, 50]),
+    case = dict(kind="blend", cands=cands, weights=weights_of(rng), n=rng.choice([0, 1, 3, 5, 10, 20, 50]),
                 exclude=rng.sample(IDS, rng.randint(0, 8)), shrinkage=rng.choice([0.0, 5.0]), alpha=alpha_of(rng))
+    if rng.random() < 0.3:  # an interleaving experiment: blend_each over two or three weights sets
+        case["weights_each"] = [weights_of(rng) for _ in range(rng.randint(2, 3))]
+    return case
 
 
 def py_blend(case: dict[str, Any]) -> list[Scored]:
@@ -119,14 +122,24 @@ def py_blend(case: dict[str, Any]) -> list[Scored]:
                  shrinkage=case["shrinkage"], alpha=case["alpha"])
 
 
+def py_blend_each(case: dict[str, Any]) -> list[list[Scored]]:
+    c = Candidates(**case["cands"])
+    sets = [BlendWeights().with_overrides(w) for w in case["weights_each"]]
+    return blend_each(c, case["n"], sets, exclude=set(case["exclude"]), shrinkage=case["shrinkage"],
+                      alpha=case["alpha"])
+
+
 def enc_blend(case: dict[str, Any]) -> dict[str, Any]:
     c = dict(case["cands"])
     for k in ("recent", "vector_scores", "tf_scores", "similar_users", "trending", "new_items", "session_knn"):
         c[k] = enc(c[k])
     c["neighbours"] = enc_rows(c["neighbours"])
     c["norms"] = {k: bits(v) for k, v in c["norms"].items()}
-    return {**case, "cands": c, "weights": {k: bits(v) for k, v in case["weights"].items()},
-            "shrinkage": bits(case["shrinkage"]), "alpha": bits(case["alpha"])}
+    out = {**case, "cands": c, "weights": {k: bits(v) for k, v in case["weights"].items()},
+           "shrinkage": bits(case["shrinkage"]), "alpha": bits(case["alpha"])}
+    if "weights_each" in case:
+        out["weights_each"] = [{k: bits(v) for k, v in w.items()} for w in case["weights_each"]]
+    return out
 
 
 def rec_case(rng: random.Random, sizes: dict[str, int] | None = None) -> dict[str, Any]:
@@ -239,6 +252,10 @@ def compare_blend(case: dict[str, Any], rust: dict[str, Any]) -> list[str]:
         diffs.append(f"items: python {items_of(got)} rust {rust['items']}")
     if rust["json"] != orjson_items(got):
         diffs.append(f"json: python {orjson_items(got)} rust {rust['json']}")
+    if "weights_each" in case:
+        each = py_blend_each(case)
+        if [r["items"] for r in rust["each"]] != [items_of(x) for x in each]:
+            diffs.append(f"blend_each: python {[items_of(x) for x in each]} rust {[r['items'] for r in rust['each']]}")
     return diffs
 
 
@@ -302,10 +319,22 @@ def main() -> int:
                                           ("rec", recs, rust[len(blends):-1], compare_rec)):
         bad = [(k, d) for k, (c, r) in enumerate(zip(cases, results, strict=True)) if (d := compare(c, r))]
         shown = sum(len(r["items"]) for r in results if "items" in r)
-        print(f"{kind}: {len(cases)} cases ({shown} items shown), {len(bad)} differ")
+        each = sum(1 for c in cases if "weights_each" in c)
+        print(f"{kind}: {len(cases)} cases ({shown} items shown; {each} also ranked by blend_each), {len(bad)} differ")
         for k, d in bad[:5]:
             print(f"  case {k}:", *d[:3], sep="\n    ")
         failed += len(bad)
+        # What the cases reached: a source or reason no case shows was not compared.
+        by_source: dict[str, int] = {}
+        for r in results:
+            for _, _, source, reason in r.get("items", []):
+                key = f"{source} ({reason.split(' ')[0]})"
+                by_source[key] = by_source.get(key, 0) + 1
+        print("  items by source (reason):", ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
+    print(f"rec cases: {sum(bool(c['context']) for c in recs)} with context, "
+          f"{sum(not c['weights_stored'] and bool(c['history']) for c in recs)} with history and no weights, "
+          f"{sum(c['settings']['order'] == 'weight' for c in recs)} by weight order, "
+          f"{sum(c['settings']['alpha'] != 0.5 for c in recs)} with alpha != 0.5")
     fmt = rust[-1]
     want_f = [orjson.dumps(x).decode() for x in floats]
     bad_f = [(x, a, b) for x, a, b in zip(floats, want_f, fmt["floats"], strict=True) if a != b]

@@ -16,7 +16,7 @@ use driftrec_reader::blend::candidates::{PopularitySnapshot, RecentRule};
 use driftrec_reader::blend::decay::DecayPolicy;
 use driftrec_reader::blend::json::{to_vec, write_f64};
 use driftrec_reader::blend::request::{recommend, RecInputs, RecSettings, UserRead};
-use driftrec_reader::blend::{blend, BlendWeights, Candidates, Map, Pairs, Scored, Set};
+use driftrec_reader::blend::{blend, blend_each, BlendWeights, Candidates, Map, Pairs, Scored, Set};
 
 fn float(v: &Value) -> Result<f64> {
     v.as_u64().map(f64::from_bits).ok_or_else(|| anyhow!("not a float's bits: {v}"))
@@ -134,8 +134,16 @@ fn run(v: &Value) -> Result<Value> {
         "blend" => {
             let c = candidates(&v["cands"])?;
             let exclude: Set<String> = strings(&v["exclude"])?.into_iter().collect();
-            let got = blend(&c, v["n"].as_u64().context("n")? as usize, &exclude, &weights(&v["weights"])?, float(&v["shrinkage"])?, float(&v["alpha"])?);
-            scored(&got)
+            let n = v["n"].as_u64().context("n")? as usize;
+            let (shrinkage, alpha) = (float(&v["shrinkage"])?, float(&v["alpha"])?);
+            let mut out = scored(&blend(&c, n, &exclude, &weights(&v["weights"])?, shrinkage, alpha))?;
+            // An interleaving experiment's rankings: blend_each over several weights sets.
+            if let Some(sets) = v.get("weights_each").and_then(Value::as_array) {
+                let sets: Vec<BlendWeights> = sets.iter().map(weights).collect::<Result<_>>()?;
+                let each = blend_each(&c, n, &sets, &exclude, shrinkage, alpha);
+                out["each"] = Value::Array(each.iter().map(|x| scored(x)).collect::<Result<_>>()?);
+            }
+            Ok(out)
         }
         "rec" => {
             let (inputs, n, w, policy, settings) = rec_inputs(v)?;
