@@ -93,6 +93,12 @@ pub struct Model {
     ann_users: Option<AnnIndex>,
 }
 
+/// Concurrent searches `Model::open` provides for: four per CPU, at least 16 (a search context
+/// holds a visited-set of one bit per row, 125 KB at a million rows).
+pub fn default_search_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get()).saturating_mul(4).max(16)
+}
+
 /// An id list as `shared_model._ids` reads it: `Path.read_text()` (universal newlines) split on
 /// `\n`, empty for an empty file.
 fn read_ids(path: &Path) -> Result<Vec<String>> {
@@ -118,6 +124,12 @@ impl Model {
     /// Ok(None). An error means the folder is there but unreadable or not this version's (the
     /// Python reader then rebuilds it; here the caller decides).
     pub fn open(root: &Path, version: &str) -> Result<Option<Model>> {
+        Self::open_with(root, version, default_search_threads())
+    }
+
+    /// `open` with `search_threads` concurrent searches per index (`AnnIndex`): callers beyond
+    /// it wait for one to finish.
+    pub fn open_with(root: &Path, version: &str, search_threads: usize) -> Result<Option<Model>> {
         let folder = root.join(safe_name(version));
         let manifest_path = folder.join("manifest.json");
         let text = match fs::read_to_string(&manifest_path) {
@@ -130,10 +142,10 @@ impl Model {
         if manifest.format != FORMAT || manifest.version != version {
             bail!("{} holds {:?} (format {}), not {:?}", folder.display(), manifest.version, manifest.format, version);
         }
-        Self::from_folder(folder, manifest).map(Some)
+        Self::from_folder(folder, manifest, search_threads).map(Some)
     }
 
-    fn from_folder(folder: PathBuf, m: Manifest) -> Result<Model> {
+    fn from_folder(folder: PathBuf, m: Manifest, search_threads: usize) -> Result<Model> {
         let has = |name: &str| m.arrays.iter().any(|a| a == name);
         let arr = |name: &str, ndim: usize| -> Result<Option<Array<f32>>> {
             if has(name) { Array::open(&folder.join(format!("{name}.npy")), ndim).map(Some) } else { Ok(None) }
@@ -203,7 +215,7 @@ impl Model {
         }
         let index = |attr: &str| -> Result<Option<AnnIndex>> {
             match m.indexes.get(attr) {
-                Some(file) => AnnIndex::open(&folder.join(file)).map(Some),
+                Some(file) => AnnIndex::open(&folder.join(file), search_threads).map(Some),
                 None => Ok(None),
             }
         };

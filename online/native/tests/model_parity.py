@@ -15,7 +15,9 @@ the same folder), and the answers are compared list by list:
   are logits shifted so the last is 1e-6: near the bottom of a list the relative error of a
   shifted score says little, so their error is also given relative to the list's top score);
 * per-request time: the fastest of ``--passes`` calls of each request, median and mean, one
-  BLAS thread (as ``driftrec serve`` runs); ``model_check`` times ``Model::sources`` alone.
+  BLAS thread (as ``driftrec serve`` runs); ``model_check`` times ``Model::sources`` alone;
+* concurrency: ``model_check`` answers every request again on ``--threads`` threads at once
+  (two concurrent searches allowed per index, the rest wait) and counts answers that differ.
 
 Models: ``ann`` (driftrec train's sizes: 10,000 items, 128 factors, one 256-wide TF hidden
 layer, 10,000 pool users, ``reader_ann`` on: three HNSW indexes), ``ann_no_tf`` (no TF parts),
@@ -129,10 +131,11 @@ def python_answers(model: Any, reqs: list[dict[str, Any]], passes: int) -> tuple
     return answers, times
 
 
-def rust_answers(binary: Path, root: Path, version: str, reqs: list[dict[str, Any]], passes: int) -> tuple[list[Any], list[float], str]:
+def rust_answers(binary: Path, root: Path, version: str, reqs: list[dict[str, Any]], passes: int,
+                 threads: int) -> tuple[list[Any], list[float], str]:
     text = "".join(json.dumps(q) + "\n" for q in reqs)
-    run = subprocess.run([str(binary), str(root), version, str(passes)], input=text, capture_output=True, text=True,
-                         check=False)
+    run = subprocess.run([str(binary), str(root), version, str(passes), str(threads)], input=text, capture_output=True,
+                         text=True, check=False)
     if run.returncode != 0:
         raise SystemExit(f"model_check failed ({run.returncode}): {run.stderr[-2000:]}")
     lines = [json.loads(x) for x in run.stdout.splitlines()]
@@ -181,6 +184,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     default_bin = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).parents[1] / "target")) / "release/model_check"
     ap.add_argument("--bin", type=Path, default=default_bin)
@@ -207,10 +211,12 @@ def main() -> None:
             assert model is not None
             reqs = requests(spec, version, args.requests, rng)
             py, py_t = python_answers(model, reqs, args.passes)
-            rs, rs_t, info = rust_answers(args.bin, root, version, reqs, args.passes)
+            rs, rs_t, info = rust_answers(args.bin, root, version, reqs, args.passes, args.threads)
             res = compare(py, rs)
+            lines = info.splitlines()
             res.update({"build_s": round(built_s, 1), "indexes": sorted(model.index_stats()),
-                        "python": summary(py_t), "rust": summary(rs_t), "rust_model": json.loads(info.splitlines()[0])})
+                        "python": summary(py_t), "rust": summary(rs_t), "rust_model": json.loads(lines[0]),
+                        "rust_concurrent": json.loads(lines[-1]) if args.threads > 1 else None})
             results[name] = res
             print(json.dumps({name: res}, indent=1), flush=True)
     if args.out:

@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
 
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
@@ -37,13 +38,47 @@ impl AnnSettings {
 pub const VIEW_EXPANSION_SEARCH: usize = 64;
 
 /// One saved HNSW index, its graph and vectors mapped from the file.
+///
+/// usearch keeps one search context per concurrent search (`threads_search`, the CPU count by
+/// default) and fails a search that finds none free ("Reserve capacity ahead of searches!";
+/// 16 threads searching one index on this 2-core machine failed 29,287 of 32,000 searches).
+/// `open` reserves `search_threads` contexts and a counting gate holds any further caller
+/// until one is free, so a search never fails for want of one.
 pub struct AnnIndex {
     index: Index,
     pub rows: usize,
+    gate: Gate,
+}
+
+/// A counting semaphore: at most `n` holders at once.
+struct Gate {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Gate {
+    fn new(n: usize) -> Self {
+        Self { free: Mutex::new(n), freed: Condvar::new() }
+    }
+
+    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            while *free == 0 {
+                free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+            }
+            *free -= 1;
+        }
+        let out = f();
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.freed.notify_one();
+        out
+    }
 }
 
 impl AnnIndex {
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Map the index saved at `path`, with `search_threads` (at least 1) concurrent searches.
+    pub fn open(path: &Path, search_threads: usize) -> Result<Self> {
         let text = path.to_str().ok_or_else(|| anyhow!("{}: not UTF-8", path.display()))?;
         let meta = Index::metadata(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let mut options: IndexOptions = meta.into();
@@ -51,13 +86,15 @@ impl AnnIndex {
         let index = Index::new(&options).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         index.view(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let rows = index.size();
-        Ok(Self { index, rows })
+        let threads = search_threads.max(1);
+        index.reserve_capacity_and_threads(rows, threads).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(Self { index, rows, gate: Gate::new(threads) })
     }
 
     /// Row numbers of (about) the `count` rows nearest `query`, best first
     /// (`AnnIndex.candidates`; may be fewer than `count`).
     pub fn candidates(&self, query: &[f32], count: usize) -> Result<Vec<usize>> {
-        let found = self.index.search(query, count).map_err(|e| anyhow!("usearch search: {e}"))?;
+        let found = self.gate.run(|| self.index.search(query, count)).map_err(|e| anyhow!("usearch search: {e}"))?;
         Ok(found.keys.into_iter().map(|k| k as usize).collect())
     }
 

@@ -305,7 +305,7 @@ dispatch!(cholesky_solve(a: &mut [f64], b: &mut [f64], k: usize) -> bool {
             row_i[j] = (row_i[j] - dot64(&row_i[..j], &row_j[..j])) / row_j[j];
         }
         let d = row_i[i] - dot64(&row_i[..i], &row_i[..i]);
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return false;
         }
         row_i[i] = d.sqrt();

@@ -50,7 +50,7 @@ impl<T: Scalar> Array<T> {
         }
         // The map is page-aligned and NumPy pads the header to a multiple of 64 (16 before
         // format 3.0), so the data are aligned for any of the scalar types.
-        if (map.as_ptr() as usize + offset) % std::mem::align_of::<T>() != 0 {
+        if !(map.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<T>()) {
             bail!("{}: data not aligned", path.display());
         }
         Ok(Self { map, offset, shape, _t: PhantomData })
@@ -131,7 +131,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Result<&'a str> {
     let end = if rest.starts_with('(') {
         rest.find(')').map(|i| i + 1)
     } else {
-        rest.find(|c| c == ',' || c == '}')
+        rest.find([',', '}'])
     }
     .with_context(|| format!("unterminated {key}"))?;
     Ok(rest[..end].trim())
