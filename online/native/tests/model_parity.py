@@ -21,6 +21,7 @@ the same folder), and the answers are compared list by list:
 
 Models: ``ann`` (driftrec train's sizes: 10,000 items, 128 factors, one 256-wide TF hidden
 layer, 10,000 pool users, ``reader_ann`` on: three HNSW indexes), ``ann_no_tf`` (no TF parts),
+``ann_f32`` (indexes of float32 rows, ``reader_ann_dtype=f32``, 6,000 pool users),
 ``exact_small`` (3,000 items and 2,000 users: below ``reader_ann_min_rows``, exact scans with the
 ANN config recorded) and ``exact_pool`` (``reader_ann`` off, 8,000 items scanned through a
 5,000-item scan pool, two TF hidden layers).
@@ -54,6 +55,7 @@ K, TF_HIDDEN = 128, 256
 MODELS: dict[str, dict[str, Any]] = {
     "ann": {"items": 10_000, "users": 10_000, "tf": [TF_HIDDEN], "ann": True},
     "ann_no_tf": {"items": 10_000, "users": 10_000, "tf": None, "ann": True},
+    "ann_f32": {"items": 10_000, "users": 6_000, "tf": [TF_HIDDEN], "ann": True, "dtype": "f32"},
     "exact_small": {"items": 3_000, "users": 2_000, "tf": [TF_HIDDEN], "ann": True},
     "exact_pool": {"items": 8_000, "users": 3_000, "tf": [TF_HIDDEN, 64], "ann": False, "scan_items": 5_000},
 }
@@ -200,7 +202,8 @@ def main() -> None:
             rng = np.random.default_rng(args.seed + m)
             version = f"parity-{name}-{args.seed}"
             head, tf_parts = parts(spec, rng)
-            ann = ann_config(settings.model_copy(update={"reader_ann": spec["ann"]}))
+            ann = ann_config(settings.model_copy(update={"reader_ann": spec["ann"],
+                                                         "reader_ann_dtype": spec.get("dtype", settings.reader_ann_dtype)}))
             build = functools.partial(build_model, version, head, tf_parts, default_reg=settings.fold_in_regularization,
                                       pool_size=settings.reader_similar_users_pool,
                                       scan_items=spec.get("scan_items", settings.reader_scan_items), ann=ann)
