@@ -16,7 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[all]'
 	@touch $@
 
-install: $(VENV)/.installed ## Create .venv and install driftrec with every extra
+# The reader's compiled front (online/native, `reader_native`), installed next to the venv's Python.
+$(VENV)/bin/driftrec-reader: $(VENV)/.installed online/native/Cargo.toml online/native/Cargo.lock $(wildcard online/native/src/*.rs online/native/src/*/*.rs)
+	cargo install --quiet --locked --path online/native --root $(VENV) --bin driftrec-reader --force
+
+install: $(VENV)/.installed $(VENV)/bin/driftrec-reader ## Create .venv and install driftrec with every extra and the reader's compiled front
 
 demo: install ## Live demo: Kafka + Redis + worker + reader, clicks streamed, recommendations printed
 	$(DRIFTREC) demo

@@ -7,7 +7,7 @@
 //! reader on loopback, which stays the reference: `online/native.py` starts both, and the parity
 //! test compares their answers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use driftrec_reader::blend;
+use driftrec_reader::blend::{self, candidates::{Gathered, RecentRule}, decay::DecayPolicy, request, BlendWeights, Scored, Source};
 use driftrec_reader::catalogue::Catalogue;
 use driftrec_reader::config::Config;
 use driftrec_reader::model::Model;
@@ -35,7 +35,6 @@ use driftrec_reader::snapshot::Snapshot;
 use driftrec_reader::store::{self, Keys, Pairs, PER_SIMILAR_USER};
 
 const MAX_N: usize = 100;
-const MAX_TRENDING_READ: usize = 1000;
 /// Latency buckets of `online/metrics.py` (fine below 10 ms: the target is p99 <= 5 ms).
 const BUCKETS: [f64; 15] = [0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 const SERVED_TTL_S: u64 = 3600;
@@ -91,15 +90,18 @@ impl Metrics {
     }
 }
 
-type Record = (String, Vec<(String, &'static str)>);
+type Record = (String, Vec<(String, Source)>);
 
 struct State {
     cfg: Config,
+    weights: BlendWeights,
+    policy: DecayPolicy,
+    settings: request::RecSettings,
     keys: Keys,
     rate: f64,
     conn: MultiplexedConnection,
     snapshot: RwLock<Arc<Snapshot>>,
-    hidden: RwLock<Arc<HashSet<String>>>,
+    hidden: RwLock<Arc<blend::Set<String>>>,
     /// Any experiment defined: the Python reader enrols shoppers, so it answers.
     experiments: std::sync::atomic::AtomicBool,
     model: RwLock<Option<Arc<Model>>>,
@@ -112,14 +114,6 @@ struct State {
 }
 
 #[derive(Serialize)]
-struct Item<'a> {
-    item_id: &'a str,
-    score: f64,
-    reason: &'a str,
-    source: &'a str,
-}
-
-#[derive(Serialize)]
 struct Body<'a> {
     request_id: &'a str,
     model_version: Option<&'a str>,
@@ -127,7 +121,7 @@ struct Body<'a> {
     degraded: bool,
     user_id: &'a str,
     strategy: &'a str,
-    items: Vec<Item<'a>>,
+    items: &'a [Scored],
 }
 
 fn now_s() -> f64 {
@@ -176,7 +170,7 @@ fn plain_query(q: Option<&str>) -> Option<(usize, Vec<String>)> {
 }
 
 struct Answer {
-    items: Vec<blend::Scored>,
+    items: Vec<Scored>,
     model_version: Option<String>,
     degraded: bool,
 }
@@ -225,22 +219,22 @@ impl State {
             want *= 2;
         };
         Answer {
-            items: items.into_iter().map(|(i, s)| blend::Scored { item: i, score: s, source: "trending", reason: "popular now".into() }).collect(),
+            items: items.into_iter().map(|(i, s)| Scored { item: i, score: s, source: Source::Trending, reason: "popular now".into() }).collect(),
             model_version: self.current_model().map(|m| m.version.clone()),
             degraded: true,
         }
     }
 
-    /// `Recommender._for_user` for the configured weights, no category, context or rule.
-    /// Err(()) : this front cannot give the Python reader's answer (model not mapped yet).
+    /// `Recommender._for_user` for the configured weights, no category, context or rule
+    /// (`blend::request` holds the steps). Ok(Err(())): this front cannot give the Python
+    /// reader's answer (the model is not mapped here yet).
     async fn rank(self: &Arc<Self>, user: &str, n: usize, exclude: &[String]) -> Result<Result<Answer, ()>> {
         let cfg = &self.cfg;
-        let w = &cfg.weights;
+        let w = &self.weights;
         let hidden = self.hidden.read().unwrap().clone();
         let snap = self.snapshot.read().unwrap().clone();
-        let mut excluded: HashSet<String> = exclude.iter().cloned().collect();
         let extra = if hidden.is_empty() { 0 } else { hidden.len().min(n) };
-        let trend_n = (n + excluded.len() + extra + cfg.history_len).min(MAX_TRENDING_READ);
+        let trend_n = request::trending_read_depth(n, exclude, &[], extra, cfg.history_len);
         let top = snap.stored_top(trend_n);
         let mut conn = self.conn.clone();
         let r = store::read_user(&mut conn, &self.keys, user, if top.is_some() { None } else { Some(trend_n) }).await?;
@@ -250,45 +244,36 @@ impl State {
             (None, t) => t.unwrap_or_default(),
         };
         let Ok(model) = self.observe(r.model_version.as_deref()) else { return Ok(Err(())) };
-        let f = r.meta.factor(self.rate);
-        let now = r.meta.now();
-        excluded.extend(r.history.iter().map(|(i, _)| i.clone()));
-        let (decayed, recent) = blend::user_recent(&r.weights, &r.history, f, now, self.rate, cfg.reader_recent_items,
-                                                   &cfg.reader_recent_order, &[], cfg.reader_recent_position_decay,
-                                                   cfg.reader_session_gap_s, cfg.reader_outside_session_weight);
-        let want = n + excluded.len() + extra;
-        let (mut vec_scores, mut tf_scores, mut similar) = (Vec::new(), Vec::new(), Vec::new());
+        let read = request::UserRead { history: r.history, weights: r.weights, landmark: r.meta.landmark, now: r.meta.now() };
+        let plan = request::plan(&read, exclude, &[], &self.policy, &self.settings.recent);
+        let want = plan.want(n, extra);
+        let (mut vector_scores, mut tf_scores, mut similar) = (Vec::new(), Vec::new(), Vec::new());
         if let Some(m) = &model {
-            if !decayed.is_empty() || r.vec.is_some() {
+            if !plan.decayed.is_empty() || r.vec.is_some() {
                 let n_similar = if w.similar_users > 0.0 { cfg.reader_similar_users } else { 0 };
-                (vec_scores, tf_scores, similar) = m.sources(r.vec.as_deref(), r.vec_version.as_deref(), user, &decayed, want,
-                                                             n_similar, w.user_vector > 0.0, w.tf > 0.0);
+                (vector_scores, tf_scores, similar) = m.sources(r.vec.as_deref(), r.vec_version.as_deref(), user, &plan.decayed,
+                                                                want, n_similar, w.user_vector > 0.0, w.tf > 0.0);
             }
         }
-        let nbr_items: Vec<String> = if w.item_item > 0.0 { recent.iter().map(|(i, _)| i.clone()).collect() } else { Vec::new() };
+        let nbr_items: Vec<String> = plan.neighbour_items(w).into_iter().map(str::to_owned).collect();
         let users: Vec<String> = similar.iter().map(|(v, _)| v.clone()).collect();
-        let (nbrs, theirs) = store::read_expansion(&mut conn, &self.keys, &nbr_items, cfg.neighbours_read, &users, PER_SIMILAR_USER).await?;
-        let landmark = r.meta.landmark;
-        let rate = self.rate;
-        let norms_of = |item: &str| snap.norm(item, landmark, f, rate);
-        let cands = blend::assemble(recent, &nbrs, f, &norms_of, vec_scores, tf_scores, &similar, &theirs, &trending);
-        if !hidden.is_empty() {
-            excluded.extend(cands.ids().filter(|i| hidden.contains(*i)).map(|i| i.to_string()));
-        }
-        let items = blend::blend(&cands, n, &excluded, &blend_weights(w), cfg.similarity_shrinkage, cfg.similarity_alpha);
+        let (rows, theirs) = store::read_expansion(&mut conn, &self.keys, &nbr_items, cfg.neighbours_read, &users, PER_SIMILAR_USER).await?;
+        let gathered = Gathered {
+            rows: rows.into_iter().collect(),
+            vector_scores,
+            tf_scores,
+            similar,
+            theirs: theirs.into_iter().collect(),
+            trending,
+            trending_label: None,
+            new_items: Vec::new(),
+            new_labels: Default::default(),
+            session_knn: Vec::new(),
+        };
+        let (landmark, factor, rate) = (plan.landmark, plan.factor, self.rate);
+        let norm_of = |item: &str| snap.norm(item, landmark, factor, rate);
+        let (_, items) = request::rank(plan, gathered, norm_of, &hidden, n, w, &self.settings);
         Ok(Ok(Answer { items, model_version: model.map(|m| m.version.clone()), degraded: false }))
-    }
-}
-
-fn blend_weights(w: &driftrec_reader::config::Weights) -> blend::BlendWeights {
-    blend::BlendWeights {
-        item_item: w.item_item,
-        user_vector: w.user_vector,
-        tf: w.tf,
-        similar_users: w.similar_users,
-        trending: w.trending,
-        new_items: w.new_items,
-        session_knn: w.session_knn,
     }
 }
 
@@ -340,9 +325,9 @@ async fn recommendations(st: &Arc<State>, user: &str, n: usize, exclude: Vec<Str
         degraded: answer.degraded,
         user_id: user,
         strategy: "blend",
-        items: answer.items.iter().map(|x| Item { item_id: &x.item, score: x.score, reason: &x.reason, source: x.source }).collect(),
+        items: &answer.items,
     };
-    let out = serde_json::to_vec(&body).unwrap();
+    let out = blend::json::to_vec(&body).unwrap();
     st.metrics.answered.fetch_add(1, Ordering::Relaxed);
     st.metrics.observe(started.elapsed().as_secs_f64());
     Some(json(StatusCode::OK, out, Some(&request_id)))
@@ -417,7 +402,7 @@ async fn served_writer(st: Arc<State>, mut rx: mpsc::Receiver<Record>) {
             let mut c = redis::cmd("HSET");
             c.arg(&key);
             for (item, source) in items {
-                c.arg(item).arg(*source);
+                c.arg(item).arg(source.name());
             }
             c.arg("#strategy").arg("blend");
             p.add_command(c).ignore();
@@ -453,8 +438,8 @@ async fn catalogue_loop(st: Arc<State>) {
         match cat.refresh(&mut conn, &st.keys).await {
             Ok(()) => {
                 let cur = st.hidden.read().unwrap().clone();
-                if *cur != cat.hidden {
-                    *st.hidden.write().unwrap() = Arc::new(cat.hidden.clone());
+                if cur.len() != cat.hidden.len() || !cat.hidden.iter().all(|i| cur.contains(i)) {
+                    *st.hidden.write().unwrap() = Arc::new(cat.hidden.iter().cloned().collect());
                 }
             }
             Err(e) => eprintln!("driftrec-reader: catalogue not refreshed: {e:#}"),
@@ -484,12 +469,36 @@ async fn run(cfg: Config) -> Result<()> {
     let conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
     let (tx, rx) = mpsc::channel(10_000);
     let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let weights = BlendWeights {
+        item_item: cfg.weights.item_item,
+        user_vector: cfg.weights.user_vector,
+        tf: cfg.weights.tf,
+        similar_users: cfg.weights.similar_users,
+        trending: cfg.weights.trending,
+        new_items: cfg.weights.new_items,
+        session_knn: cfg.weights.session_knn,
+    };
+    let settings = request::RecSettings {
+        recent: RecentRule {
+            k: cfg.reader_recent_items,
+            order: cfg.reader_recent_order.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            position_decay: cfg.reader_recent_position_decay,
+            session_gap_s: cfg.reader_session_gap_s,
+            outside_session: cfg.reader_outside_session_weight,
+        },
+        shrinkage: cfg.similarity_shrinkage,
+        alpha: cfg.similarity_alpha,
+        history_len: cfg.history_len,
+    };
     let st = Arc::new(State {
+        weights,
+        policy: DecayPolicy::new(cfg.half_life_s),
+        settings,
         keys: Keys { prefix: cfg.key_prefix.clone() },
         rate: cfg.rate(),
         conn,
         snapshot: RwLock::new(Arc::new(Snapshot::default())),
-        hidden: RwLock::new(Arc::new(HashSet::new())),
+        hidden: RwLock::new(Arc::new(blend::Set::default())),
         experiments: std::sync::atomic::AtomicBool::new(false),
         model: RwLock::new(None),
         model_try: Mutex::new((None, None)),
@@ -514,5 +523,3 @@ async fn run(cfg: Config) -> Result<()> {
     }
 }
 
-#[allow(dead_code)]
-fn _types(_: HashMap<String, Pairs>) {}
