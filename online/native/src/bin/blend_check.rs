@@ -16,10 +16,14 @@ use driftrec_reader::blend::candidates::{PopularitySnapshot, RecentRule};
 use driftrec_reader::blend::decay::DecayPolicy;
 use driftrec_reader::blend::json::{to_vec, write_f64};
 use driftrec_reader::blend::request::{recommend, RecInputs, RecSettings, UserRead};
-use driftrec_reader::blend::{blend, blend_each, BlendWeights, Candidates, Map, Pairs, Scored, Set};
+use driftrec_reader::blend::{
+    blend, blend_each, BlendWeights, Candidates, Map, Pairs, Scored, Set,
+};
 
 fn float(v: &Value) -> Result<f64> {
-    v.as_u64().map(f64::from_bits).ok_or_else(|| anyhow!("not a float's bits: {v}"))
+    v.as_u64()
+        .map(f64::from_bits)
+        .ok_or_else(|| anyhow!("not a float's bits: {v}"))
 }
 
 fn bits(x: f64) -> Value {
@@ -27,44 +31,77 @@ fn bits(x: f64) -> Value {
 }
 
 fn text(v: &Value) -> Result<String> {
-    v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("not a string: {v}"))
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("not a string: {v}"))
 }
 
 fn strings(v: &Value) -> Result<Vec<String>> {
-    v.as_array().ok_or_else(|| anyhow!("not a list: {v}"))?.iter().map(text).collect()
+    v.as_array()
+        .ok_or_else(|| anyhow!("not a list: {v}"))?
+        .iter()
+        .map(text)
+        .collect()
 }
 
 fn pairs(v: &Value) -> Result<Pairs> {
-    let list = v.as_array().ok_or_else(|| anyhow!("not a list of pairs: {v}"))?;
-    list.iter().map(|p| Ok((text(&p[0])?, float(&p[1])?))).collect()
+    let list = v
+        .as_array()
+        .ok_or_else(|| anyhow!("not a list of pairs: {v}"))?;
+    list.iter()
+        .map(|p| Ok((text(&p[0])?, float(&p[1])?)))
+        .collect()
 }
 
 fn rows(v: &Value) -> Result<Map<String, Pairs>> {
     let obj = v.as_object().ok_or_else(|| anyhow!("not an object: {v}"))?;
-    obj.iter().map(|(k, row)| Ok((k.clone(), pairs(row)?))).collect()
+    obj.iter()
+        .map(|(k, row)| Ok((k.clone(), pairs(row)?)))
+        .collect()
 }
 
 fn labels(v: &Value) -> Result<Map<String, String>> {
     match v {
         Value::Null => Ok(Map::default()),
-        _ => v.as_object().ok_or_else(|| anyhow!("not an object: {v}"))?.iter().map(|(k, s)| Ok((k.clone(), text(s)?))).collect(),
+        _ => v
+            .as_object()
+            .ok_or_else(|| anyhow!("not an object: {v}"))?
+            .iter()
+            .map(|(k, s)| Ok((k.clone(), text(s)?)))
+            .collect(),
     }
 }
 
 fn label(v: &Value) -> Result<Option<String>> {
-    if v.is_null() { Ok(None) } else { text(v).map(Some) }
+    if v.is_null() {
+        Ok(None)
+    } else {
+        text(v).map(Some)
+    }
 }
 
 fn weights(v: &Value) -> Result<BlendWeights> {
-    let overrides: Vec<(String, f64)> = v.as_object().context("weights")?.iter().map(|(k, x)| Ok((k.clone(), float(x)?))).collect::<Result<_>>()?;
-    BlendWeights::default().with_overrides(&overrides).map_err(|e| anyhow!(e))
+    let overrides: Vec<(String, f64)> = v
+        .as_object()
+        .context("weights")?
+        .iter()
+        .map(|(k, x)| Ok((k.clone(), float(x)?)))
+        .collect::<Result<_>>()?;
+    BlendWeights::default()
+        .with_overrides(&overrides)
+        .map_err(|e| anyhow!(e))
 }
 
 fn candidates(v: &Value) -> Result<Candidates> {
     Ok(Candidates {
         recent: pairs(&v["recent"])?,
         neighbours: rows(&v["neighbours"])?,
-        norms: v["norms"].as_object().context("norms")?.iter().map(|(k, x)| Ok((k.clone(), float(x)?))).collect::<Result<_>>()?,
+        norms: v["norms"]
+            .as_object()
+            .context("norms")?
+            .iter()
+            .map(|(k, x)| Ok((k.clone(), float(x)?)))
+            .collect::<Result<_>>()?,
         vector_scores: pairs(&v["vector_scores"])?,
         tf_scores: pairs(&v["tf_scores"])?,
         similar_users: pairs(&v["similar_users"])?,
@@ -97,7 +134,12 @@ fn rec_inputs(v: &Value) -> Result<(RecInputs, usize, BlendWeights, DecayPolicy,
         session_gap_s: float(&s["session_gap_s"])?,
         outside_session: float(&s["outside_session"])?,
     };
-    let settings = RecSettings { recent: rule, shrinkage: float(&s["shrinkage"])?, alpha: float(&s["alpha"])?, history_len: 50 };
+    let settings = RecSettings {
+        recent: rule,
+        shrinkage: float(&s["shrinkage"])?,
+        alpha: float(&s["alpha"])?,
+        history_len: 50,
+    };
     let snap = &v["snapshot"];
     let inputs = RecInputs {
         user: UserRead {
@@ -119,14 +161,29 @@ fn rec_inputs(v: &Value) -> Result<(RecInputs, usize, BlendWeights, DecayPolicy,
         new_labels: labels(&v["new_labels"])?,
         session_knn: pairs(&v["session_knn"])?,
         snapshot: PopularitySnapshot {
-            pop: snap["pop"].as_object().context("pop")?.iter().map(|(k, x)| Ok((k.clone(), float(x)?))).collect::<Result<_>>()?,
+            pop: snap["pop"]
+                .as_object()
+                .context("pop")?
+                .iter()
+                .map(|(k, x)| Ok((k.clone(), float(x)?)))
+                .collect::<Result<_>>()?,
             floor: float(&snap["floor"])?,
-            landmark: if snap["landmark"].is_null() { None } else { Some(float(&snap["landmark"])?) },
+            landmark: if snap["landmark"].is_null() {
+                None
+            } else {
+                Some(float(&snap["landmark"])?)
+            },
         },
         hidden: strings(&v["hidden"])?.into_iter().collect(),
     };
     let policy = DecayPolicy::new(float(&v["half_life_s"])?);
-    Ok((inputs, v["n"].as_u64().context("n")? as usize, weights(&v["weights"])?, policy, settings))
+    Ok((
+        inputs,
+        v["n"].as_u64().context("n")? as usize,
+        weights(&v["weights"])?,
+        policy,
+        settings,
+    ))
 }
 
 fn run(v: &Value) -> Result<Value> {
@@ -136,7 +193,14 @@ fn run(v: &Value) -> Result<Value> {
             let exclude: Set<String> = strings(&v["exclude"])?.into_iter().collect();
             let n = v["n"].as_u64().context("n")? as usize;
             let (shrinkage, alpha) = (float(&v["shrinkage"])?, float(&v["alpha"])?);
-            let mut out = scored(&blend(&c, n, &exclude, &weights(&v["weights"])?, shrinkage, alpha))?;
+            let mut out = scored(&blend(
+                &c,
+                n,
+                &exclude,
+                &weights(&v["weights"])?,
+                shrinkage,
+                alpha,
+            ))?;
             // An interleaving experiment's rankings: blend_each over several weights sets.
             if let Some(sets) = v.get("weights_each").and_then(Value::as_array) {
                 let sets: Vec<BlendWeights> = sets.iter().map(weights).collect::<Result<_>>()?;
@@ -149,8 +213,16 @@ fn run(v: &Value) -> Result<Value> {
             let (inputs, n, w, policy, settings) = rec_inputs(v)?;
             let (plan, cands, got) = recommend(&inputs, n, &w, &policy, &settings);
             let mut out = scored(&got)?;
-            let norms: serde_json::Map<String, Value> = cands.norms.iter().map(|(k, x)| (k.clone(), bits(*x))).collect();
-            let neighbours: serde_json::Map<String, Value> = cands.neighbours.iter().map(|(k, r)| (k.clone(), pairs_out(r))).collect();
+            let norms: serde_json::Map<String, Value> = cands
+                .norms
+                .iter()
+                .map(|(k, x)| (k.clone(), bits(*x)))
+                .collect();
+            let neighbours: serde_json::Map<String, Value> = cands
+                .neighbours
+                .iter()
+                .map(|(k, r)| (k.clone(), pairs_out(r)))
+                .collect();
             let mut excluded: Vec<&String> = plan.excluded.iter().collect();
             excluded.sort();
             out["factor"] = bits(plan.factor);
@@ -180,7 +252,10 @@ fn run(v: &Value) -> Result<Value> {
                     })
                 })
                 .collect::<Result<_>>()?;
-            let strings_json: Vec<String> = strings(&v["strings"])?.iter().map(|s| Ok(String::from_utf8(to_vec(s)?)?)).collect::<Result<_>>()?;
+            let strings_json: Vec<String> = strings(&v["strings"])?
+                .iter()
+                .map(|s| Ok(String::from_utf8(to_vec(s)?)?))
+                .collect::<Result<_>>()?;
             Ok(json!({"floats": texts, "strings": strings_json}))
         }
         "time" => {
@@ -208,8 +283,14 @@ fn run(v: &Value) -> Result<Value> {
             // "only": "blend" times the blend alone (for `perf stat`, whose counts are steadier
             // than times on a shared machine).
             let only_blend = v["only"].as_str() == Some("blend");
-            let full = if only_blend { f64::NAN } else { best(&mut || recommend(&inputs, n, &w, &policy, &settings).2.len()) };
-            let blend_only = best(&mut || blend(&cands, n, &exclude, &w, settings.shrinkage, settings.alpha).len());
+            let full = if only_blend {
+                f64::NAN
+            } else {
+                best(&mut || recommend(&inputs, n, &w, &policy, &settings).2.len())
+            };
+            let blend_only = best(&mut || {
+                blend(&cands, n, &exclude, &w, settings.shrinkage, settings.alpha).len()
+            });
             Ok(json!({"recommend_s": full, "blend_s": blend_only, "sink": sink}))
         }
         other => Err(anyhow!("unknown kind {other}")),

@@ -14,7 +14,9 @@
 
 use super::{Map, Set};
 
-use super::candidates::{assemble, trending_depth, user_recent, Gathered, PopularitySnapshot, RecentRule};
+use super::candidates::{
+    assemble, trending_depth, user_recent, Gathered, PopularitySnapshot, RecentRule,
+};
 use super::decay::DecayPolicy;
 use super::{blend, BlendWeights, Candidates, Pairs, Scored};
 
@@ -44,7 +46,13 @@ pub struct UserRead {
 
 /// Trending items to read for a request (`trend_n` in `_for_user`): `extra` is the catalogue's
 /// over-fetch for hidden items.
-pub fn trending_read_depth(n: usize, exclude: &[String], context: &[String], extra: usize, history_len: usize) -> usize {
+pub fn trending_read_depth(
+    n: usize,
+    exclude: &[String],
+    context: &[String],
+    extra: usize,
+    history_len: usize,
+) -> usize {
     let excluded: Set<&str> = exclude.iter().chain(context).map(String::as_str).collect();
     trending_depth(n, excluded.len() + extra, history_len)
 }
@@ -71,26 +79,70 @@ impl Plan {
 
     /// The items whose neighbour rows to read (none when the item-item source is off).
     pub fn neighbour_items(&self, weights: &BlendWeights) -> Vec<&str> {
-        if weights.item_item > 0.0 { self.recent.iter().map(|(i, _)| i.as_str()).collect() } else { Vec::new() }
+        if weights.item_item > 0.0 {
+            self.recent.iter().map(|(i, _)| i.as_str()).collect()
+        } else {
+            Vec::new()
+        }
     }
 }
 
 /// Step 1: read factor, exclusions and `user_recent`.
-pub fn plan(user: &UserRead, exclude: &[String], context: &[String], policy: &DecayPolicy, rule: &RecentRule) -> Plan {
+pub fn plan(
+    user: &UserRead,
+    exclude: &[String],
+    context: &[String],
+    policy: &DecayPolicy,
+    rule: &RecentRule,
+) -> Plan {
     let factor = policy.read_factor(user.landmark, user.now);
-    let excluded: Set<String> = exclude.iter().chain(context).chain(user.history.iter().map(|(i, _)| i)).cloned().collect();
-    let (decayed, recent) = user_recent(&user.weights, &user.history, factor, user.now, policy, rule, context);
-    Plan { factor, landmark: user.landmark, excluded, decayed, recent }
+    let excluded: Set<String> = exclude
+        .iter()
+        .chain(context)
+        .chain(user.history.iter().map(|(i, _)| i))
+        .cloned()
+        .collect();
+    let (decayed, recent) = user_recent(
+        &user.weights,
+        &user.history,
+        factor,
+        user.now,
+        policy,
+        rule,
+        context,
+    );
+    Plan {
+        factor,
+        landmark: user.landmark,
+        excluded,
+        decayed,
+        recent,
+    }
 }
 
 /// Step 4: the candidates from what was read, then the top `n`. `norm_of` gives an item's
 /// decayed popularity (`PopularitySnapshot::norm` with the request's shift and factor);
 /// `hidden` are the candidates the catalogue hides (`_hide`).
-pub fn rank(plan: Plan, read: Gathered, norm_of: impl FnMut(&str) -> f64, hidden: &Set<String>, n: usize, weights: &BlendWeights, settings: &RecSettings) -> (Candidates, Vec<Scored>) {
+pub fn rank(
+    plan: Plan,
+    read: Gathered,
+    norm_of: impl FnMut(&str) -> f64,
+    hidden: &Set<String>,
+    n: usize,
+    weights: &BlendWeights,
+    settings: &RecSettings,
+) -> (Candidates, Vec<Scored>) {
     let cands = assemble(plan.recent, read, plan.factor, norm_of);
     let mut exclude = plan.excluded;
     exclude.extend(hidden.iter().cloned());
-    let ranked = blend(&cands, n, &exclude, weights, settings.shrinkage, settings.alpha);
+    let ranked = blend(
+        &cands,
+        n,
+        &exclude,
+        weights,
+        settings.shrinkage,
+        settings.alpha,
+    );
     (cands, ranked)
 }
 
@@ -120,15 +172,34 @@ pub struct RecInputs {
 }
 
 /// Steps 1 to 4 on inputs read up front; returns the plan and candidates too (for checks).
-pub fn recommend(inp: &RecInputs, n: usize, weights: &BlendWeights, policy: &DecayPolicy, settings: &RecSettings) -> (Plan, Candidates, Vec<Scored>) {
-    let p = plan(&inp.user, &inp.exclude, &inp.context, policy, &settings.recent);
+pub fn recommend(
+    inp: &RecInputs,
+    n: usize,
+    weights: &BlendWeights,
+    policy: &DecayPolicy,
+    settings: &RecSettings,
+) -> (Plan, Candidates, Vec<Scored>) {
+    let p = plan(
+        &inp.user,
+        &inp.exclude,
+        &inp.context,
+        policy,
+        &settings.recent,
+    );
     let rows: Map<String, Pairs> = p
         .neighbour_items(weights)
         .into_iter()
-        .filter_map(|i| inp.neighbour_rows.get(i).map(|row| (i.to_owned(), row.clone())))
+        .filter_map(|i| {
+            inp.neighbour_rows
+                .get(i)
+                .map(|row| (i.to_owned(), row.clone()))
+        })
         .collect();
-    let theirs: Map<String, Pairs> =
-        inp.similar.iter().filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), row.clone()))).collect();
+    let theirs: Map<String, Pairs> = inp
+        .similar
+        .iter()
+        .filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), row.clone())))
+        .collect();
     let read = Gathered {
         rows,
         vector_scores: inp.vector_scores.clone(),
@@ -145,6 +216,14 @@ pub fn recommend(inp: &RecInputs, n: usize, weights: &BlendWeights, policy: &Dec
     let factor = p.factor;
     let snapshot = &inp.snapshot;
     let kept = p.clone();
-    let (cands, ranked) = rank(p, read, |item| snapshot.norm(item, shift, factor), &inp.hidden, n, weights, settings);
+    let (cands, ranked) = rank(
+        p,
+        read,
+        |item| snapshot.norm(item, shift, factor),
+        &inp.hidden,
+        n,
+        weights,
+        settings,
+    );
     (kept, cands, ranked)
 }
