@@ -15,6 +15,7 @@ mod item_item;
 pub mod json;
 mod rank;
 pub mod request;
+pub mod session_knn;
 
 pub use rank::{blend_each, reason};
 

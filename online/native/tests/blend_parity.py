@@ -29,7 +29,8 @@ from typing import Any
 import orjson
 
 from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend, blend_each
-from driftrec.models.candidates import assemble, user_recent
+from driftrec.models.candidates import (assemble, session_knn_scores, session_neighbours, session_query,
+                                       user_recent)
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import Meta
@@ -233,6 +234,59 @@ def enc_rec(case: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sknn_case(rng: random.Random) -> dict[str, Any]:
+    """The session_knn source's inputs: click logs of a dozen shoppers over 15 items (so sessions
+    overlap), gaps longer than the session gap now and then, the session index's rows derived
+    from the logs (sometimes with a stale time), and the shopper's own history."""
+    gap = 1800.0
+    items = IDS[:12] + ["é", "😀"]
+    shoppers = [f"s{k}" for k in range(12)] + ["me"]
+    clicks: dict[str, tuple[tuple[float, ...], str]] = {}
+    last: dict[str, dict[str, float]] = {}  # item -> shopper -> last click
+    for v in shoppers:
+        t = rng.choice([1.7e9, rng.uniform(1.6e9, 1.7e9)])
+        times, ids = [], []
+        for _ in range(rng.randint(0, 14)):
+            t += rng.choice([0.0, 10.0, 60.0, 600.0, 1800.0, 2000.0, 1e4])
+            i = rng.choice(items)
+            times.append(t)
+            ids.append(i)
+            last.setdefault(i, {})[v] = t + (rng.choice([0.0, 5.0, -3000.0]) if rng.random() < 0.1 else 0.0)
+        if v != "me" and rng.random() < 0.1:
+            continue  # forgotten: no log, still in the index
+        clicks[v] = (tuple(times), "\0".join(ids))
+    index = {i: sorted(row.items(), key=lambda kv: (kv[1], kv[0]), reverse=True) for i, row in last.items()}
+    mine = clicks.get("me", ((), ""))
+    seen: dict[str, float] = {}
+    for t, i in zip(mine[0], mine[1].split("\0") if mine[1] else [], strict=True):
+        seen[i] = t
+    history = sorted(seen.items(), key=lambda kv: kv[1], reverse=True)
+    return dict(kind="sknn", history=history, context=rng.choices(items, k=rng.randint(1, 2)) if rng.random() < 0.2 else [],
+                gap_s=gap, k=rng.choice([1, 3, 8]), m=rng.choice([1, 5, 20, 100]), index_rows=index, user="me",
+                clicks=clicks, rank_by_query=rng.random() < 0.85)
+
+
+def py_sknn(case: dict[str, Any]) -> dict[str, Any]:
+    query = session_query(case["history"], case["context"], k=case["k"], session_gap_s=case["gap_s"])
+    rows = {i: case["index_rows"][i] for i in query if i in case["index_rows"]}  # _expansion reads the query's rows
+    nbrs = session_neighbours(rows, case["user"], case["m"], query if case["rank_by_query"] else ())
+    scores = session_knn_scores(query, nbrs, case["clicks"], gap_s=case["gap_s"])
+    return dict(query=query, neighbours=enc(nbrs), scores=enc(scores), rows=rows)
+
+
+def enc_sknn(case: dict[str, Any]) -> dict[str, Any]:
+    rows = py_sknn(case)["rows"]
+    return {**case, "history": enc(case["history"]), "gap_s": bits(case["gap_s"]), "index_rows": enc_rows(rows),
+            "clicks": {v: [[bits(t) for t in times], ids] for v, (times, ids) in case["clicks"].items()}}
+
+
+def compare_sknn(case: dict[str, Any], rust: dict[str, Any]) -> list[str]:
+    if rust.get("error"):
+        return [f"rust error: {rust['error']}"]
+    py = py_sknn(case)
+    return [f"{k}: python {py[k]} rust {rust[k]}" for k in ("query", "neighbours", "scores") if rust[k] != py[k]]
+
+
 def items_of(got: list[Scored]) -> list[list[Any]]:
     return [[x.item, bits(x.score), x.source, x.reason] for x in got]
 
@@ -312,11 +366,13 @@ def main() -> int:
     blends = [blend_case(rng) for _ in range(args.cases)]
     recs = [rec_case(rng) for _ in range(args.cases)]
     floats = float_samples(rng, 20000)
+    sknns = [sknn_case(rng) for _ in range(args.cases)]
     rust = run_rust(args.bin, [enc_blend(c) for c in blends] + [enc_rec(c) for c in recs]
+                    + [enc_sknn(c) for c in sknns]
                     + [{"kind": "fmt", "bits": [bits(x) for x in floats], "strings": STRINGS}])
     failed = 0
     for kind, cases, results, compare in (("blend", blends, rust[:len(blends)], compare_blend),
-                                          ("rec", recs, rust[len(blends):-1], compare_rec)):
+                                          ("rec", recs, rust[len(blends):len(blends) + len(recs)], compare_rec)):
         bad = [(k, d) for k, (c, r) in enumerate(zip(cases, results, strict=True)) if (d := compare(c, r))]
         shown = sum(len(r["items"]) for r in results if "items" in r)
         each = sum(1 for c in cases if "weights_each" in c)
@@ -331,6 +387,14 @@ def main() -> int:
                 key = f"{source} ({reason.split(' ')[0]})"
                 by_source[key] = by_source.get(key, 0) + 1
         print("  items by source (reason):", ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
+    results = rust[len(blends) + len(recs):-1]
+    bad = [(k, d) for k, (c, r) in enumerate(zip(sknns, results, strict=True)) if (d := compare_sknn(c, r))]
+    scored = sum(1 for r in results if r.get("scores"))
+    print(f"session_knn: {len(sknns)} cases ({scored} with scores, "
+          f"{sum(len(r.get('neighbours', [])) for r in results)} neighbours in all), {len(bad)} differ")
+    for k, d in bad[:5]:
+        print(f"  case {k}:", *d[:3], sep="\n    ")
+    failed += len(bad)
     print(f"rec cases: {sum(bool(c['context']) for c in recs)} with context, "
           f"{sum(not c['weights_stored'] and bool(c['history']) for c in recs)} with history and no weights, "
           f"{sum(c['settings']['order'] == 'weight' for c in recs)} by weight order, "

@@ -4,7 +4,7 @@
 //! Every float travels as its IEEE-754 bit pattern (a u64), both ways, so a comparison is of
 //! bits and no decimal parsing can hide a last-bit difference. Kinds of case:
 //! `blend` (Candidates -> blend), `rec` (a request from read inputs -> `recommend`, with its
-//! intermediate values), `fmt` (floats -> orjson-style text), `time` (`rec` timed).
+//! intermediate values), `sknn` (the session_knn source's three steps), `fmt` (floats -> orjson-style text), `time` (`rec` timed).
 
 use std::io::{self, BufRead, Write};
 use std::time::Instant;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use driftrec_reader::blend::candidates::{PopularitySnapshot, RecentRule};
 use driftrec_reader::blend::decay::DecayPolicy;
 use driftrec_reader::blend::json::{to_vec, write_f64};
+use driftrec_reader::blend::session_knn::{session_knn_scores, session_neighbours, session_query, ClickLog};
 use driftrec_reader::blend::request::{recommend, RecInputs, RecSettings, UserRead};
 use driftrec_reader::blend::{
     blend, blend_each, BlendWeights, Candidates, Map, Pairs, Scored, Set,
@@ -235,6 +236,25 @@ fn run(v: &Value) -> Result<Value> {
             out["similar_users"] = pairs_out(&cands.similar_users);
             out["trending"] = pairs_out(&cands.trending);
             Ok(out)
+        }
+        "sknn" => {
+            // session_query -> session_neighbours -> session_knn_scores, as `_session_knn` runs them.
+            let history = pairs(&v["history"])?;
+            let context = strings(&v["context"])?;
+            let gap = float(&v["gap_s"])?;
+            let k = v["k"].as_u64().context("k")? as usize;
+            let m = v["m"].as_u64().context("m")? as usize;
+            let query = session_query(&history, &context, k, gap);
+            let index = rows(&v["index_rows"])?;
+            let by_query = if v["rank_by_query"].as_bool().unwrap_or(true) { query.clone() } else { Vec::new() };
+            let neighbours = session_neighbours(&index, &text(&v["user"])?, m, &by_query);
+            let mut clicks: Map<String, ClickLog> = Map::default();
+            for (shopper, log) in v["clicks"].as_object().context("clicks")? {
+                let times: Vec<f64> = log[0].as_array().context("times")?.iter().map(float).collect::<Result<_>>()?;
+                clicks.insert(shopper.clone(), (times, text(&log[1])?));
+            }
+            let scores = session_knn_scores(&query, &neighbours, &clicks, gap);
+            Ok(json!({"query": query, "neighbours": pairs_out(&neighbours), "scores": pairs_out(&scores)}))
         }
         "fmt" => {
             let texts: Vec<String> = v["bits"]
