@@ -13,6 +13,7 @@ pub mod candidates;
 pub mod decay;
 mod item_item;
 pub mod json;
+pub mod new_items;
 mod rank;
 pub mod request;
 pub mod session_knn;

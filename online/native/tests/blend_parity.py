@@ -29,8 +29,8 @@ from typing import Any
 import orjson
 
 from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend, blend_each
-from driftrec.models.candidates import (assemble, session_knn_scores, session_neighbours, session_query,
-                                       user_recent)
+from driftrec.models.candidates import (NewItemRule, assemble, new_item_scores, session_knn_scores, session_neighbours,
+                                       session_query, user_recent)
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import Meta
@@ -287,6 +287,70 @@ def compare_sknn(case: dict[str, Any], rust: dict[str, Any]) -> list[str]:
     return [f"{k}: python {py[k]} rust {rust[k]}" for k in ("query", "neighbours", "scores") if rust[k] != py[k]]
 
 
+class _Catalogue:
+    """A NewItemIndex over generated records (what ``CatalogueView`` serves from memory)."""
+
+    def __init__(self, features: dict[str, frozenset[str]], newest: dict[str, list[tuple[float, str, frozenset[str]]]]):
+        self._features, self._newest = features, newest
+
+    def features(self, item: str) -> frozenset[str]:
+        return self._features.get(item, frozenset())
+
+    def newest(self, feature: str) -> list[tuple[float, str, frozenset[str]]]:
+        return self._newest.get(feature, [])
+
+
+def new_case(rng: random.Random) -> dict[str, Any]:
+    """Catalogue records (one category, up to two tags; some items unknown), each feature's
+    newest list as ``CatalogueView`` sorts it, recent items with weights, a rule."""
+    now = 1.7e9
+    max_age = rng.choice([3600.0, 14 * 86400.0])
+    cats, tags = ["c:shoes", "c:hats", "c:crème"], ["t:red", "t:blue", "t:wool", "t:sale"]
+    features: dict[str, frozenset[str]] = {}
+    added: dict[str, float] = {}
+    for item in IDS:
+        if rng.random() < 0.1:
+            continue  # not in the catalogue
+        features[item] = frozenset([rng.choice(cats), *rng.sample(tags, rng.randint(0, 2))])
+        added[item] = now - rng.choice([0.0, -5.0, rng.uniform(0, 2 * max_age)])
+    newest: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
+    for item, feats in features.items():
+        for f in feats:
+            newest.setdefault(f, []).append((-added[item], item, feats))
+    for row in newest.values():
+        row.sort(key=lambda e: (e[0], e[1]))
+    recent = [(i, rng.choice([1.0, 0.5, 0.0, -1.0, rng.uniform(0, 3)])) for i in rng.sample(IDS, rng.randint(0, 8))]
+    rule = dict(half_life_s=rng.choice([86400.0, 7 * 86400.0, 3600.0]), max_age_s=max_age,
+                per_feature=rng.choice([0, 1, 3, 10]))
+    return dict(kind="new", now=now, features=features, newest=newest, recent=recent, rule=rule)
+
+
+def py_new(case: dict[str, Any]) -> dict[str, Any]:
+    scores, labels = new_item_scores(case["recent"], _Catalogue(case["features"], case["newest"]), case["now"],
+                                     NewItemRule(**case["rule"]))
+    return dict(scores=enc(scores), labels={j: labels[j] for j in labels})
+
+
+def enc_new(case: dict[str, Any]) -> dict[str, Any]:
+    return {**case, "now": bits(case["now"]), "recent": enc(case["recent"]),
+            "features": {i: sorted(f) for i, f in case["features"].items()},
+            "newest": {f: [[bits(a), i, sorted(fs)] for a, i, fs in row] for f, row in case["newest"].items()},
+            "rule": {**case["rule"], "half_life_s": bits(case["rule"]["half_life_s"]),
+                     "max_age_s": bits(case["rule"]["max_age_s"])}}
+
+
+def compare_new(case: dict[str, Any], rust: dict[str, Any]) -> list[str]:
+    if rust.get("error"):
+        return [f"rust error: {rust['error']}"]
+    py = py_new(case)
+    # Compared as mappings: Python lists the items in the order it meets them walking each
+    # recent item's frozenset of features, which string hashing reorders from run to run (the
+    # blend reads the list as a mapping, so no answer depends on it).
+    got, want = {i: b for i, b in rust["scores"]}, {i: b for i, b in py["scores"]}
+    diffs = [f"scores: python {want} rust {got}"] if got != want or len(got) != len(rust["scores"]) else []
+    return diffs + ([f"labels: python {py['labels']} rust {rust['labels']}"] if rust["labels"] != py["labels"] else [])
+
+
 def items_of(got: list[Scored]) -> list[list[Any]]:
     return [[x.item, bits(x.score), x.source, x.reason] for x in got]
 
@@ -367,8 +431,9 @@ def main() -> int:
     recs = [rec_case(rng) for _ in range(args.cases)]
     floats = float_samples(rng, 20000)
     sknns = [sknn_case(rng) for _ in range(args.cases)]
+    news = [new_case(rng) for _ in range(args.cases)]
     rust = run_rust(args.bin, [enc_blend(c) for c in blends] + [enc_rec(c) for c in recs]
-                    + [enc_sknn(c) for c in sknns]
+                    + [enc_sknn(c) for c in sknns] + [enc_new(c) for c in news]
                     + [{"kind": "fmt", "bits": [bits(x) for x in floats], "strings": STRINGS}])
     failed = 0
     for kind, cases, results, compare in (("blend", blends, rust[:len(blends)], compare_blend),
@@ -387,11 +452,18 @@ def main() -> int:
                 key = f"{source} ({reason.split(' ')[0]})"
                 by_source[key] = by_source.get(key, 0) + 1
         print("  items by source (reason):", ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
-    results = rust[len(blends) + len(recs):-1]
+    results = rust[len(blends) + len(recs):len(blends) + len(recs) + len(sknns)]
     bad = [(k, d) for k, (c, r) in enumerate(zip(sknns, results, strict=True)) if (d := compare_sknn(c, r))]
     scored = sum(1 for r in results if r.get("scores"))
     print(f"session_knn: {len(sknns)} cases ({scored} with scores, "
           f"{sum(len(r.get('neighbours', [])) for r in results)} neighbours in all), {len(bad)} differ")
+    for k, d in bad[:5]:
+        print(f"  case {k}:", *d[:3], sep="\n    ")
+    failed += len(bad)
+    results = rust[len(blends) + len(recs) + len(sknns):-1]
+    bad = [(k, d) for k, (c, r) in enumerate(zip(news, results, strict=True)) if (d := compare_new(c, r))]
+    print(f"new_items: {len(news)} cases ({sum(1 for r in results if r.get('scores'))} with scores, "
+          f"{sum(len(r.get('scores', [])) for r in results)} items in all), {len(bad)} differ")
     for k, d in bad[:5]:
         print(f"  case {k}:", *d[:3], sep="\n    ")
     failed += len(bad)

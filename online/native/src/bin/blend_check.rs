@@ -4,7 +4,7 @@
 //! Every float travels as its IEEE-754 bit pattern (a u64), both ways, so a comparison is of
 //! bits and no decimal parsing can hide a last-bit difference. Kinds of case:
 //! `blend` (Candidates -> blend), `rec` (a request from read inputs -> `recommend`, with its
-//! intermediate values), `sknn` (the session_knn source's three steps), `fmt` (floats -> orjson-style text), `time` (`rec` timed).
+//! intermediate values), `sknn` (the session_knn source's three steps), `new` (`new_item_scores`), `fmt` (floats -> orjson-style text), `time` (`rec` timed).
 
 use std::io::{self, BufRead, Write};
 use std::time::Instant;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use driftrec_reader::blend::candidates::{PopularitySnapshot, RecentRule};
 use driftrec_reader::blend::decay::DecayPolicy;
 use driftrec_reader::blend::json::{to_vec, write_f64};
+use driftrec_reader::blend::new_items::{new_item_scores, NewEntry, NewItemRule, NewItemTable};
 use driftrec_reader::blend::session_knn::{session_knn_scores, session_neighbours, session_query, ClickLog};
 use driftrec_reader::blend::request::{recommend, RecInputs, RecSettings, UserRead};
 use driftrec_reader::blend::{
@@ -255,6 +256,29 @@ fn run(v: &Value) -> Result<Value> {
             }
             let scores = session_knn_scores(&query, &neighbours, &clicks, gap);
             Ok(json!({"query": query, "neighbours": pairs_out(&neighbours), "scores": pairs_out(&scores)}))
+        }
+        "new" => {
+            let mut table = NewItemTable::default();
+            for (item, feats) in v["features"].as_object().context("features")? {
+                table.features.insert(item.clone(), strings(feats)?.into_iter().collect());
+            }
+            for (feature, list) in v["newest"].as_object().context("newest")? {
+                let entries = list
+                    .as_array()
+                    .context("newest list")?
+                    .iter()
+                    .map(|e| Ok(NewEntry { neg_added: float(&e[0])?, item: text(&e[1])?, features: strings(&e[2])?.into_iter().collect() }))
+                    .collect::<Result<_>>()?;
+                table.newest.insert(feature.clone(), entries);
+            }
+            let r = &v["rule"];
+            let rule = NewItemRule {
+                half_life_s: float(&r["half_life_s"])?,
+                max_age_s: float(&r["max_age_s"])?,
+                per_feature: r["per_feature"].as_u64().context("per_feature")? as usize,
+            };
+            let (scores, labels) = new_item_scores(&pairs(&v["recent"])?, &table, float(&v["now"])?, &rule);
+            Ok(json!({"scores": pairs_out(&scores), "labels": labels}))
         }
         "fmt" => {
             let texts: Vec<String> = v["bits"]
