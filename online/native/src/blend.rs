@@ -18,7 +18,7 @@ mod rank;
 pub mod request;
 pub mod session_knn;
 
-pub use rank::{blend_each, reason};
+pub use rank::{blend_each, blend_each_excluding, reason};
 
 use serde::Serialize;
 

@@ -46,8 +46,7 @@ pub fn new_item_scores(
     let oldest = now - rule.max_age_s;
     let recent_ids: Set<&str> = recent.iter().map(|(i, _)| i.as_str()).collect();
     let mut at: Map<&str, usize> = Map::default();
-    // (item, total, added, strongest term, its F(r), its F(j)), first met first.
-    let mut found: Vec<(&str, f64, f64, f64, &Set<String>, &Set<String>)> = Vec::new();
+    let mut found: Vec<Found> = Vec::new(); // first met first
     for (r, w) in recent {
         let Some(fr) = index.features(r).filter(|f| !f.is_empty()) else {
             continue;
@@ -77,13 +76,20 @@ pub fn new_item_scores(
                 match at.get(j) {
                     None => {
                         at.insert(j, found.len());
-                        found.push((j, s, -e.neg_added, s, fr, &e.features));
+                        found.push(Found {
+                            item: j,
+                            total: s,
+                            added: -e.neg_added,
+                            best: s,
+                            fr,
+                            fj: &e.features,
+                        });
                     }
                     Some(&k) => {
                         let x = &mut found[k];
-                        x.1 += s;
-                        if s > x.3 {
-                            (x.3, x.4, x.5) = (s, fr, &e.features);
+                        x.total += s;
+                        if s > x.best {
+                            (x.best, x.fr, x.fj) = (s, fr, &e.features);
                         }
                     }
                 }
@@ -96,16 +102,32 @@ pub fn new_item_scores(
     let h = rule.half_life_s;
     let scores = found
         .iter()
-        .map(|&(j, t, added, ..)| {
-            let age = if now - added > 0.0 { now - added } else { 0.0 }; // max(0.0, now - added)
-            (j.to_owned(), t * two.powf(-age / h))
+        .map(|x| {
+            // max(0.0, now - added): a NaN or negative age counts as 0, as Python's max gives.
+            let age = if now - x.added > 0.0 {
+                now - x.added
+            } else {
+                0.0
+            };
+            (x.item.to_owned(), x.total * two.powf(-age / h))
         })
         .collect();
     let labels = found
         .iter()
-        .map(|&(j, _, _, _, fr, fj)| (j.to_owned(), label(fr, fj)))
+        .map(|x| (x.item.to_owned(), label(x.fr, x.fj)))
         .collect();
     (scores, labels)
+}
+
+/// A candidate met so far: its total, when it was added, and its strongest term with the two
+/// feature sets behind it (its label).
+struct Found<'a> {
+    item: &'a str,
+    total: f64,
+    added: f64,
+    best: f64,
+    fr: &'a Set<String>,
+    fj: &'a Set<String>,
 }
 
 /// `NewItemLabels.__getitem__`: the shared category (an item has one), else the smallest shared

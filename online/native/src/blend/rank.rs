@@ -40,20 +40,25 @@ impl<'a> Ids<'a> {
         self.names.len()
     }
 
-    /// By number: whether the item is in `exclude`, looking up whichever side is smaller (a
-    /// request's candidates, or its exclusions: history, asked, hidden).
-    fn excluded(&self, exclude: &Set<String>) -> Vec<bool> {
-        if exclude.len() < self.names.len() {
-            let mut out = vec![false; self.names.len()];
-            for item in exclude {
-                if let Some(&k) = self.number.get(item.as_str()) {
-                    out[k as usize] = true;
+    /// By number: whether the item is in any of `sets`, looking up from whichever side is
+    /// smaller (a request's candidates, or a set: its history and asked exclusions, or every
+    /// item the catalogue hides, which can be thousands).
+    fn excluded(&self, sets: &[&Set<String>]) -> Vec<bool> {
+        let mut out = vec![false; self.names.len()];
+        for exclude in sets {
+            if exclude.len() < self.names.len() {
+                for item in exclude.iter() {
+                    if let Some(&k) = self.number.get(item.as_str()) {
+                        out[k as usize] = true;
+                    }
+                }
+            } else {
+                for (k, name) in self.names.iter().enumerate() {
+                    out[k] |= exclude.contains(*name);
                 }
             }
-            out
-        } else {
-            self.names.iter().map(|i| exclude.contains(*i)).collect()
         }
+        out
     }
 }
 
@@ -143,6 +148,21 @@ pub fn blend_each(
     shrinkage: f64,
     alpha: f64,
 ) -> Vec<Vec<Scored>> {
+    blend_each_excluding(c, n, weights, &[exclude], shrinkage, alpha)
+}
+
+/// `blend_each` with the items of any of `excludes` excluded: the reader's exclusion set is
+/// `excluded | hidden`, and a union would copy the catalogue's hidden items (thousands) per
+/// request; an item of a set that is no candidate changes nothing, so the catalogue's whole
+/// hidden set can be passed as it is.
+pub fn blend_each_excluding(
+    c: &Candidates,
+    n: usize,
+    weights: &[BlendWeights],
+    excludes: &[&Set<String>],
+    shrinkage: f64,
+    alpha: f64,
+) -> Vec<Vec<Scored>> {
     let listed = c.vector_scores.len()
         + c.tf_scores.len()
         + c.similar_users.len()
@@ -175,7 +195,7 @@ pub fn blend_each(
         })
         .collect();
     let n_ids = ids.len();
-    let excluded = ids.excluded(exclude);
+    let excluded = ids.excluded(excludes);
     let normalised_by: Vec<Option<Normalised>> = SOURCES
         .into_iter()
         .zip(raw)

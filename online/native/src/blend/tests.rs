@@ -307,3 +307,48 @@ fn overrides_are_checked_as_in_python() {
     assert!(w.with_overrides(&[("tf".to_owned(), -1.0)]).is_err());
     assert_eq!(w.with_overrides(&[("tf".to_owned(), 2.0)]).unwrap().tf, 2.0);
 }
+
+#[test]
+fn a_category_keeps_only_its_candidates_but_not_its_trending() {
+    use super::request::{category_candidates, keep_only};
+    let c = Candidates {
+        recent: p(&[("r", 1.0)]),
+        neighbours: [("r".to_owned(), p(&[("shoe", 1.0), ("hat", 1.0)]))]
+            .into_iter()
+            .collect(),
+        vector_scores: p(&[("hat", 1.0), ("boot", 1.0)]),
+        trending: p(&[("hat", 1.0)]),
+        ..Default::default()
+    };
+    let mut asked: Vec<&str> = category_candidates(&c).into_iter().collect();
+    asked.sort_unstable();
+    assert_eq!(asked, ["boot", "hat", "shoe"]);
+    let keep: Set<String> = ["shoe".to_owned(), "boot".to_owned()].into_iter().collect();
+    let kept = keep_only(c.clone(), &keep);
+    assert_eq!(kept.neighbours["r"], p(&[("shoe", 1.0)]));
+    assert_eq!(kept.vector_scores, p(&[("boot", 1.0)]));
+    assert_eq!(kept.trending, c.trending);
+}
+
+#[test]
+fn hidden_items_are_excluded_without_a_union() {
+    let c = Candidates {
+        vector_scores: p(&[("a", 1.0), ("b", 0.5), ("c", 0.25)]),
+        ..Default::default()
+    };
+    let asked: Set<String> = ["a".to_owned()].into_iter().collect();
+    let hidden: Set<String> = (0..100)
+        .map(|k| format!("x{k}"))
+        .chain(["c".to_owned()])
+        .collect();
+    let got = blend_each_excluding(
+        &c,
+        10,
+        &[only(Source::UserVector, 1.0)],
+        &[&asked, &hidden],
+        5.0,
+        0.5,
+    );
+    let ids: Vec<&str> = got[0].iter().map(|x| x.item.as_str()).collect();
+    assert_eq!(ids, ["b"]);
+}
