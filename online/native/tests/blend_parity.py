@@ -2,10 +2,13 @@
 
 Generates random cases, runs them through the Rust harness (``blend_check``) and through
 ``models/blend.py`` / ``models/candidates.py`` / ``TrendingSnapshot.norms``, and compares for
-exact equality: items, sources, reasons, every score's bits, the intermediate values of a
-request (read factor, decayed weights, recent items, norms, neighbours, similar-users scores,
-trending) and the JSON text of the answer's items against ``orjson.dumps``. Floats travel as
-IEEE-754 bit patterns both ways. Also times one typical request both ways (``--time``).
+exact equality: items, sources, reasons, every score's bits (``blend`` and ``blend_each``), the
+intermediate values of a request (read factor, decayed weights, recent items, norms, neighbours,
+similar-users scores, trending), the session_knn source's query, neighbours and scores, the
+new_items source's scores and labels, and the JSON text of the answer's items and of floats and
+strings against ``orjson.dumps``. Floats travel as IEEE-754 bit patterns both ways. Exits 1 when
+anything differs. Also times one typical request both ways (``--time``; the Python side is
+``_for_user``'s calls on the same reads, as ``py_rec`` lists them).
 
 Run from the repository root::
 
