@@ -11,12 +11,14 @@
 
 pub mod candidates;
 pub mod decay;
+mod item_item;
 pub mod json;
-pub mod request;
+pub mod new_items;
 mod rank;
+pub mod request;
+pub mod session_knn;
 
-pub use rank::{blend_each, reason};
-
+pub use rank::{blend_each, blend_each_excluding, reason};
 
 use serde::Serialize;
 
@@ -88,7 +90,15 @@ pub struct BlendWeights {
 
 impl Default for BlendWeights {
     fn default() -> Self {
-        Self { item_item: 1.0, user_vector: 0.3, tf: 0.1, similar_users: 0.1, trending: 0.05, new_items: 0.0, session_knn: 0.0 }
+        Self {
+            item_item: 1.0,
+            user_vector: 0.3,
+            tf: 0.1,
+            similar_users: 0.1,
+            trending: 0.05,
+            new_items: 0.0,
+            session_knn: 0.0,
+        }
     }
 }
 
@@ -107,7 +117,11 @@ impl BlendWeights {
 
     /// `BlendWeights.with_overrides`: the same checks, the same messages.
     pub fn with_overrides(&self, overrides: &[(String, f64)]) -> Result<BlendWeights, String> {
-        let mut unknown: Vec<&str> = overrides.iter().map(|(n, _)| n.as_str()).filter(|n| Source::from_name(n).is_none()).collect();
+        let mut unknown: Vec<&str> = overrides
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| Source::from_name(n).is_none())
+            .collect();
         if !unknown.is_empty() {
             unknown.sort_unstable();
             unknown.dedup();
@@ -189,7 +203,9 @@ impl std::str::FromStr for RecentOrder {
         match s {
             "time" => Ok(RecentOrder::Time),
             "weight" => Ok(RecentOrder::Weight),
-            other => Err(format!("unknown recent-items order '{other}': use 'time' or 'weight'")),
+            other => Err(format!(
+                "unknown recent-items order '{other}': use 'time' or 'weight'"
+            )),
         }
     }
 }
@@ -198,7 +214,9 @@ impl std::str::FromStr for RecentOrder {
 /// later one that is `>` it. A NaN first stays (nothing is greater); a later NaN never wins.
 pub(crate) fn py_max(values: impl IntoIterator<Item = f64>, default: f64) -> f64 {
     let mut it = values.into_iter();
-    let Some(mut best) = it.next() else { return default };
+    let Some(mut best) = it.next() else {
+        return default;
+    };
     for v in it {
         if v > best {
             best = v;
@@ -213,7 +231,12 @@ pub(crate) fn py_max(values: impl IntoIterator<Item = f64>, default: f64) -> f64
 /// With `Time`, an item's weight is the last one `decayed` gives it in the first pass (Python's
 /// `dict(decayed)`) and its own entry's in the top-up pass, as in Python: only context items
 /// can repeat, and they all carry the same weight.
-pub fn recent_items(decayed: &[(String, f64)], newest_first: &[&str], k: usize, order: RecentOrder) -> Pairs {
+pub fn recent_items(
+    decayed: &[(String, f64)],
+    newest_first: &[&str],
+    k: usize,
+    order: RecentOrder,
+) -> Pairs {
     if order == RecentOrder::Weight {
         return decayed.iter().take(k).cloned().collect();
     }
@@ -243,8 +266,24 @@ pub fn recent_items(decayed: &[(String, f64)], newest_first: &[&str], k: usize, 
 
 /// `blend`: the union of the sources' candidates ranked; items in `exclude` never appear, and
 /// trending fills the list when the others have fewer than `n` candidates.
-pub fn blend(c: &Candidates, n: usize, exclude: &Set<String>, weights: &BlendWeights, shrinkage: f64, alpha: f64) -> Vec<Scored> {
-    blend_each(c, n, std::slice::from_ref(weights), exclude, shrinkage, alpha).pop().expect("one ranking per weights set")
+pub fn blend(
+    c: &Candidates,
+    n: usize,
+    exclude: &Set<String>,
+    weights: &BlendWeights,
+    shrinkage: f64,
+    alpha: f64,
+) -> Vec<Scored> {
+    blend_each(
+        c,
+        n,
+        std::slice::from_ref(weights),
+        exclude,
+        shrinkage,
+        alpha,
+    )
+    .pop()
+    .expect("one ranking per weights set")
 }
 
 #[cfg(test)]

@@ -2,10 +2,13 @@
 
 Generates random cases, runs them through the Rust harness (``blend_check``) and through
 ``models/blend.py`` / ``models/candidates.py`` / ``TrendingSnapshot.norms``, and compares for
-exact equality: items, sources, reasons, every score's bits, the intermediate values of a
-request (read factor, decayed weights, recent items, norms, neighbours, similar-users scores,
-trending) and the JSON text of the answer's items against ``orjson.dumps``. Floats travel as
-IEEE-754 bit patterns both ways. Also times one typical request both ways (``--time``).
+exact equality: items, sources, reasons, every score's bits (``blend`` and ``blend_each``), the
+intermediate values of a request (read factor, decayed weights, recent items, norms, neighbours,
+similar-users scores, trending), the session_knn source's query, neighbours and scores, the
+new_items source's scores and labels, and the JSON text of the answer's items and of floats and
+strings against ``orjson.dumps``. Floats travel as IEEE-754 bit patterns both ways. Exits 1 when
+anything differs. Also times one typical request both ways (``--time``; the Python side is
+``_for_user``'s calls on the same reads, as ``py_rec`` lists them).
 
 Run from the repository root::
 
@@ -29,7 +32,8 @@ from typing import Any
 import orjson
 
 from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend, blend_each
-from driftrec.models.candidates import assemble, user_recent
+from driftrec.models.candidates import (NewItemRule, assemble, new_item_scores, session_knn_scores, session_neighbours,
+                                       session_query, user_recent)
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import Meta
@@ -233,6 +237,123 @@ def enc_rec(case: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sknn_case(rng: random.Random) -> dict[str, Any]:
+    """The session_knn source's inputs: click logs of a dozen shoppers over 15 items (so sessions
+    overlap), gaps longer than the session gap now and then, the session index's rows derived
+    from the logs (sometimes with a stale time), and the shopper's own history."""
+    gap = 1800.0
+    items = IDS[:12] + ["é", "😀"]
+    shoppers = [f"s{k}" for k in range(12)] + ["me"]
+    clicks: dict[str, tuple[tuple[float, ...], str]] = {}
+    last: dict[str, dict[str, float]] = {}  # item -> shopper -> last click
+    for v in shoppers:
+        t = rng.choice([1.7e9, rng.uniform(1.6e9, 1.7e9)])
+        times, ids = [], []
+        for _ in range(rng.randint(0, 14)):
+            t += rng.choice([0.0, 10.0, 60.0, 600.0, 1800.0, 2000.0, 1e4])
+            i = rng.choice(items)
+            times.append(t)
+            ids.append(i)
+            last.setdefault(i, {})[v] = t + (rng.choice([0.0, 5.0, -3000.0]) if rng.random() < 0.1 else 0.0)
+        if v != "me" and rng.random() < 0.1:
+            continue  # forgotten: no log, still in the index
+        clicks[v] = (tuple(times), "\0".join(ids))
+    index = {i: sorted(row.items(), key=lambda kv: (kv[1], kv[0]), reverse=True) for i, row in last.items()}
+    mine = clicks.get("me", ((), ""))
+    seen: dict[str, float] = {}
+    for t, i in zip(mine[0], mine[1].split("\0") if mine[1] else [], strict=True):
+        seen[i] = t
+    history = sorted(seen.items(), key=lambda kv: kv[1], reverse=True)
+    return dict(kind="sknn", history=history, context=rng.choices(items, k=rng.randint(1, 2)) if rng.random() < 0.2 else [],
+                gap_s=gap, k=rng.choice([1, 3, 8]), m=rng.choice([1, 5, 20, 100]), index_rows=index, user="me",
+                clicks=clicks, rank_by_query=rng.random() < 0.85)
+
+
+def py_sknn(case: dict[str, Any]) -> dict[str, Any]:
+    query = session_query(case["history"], case["context"], k=case["k"], session_gap_s=case["gap_s"])
+    rows = {i: case["index_rows"][i] for i in query if i in case["index_rows"]}  # _expansion reads the query's rows
+    nbrs = session_neighbours(rows, case["user"], case["m"], query if case["rank_by_query"] else ())
+    scores = session_knn_scores(query, nbrs, case["clicks"], gap_s=case["gap_s"])
+    return dict(query=query, neighbours=enc(nbrs), scores=enc(scores), rows=rows)
+
+
+def enc_sknn(case: dict[str, Any]) -> dict[str, Any]:
+    rows = py_sknn(case)["rows"]
+    return {**case, "history": enc(case["history"]), "gap_s": bits(case["gap_s"]), "index_rows": enc_rows(rows),
+            "clicks": {v: [[bits(t) for t in times], ids] for v, (times, ids) in case["clicks"].items()}}
+
+
+def compare_sknn(case: dict[str, Any], rust: dict[str, Any]) -> list[str]:
+    if rust.get("error"):
+        return [f"rust error: {rust['error']}"]
+    py = py_sknn(case)
+    return [f"{k}: python {py[k]} rust {rust[k]}" for k in ("query", "neighbours", "scores") if rust[k] != py[k]]
+
+
+class _Catalogue:
+    """A NewItemIndex over generated records (what ``CatalogueView`` serves from memory)."""
+
+    def __init__(self, features: dict[str, frozenset[str]], newest: dict[str, list[tuple[float, str, frozenset[str]]]]):
+        self._features, self._newest = features, newest
+
+    def features(self, item: str) -> frozenset[str]:
+        return self._features.get(item, frozenset())
+
+    def newest(self, feature: str) -> list[tuple[float, str, frozenset[str]]]:
+        return self._newest.get(feature, [])
+
+
+def new_case(rng: random.Random) -> dict[str, Any]:
+    """Catalogue records (one category, up to two tags; some items unknown), each feature's
+    newest list as ``CatalogueView`` sorts it, recent items with weights, a rule."""
+    now = 1.7e9
+    max_age = rng.choice([3600.0, 14 * 86400.0])
+    cats, tags = ["c:shoes", "c:hats", "c:crème"], ["t:red", "t:blue", "t:wool", "t:sale"]
+    features: dict[str, frozenset[str]] = {}
+    added: dict[str, float] = {}
+    for item in IDS:
+        if rng.random() < 0.1:
+            continue  # not in the catalogue
+        features[item] = frozenset([rng.choice(cats), *rng.sample(tags, rng.randint(0, 2))])
+        added[item] = now - rng.choice([0.0, -5.0, rng.uniform(0, 2 * max_age)])
+    newest: dict[str, list[tuple[float, str, frozenset[str]]]] = {}
+    for item, feats in features.items():
+        for f in feats:
+            newest.setdefault(f, []).append((-added[item], item, feats))
+    for row in newest.values():
+        row.sort(key=lambda e: (e[0], e[1]))
+    recent = [(i, rng.choice([1.0, 0.5, 0.0, -1.0, rng.uniform(0, 3)])) for i in rng.sample(IDS, rng.randint(0, 8))]
+    rule = dict(half_life_s=rng.choice([86400.0, 7 * 86400.0, 3600.0]), max_age_s=max_age,
+                per_feature=rng.choice([0, 1, 3, 10]))
+    return dict(kind="new", now=now, features=features, newest=newest, recent=recent, rule=rule)
+
+
+def py_new(case: dict[str, Any]) -> dict[str, Any]:
+    scores, labels = new_item_scores(case["recent"], _Catalogue(case["features"], case["newest"]), case["now"],
+                                     NewItemRule(**case["rule"]))
+    return dict(scores=enc(scores), labels={j: labels[j] for j in labels})
+
+
+def enc_new(case: dict[str, Any]) -> dict[str, Any]:
+    return {**case, "now": bits(case["now"]), "recent": enc(case["recent"]),
+            "features": {i: sorted(f) for i, f in case["features"].items()},
+            "newest": {f: [[bits(a), i, sorted(fs)] for a, i, fs in row] for f, row in case["newest"].items()},
+            "rule": {**case["rule"], "half_life_s": bits(case["rule"]["half_life_s"]),
+                     "max_age_s": bits(case["rule"]["max_age_s"])}}
+
+
+def compare_new(case: dict[str, Any], rust: dict[str, Any]) -> list[str]:
+    if rust.get("error"):
+        return [f"rust error: {rust['error']}"]
+    py = py_new(case)
+    # Compared as mappings: Python lists the items in the order it meets them walking each
+    # recent item's frozenset of features, which string hashing reorders from run to run (the
+    # blend reads the list as a mapping, so no answer depends on it).
+    got, want = {i: b for i, b in rust["scores"]}, {i: b for i, b in py["scores"]}
+    diffs = [f"scores: python {want} rust {got}"] if got != want or len(got) != len(rust["scores"]) else []
+    return diffs + ([f"labels: python {py['labels']} rust {rust['labels']}"] if rust["labels"] != py["labels"] else [])
+
+
 def items_of(got: list[Scored]) -> list[list[Any]]:
     return [[x.item, bits(x.score), x.source, x.reason] for x in got]
 
@@ -312,11 +433,14 @@ def main() -> int:
     blends = [blend_case(rng) for _ in range(args.cases)]
     recs = [rec_case(rng) for _ in range(args.cases)]
     floats = float_samples(rng, 20000)
+    sknns = [sknn_case(rng) for _ in range(args.cases)]
+    news = [new_case(rng) for _ in range(args.cases)]
     rust = run_rust(args.bin, [enc_blend(c) for c in blends] + [enc_rec(c) for c in recs]
+                    + [enc_sknn(c) for c in sknns] + [enc_new(c) for c in news]
                     + [{"kind": "fmt", "bits": [bits(x) for x in floats], "strings": STRINGS}])
     failed = 0
     for kind, cases, results, compare in (("blend", blends, rust[:len(blends)], compare_blend),
-                                          ("rec", recs, rust[len(blends):-1], compare_rec)):
+                                          ("rec", recs, rust[len(blends):len(blends) + len(recs)], compare_rec)):
         bad = [(k, d) for k, (c, r) in enumerate(zip(cases, results, strict=True)) if (d := compare(c, r))]
         shown = sum(len(r["items"]) for r in results if "items" in r)
         each = sum(1 for c in cases if "weights_each" in c)
@@ -331,6 +455,21 @@ def main() -> int:
                 key = f"{source} ({reason.split(' ')[0]})"
                 by_source[key] = by_source.get(key, 0) + 1
         print("  items by source (reason):", ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
+    results = rust[len(blends) + len(recs):len(blends) + len(recs) + len(sknns)]
+    bad = [(k, d) for k, (c, r) in enumerate(zip(sknns, results, strict=True)) if (d := compare_sknn(c, r))]
+    scored = sum(1 for r in results if r.get("scores"))
+    print(f"session_knn: {len(sknns)} cases ({scored} with scores, "
+          f"{sum(len(r.get('neighbours', [])) for r in results)} neighbours in all), {len(bad)} differ")
+    for k, d in bad[:5]:
+        print(f"  case {k}:", *d[:3], sep="\n    ")
+    failed += len(bad)
+    results = rust[len(blends) + len(recs) + len(sknns):-1]
+    bad = [(k, d) for k, (c, r) in enumerate(zip(news, results, strict=True)) if (d := compare_new(c, r))]
+    print(f"new_items: {len(news)} cases ({sum(1 for r in results if r.get('scores'))} with scores, "
+          f"{sum(len(r.get('scores', [])) for r in results)} items in all), {len(bad)} differ")
+    for k, d in bad[:5]:
+        print(f"  case {k}:", *d[:3], sep="\n    ")
+    failed += len(bad)
     print(f"rec cases: {sum(bool(c['context']) for c in recs)} with context, "
           f"{sum(not c['weights_stored'] and bool(c['history']) for c in recs)} with history and no weights, "
           f"{sum(c['settings']['order'] == 'weight' for c in recs)} by weight order, "

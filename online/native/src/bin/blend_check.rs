@@ -4,7 +4,7 @@
 //! Every float travels as its IEEE-754 bit pattern (a u64), both ways, so a comparison is of
 //! bits and no decimal parsing can hide a last-bit difference. Kinds of case:
 //! `blend` (Candidates -> blend), `rec` (a request from read inputs -> `recommend`, with its
-//! intermediate values), `fmt` (floats -> orjson-style text), `time` (`rec` timed).
+//! intermediate values), `sknn` (the session_knn source's three steps), `new` (`new_item_scores`), `fmt` (floats -> orjson-style text), `time` (`rec` timed).
 
 use std::io::{self, BufRead, Write};
 use std::time::Instant;
@@ -15,11 +15,17 @@ use serde_json::{json, Value};
 use driftrec_reader::blend::candidates::{PopularitySnapshot, RecentRule};
 use driftrec_reader::blend::decay::DecayPolicy;
 use driftrec_reader::blend::json::{to_vec, write_f64};
+use driftrec_reader::blend::new_items::{new_item_scores, NewEntry, NewItemRule, NewItemTable};
+use driftrec_reader::blend::session_knn::{session_knn_scores, session_neighbours, session_query, ClickLog};
 use driftrec_reader::blend::request::{recommend, RecInputs, RecSettings, UserRead};
-use driftrec_reader::blend::{blend, blend_each, BlendWeights, Candidates, Map, Pairs, Scored, Set};
+use driftrec_reader::blend::{
+    blend, blend_each, BlendWeights, Candidates, Map, Pairs, Scored, Set,
+};
 
 fn float(v: &Value) -> Result<f64> {
-    v.as_u64().map(f64::from_bits).ok_or_else(|| anyhow!("not a float's bits: {v}"))
+    v.as_u64()
+        .map(f64::from_bits)
+        .ok_or_else(|| anyhow!("not a float's bits: {v}"))
 }
 
 fn bits(x: f64) -> Value {
@@ -27,44 +33,77 @@ fn bits(x: f64) -> Value {
 }
 
 fn text(v: &Value) -> Result<String> {
-    v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("not a string: {v}"))
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("not a string: {v}"))
 }
 
 fn strings(v: &Value) -> Result<Vec<String>> {
-    v.as_array().ok_or_else(|| anyhow!("not a list: {v}"))?.iter().map(text).collect()
+    v.as_array()
+        .ok_or_else(|| anyhow!("not a list: {v}"))?
+        .iter()
+        .map(text)
+        .collect()
 }
 
 fn pairs(v: &Value) -> Result<Pairs> {
-    let list = v.as_array().ok_or_else(|| anyhow!("not a list of pairs: {v}"))?;
-    list.iter().map(|p| Ok((text(&p[0])?, float(&p[1])?))).collect()
+    let list = v
+        .as_array()
+        .ok_or_else(|| anyhow!("not a list of pairs: {v}"))?;
+    list.iter()
+        .map(|p| Ok((text(&p[0])?, float(&p[1])?)))
+        .collect()
 }
 
 fn rows(v: &Value) -> Result<Map<String, Pairs>> {
     let obj = v.as_object().ok_or_else(|| anyhow!("not an object: {v}"))?;
-    obj.iter().map(|(k, row)| Ok((k.clone(), pairs(row)?))).collect()
+    obj.iter()
+        .map(|(k, row)| Ok((k.clone(), pairs(row)?)))
+        .collect()
 }
 
 fn labels(v: &Value) -> Result<Map<String, String>> {
     match v {
         Value::Null => Ok(Map::default()),
-        _ => v.as_object().ok_or_else(|| anyhow!("not an object: {v}"))?.iter().map(|(k, s)| Ok((k.clone(), text(s)?))).collect(),
+        _ => v
+            .as_object()
+            .ok_or_else(|| anyhow!("not an object: {v}"))?
+            .iter()
+            .map(|(k, s)| Ok((k.clone(), text(s)?)))
+            .collect(),
     }
 }
 
 fn label(v: &Value) -> Result<Option<String>> {
-    if v.is_null() { Ok(None) } else { text(v).map(Some) }
+    if v.is_null() {
+        Ok(None)
+    } else {
+        text(v).map(Some)
+    }
 }
 
 fn weights(v: &Value) -> Result<BlendWeights> {
-    let overrides: Vec<(String, f64)> = v.as_object().context("weights")?.iter().map(|(k, x)| Ok((k.clone(), float(x)?))).collect::<Result<_>>()?;
-    BlendWeights::default().with_overrides(&overrides).map_err(|e| anyhow!(e))
+    let overrides: Vec<(String, f64)> = v
+        .as_object()
+        .context("weights")?
+        .iter()
+        .map(|(k, x)| Ok((k.clone(), float(x)?)))
+        .collect::<Result<_>>()?;
+    BlendWeights::default()
+        .with_overrides(&overrides)
+        .map_err(|e| anyhow!(e))
 }
 
 fn candidates(v: &Value) -> Result<Candidates> {
     Ok(Candidates {
         recent: pairs(&v["recent"])?,
         neighbours: rows(&v["neighbours"])?,
-        norms: v["norms"].as_object().context("norms")?.iter().map(|(k, x)| Ok((k.clone(), float(x)?))).collect::<Result<_>>()?,
+        norms: v["norms"]
+            .as_object()
+            .context("norms")?
+            .iter()
+            .map(|(k, x)| Ok((k.clone(), float(x)?)))
+            .collect::<Result<_>>()?,
         vector_scores: pairs(&v["vector_scores"])?,
         tf_scores: pairs(&v["tf_scores"])?,
         similar_users: pairs(&v["similar_users"])?,
@@ -97,7 +136,12 @@ fn rec_inputs(v: &Value) -> Result<(RecInputs, usize, BlendWeights, DecayPolicy,
         session_gap_s: float(&s["session_gap_s"])?,
         outside_session: float(&s["outside_session"])?,
     };
-    let settings = RecSettings { recent: rule, shrinkage: float(&s["shrinkage"])?, alpha: float(&s["alpha"])?, history_len: 50 };
+    let settings = RecSettings {
+        recent: rule,
+        shrinkage: float(&s["shrinkage"])?,
+        alpha: float(&s["alpha"])?,
+        history_len: 50,
+    };
     let snap = &v["snapshot"];
     let inputs = RecInputs {
         user: UserRead {
@@ -119,14 +163,29 @@ fn rec_inputs(v: &Value) -> Result<(RecInputs, usize, BlendWeights, DecayPolicy,
         new_labels: labels(&v["new_labels"])?,
         session_knn: pairs(&v["session_knn"])?,
         snapshot: PopularitySnapshot {
-            pop: snap["pop"].as_object().context("pop")?.iter().map(|(k, x)| Ok((k.clone(), float(x)?))).collect::<Result<_>>()?,
+            pop: snap["pop"]
+                .as_object()
+                .context("pop")?
+                .iter()
+                .map(|(k, x)| Ok((k.clone(), float(x)?)))
+                .collect::<Result<_>>()?,
             floor: float(&snap["floor"])?,
-            landmark: if snap["landmark"].is_null() { None } else { Some(float(&snap["landmark"])?) },
+            landmark: if snap["landmark"].is_null() {
+                None
+            } else {
+                Some(float(&snap["landmark"])?)
+            },
         },
         hidden: strings(&v["hidden"])?.into_iter().collect(),
     };
     let policy = DecayPolicy::new(float(&v["half_life_s"])?);
-    Ok((inputs, v["n"].as_u64().context("n")? as usize, weights(&v["weights"])?, policy, settings))
+    Ok((
+        inputs,
+        v["n"].as_u64().context("n")? as usize,
+        weights(&v["weights"])?,
+        policy,
+        settings,
+    ))
 }
 
 fn run(v: &Value) -> Result<Value> {
@@ -136,7 +195,14 @@ fn run(v: &Value) -> Result<Value> {
             let exclude: Set<String> = strings(&v["exclude"])?.into_iter().collect();
             let n = v["n"].as_u64().context("n")? as usize;
             let (shrinkage, alpha) = (float(&v["shrinkage"])?, float(&v["alpha"])?);
-            let mut out = scored(&blend(&c, n, &exclude, &weights(&v["weights"])?, shrinkage, alpha))?;
+            let mut out = scored(&blend(
+                &c,
+                n,
+                &exclude,
+                &weights(&v["weights"])?,
+                shrinkage,
+                alpha,
+            ))?;
             // An interleaving experiment's rankings: blend_each over several weights sets.
             if let Some(sets) = v.get("weights_each").and_then(Value::as_array) {
                 let sets: Vec<BlendWeights> = sets.iter().map(weights).collect::<Result<_>>()?;
@@ -149,8 +215,16 @@ fn run(v: &Value) -> Result<Value> {
             let (inputs, n, w, policy, settings) = rec_inputs(v)?;
             let (plan, cands, got) = recommend(&inputs, n, &w, &policy, &settings);
             let mut out = scored(&got)?;
-            let norms: serde_json::Map<String, Value> = cands.norms.iter().map(|(k, x)| (k.clone(), bits(*x))).collect();
-            let neighbours: serde_json::Map<String, Value> = cands.neighbours.iter().map(|(k, r)| (k.clone(), pairs_out(r))).collect();
+            let norms: serde_json::Map<String, Value> = cands
+                .norms
+                .iter()
+                .map(|(k, x)| (k.clone(), bits(*x)))
+                .collect();
+            let neighbours: serde_json::Map<String, Value> = cands
+                .neighbours
+                .iter()
+                .map(|(k, r)| (k.clone(), pairs_out(r)))
+                .collect();
             let mut excluded: Vec<&String> = plan.excluded.iter().collect();
             excluded.sort();
             out["factor"] = bits(plan.factor);
@@ -163,6 +237,48 @@ fn run(v: &Value) -> Result<Value> {
             out["similar_users"] = pairs_out(&cands.similar_users);
             out["trending"] = pairs_out(&cands.trending);
             Ok(out)
+        }
+        "sknn" => {
+            // session_query -> session_neighbours -> session_knn_scores, as `_session_knn` runs them.
+            let history = pairs(&v["history"])?;
+            let context = strings(&v["context"])?;
+            let gap = float(&v["gap_s"])?;
+            let k = v["k"].as_u64().context("k")? as usize;
+            let m = v["m"].as_u64().context("m")? as usize;
+            let query = session_query(&history, &context, k, gap);
+            let index = rows(&v["index_rows"])?;
+            let by_query = if v["rank_by_query"].as_bool().unwrap_or(true) { query.clone() } else { Vec::new() };
+            let neighbours = session_neighbours(&index, &text(&v["user"])?, m, &by_query);
+            let mut clicks: Map<String, ClickLog> = Map::default();
+            for (shopper, log) in v["clicks"].as_object().context("clicks")? {
+                let times: Vec<f64> = log[0].as_array().context("times")?.iter().map(float).collect::<Result<_>>()?;
+                clicks.insert(shopper.clone(), (times, text(&log[1])?));
+            }
+            let scores = session_knn_scores(&query, &neighbours, &clicks, gap);
+            Ok(json!({"query": query, "neighbours": pairs_out(&neighbours), "scores": pairs_out(&scores)}))
+        }
+        "new" => {
+            let mut table = NewItemTable::default();
+            for (item, feats) in v["features"].as_object().context("features")? {
+                table.features.insert(item.clone(), strings(feats)?.into_iter().collect());
+            }
+            for (feature, list) in v["newest"].as_object().context("newest")? {
+                let entries = list
+                    .as_array()
+                    .context("newest list")?
+                    .iter()
+                    .map(|e| Ok(NewEntry { neg_added: float(&e[0])?, item: text(&e[1])?, features: strings(&e[2])?.into_iter().collect() }))
+                    .collect::<Result<_>>()?;
+                table.newest.insert(feature.clone(), entries);
+            }
+            let r = &v["rule"];
+            let rule = NewItemRule {
+                half_life_s: float(&r["half_life_s"])?,
+                max_age_s: float(&r["max_age_s"])?,
+                per_feature: r["per_feature"].as_u64().context("per_feature")? as usize,
+            };
+            let (scores, labels) = new_item_scores(&pairs(&v["recent"])?, &table, float(&v["now"])?, &rule);
+            Ok(json!({"scores": pairs_out(&scores), "labels": labels}))
         }
         "fmt" => {
             let texts: Vec<String> = v["bits"]
@@ -180,7 +296,10 @@ fn run(v: &Value) -> Result<Value> {
                     })
                 })
                 .collect::<Result<_>>()?;
-            let strings_json: Vec<String> = strings(&v["strings"])?.iter().map(|s| Ok(String::from_utf8(to_vec(s)?)?)).collect::<Result<_>>()?;
+            let strings_json: Vec<String> = strings(&v["strings"])?
+                .iter()
+                .map(|s| Ok(String::from_utf8(to_vec(s)?)?))
+                .collect::<Result<_>>()?;
             Ok(json!({"floats": texts, "strings": strings_json}))
         }
         "time" => {
@@ -208,8 +327,14 @@ fn run(v: &Value) -> Result<Value> {
             // "only": "blend" times the blend alone (for `perf stat`, whose counts are steadier
             // than times on a shared machine).
             let only_blend = v["only"].as_str() == Some("blend");
-            let full = if only_blend { f64::NAN } else { best(&mut || recommend(&inputs, n, &w, &policy, &settings).2.len()) };
-            let blend_only = best(&mut || blend(&cands, n, &exclude, &w, settings.shrinkage, settings.alpha).len());
+            let full = if only_blend {
+                f64::NAN
+            } else {
+                best(&mut || recommend(&inputs, n, &w, &policy, &settings).2.len())
+            };
+            let blend_only = best(&mut || {
+                blend(&cands, n, &exclude, &w, settings.shrinkage, settings.alpha).len()
+            });
             Ok(json!({"recommend_s": full, "blend_s": blend_only, "sink": sink}))
         }
         other => Err(anyhow!("unknown kind {other}")),

@@ -33,7 +33,14 @@ pub struct RecentRule {
 /// the `p`-th item clicked before the last one, and by `outside_session` for an item not
 /// clicked in the latest session (`history` is (item, last click), newest first; context items
 /// count as the latest clicks).
-pub fn session_weights(recent: Pairs, history: &[(String, f64)], context: &[String], position_decay: f64, session_gap_s: f64, outside_session: f64) -> Pairs {
+pub fn session_weights(
+    recent: Pairs,
+    history: &[(String, f64)],
+    context: &[String],
+    position_decay: f64,
+    session_gap_s: f64,
+    outside_session: f64,
+) -> Pairs {
     if position_decay <= 0.0 && outside_session == 1.0 {
         return recent;
     }
@@ -42,7 +49,11 @@ pub fn session_weights(recent: Pairs, history: &[(String, f64)], context: &[Stri
         rank.entry(item.as_str()).or_insert(p);
     }
     let mut placed: Map<&str, f64> = Map::default(); // recent item -> its last click, outside the context
-    let wanted: Set<&str> = recent.iter().map(|(i, _)| i.as_str()).filter(|i| !rank.contains_key(i)).collect();
+    let wanted: Set<&str> = recent
+        .iter()
+        .map(|(i, _)| i.as_str())
+        .filter(|i| !rank.contains_key(i))
+        .collect();
     for (p, (item, t)) in history.iter().enumerate() {
         if placed.len() == wanted.len() {
             break;
@@ -69,8 +80,18 @@ pub fn session_weights(recent: Pairs, history: &[(String, f64)], context: &[Stri
         .into_iter()
         .map(|(item, w)| {
             let p = rank.get(item.as_str()).copied().unwrap_or(oldest);
-            let mut m = if position_decay > 0.0 { 1.0 / (1.0 + position_decay * p as f64) } else { 1.0 };
-            if p >= context.len() && placed.get(item.as_str()).copied().unwrap_or(f64::NEG_INFINITY) < start {
+            let mut m = if position_decay > 0.0 {
+                1.0 / (1.0 + position_decay * p as f64)
+            } else {
+                1.0
+            };
+            if p >= context.len()
+                && placed
+                    .get(item.as_str())
+                    .copied()
+                    .unwrap_or(f64::NEG_INFINITY)
+                    < start
+            {
                 m *= outside_session;
             }
             (item, w * m)
@@ -83,11 +104,26 @@ pub fn session_weights(recent: Pairs, history: &[(String, f64)], context: &[Stri
 ///
 /// `stored` is (item, stored forward weight), strongest first; `history` (item, last event
 /// time), newest first; `factor` the read factor of the user's read (`read_factor`).
-pub fn user_recent(stored: &[(String, f64)], history: &[(String, f64)], factor: f64, now: f64, policy: &DecayPolicy, rule: &RecentRule, context: &[String]) -> (Pairs, Pairs) {
-    let mut decayed: Pairs = stored.iter().filter(|(_, v)| *v > 0.0).map(|(i, v)| (i.clone(), v * factor)).collect();
+pub fn user_recent(
+    stored: &[(String, f64)],
+    history: &[(String, f64)],
+    factor: f64,
+    now: f64,
+    policy: &DecayPolicy,
+    rule: &RecentRule,
+    context: &[String],
+) -> (Pairs, Pairs) {
+    let mut decayed: Pairs = stored
+        .iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(i, v)| (i.clone(), v * factor))
+        .collect();
     if decayed.is_empty() && !history.is_empty() {
         // Weights pruned or not yet written: recency stands in.
-        decayed = history.iter().map(|(i, t)| (i.clone(), policy.decayed_weight(1.0, *t, now))).collect();
+        decayed = history
+            .iter()
+            .map(|(i, t)| (i.clone(), policy.decayed_weight(1.0, *t, now)))
+            .collect();
     }
     if !context.is_empty() {
         let top = decayed.first().map_or(1.0, |p| p.1);
@@ -96,9 +132,20 @@ pub fn user_recent(stored: &[(String, f64)], history: &[(String, f64)], factor: 
         with.extend(decayed.into_iter().filter(|p| !ctx.contains(p.0.as_str())));
         decayed = with;
     }
-    let newest: Vec<&str> = context.iter().map(String::as_str).chain(history.iter().map(|(i, _)| i.as_str())).collect();
+    let newest: Vec<&str> = context
+        .iter()
+        .map(String::as_str)
+        .chain(history.iter().map(|(i, _)| i.as_str()))
+        .collect();
     let recent = recent_items(&decayed, &newest, rule.k, rule.order);
-    let recent = session_weights(recent, history, context, rule.position_decay, rule.session_gap_s, rule.outside_session);
+    let recent = session_weights(
+        recent,
+        history,
+        context,
+        rule.position_decay,
+        rule.session_gap_s,
+        rule.outside_session,
+    );
     (decayed, recent)
 }
 
@@ -155,7 +202,11 @@ impl PopularitySnapshot {
     /// `shift` (from `shift`) times `scale` (the request's read factor).
     pub fn norm(&self, item: &str, shift: f64, scale: f64) -> f64 {
         let v = self.pop.get(item).copied().unwrap_or(self.floor);
-        if shift == 1.0 { v * scale } else { v * shift * scale }
+        if shift == 1.0 {
+            v * scale
+        } else {
+            v * shift * scale
+        }
     }
 }
 
@@ -182,11 +233,22 @@ pub struct Gathered {
 /// `assemble`: the blend's inputs. Neighbour rows and trending are multiplied by `factor`;
 /// `norm_of` gives the decayed popularity of each recent item and neighbour (in the reader:
 /// `PopularitySnapshot::norm` with the request's shift and factor).
-pub fn assemble(recent: Pairs, read: Gathered, factor: f64, mut norm_of: impl FnMut(&str) -> f64) -> Candidates {
-    let neighbours: Map<String, Pairs> =
-        read.rows.into_iter().map(|(i, row)| (i, row.into_iter().map(|(j, c)| (j, c * factor)).collect())).collect();
+pub fn assemble(
+    recent: Pairs,
+    read: Gathered,
+    factor: f64,
+    mut norm_of: impl FnMut(&str) -> f64,
+) -> Candidates {
+    let neighbours: Map<String, Pairs> = read
+        .rows
+        .into_iter()
+        .map(|(i, row)| (i, row.into_iter().map(|(j, c)| (j, c * factor)).collect()))
+        .collect();
     let mut norms: Map<String, f64> = Map::default();
-    let wanted = recent.iter().map(|(i, _)| i).chain(neighbours.values().flatten().map(|(j, _)| j));
+    let wanted = recent
+        .iter()
+        .map(|(i, _)| i)
+        .chain(neighbours.values().flatten().map(|(j, _)| j));
     for item in wanted {
         if !norms.contains_key(item) {
             norms.insert(item.clone(), norm_of(item));
@@ -200,7 +262,11 @@ pub fn assemble(recent: Pairs, read: Gathered, factor: f64, mut norm_of: impl Fn
         vector_scores: read.vector_scores,
         tf_scores: read.tf_scores,
         similar_users,
-        trending: read.trending.into_iter().map(|(i, v)| (i, v * factor)).collect(),
+        trending: read
+            .trending
+            .into_iter()
+            .map(|(i, v)| (i, v * factor))
+            .collect(),
         trending_label: read.trending_label,
         new_items: read.new_items,
         new_labels: read.new_labels,

@@ -26,8 +26,14 @@ impl DecayPolicy {
     /// Panics on a half-life that is not positive and finite, as the Python constructor raises:
     /// the settings were validated before a policy is built, so this is a programming error.
     pub fn new(half_life_s: f64) -> Self {
-        assert!(half_life_s.is_finite() && half_life_s > 0.0, "half_life_s must be positive and finite, got {half_life_s}");
-        Self { half_life_s, rate: std::f64::consts::LN_2 / half_life_s }
+        assert!(
+            half_life_s.is_finite() && half_life_s > 0.0,
+            "half_life_s must be positive and finite, got {half_life_s}"
+        );
+        Self {
+            half_life_s,
+            rate: std::f64::consts::LN_2 / half_life_s,
+        }
     }
 
     /// `exp(−λ (now − L)) / S` (`DecayPolicy.read_factor`).
@@ -54,7 +60,10 @@ mod tests {
     #[test]
     fn rate_is_python_log_2_over_half_life() {
         // python -c "import math; print(repr(math.log(2.0) / 604800.0))" printed 1.1460766874337719e-06.
-        assert_eq!(DecayPolicy::new(604800.0).rate.to_bits(), 1.1460766874337719e-06_f64.to_bits());
+        assert_eq!(
+            DecayPolicy::new(604800.0).rate.to_bits(),
+            1.1460766874337719e-06_f64.to_bits()
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn write_f64(out: &mut String, value: f64) {
     out.push_str(sign);
     if 0 <= k && kk <= 16 {
         out.push_str(digits);
-        out.extend(std::iter::repeat('0').take(k as usize));
+        out.extend(std::iter::repeat_n('0', k as usize));
         out.push_str(".0");
     } else if 0 < kk && kk <= 16 {
         out.push_str(&digits[..kk as usize]);
@@ -65,7 +65,7 @@ pub fn write_f64(out: &mut String, value: f64) {
         out.push_str(&digits[kk as usize..]);
     } else if -5 < kk && kk <= 0 {
         out.push_str("0.");
-        out.extend(std::iter::repeat('0').take((-kk) as usize));
+        out.extend(std::iter::repeat_n('0', (-kk) as usize));
         out.push_str(digits);
     } else {
         out.push_str(&digits[..1]);
@@ -97,7 +97,10 @@ fn decimal_digits(text: &str) -> (String, i32) {
     if digits.is_empty() {
         return (format!("{sign}0"), 1);
     }
-    (format!("{sign}{digits}"), int.len() as i32 - lead as i32 + exp)
+    (
+        format!("{sign}{digits}"),
+        int.len() as i32 - lead as i32 + exp,
+    )
 }
 
 #[cfg(test)]

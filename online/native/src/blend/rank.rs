@@ -1,28 +1,32 @@
-//! `blend_each` and its helpers (`_item_item_totals`, `_strongest_recent`, `_normalised`,
-//! `_top_n`, `_reason` of `models/blend.py`), on dense item numbers.
+//! `blend_each` and its helpers (`_normalised`, `_top_n`, `_reason` of `models/blend.py`; the
+//! item-item terms are in `item_item`), on dense item numbers.
 //!
 //! Each distinct item id of the request is hashed once, when it is first met, and numbered;
-//! sums, normalised scores and exclusions are then arrays indexed by that number. With a
-//! std `HashMap<&str, f64>` per source and for the totals (the first version), the blend of a
-//! typical request hashed ids some 2,500 times and took 55 us; the commit that introduced this
-//! file says what it takes now. The arithmetic is Python's, term by term.
+//! sums, normalised scores and exclusions are then arrays indexed by that number. The first
+//! version kept a std `HashMap<&str, f64>` per source and for the totals: on the timing case of
+//! `tests/blend_parity.py` (callgrind, instructions per blend) 288k with it, 197k with these
+//! arrays and foldhash. The arithmetic is Python's, term by term.
 
 use std::cmp::Ordering;
 
+use super::item_item::{item_item_terms, Terms};
 use super::{py_max, BlendWeights, Candidates, Map, Pairs, Scored, Set, Source, SOURCES};
 
 /// The request's item ids, numbered in the order first met.
-struct Ids<'a> {
+pub(super) struct Ids<'a> {
     number: Map<&'a str, u32>,
-    names: Vec<&'a str>,
+    pub(super) names: Vec<&'a str>,
 }
 
 impl<'a> Ids<'a> {
-    fn new(capacity: usize) -> Self {
-        Self { number: Map::with_capacity_and_hasher(capacity, Default::default()), names: Vec::with_capacity(capacity) }
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            number: Map::with_capacity_and_hasher(capacity, Default::default()),
+            names: Vec::with_capacity(capacity),
+        }
     }
 
-    fn id(&mut self, item: &'a str) -> u32 {
+    pub(super) fn id(&mut self, item: &'a str) -> u32 {
         if let Some(&k) = self.number.get(item) {
             return k;
         }
@@ -32,137 +36,29 @@ impl<'a> Ids<'a> {
         k
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.names.len()
     }
 
-    /// By number: whether the item is in `exclude`, looking up whichever side is smaller (a
-    /// request's candidates, or its exclusions: history, asked, hidden).
-    fn excluded(&self, exclude: &Set<String>) -> Vec<bool> {
-        if exclude.len() < self.names.len() {
-            let mut out = vec![false; self.names.len()];
-            for item in exclude {
-                if let Some(&k) = self.number.get(item.as_str()) {
-                    out[k as usize] = true;
+    /// By number: whether the item is in any of `sets`, looking up from whichever side is
+    /// smaller (a request's candidates, or a set: its history and asked exclusions, or every
+    /// item the catalogue hides, which can be thousands).
+    fn excluded(&self, sets: &[&Set<String>]) -> Vec<bool> {
+        let mut out = vec![false; self.names.len()];
+        for exclude in sets {
+            if exclude.len() < self.names.len() {
+                for item in exclude.iter() {
+                    if let Some(&k) = self.number.get(item.as_str()) {
+                        out[k as usize] = true;
+                    }
                 }
-            }
-            out
-        } else {
-            self.names.iter().map(|i| exclude.contains(*i)).collect()
-        }
-    }
-}
-
-/// `_powers`: the norm of a recent item and of a candidate. `powf` is glibc's `pow`, which is
-/// what CPython's `float ** float` calls for the non-negative norms it is given here (a
-/// negative norm, which decayed popularity never is, would make Python's power complex).
-#[derive(Clone, Copy)]
-struct Powers {
-    alpha: f64,
-    beta: f64,
-    cosine: bool,
-}
-
-impl Powers {
-    fn new(alpha: f64) -> Self {
-        Self { alpha, beta: 1.0 - alpha, cosine: alpha == 0.5 }
-    }
-
-    fn of_recent(self, x: f64) -> f64 {
-        if self.cosine { x.sqrt() } else { x.powf(self.alpha) }
-    }
-
-    fn of_candidate(self, x: f64) -> f64 {
-        if self.cosine { x.sqrt() } else { x.powf(self.beta) }
-    }
-}
-
-fn norm_of(c: &Candidates, item: &str) -> f64 {
-    c.norms.get(item).copied().unwrap_or(0.0)
-}
-
-/// The item-item terms `rel(r) · co(r, j) / den(r, j)`, in Python's loop order (recent items,
-/// then each one's row): `_item_item_totals` sums them, `_strongest_recent` picks from them.
-struct Terms {
-    /// (recent item's index in `c.recent`, candidate number, term), for the terms Python adds
-    /// (`s <= 0` skipped; a NaN kept, as `if s <= 0: continue` keeps it).
-    terms: Vec<(u32, u32, f64)>,
-}
-
-/// `_item_item_totals` and the terms behind them; empty when no recent item has a positive
-/// weight (a NaN largest weight goes on, as Python's `top_weight <= 0` lets it).
-fn item_item_terms<'a>(c: &'a Candidates, shrinkage: f64, alpha: f64, ids: &mut Ids<'a>) -> Terms {
-    let mut terms = Vec::new();
-    let top_weight = py_max(c.recent.iter().map(|(_, w)| *w), 0.0);
-    if top_weight <= 0.0 {
-        return Terms { terms };
-    }
-    let powers = Powers::new(alpha);
-    let mut roots: Vec<f64> = Vec::new(); // by candidate number; NaN: not computed (a root is never NaN for a norm that is not)
-    let mut have_root: Vec<bool> = Vec::new();
-    for (at, (r, w)) in c.recent.iter().enumerate() {
-        let root_r = powers.of_recent(norm_of(c, r));
-        let rel = w / top_weight;
-        let Some(row) = c.neighbours.get(r) else { continue };
-        for (j, co) in row {
-            let k = ids.id(j) as usize;
-            if k >= roots.len() {
-                roots.resize(ids.len(), 0.0);
-                have_root.resize(ids.len(), false);
-            }
-            if !have_root[k] {
-                roots[k] = powers.of_candidate(norm_of(c, j));
-                have_root[k] = true;
-            }
-            let den = root_r * roots[k] + shrinkage;
-            let s = if den > 0.0 { rel * (co / den) } else { 0.0 };
-            if s <= 0.0 {
-                continue;
-            }
-            terms.push((at as u32, k as u32, s));
-        }
-    }
-    Terms { terms }
-}
-
-impl Terms {
-    /// The sums of `_item_item_totals` (None: no term), terms added in Python's order.
-    fn totals(&self, n_ids: usize) -> Vec<Option<f64>> {
-        let mut sums: Vec<Option<f64>> = vec![None; n_ids];
-        for &(_, k, s) in &self.terms {
-            let slot = &mut sums[k as usize];
-            *slot = Some(match *slot {
-                Some(prev) => prev + s,
-                None => s,
-            });
-        }
-        sums
-    }
-
-    /// `_strongest_recent`: for each wanted candidate, the recent item of its largest term
-    /// (the first on ties; only positive terms count, so a NaN term never wins).
-    fn strongest<'c>(&self, c: &'c Candidates, wanted: &[u32], n_ids: usize) -> Map<u32, &'c str> {
-        let mut best: Map<u32, (f64, u32)> = Map::default();
-        if wanted.is_empty() {
-            return Map::default();
-        }
-        let mut is_wanted = vec![false; n_ids];
-        for &k in wanted {
-            is_wanted[k as usize] = true;
-        }
-        for &(at, k, s) in &self.terms {
-            if !is_wanted[k as usize] || !(s > 0.0) {
-                continue;
-            }
-            match best.get_mut(&k) {
-                Some(b) if s > b.0 => *b = (s, at),
-                Some(_) => {}
-                None => {
-                    best.insert(k, (s, at));
+            } else {
+                for (k, name) in self.names.iter().enumerate() {
+                    out[k] |= exclude.contains(*name);
                 }
             }
         }
-        best.into_iter().map(|(k, (_, at))| (k, c.recent[at as usize].0.as_str())).collect()
+        out
     }
 }
 
@@ -224,7 +120,9 @@ fn raw_pairs(c: &Candidates, source: Source) -> &Pairs {
 fn rank_order(names: &[&str], a: &(u32, f64), b: &(u32, f64)) -> Ordering {
     // No NaN reaches the totals (sums of w · s, w > 0 and s in (0, 1]), except with an infinite
     // weight, which with_overrides refuses; Equal keeps the sort well defined even then.
-    b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then_with(|| names[a.0 as usize].cmp(names[b.0 as usize]))
+    b.1.partial_cmp(&a.1)
+        .unwrap_or(Ordering::Equal)
+        .then_with(|| names[a.0 as usize].cmp(names[b.0 as usize]))
 }
 
 /// `_top_n`: the first `n` of the totals by `rank_order`. Items are distinct, so the order is
@@ -242,39 +140,91 @@ fn top_n(mut pool: Vec<(u32, f64)>, n: usize, names: &[&str]) -> Vec<(u32, f64)>
 }
 
 /// `blend_each`: `blend` once per weights set, the weight-independent parts computed once.
-pub fn blend_each(c: &Candidates, n: usize, weights: &[BlendWeights], exclude: &Set<String>, shrinkage: f64, alpha: f64) -> Vec<Vec<Scored>> {
-    let listed = c.vector_scores.len() + c.tf_scores.len() + c.similar_users.len() + c.trending.len() + c.new_items.len() + c.session_knn.len();
+pub fn blend_each(
+    c: &Candidates,
+    n: usize,
+    weights: &[BlendWeights],
+    exclude: &Set<String>,
+    shrinkage: f64,
+    alpha: f64,
+) -> Vec<Vec<Scored>> {
+    blend_each_excluding(c, n, weights, &[exclude], shrinkage, alpha)
+}
+
+/// `blend_each` with the items of any of `excludes` excluded: the reader's exclusion set is
+/// `excluded | hidden`, and a union would copy the catalogue's hidden items (thousands) per
+/// request; an item of a set that is no candidate changes nothing, so the catalogue's whole
+/// hidden set can be passed as it is.
+pub fn blend_each_excluding(
+    c: &Candidates,
+    n: usize,
+    weights: &[BlendWeights],
+    excludes: &[&Set<String>],
+    shrinkage: f64,
+    alpha: f64,
+) -> Vec<Vec<Scored>> {
+    let listed = c.vector_scores.len()
+        + c.tf_scores.len()
+        + c.similar_users.len()
+        + c.trending.len()
+        + c.new_items.len()
+        + c.session_knn.len();
     let mut ids = Ids::new(listed + 16 * c.recent.len());
     // A source with weight 0 adds nothing, so it is not computed (trending still back-fills).
-    let terms = if weights.iter().any(|w| w.item_item > 0.0) { item_item_terms(c, shrinkage, alpha, &mut ids) } else { Terms { terms: Vec::new() } };
-    let needed = |s: Source| weights.iter().any(|w| w.get(s) > 0.0) || (s == Source::Trending && weights.iter().any(|w| w.trending <= 0.0));
+    let terms = if weights.iter().any(|w| w.item_item > 0.0) {
+        item_item_terms(c, shrinkage, alpha, &mut ids)
+    } else {
+        Terms { terms: Vec::new() }
+    };
+    let needed = |s: Source| {
+        weights.iter().any(|w| w.get(s) > 0.0)
+            || (s == Source::Trending && weights.iter().any(|w| w.trending <= 0.0))
+    };
     // Number every listed item first, so each source's arrays span all numbers.
     let raw: Vec<Option<Vec<(u32, f64)>>> = SOURCES
         .into_iter()
         .map(|s| match s {
             Source::ItemItem => None,
-            s if needed(s) => Some(raw_pairs(c, s).iter().map(|(i, x)| (ids.id(i), *x)).collect()),
+            s if needed(s) => Some(
+                raw_pairs(c, s)
+                    .iter()
+                    .map(|(i, x)| (ids.id(i), *x))
+                    .collect(),
+            ),
             _ => None,
         })
         .collect();
     let n_ids = ids.len();
-    let excluded = ids.excluded(exclude);
+    let excluded = ids.excluded(excludes);
     let normalised_by: Vec<Option<Normalised>> = SOURCES
         .into_iter()
         .zip(raw)
         .map(|(s, pairs)| match s {
             Source::ItemItem if needed(s) => {
                 let sums = terms.totals(n_ids);
-                Some(Normalised::new(sums.iter().enumerate().filter_map(|(k, x)| x.map(|x| (k as u32, x))), n_ids))
+                Some(Normalised::new(
+                    sums.iter()
+                        .enumerate()
+                        .filter_map(|(k, x)| x.map(|x| (k as u32, x))),
+                    n_ids,
+                ))
             }
             _ => pairs.map(|p| Normalised::new(p, n_ids)),
         })
         .collect();
-    let scores_of = |s: Source| normalised_by[s as usize].as_ref().expect("computed for every source used");
+    let scores_of = |s: Source| {
+        normalised_by[s as usize]
+            .as_ref()
+            .expect("computed for every source used")
+    };
     let mut out = Vec::with_capacity(weights.len());
     for ws in weights {
         // (source, weight, normalised scores) of the sources that count, in SOURCES order.
-        let weighted: Vec<(Source, f64, &Normalised)> = SOURCES.into_iter().filter(|s| ws.get(*s) > 0.0).map(|s| (s, ws.get(s), scores_of(s))).collect();
+        let weighted: Vec<(Source, f64, &Normalised)> = SOURCES
+            .into_iter()
+            .filter(|s| ws.get(*s) > 0.0)
+            .map(|s| (s, ws.get(s), scores_of(s)))
+            .collect();
         let mut total: Vec<Option<f64>> = vec![None; n_ids];
         let mut touched: Vec<u32> = Vec::new();
         for (_, w, scores) in &weighted {
@@ -304,7 +254,10 @@ pub fn blend_each(c: &Candidates, n: usize, weights: &[BlendWeights], exclude: &
                 }
             }
         }
-        let pool: Vec<(u32, f64)> = touched.iter().map(|&k| (k, total[k as usize].expect("touched"))).collect();
+        let pool: Vec<(u32, f64)> = touched
+            .iter()
+            .map(|&k| (k, total[k as usize].expect("touched")))
+            .collect();
         let ranked = top_n(pool, n, &ids.names);
         // The source that gave an item its largest part (the first on ties) names its reason.
         let shown: Vec<(u32, f64, Source)> = ranked
@@ -321,7 +274,11 @@ pub fn blend_each(c: &Candidates, n: usize, weights: &[BlendWeights], exclude: &
                 (k, score, source)
             })
             .collect();
-        let from_ii: Vec<u32> = shown.iter().filter(|x| x.2 == Source::ItemItem).map(|x| x.0).collect();
+        let from_ii: Vec<u32> = shown
+            .iter()
+            .filter(|x| x.2 == Source::ItemItem)
+            .map(|x| x.0)
+            .collect();
         let because = terms.strongest(c, &from_ii, n_ids);
         out.push(
             shown
@@ -329,7 +286,13 @@ pub fn blend_each(c: &Candidates, n: usize, weights: &[BlendWeights], exclude: &
                 .map(|(k, score, source)| Scored {
                     item: ids.names[k as usize].to_owned(),
                     score,
-                    reason: reason(source, ids.names[k as usize], because.get(&k).copied(), c.trending_label.as_deref(), &c.new_labels),
+                    reason: reason(
+                        source,
+                        ids.names[k as usize],
+                        because.get(&k).copied(),
+                        c.trending_label.as_deref(),
+                        &c.new_labels,
+                    ),
                     source,
                 })
                 .collect(),
@@ -340,7 +303,13 @@ pub fn blend_each(c: &Candidates, n: usize, weights: &[BlendWeights], exclude: &
 
 /// `_reason`: the text shown with an item; `because` is the recent item that gave an item-item
 /// candidate its largest term. An empty label counts as none, as Python's `if label`.
-pub fn reason(source: Source, item: &str, because: Option<&str>, label: Option<&str>, new_labels: &Map<String, String>) -> String {
+pub fn reason(
+    source: Source,
+    item: &str,
+    because: Option<&str>,
+    label: Option<&str>,
+    new_labels: &Map<String, String>,
+) -> String {
     match (source, because) {
         (Source::NewItems, _) => match new_labels.get(item).filter(|s| !s.is_empty()) {
             Some(shared) => format!("new in {shared}"),
@@ -362,47 +331,23 @@ pub fn reason(source: Source, item: &str, because: Option<&str>, label: Option<&
 mod tests {
     use super::*;
 
-    fn p(items: &[(&str, f64)]) -> Pairs {
-        items.iter().map(|(i, x)| ((*i).to_owned(), *x)).collect()
-    }
-
-    fn totals(c: &Candidates, shrinkage: f64, alpha: f64) -> Map<String, f64> {
-        let mut ids = Ids::new(0);
-        let terms = item_item_terms(c, shrinkage, alpha, &mut ids);
-        let sums = terms.totals(ids.len());
-        sums.iter().enumerate().filter_map(|(k, x)| x.map(|x| (ids.names[k].to_owned(), x))).collect()
-    }
-
-    #[test]
-    fn item_item_without_shrinkage_skips_items_with_no_popularity() {
-        // den = sqrt(0) * sqrt(pop) + 0 = 0: no term rather than a division by zero.
-        let c = Candidates {
-            recent: p(&[("r", 2.0), ("q", 1.0)]),
-            neighbours: [("r".to_owned(), p(&[("j", 3.0), ("k", 1.0)])), ("q".to_owned(), p(&[("j", 6.0)]))].into_iter().collect(),
-            norms: [("r", 0.0), ("q", 4.0), ("j", 9.0), ("k", 1.0)].into_iter().map(|(i, x)| (i.to_owned(), x)).collect(),
-            ..Default::default()
-        };
-        let want_j = (1.0 / 2.0) * (6.0 / (4.0_f64.sqrt() * 9.0_f64.sqrt() + 0.0));
-        assert_eq!(totals(&c, 0.0, 0.5), [("j".to_owned(), want_j)].into_iter().collect());
-    }
-
-    #[test]
-    fn asymmetric_alpha_uses_powers_and_zero_to_the_zero_is_one() {
-        // alpha = 1: pop(r)^1 · pop(j)^0, and 0^0 = 1 in both languages.
-        let c = Candidates {
-            recent: p(&[("r", 1.0)]),
-            neighbours: [("r".to_owned(), p(&[("j", 3.0)]))].into_iter().collect(),
-            norms: [("r", 2.0), ("j", 0.0)].into_iter().map(|(i, x)| (i.to_owned(), x)).collect(),
-            ..Default::default()
-        };
-        assert_eq!(totals(&c, 0.0, 1.0)["j"], 1.0 * (3.0 / (2.0_f64.powf(1.0) * 0.0_f64.powf(0.0) + 0.0)));
-    }
-
     #[test]
     fn normalised_keeps_positive_finite_scores_and_the_last_repeat() {
-        let pairs = [(0, 2.0), (1, 0.0), (2, -1.0), (3, f64::NAN), (4, f64::INFINITY), (0, 4.0), (5, 1.0), (5, -3.0)];
+        let pairs = [
+            (0, 2.0),
+            (1, 0.0),
+            (2, -1.0),
+            (3, f64::NAN),
+            (4, f64::INFINITY),
+            (0, 4.0),
+            (5, 1.0),
+            (5, -3.0),
+        ];
         let got = Normalised::new(pairs, 6);
         assert_eq!(got.listed, [0, 5]);
-        assert_eq!((0..6).map(|k| got.get(k)).collect::<Vec<_>>(), [Some(4.0 / 4.0), None, None, None, None, Some(1.0 / 4.0)]);
+        assert_eq!(
+            (0..6).map(|k| got.get(k)).collect::<Vec<_>>(),
+            [Some(4.0 / 4.0), None, None, None, None, Some(1.0 / 4.0)]
+        );
     }
 }

@@ -1,22 +1,27 @@
 //! The blend's part of `Recommender._for_user` (`online/recommender.py`) from already-read
 //! inputs, in the order the reader runs it:
 //!
-//! 1. read the user (history, stored weights, meta, trending) -> [`plan`]: read factor, the
-//!    exclusion set (request's exclude | context | history), `user_recent`'s decayed weights
-//!    (the model sources' input) and recent items;
-//! 2. the model sources (`model.rs`) with `Plan::decayed` and `Plan::want`;
+//! 1. read the user (history, stored weights, meta, trending: `trending_read_depth` items) ->
+//!    [`plan`]: read factor, the exclusion set (request's exclude | context | history),
+//!    `user_recent`'s decayed weights (the model sources' input) and recent items;
+//! 2. the model sources (`model.rs`) with `Plan::decayed` and `Plan::want`; new_items
+//!    (`new_items::new_item_scores` on `Plan::recent`) and session_knn (`session_knn`) when
+//!    their weights are on;
 //! 3. read the neighbour rows of `Plan::neighbour_items` and the similar users' rows;
-//! 4. [`rank`]: `assemble`, the exclusion set with what the catalogue hides, `blend`.
+//! 4. [`rank`]: `assemble`, then `blend` excluding `Plan::excluded` and the catalogue's hidden
+//!    items. With a category, call `assemble`, filter with [`category_candidates`] /
+//!    [`keep_only`], then [`finish`].
 //!
 //! [`recommend`] runs all of it on inputs read up front (the parity harness, the tests).
-//! The category filter (`_in_category`) and the catalogue's hidden items are the caller's: they
-//! need the catalogue; `rank` takes the hidden set.
+//! Categories and hidden items come from the catalogue and Redis: the caller's.
 
 use super::{Map, Set};
 
-use super::candidates::{assemble, trending_depth, user_recent, Gathered, PopularitySnapshot, RecentRule};
+use super::candidates::{
+    assemble, trending_depth, user_recent, Gathered, PopularitySnapshot, RecentRule,
+};
 use super::decay::DecayPolicy;
-use super::{blend, BlendWeights, Candidates, Pairs, Scored};
+use super::{blend_each_excluding, BlendWeights, Candidates, Pairs, Scored};
 
 /// The reader settings the blend path uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +49,13 @@ pub struct UserRead {
 
 /// Trending items to read for a request (`trend_n` in `_for_user`): `extra` is the catalogue's
 /// over-fetch for hidden items.
-pub fn trending_read_depth(n: usize, exclude: &[String], context: &[String], extra: usize, history_len: usize) -> usize {
+pub fn trending_read_depth(
+    n: usize,
+    exclude: &[String],
+    context: &[String],
+    extra: usize,
+    history_len: usize,
+) -> usize {
     let excluded: Set<&str> = exclude.iter().chain(context).map(String::as_str).collect();
     trending_depth(n, excluded.len() + extra, history_len)
 }
@@ -71,27 +82,122 @@ impl Plan {
 
     /// The items whose neighbour rows to read (none when the item-item source is off).
     pub fn neighbour_items(&self, weights: &BlendWeights) -> Vec<&str> {
-        if weights.item_item > 0.0 { self.recent.iter().map(|(i, _)| i.as_str()).collect() } else { Vec::new() }
+        if weights.item_item > 0.0 {
+            self.recent.iter().map(|(i, _)| i.as_str()).collect()
+        } else {
+            Vec::new()
+        }
     }
 }
 
 /// Step 1: read factor, exclusions and `user_recent`.
-pub fn plan(user: &UserRead, exclude: &[String], context: &[String], policy: &DecayPolicy, rule: &RecentRule) -> Plan {
+pub fn plan(
+    user: &UserRead,
+    exclude: &[String],
+    context: &[String],
+    policy: &DecayPolicy,
+    rule: &RecentRule,
+) -> Plan {
     let factor = policy.read_factor(user.landmark, user.now);
-    let excluded: Set<String> = exclude.iter().chain(context).chain(user.history.iter().map(|(i, _)| i)).cloned().collect();
-    let (decayed, recent) = user_recent(&user.weights, &user.history, factor, user.now, policy, rule, context);
-    Plan { factor, landmark: user.landmark, excluded, decayed, recent }
+    let excluded: Set<String> = exclude
+        .iter()
+        .chain(context)
+        .chain(user.history.iter().map(|(i, _)| i))
+        .cloned()
+        .collect();
+    let (decayed, recent) = user_recent(
+        &user.weights,
+        &user.history,
+        factor,
+        user.now,
+        policy,
+        rule,
+        context,
+    );
+    Plan {
+        factor,
+        landmark: user.landmark,
+        excluded,
+        decayed,
+        recent,
+    }
 }
 
 /// Step 4: the candidates from what was read, then the top `n`. `norm_of` gives an item's
 /// decayed popularity (`PopularitySnapshot::norm` with the request's shift and factor);
-/// `hidden` are the candidates the catalogue hides (`_hide`).
-pub fn rank(plan: Plan, read: Gathered, norm_of: impl FnMut(&str) -> f64, hidden: &Set<String>, n: usize, weights: &BlendWeights, settings: &RecSettings) -> (Candidates, Vec<Scored>) {
+/// `hidden` are the items the catalogue hides (all of them will do: see
+/// `blend_each_excluding`).
+pub fn rank(
+    plan: Plan,
+    read: Gathered,
+    norm_of: impl FnMut(&str) -> f64,
+    hidden: &Set<String>,
+    n: usize,
+    weights: &BlendWeights,
+    settings: &RecSettings,
+) -> (Candidates, Vec<Scored>) {
     let cands = assemble(plan.recent, read, plan.factor, norm_of);
-    let mut exclude = plan.excluded;
-    exclude.extend(hidden.iter().cloned());
-    let ranked = blend(&cands, n, &exclude, weights, settings.shrinkage, settings.alpha);
+    let ranked = finish(&cands, &plan.excluded, hidden, n, weights, settings);
     (cands, ranked)
+}
+
+/// The blend of step 4 on assembled (and maybe category-filtered) candidates.
+pub fn finish(
+    cands: &Candidates,
+    excluded: &Set<String>,
+    hidden: &Set<String>,
+    n: usize,
+    weights: &BlendWeights,
+    settings: &RecSettings,
+) -> Vec<Scored> {
+    blend_each_excluding(
+        cands,
+        n,
+        std::slice::from_ref(weights),
+        &[excluded, hidden],
+        settings.shrinkage,
+        settings.alpha,
+    )
+    .pop()
+    .expect("one ranking per weights set")
+}
+
+/// `_in_category`, first half: the candidates whose category decides (the neighbours and the
+/// listed sources; trending is already the category's list). Empty: nothing to filter.
+pub fn category_candidates(c: &Candidates) -> Set<&str> {
+    let mut ids: Set<&str> = Set::default();
+    for row in c.neighbours.values() {
+        ids.extend(row.iter().map(|(j, _)| j.as_str()));
+    }
+    for pairs in [
+        &c.vector_scores,
+        &c.tf_scores,
+        &c.similar_users,
+        &c.new_items,
+        &c.session_knn,
+    ] {
+        ids.extend(pairs.iter().map(|(i, _)| i.as_str()));
+    }
+    ids
+}
+
+/// `_in_category`, second half: only the candidates in `keep` (those of the asked category)
+/// stay in the neighbour rows and the listed sources; recent items, norms, trending stay.
+pub fn keep_only(mut c: Candidates, keep: &Set<String>) -> Candidates {
+    let kept = |pairs: &mut Pairs| pairs.retain(|(i, _)| keep.contains(i));
+    for row in c.neighbours.values_mut() {
+        kept(row);
+    }
+    for pairs in [
+        &mut c.vector_scores,
+        &mut c.tf_scores,
+        &mut c.similar_users,
+        &mut c.new_items,
+        &mut c.session_knn,
+    ] {
+        kept(pairs);
+    }
+    c
 }
 
 /// Everything one request reads, read up front: the store's rows for any items and users
@@ -120,15 +226,34 @@ pub struct RecInputs {
 }
 
 /// Steps 1 to 4 on inputs read up front; returns the plan and candidates too (for checks).
-pub fn recommend(inp: &RecInputs, n: usize, weights: &BlendWeights, policy: &DecayPolicy, settings: &RecSettings) -> (Plan, Candidates, Vec<Scored>) {
-    let p = plan(&inp.user, &inp.exclude, &inp.context, policy, &settings.recent);
+pub fn recommend(
+    inp: &RecInputs,
+    n: usize,
+    weights: &BlendWeights,
+    policy: &DecayPolicy,
+    settings: &RecSettings,
+) -> (Plan, Candidates, Vec<Scored>) {
+    let p = plan(
+        &inp.user,
+        &inp.exclude,
+        &inp.context,
+        policy,
+        &settings.recent,
+    );
     let rows: Map<String, Pairs> = p
         .neighbour_items(weights)
         .into_iter()
-        .filter_map(|i| inp.neighbour_rows.get(i).map(|row| (i.to_owned(), row.clone())))
+        .filter_map(|i| {
+            inp.neighbour_rows
+                .get(i)
+                .map(|row| (i.to_owned(), row.clone()))
+        })
         .collect();
-    let theirs: Map<String, Pairs> =
-        inp.similar.iter().filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), row.clone()))).collect();
+    let theirs: Map<String, Pairs> = inp
+        .similar
+        .iter()
+        .filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), row.clone())))
+        .collect();
     let read = Gathered {
         rows,
         vector_scores: inp.vector_scores.clone(),
@@ -145,6 +270,14 @@ pub fn recommend(inp: &RecInputs, n: usize, weights: &BlendWeights, policy: &Dec
     let factor = p.factor;
     let snapshot = &inp.snapshot;
     let kept = p.clone();
-    let (cands, ranked) = rank(p, read, |item| snapshot.norm(item, shift, factor), &inp.hidden, n, weights, settings);
+    let (cands, ranked) = rank(
+        p,
+        read,
+        |item| snapshot.norm(item, shift, factor),
+        &inp.hidden,
+        n,
+        weights,
+        settings,
+    );
     (kept, cands, ranked)
 }
