@@ -854,6 +854,8 @@ def main() -> None:
                     help="py-spy the worker at each step and the reader at each rate (raw profiles in the "
                          "logs folder; the profiler's CPU perturbs the numbers)")
     ap.add_argument("--reader-rates", help="comma-separated offered rates for the reader alone (default: the plan's)")
+    ap.add_argument("--reader-native", action="store_true",
+                    help="run `driftrec serve` with the compiled front (setting reader_native) in the current tree's phase")
     ap.add_argument("--table", type=Path, metavar="RESULT",
                     help="print the README's table from a result file and stop")
     args = ap.parse_args()
@@ -866,7 +868,8 @@ def main() -> None:
     out_path = args.out or RESULTS / ("system_quick.json" if args.quick else "system.json")
     kcat, vegeta_ = kcat_bin(), vegeta_bin()
     machine = benchinfo.machine(("faust", "aiokafka", "redis", "numpy"))
-    result: dict[str, Any] = {"commit": benchinfo.commit(ROOT), "machine": machine}
+    result: dict[str, Any] = {"commit": benchinfo.commit(ROOT), "machine": machine,
+                              "reader_native": bool(args.reader_native)}
     series: dict[str, dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="driftrec-system-work-"))
     print(f"logs under {work}", flush=True)
@@ -880,6 +883,7 @@ def main() -> None:
         for name, ref in phases:
             tag = uuid.uuid4().hex[:8]
             s = stack.model_copy(update={
+                "reader_native": bool(args.reader_native) and ref is None,
                 "clicks_topic": f"sys-{tag}.clicks", "dead_letter_topic": f"sys-{tag}.dlq",
                 "consumer_group": f"sys-{tag}", "key_prefix": f"sys{tag}",
                 "worker_web_port": _free_port(), "worker_metrics_port": _free_port(),

@@ -107,14 +107,20 @@ class AnnIndex:
         self.build_s = time.perf_counter() - started
 
     @classmethod
-    def open(cls, path: Path) -> AnnIndex:
+    def open(cls, path: Path, expansion: int | None = None) -> AnnIndex:
         """An index saved by :meth:`save`, memory-mapped read-only (graph and vectors): processes
-        that open the same file share one copy of it (:mod:`driftrec.online.shared_model`)."""
+        that open the same file share one copy of it (:mod:`driftrec.online.shared_model`).
+
+        ``expansion`` is the search breadth (``AnnConfig.expansion``): the file does not keep it,
+        and a restored index searches with usearch's default (64) otherwise, twice the default
+        ``reader_ann_expansion`` the process that built it searched with."""
         self = cls.__new__(cls)
         started = time.perf_counter()
         index = Index.restore(str(path), view=True)
         if index is None:
             raise ValueError(f"{path}: not a usearch index")
+        if expansion is not None:
+            index.expansion_search = expansion
         self._index = index
         self._vectors = None  # the file holds the vectors too
         self.rows = int(index.size)

@@ -188,5 +188,5 @@ def open_model(folder: Path, version: str) -> PublishedModel:
     if manifest["ann"] is not None:
         m.ann = AnnConfig(**manifest["ann"])
     for attr, file in manifest["indexes"].items():
-        setattr(m, attr, AnnIndex.open(folder / file))
+        setattr(m, attr, AnnIndex.open(folder / file, m.ann.expansion if m.ann is not None else None))
     return m

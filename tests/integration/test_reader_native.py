@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from driftrec.keys import Keys
 from driftrec.publisher import publish_events
@@ -69,8 +70,10 @@ def _model(client: redis.Redis, keys: Keys, rng: np.random.Generator) -> None:
 
 
 def _native_answers(text: str) -> float:
-    m = re.search(r"^driftrec_reader_native_answers_total (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    """Recommendations the front ranked: its series in the Python reader's request counter."""
+    return sum(float(v) for v in re.findall(
+        r'^driftrec_reader_requests_total\{endpoint="/v1/recommendations/\{user_id\}",method="GET",status="200",'
+        r'front="native"\} (\S+)$', text, re.M))
 
 
 def test_the_front_ranks_like_the_python_reader_and_passes_on_the_rest(settings: Settings, spawn, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +105,7 @@ def test_the_front_ranks_like_the_python_reader_and_passes_on_the_rest(settings:
         _, b = _get(f"{ref}/v1/recommendations/u1")
         _, m = _get(f"{base}/metrics")
         if (orjson.loads(a)["model_version"] == orjson.loads(b)["model_version"] == "native-m1"
-                and "driftrec_reader_native_model_loaded 1" in m.decode()):
+                and "driftrec_reader_native_model_loaded 1.0" in m.decode()):
             break
         time.sleep(0.5)
     else:
@@ -135,5 +138,12 @@ def test_the_front_ranks_like_the_python_reader_and_passes_on_the_rest(settings:
             assert [x["item_id"] for x in orjson.loads(a)["items"]] == [x["item_id"] for x in orjson.loads(b)["items"]], path
         else:
             assert orjson.loads(a).keys() == orjson.loads(b).keys(), path
-    assert "driftrec_reader_requests_total" in text  # the Python reader's own metrics, passed on
+    # The Python reader's own metrics, passed on, with the front's series in their families.
+    text = _get(f"{base}/metrics")[1].decode()
+    assert 'driftrec_reader_requests_total{endpoint="/v1/trending",method="GET",status="200"}' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # the merged text still parses
+    counts = [s.value for s in families["driftrec_reader_request_seconds"].samples
+              if s.name.endswith("_count") and s.labels.get("front") == "native"]
+    assert counts == [_native_answers(text)]
+    assert any(s.labels.get("front") == "native" for s in families["driftrec_reader_items_served"].samples)
     client.close()

@@ -69,6 +69,17 @@ def test_a_version_built_elsewhere_is_opened_without_building(tmp_path: Path) ->
     assert other.opened("v2") is None
 
 
+def test_a_mapped_index_searches_as_broadly_as_the_built_one(tmp_path: Path) -> None:
+    # The index file does not keep the search breadth: a mapped index must get the version's
+    # reader_ann_expansion back, not usearch's default of 64 (twice the work per search).
+    config = AnnConfig(min_rows=20, expansion=24)
+    SharedModels(tmp_path).load("v1", lambda: built(ann=config))
+    m = SharedModels(tmp_path).opened("v1")
+    assert m is not None
+    indexes = [ix for ix in (m.ann_vec, m.ann_tf, m.ann_users, m.ann_items) if ix is not None]
+    assert indexes and {ix._index.expansion_search for ix in indexes} == {24}
+
+
 def test_a_new_version_replaces_the_old_folder(tmp_path: Path) -> None:
     shared = SharedModels(tmp_path)
     old = shared.load("v1", lambda: built())

@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use driftrec_reader::blend::{self, candidates::{Gathered, RecentRule}, decay::DecayPolicy, request, BlendWeights, Scored, Source};
+use driftrec_reader::blend::{self, candidates::{Gathered, RecentRule}, decay::DecayPolicy, request, BlendWeights, Scored, Source, SOURCES};
 use driftrec_reader::catalogue::Catalogue;
 use driftrec_reader::config::Config;
 use driftrec_reader::model::Model;
@@ -48,10 +48,17 @@ struct Metrics {
     proxied: AtomicU64,
     proxy_errors: AtomicU64,
     served_written: AtomicU64,
-    served_dropped: AtomicU64,
+    served_dropped_full: AtomicU64,
+    served_dropped_error: AtomicU64,
+    items_by_source: [AtomicU64; 7],
     latency: [AtomicU64; 16],
     latency_sum_us: AtomicU64,
 }
+
+/// The label every series of the front carries: its samples join the Python reader's families
+/// (dashboards and alerts sum over them), and stay told apart.
+const FRONT: &str = "front=\"native\"";
+const REC_ENDPOINT: &str = "/v1/recommendations/{user_id}";
 
 impl Metrics {
     fn observe(&self, secs: f64) {
@@ -60,32 +67,75 @@ impl Metrics {
         self.latency_sum_us.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, st: &State) -> String {
-        let mut out = String::new();
-        let c = |out: &mut String, name: &str, help: &str, v: u64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {v}\n"));
-        };
-        c(&mut out, "driftrec_reader_native_answers", "Recommendations the compiled front ranked itself.", self.answered.load(Ordering::Relaxed));
-        c(&mut out, "driftrec_reader_native_degraded", "Of those, answered from the trending snapshot (Redis unreachable or shed).", self.degraded.load(Ordering::Relaxed));
-        out.push_str("# HELP driftrec_reader_native_shed Ranking requests the compiled front shed, by reason.\n# TYPE driftrec_reader_native_shed counter\n");
-        out.push_str(&format!("driftrec_reader_native_shed_total{{reason=\"in_flight\"}} {}\n", self.shed_in_flight.load(Ordering::Relaxed)));
-        out.push_str(&format!("driftrec_reader_native_shed_total{{reason=\"deadline\"}} {}\n", self.shed_deadline.load(Ordering::Relaxed)));
-        c(&mut out, "driftrec_reader_native_proxied", "Requests passed to the Python reader.", self.proxied.load(Ordering::Relaxed));
-        c(&mut out, "driftrec_reader_native_proxy_errors", "Requests the Python reader did not answer (502).", self.proxy_errors.load(Ordering::Relaxed));
-        c(&mut out, "driftrec_reader_native_served_records", "Answers recorded for click attribution.", self.served_written.load(Ordering::Relaxed));
-        c(&mut out, "driftrec_reader_native_served_dropped", "Answer records dropped (queue full or Redis error).", self.served_dropped.load(Ordering::Relaxed));
-        out.push_str("# HELP driftrec_reader_native_request_seconds Latency of the recommendations the compiled front ranked.\n# TYPE driftrec_reader_native_request_seconds histogram\n");
+    /// The front's samples, by the Python reader's family they belong to (`online/metrics.py`).
+    fn samples(&self, st: &State) -> Vec<(&'static str, Vec<String>)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut hist = Vec::new();
         let mut cum = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
-            cum += self.latency[i].load(Ordering::Relaxed);
-            out.push_str(&format!("driftrec_reader_native_request_seconds_bucket{{le=\"{b}\"}} {cum}\n"));
+            cum += get(&self.latency[i]);
+            hist.push(format!("driftrec_reader_request_seconds_bucket{{endpoint=\"{REC_ENDPOINT}\",{FRONT},le=\"{b:?}\"}} {cum}.0"));
         }
-        cum += self.latency[BUCKETS.len()].load(Ordering::Relaxed);
-        out.push_str(&format!("driftrec_reader_native_request_seconds_bucket{{le=\"+Inf\"}} {cum}\n"));
-        out.push_str(&format!("driftrec_reader_native_request_seconds_count {cum}\n"));
-        out.push_str(&format!("driftrec_reader_native_request_seconds_sum {}\n", self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6));
-        let model = st.model.read().unwrap().as_ref().map(|m| m.version.clone());
-        out.push_str(&format!("# HELP driftrec_reader_native_model_loaded The compiled front has the live model mapped (1) or not.\n# TYPE driftrec_reader_native_model_loaded gauge\ndriftrec_reader_native_model_loaded {}\n", model.is_some() as u8));
+        cum += get(&self.latency[BUCKETS.len()]);
+        hist.push(format!("driftrec_reader_request_seconds_bucket{{endpoint=\"{REC_ENDPOINT}\",{FRONT},le=\"+Inf\"}} {cum}.0"));
+        hist.push(format!("driftrec_reader_request_seconds_count{{endpoint=\"{REC_ENDPOINT}\",{FRONT}}} {cum}.0"));
+        hist.push(format!("driftrec_reader_request_seconds_sum{{endpoint=\"{REC_ENDPOINT}\",{FRONT}}} {}",
+                          get(&self.latency_sum_us) as f64 / 1e6));
+        let items = SOURCES.iter().zip(&self.items_by_source).filter(|(_, c)| get(c) > 0)
+            .map(|(src, c)| format!("driftrec_reader_items_served_total{{source=\"{}\",{FRONT}}} {}.0", src.name(), get(c)))
+            .collect();
+        let loaded = st.model.read().unwrap().is_some() as u8;
+        vec![
+            ("driftrec_reader_requests", vec![format!(
+                "driftrec_reader_requests_total{{endpoint=\"{REC_ENDPOINT}\",method=\"GET\",status=\"200\",{FRONT}}} {}.0", get(&self.answered))]),
+            ("driftrec_reader_request_seconds", hist),
+            ("driftrec_reader_degraded_answers", vec![format!(
+                "driftrec_reader_degraded_answers_total{{endpoint=\"recommendations\",{FRONT}}} {}.0", get(&self.degraded))]),
+            ("driftrec_reader_shed_answers", vec![
+                format!("driftrec_reader_shed_answers_total{{endpoint=\"recommendations\",reason=\"in_flight\",{FRONT}}} {}.0", get(&self.shed_in_flight)),
+                format!("driftrec_reader_shed_answers_total{{endpoint=\"recommendations\",reason=\"deadline\",{FRONT}}} {}.0", get(&self.shed_deadline))]),
+            ("driftrec_reader_items_served", items),
+            ("driftrec_reader_served_records", vec![
+                format!("driftrec_reader_served_records_total{{outcome=\"written\",{FRONT}}} {}.0", get(&self.served_written)),
+                format!("driftrec_reader_served_records_total{{outcome=\"dropped_full\",{FRONT}}} {}.0", get(&self.served_dropped_full)),
+                format!("driftrec_reader_served_records_total{{outcome=\"dropped_error\",{FRONT}}} {}.0", get(&self.served_dropped_error))]),
+            ("driftrec_reader_native_proxied", vec![format!("driftrec_reader_native_proxied_total {}.0", get(&self.proxied))]),
+            ("driftrec_reader_native_proxy_errors", vec![format!("driftrec_reader_native_proxy_errors_total {}.0", get(&self.proxy_errors))]),
+            ("driftrec_reader_native_model_loaded", vec![format!("driftrec_reader_native_model_loaded {loaded}.0")]),
+        ]
+    }
+
+    /// The Python reader's exposition with the front's samples in their families: after a
+    /// family's last sample (or its `# TYPE` line when it has none yet); the front's own
+    /// families at the end.
+    fn merge(&self, st: &State, python: &str) -> String {
+        let mut lines: Vec<String> = python.lines().map(str::to_owned).collect();
+        let own = [
+            ("driftrec_reader_native_proxied", "counter", "Requests the compiled front passed to the Python reader."),
+            ("driftrec_reader_native_proxy_errors", "counter", "Requests the Python reader did not answer (502 from the front)."),
+            ("driftrec_reader_native_model_loaded", "gauge", "1 while the compiled front has the live model version mapped."),
+        ];
+        for (family, samples) in self.samples(st) {
+            if let Some((_, kind, help)) = own.iter().find(|(f, _, _)| *f == family) {
+                lines.push(format!("# HELP {family} {help}"));
+                lines.push(format!("# TYPE {family} {kind}"));
+                lines.extend(samples);
+                continue;
+            }
+            // prometheus_client names a counter's family `<name>_total` in its TYPE line.
+            let (counter, other) = (format!("# TYPE {family}_total "), format!("# TYPE {family} "));
+            let Some(start) = lines.iter().position(|l| l.starts_with(&counter) || l.starts_with(&other)) else {
+                continue; // not a family of this Python reader's: nothing to join
+            };
+            let mut at = start + 1;
+            while at < lines.len() && !lines[at].starts_with('#') {
+                at += 1;
+            }
+            // Python's created-timestamp samples (`_created`) stay where they are; ours go after.
+            lines.splice(at..at, samples);
+        }
+        let mut out = lines.join("\n");
+        out.push('\n');
         out
     }
 }
@@ -312,10 +362,14 @@ async fn recommendations(st: &Arc<State>, user: &str, n: usize, exclude: Vec<Str
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     if answer.degraded {
         st.metrics.degraded.fetch_add(1, Ordering::Relaxed);
-    } else if !answer.items.is_empty() {
+    }
+    for x in &answer.items {
+        st.metrics.items_by_source[x.source as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    if !answer.degraded && !answer.items.is_empty() {
         let rec = answer.items.iter().map(|x| (x.item.clone(), x.source)).collect();
         if st.served.try_send((request_id.clone(), rec)).is_err() {
-            st.metrics.served_dropped.fetch_add(1, Ordering::Relaxed);
+            st.metrics.served_dropped_full.fetch_add(1, Ordering::Relaxed);
         }
     }
     let body = Body {
@@ -348,9 +402,7 @@ async fn proxy(st: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>>
             let (parts, body) = resp.into_parts();
             let mut bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             if is_metrics && parts.status == StatusCode::OK {
-                let mut text = bytes.to_vec();
-                text.extend_from_slice(st.metrics.render(st).as_bytes());
-                bytes = Bytes::from(text);
+                bytes = Bytes::from(st.metrics.merge(st, &String::from_utf8_lossy(&bytes)));
             }
             let mut r = Response::from_parts(parts, Full::new(bytes));
             r.headers_mut().remove("content-length");
@@ -413,7 +465,7 @@ async fn served_writer(st: Arc<State>, mut rx: mpsc::Receiver<Record>) {
             Ok(()) => st.metrics.served_written.fetch_add(n, Ordering::Relaxed),
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                st.metrics.served_dropped.fetch_add(n, Ordering::Relaxed)
+                st.metrics.served_dropped_error.fetch_add(n, Ordering::Relaxed)
             }
         };
         batch.clear();

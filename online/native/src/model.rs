@@ -226,7 +226,8 @@ impl Model {
         }
         let index = |attr: &str| -> Result<Option<AnnIndex>> {
             match m.indexes.get(attr) {
-                Some(file) => AnnIndex::open(&folder.join(file), search_threads).map(Some),
+                Some(file) => AnnIndex::open(&folder.join(file), search_threads,
+                                             m.ann.as_ref().map_or(VIEW_EXPANSION_SEARCH, |a| a.expansion)).map(Some),
                 None => Ok(None),
             }
         };

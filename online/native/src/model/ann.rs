@@ -31,10 +31,10 @@ impl AnnSettings {
 
 /// Search breadth of an index opened from the folder. Python's `AnnIndex.open` calls
 /// `usearch.Index.restore(path, view=True)`, which builds the index with usearch's default
-/// `expansion_search` (64, `usearch.compiled.DEFAULT_EXPANSION_SEARCH`): the file does not
-/// record it, and `AnnConfig.expansion` (`reader_ann_expansion`, 32 by default) only reaches
-/// an index a process built itself. A reader that maps the shared folder searches with 64, so
-/// this one does too; both change together if `AnnIndex.open` starts passing the setting.
+/// usearch's default `expansion_search` (`usearch.compiled.DEFAULT_EXPANSION_SEARCH`): what an
+/// index of a folder whose manifest records no ANN settings is searched with. A folder's own
+/// `reader_ann_expansion` (its manifest's `ann.expansion`) is applied otherwise, as
+/// `AnnIndex.open` does in Python (the file itself does not record it).
 pub const VIEW_EXPANSION_SEARCH: usize = 64;
 
 /// One saved HNSW index, its graph and vectors mapped from the file.
@@ -78,11 +78,11 @@ impl Gate {
 
 impl AnnIndex {
     /// Map the index saved at `path`, with `search_threads` (at least 1) concurrent searches.
-    pub fn open(path: &Path, search_threads: usize) -> Result<Self> {
+    pub fn open(path: &Path, search_threads: usize, expansion: usize) -> Result<Self> {
         let text = path.to_str().ok_or_else(|| anyhow!("{}: not UTF-8", path.display()))?;
         let meta = Index::metadata(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let mut options: IndexOptions = meta.into();
-        options.expansion_search = VIEW_EXPANSION_SEARCH;
+        options.expansion_search = expansion;
         let index = Index::new(&options).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         index.view(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let rows = index.size();
