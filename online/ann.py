@@ -120,7 +120,7 @@ class AnnIndex:
         if index is None:
             raise ValueError(f"{path}: not a usearch index")
         if expansion is not None:
-            index.expansion_search = expansion
+            index.expansion_search = expansion  # type: ignore[misc]  # the stub says read-only; usearch sets it
         self._index = index
         self._vectors = None  # the file holds the vectors too
         self.rows = int(index.size)

@@ -32,8 +32,15 @@ from typing import Any
 import orjson
 
 from driftrec.models.blend import SOURCES, BlendWeights, Candidates, Scored, blend, blend_each
-from driftrec.models.candidates import (NewItemRule, assemble, new_item_scores, session_knn_scores, session_neighbours,
-                                       session_query, user_recent)
+from driftrec.models.candidates import (
+    NewItemRule,
+    assemble,
+    new_item_scores,
+    session_knn_scores,
+    session_neighbours,
+    session_query,
+    user_recent,
+)
 from driftrec.models.decay import DecayPolicy
 from driftrec.online.snapshot import TrendingSnapshot
 from driftrec.online.store import Meta

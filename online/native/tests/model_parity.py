@@ -34,7 +34,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -148,7 +147,7 @@ def compare(py: list[tuple[Pairs, Pairs, Pairs]], rs: list[Any]) -> dict[str, An
     names = ("vec", "tf", "similar")
     same_requests = 0
     lists = {n: {"identical": 0, "same_set": 0, "differ": 0, "max_rel": 0.0, "max_rel_top": 0.0} for n in names}
-    examples = []
+    examples: list[dict[str, Any]] = []
     for r, (p3, r3) in enumerate(zip(py, rs, strict=True)):
         all_same = True
         for name, p, q in zip(names, p3, r3, strict=True):
@@ -227,4 +226,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
