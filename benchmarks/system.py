@@ -250,6 +250,17 @@ def metric_total(url: str, name: str) -> float:
                for s in fam.samples if s.name.endswith("_total"))
 
 
+def front_answers(url: str) -> int:
+    """Answers of the compiled front (the ``front="native"`` series of the reader's request
+    counter); 0 for a reader without one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return int(sum(s.value for fam in text_string_to_metric_families(text) if fam.name == "driftrec_reader_requests"
+                   for s in fam.samples if s.name.endswith("_total") and s.labels.get("front") == "native"))
+
+
 # --- traffic ---------------------------------------------------------------------------------------
 class Clicks:
     """One live simulator stream, published through kcat with each click stamped as it is written."""
@@ -594,6 +605,8 @@ def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = Fa
     vegeta(vegeta_, targets, 100, 5.0, ph.work)  # warm the reader's caches; not recorded
     reader_at = reader_sweep(ph, plan, reader_proc, worker, targets, probe_url, procs, vegeta_, profile)
     out["reader"] = reader_at
+    # Recommendations the compiled front (reader_native) ranked itself, not passed to Python.
+    out["reader_front_answers"] = front_answers(f"{base}/metrics")
     out["reader_p99_ms_at"] = {k: v.get("p99_ms") for k, v in reader_at.items()}
     out["reader_max_rate_p99_10ms"] = max_rate_p99_10ms(reader_at)
     out["reader_rss_mb"] = reader_proc.rss_mb()
@@ -854,8 +867,6 @@ def main() -> None:
                     help="py-spy the worker at each step and the reader at each rate (raw profiles in the "
                          "logs folder; the profiler's CPU perturbs the numbers)")
     ap.add_argument("--reader-rates", help="comma-separated offered rates for the reader alone (default: the plan's)")
-    ap.add_argument("--reader-native", action="store_true",
-                    help="run `driftrec serve` with the compiled front (setting reader_native) in the current tree's phase")
     ap.add_argument("--table", type=Path, metavar="RESULT",
                     help="print the README's table from a result file and stop")
     args = ap.parse_args()
@@ -868,8 +879,7 @@ def main() -> None:
     out_path = args.out or RESULTS / ("system_quick.json" if args.quick else "system.json")
     kcat, vegeta_ = kcat_bin(), vegeta_bin()
     machine = benchinfo.machine(("faust", "aiokafka", "redis", "numpy"))
-    result: dict[str, Any] = {"commit": benchinfo.commit(ROOT), "machine": machine,
-                              "reader_native": bool(args.reader_native)}
+    result: dict[str, Any] = {"commit": benchinfo.commit(ROOT), "machine": machine}
     series: dict[str, dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="driftrec-system-work-"))
     print(f"logs under {work}", flush=True)
@@ -883,7 +893,6 @@ def main() -> None:
         for name, ref in phases:
             tag = uuid.uuid4().hex[:8]
             s = stack.model_copy(update={
-                "reader_native": bool(args.reader_native) and ref is None,
                 "clicks_topic": f"sys-{tag}.clicks", "dead_letter_topic": f"sys-{tag}.dlq",
                 "consumer_group": f"sys-{tag}", "key_prefix": f"sys{tag}",
                 "worker_web_port": _free_port(), "worker_metrics_port": _free_port(),

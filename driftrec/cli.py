@@ -150,10 +150,19 @@ def serve(
         raise typer.Exit(2) from None
     bind_host, bind_port = host or s.reader_host, port or s.reader_port
     if s.reader_native:
-        from driftrec.online.native_front import serve_native
+        from driftrec.online.native_front import native_binary, serve_native, unsupported
 
         _logging()
-        raise typer.Exit(serve_native(s, bind_host, bind_port, n))
+        log = logging.getLogger("driftrec.serve")
+        binary = native_binary(s)
+        why = unsupported(s)
+        if binary is not None and why is None:
+            raise typer.Exit(serve_native(s, binary, bind_host, bind_port, n))
+        if binary is None:
+            log.warning("reader_native is on but no driftrec-reader binary was found (`make install` builds it "
+                        "with cargo): serving every request from the Python reader")
+        else:
+            log.info("the compiled front does not serve %s: the Python reader answers every request", why)
     if n > 1:
         _logging()
         serve_processes(s, bind_host, bind_port, n)

@@ -30,7 +30,7 @@ from driftrec.models.blend import SOURCES
 from driftrec.online.processes import reader_processes
 from driftrec.settings import Settings
 
-__all__ = ["native_binary", "front_config", "serve_native"]
+__all__ = ["native_binary", "unsupported", "front_config", "serve_native"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 _UPSTREAM_WAIT_S = 60.0
 
 
-def native_binary(settings: Settings) -> Path:
-    """The ``driftrec-reader`` binary: ``reader_native_bin``, else next to this Python, else on PATH."""
+def native_binary(settings: Settings) -> Path | None:
+    """The ``driftrec-reader`` binary: ``reader_native_bin`` (which must exist), else the one next
+    to this Python (``make install`` puts it there), else one on PATH; None when there is none."""
     if settings.reader_native_bin:
         path = Path(settings.reader_native_bin)
         if not path.is_file():
@@ -49,10 +50,16 @@ def native_binary(settings: Settings) -> Path:
     if beside.is_file():
         return beside
     found = shutil.which("driftrec-reader")
-    if found is None:
-        raise DriftrecError("reader_native is on but the driftrec-reader binary is not built: run `make install` "
-                          "(it needs cargo), or set DRIFTREC_READER_NATIVE=false")
-    return Path(found)
+    return Path(found) if found is not None else None
+
+
+def unsupported(settings: Settings) -> str | None:
+    """Why the front cannot serve with these settings (None: it can). It speaks to one Redis
+    node over plain TCP or a unix socket; a Redis Cluster or TLS URL is the Python reader's."""
+    scheme = settings.redis.split("://", 1)[0].lower()
+    if scheme not in ("redis", "unix"):
+        return f"{scheme}:// Redis URLs (a single node over redis:// or unix:// only)"
+    return None
 
 
 def front_config(settings: Settings, listen: str, upstream: str, model_dir: str) -> dict[str, Any]:
@@ -96,10 +103,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> No
             time.sleep(0.1)
 
 
-def serve_native(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Run the Python reader on a loopback port and the front on ``host:port`` until either
-    stops or a signal arrives; returns the exit status."""
-    binary = native_binary(settings)
+def serve_native(settings: Settings, binary: Path, host: str, port: int, workers: int) -> int:
+    """Run the Python reader on a loopback port and the front (``binary``) on ``host:port``
+    until either stops or a signal arrives; returns the exit status."""
     own_models = None
     model_dir = settings.reader_model_dir
     if not model_dir:

@@ -53,7 +53,10 @@ def test_two_processes_answer_on_one_port_and_report_together(settings: Settings
     client.close()
     models = tmp_path / "models"
     spawn(["worker"])
-    reader = spawn(["serve", "--workers", "2"], settings.model_copy(update={"reader_model_dir": str(models)}))
+    # The Python reader's processes themselves, on the port (the compiled front would sit in front
+    # of them and answer the recommendations: tests/integration/test_reader_native.py).
+    reader = spawn(["serve", "--workers", "2"], settings.model_copy(update={"reader_model_dir": str(models),
+                                                                            "reader_native": False}))
     base = f"http://127.0.0.1:{settings.reader_port}"
     wait_http(f"{base}/readyz", 60, reader)
     publish_events(settings, [{"event_id": f"e{i}", "user_id": f"u{i % 5}", "item_id": f"i{i % 3}",

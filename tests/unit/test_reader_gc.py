@@ -28,7 +28,9 @@ _CHILD = textwrap.dedent("""
 
 
 def test_serve_freezes_start_up_objects_before_uvicorn_runs() -> None:
-    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PATH": ""}
+    # The Python reader's own start-up (with the compiled front, serve would start two processes).
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "PATH": "",
+           "DRIFTREC_READER_NATIVE": "false"}
     out = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=120,
                          env=env, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])

@@ -392,6 +392,9 @@ async fn proxy(st: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>>
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let is_metrics = parts.uri.path() == "/metrics";
+    // An experiment defined through this reader enrols shoppers from its next request on, as the
+    // Python reader does: from now until the next poll of the definitions says otherwise.
+    let defines = parts.method != hyper::Method::GET && parts.uri.path().starts_with("/v1/experiments");
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return json(StatusCode::BAD_REQUEST, br#"{"error":"bad_request","detail":"request body could not be read"}"#.to_vec(), None);
     };
@@ -399,6 +402,9 @@ async fn proxy(st: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>>
     let out = Request::from_parts(parts, Full::new(body));
     match st.client.request(out).await {
         Ok(resp) => {
+            if defines && resp.status().is_success() {
+                st.experiments.store(true, Ordering::Relaxed);
+            }
             let (parts, body) = resp.into_parts();
             let mut bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             if is_metrics && parts.status == StatusCode::OK {
