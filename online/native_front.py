@@ -81,6 +81,7 @@ def front_config(settings: Settings, listen: str, upstream: str, model_dir: str)
         "reader_similar_users": s.reader_similar_users, "reader_snapshot_items": s.reader_snapshot_items,
         "reader_snapshot_interval_s": s.reader_snapshot_interval_s, "reader_max_in_flight": s.reader_max_in_flight,
         "reader_deadline_s": s.reader_deadline_s, "reader_cache_ttl_s": s.reader_cache_ttl_s,
+        "reader_cache_rows": s.reader_cache_rows,
         "ann_overfetch": s.reader_ann_overfetch, "ann_expansion": s.reader_ann_expansion,
         "ann_min_rows": s.reader_ann_min_rows, "ann_enabled": s.reader_ann,
         "experiments_file": s.experiments_file is not None,

@@ -43,6 +43,7 @@ pub struct Config {
     pub reader_max_in_flight: usize,
     pub reader_deadline_s: f64,
     pub reader_cache_ttl_s: f64,
+    pub reader_cache_rows: usize,
     pub ann_overfetch: f64,
     pub ann_expansion: usize,
     pub ann_min_rows: usize,

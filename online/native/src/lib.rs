@@ -7,5 +7,6 @@ pub mod blend;
 pub mod catalogue;
 pub mod config;
 pub mod model;
+pub mod rowcache;
 pub mod snapshot;
 pub mod store;

@@ -31,6 +31,7 @@ use driftrec_reader::blend::{self, candidates::{Gathered, RecentRule}, decay::De
 use driftrec_reader::catalogue::Catalogue;
 use driftrec_reader::config::Config;
 use driftrec_reader::model::Model;
+use driftrec_reader::rowcache::RowCache;
 use driftrec_reader::snapshot::Snapshot;
 use driftrec_reader::store::{self, Keys, Pairs, PER_SIMILAR_USER};
 
@@ -158,6 +159,8 @@ struct State {
     /// The version a load was last tried for, and when (a version not built yet is retried).
     model_try: Mutex<(Option<String>, Option<Instant>)>,
     in_flight: AtomicUsize,
+    nbr_rows: RowCache,
+    user_rows: RowCache,
     metrics: Metrics,
     served: mpsc::Sender<Record>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -307,13 +310,25 @@ impl State {
         }
         let nbr_items: Vec<String> = plan.neighbour_items(w).into_iter().map(str::to_owned).collect();
         let users: Vec<String> = similar.iter().map(|(v, _)| v.clone()).collect();
-        let (rows, theirs) = store::read_expansion(&mut conn, &self.keys, &nbr_items, cfg.neighbours_read, &users, PER_SIMILAR_USER).await?;
+        // Shared rows from the near cache when read less than reader_cache_ttl_s ago under this
+        // landmark (`Recommender._expansion`), the rest in one pipeline.
+        let at = Instant::now();
+        let (nbr_hit, nbr_miss) = self.nbr_rows.lookup(&nbr_items, at, r.meta.landmark);
+        let (user_hit, user_miss) = self.user_rows.lookup(&users, at, r.meta.landmark);
+        let (rows, theirs) = store::read_expansion(&mut conn, &self.keys, &nbr_miss, cfg.neighbours_read, &user_miss, PER_SIMILAR_USER).await?;
+        let rows: Vec<(String, Arc<Pairs>)> = rows.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let theirs: Vec<(String, Arc<Pairs>)> = theirs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        self.nbr_rows.store(&rows, at, r.meta.landmark);
+        self.user_rows.store(&theirs, at, r.meta.landmark);
+        let owned = |hit: Vec<(String, Arc<Pairs>)>, read: Vec<(String, Arc<Pairs>)>| -> blend::Map<String, Pairs> {
+            hit.into_iter().chain(read).map(|(k, v)| (k, Arc::unwrap_or_clone(v))).collect()
+        };
         let gathered = Gathered {
-            rows: rows.into_iter().collect(),
+            rows: owned(nbr_hit, rows),
             vector_scores,
             tf_scores,
             similar,
-            theirs: theirs.into_iter().collect(),
+            theirs: owned(user_hit, theirs),
             trending,
             trending_label: None,
             new_items: Vec::new(),
@@ -561,6 +576,8 @@ async fn run(cfg: Config) -> Result<()> {
         model: RwLock::new(None),
         model_try: Mutex::new((None, None)),
         in_flight: AtomicUsize::new(0),
+        nbr_rows: RowCache::new(cfg.reader_cache_ttl_s, cfg.reader_cache_rows),
+        user_rows: RowCache::new(cfg.reader_cache_ttl_s, cfg.reader_cache_rows),
         metrics: Metrics::default(),
         served: tx,
         client: Client::builder(TokioExecutor::new()).build_http(),
