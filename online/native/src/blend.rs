@@ -77,7 +77,7 @@ impl Source {
 
 /// Weight of each source (0 turns a source off); the defaults are `BlendWeights()`'s, whose
 /// docstring in `models/blend.py` says how they were chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
 pub struct BlendWeights {
     pub item_item: f64,
     pub user_vector: f64,

@@ -95,12 +95,14 @@ impl Catalogue {
         Ok(Catalogue { hidden, position: Some(position), version })
     }
 
-    /// Apply the feed's new entries, or load again when they do not follow on (`refresh`).
-    pub async fn refresh(&mut self, conn: &mut MultiplexedConnection, keys: &Keys) -> Result<()> {
+    /// Apply the feed's new entries, or load again when they do not follow on (`refresh`);
+    /// true when the hidden set may have changed.
+    pub async fn refresh(&mut self, conn: &mut MultiplexedConnection, keys: &Keys) -> Result<bool> {
         let Some(mut position) = self.position.clone() else {
             *self = Catalogue::load(conn, keys).await?;
-            return Ok(());
+            return Ok(true);
         };
+        let mut changed = false;
         loop {
             let v: Value = redis::cmd("XRANGE").arg(keys.catalogue_feed()).arg(format!("({position}")).arg("+")
                 .arg("COUNT").arg(BATCH).query_async(conn).await?;
@@ -110,8 +112,9 @@ impl Catalogue {
             }
             if got[0].1 != self.version + 1 {
                 *self = Catalogue::load(conn, keys).await?;
-                return Ok(());
+                return Ok(true);
             }
+            changed = true;
             let mut ids: Vec<String> = Vec::new();
             let mut seen = HashSet::new();
             for (_, _, item) in &got {
@@ -144,6 +147,6 @@ impl Catalogue {
                 break;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 }

@@ -4,16 +4,7 @@
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Weights {
-    pub item_item: f64,
-    pub user_vector: f64,
-    pub tf: f64,
-    pub similar_users: f64,
-    pub trending: f64,
-    pub new_items: f64,
-    pub session_knn: f64,
-}
+use crate::blend::BlendWeights;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -26,7 +17,7 @@ pub struct Config {
     /// Folder of built model versions shared with the Python reader (`reader_model_dir`).
     pub model_dir: String,
     pub threads: usize,
-    pub weights: Weights,
+    pub weights: BlendWeights,
     pub half_life_s: f64,
     pub history_len: usize,
     pub neighbours_read: usize,

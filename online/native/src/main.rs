@@ -335,8 +335,9 @@ impl State {
             new_labels: Default::default(),
             session_knn: Vec::new(),
         };
-        let (landmark, factor, rate) = (plan.landmark, plan.factor, self.rate);
-        let norm_of = |item: &str| snap.norm(item, landmark, factor, rate);
+        // The snapshot's scores moved to this request's landmark once, then times its factor.
+        let (shift, factor) = (snap.norms.shift(&self.policy, plan.landmark), plan.factor);
+        let norm_of = |item: &str| snap.norms.norm(item, shift, factor);
         let (_, items) = request::rank(plan, gathered, norm_of, &hidden, n, w, &self.settings);
         Ok(Ok(Answer { items, model_version: model.map(|m| m.version.clone()), degraded: false }))
     }
@@ -504,17 +505,14 @@ async fn snapshot_loop(st: Arc<State>) {
     }
 }
 
-async fn catalogue_loop(st: Arc<State>) {
+/// Every `catalogue::POLL_S`: the catalogue's change feed, and whether any experiment is defined.
+async fn poll_loop(st: Arc<State>) {
     let mut conn = st.conn.clone();
     let mut cat = Catalogue::default();
     loop {
         match cat.refresh(&mut conn, &st.keys).await {
-            Ok(()) => {
-                let cur = st.hidden.read().unwrap().clone();
-                if cur.len() != cat.hidden.len() || !cat.hidden.iter().all(|i| cur.contains(i)) {
-                    *st.hidden.write().unwrap() = Arc::new(cat.hidden.iter().cloned().collect());
-                }
-            }
+            Ok(true) => *st.hidden.write().unwrap() = Arc::new(cat.hidden.iter().cloned().collect()),
+            Ok(false) => {}
             Err(e) => eprintln!("driftrec-reader: catalogue not refreshed: {e:#}"),
         }
         // Experiments: the Python reader answers while any is defined (enrolment is its job).
@@ -542,15 +540,7 @@ async fn run(cfg: Config) -> Result<()> {
     let conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
     let (tx, rx) = mpsc::channel(10_000);
     let listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    let weights = BlendWeights {
-        item_item: cfg.weights.item_item,
-        user_vector: cfg.weights.user_vector,
-        tf: cfg.weights.tf,
-        similar_users: cfg.weights.similar_users,
-        trending: cfg.weights.trending,
-        new_items: cfg.weights.new_items,
-        session_knn: cfg.weights.session_knn,
-    };
+    let weights = cfg.weights;
     let settings = request::RecSettings {
         recent: RecentRule {
             k: cfg.reader_recent_items,
@@ -585,7 +575,7 @@ async fn run(cfg: Config) -> Result<()> {
     });
     tokio::spawn(served_writer(st.clone(), rx));
     tokio::spawn(snapshot_loop(st.clone()));
-    tokio::spawn(catalogue_loop(st.clone()));
+    tokio::spawn(poll_loop(st.clone()));
     eprintln!("driftrec-reader: listening on {}, Python reader at {}", st.cfg.listen, st.cfg.upstream);
     loop {
         let (sock, _) = listener.accept().await?;

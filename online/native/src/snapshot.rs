@@ -2,11 +2,11 @@
 //! requests with a category go to the Python reader): the item-item source's norms, the trending
 //! source's list, and the degraded answer when Redis does not answer.
 
-use std::collections::HashMap;
-
 use anyhow::{anyhow, Result};
 use redis::aio::MultiplexedConnection;
 
+use crate::blend::candidates::PopularitySnapshot;
+use crate::blend::Map;
 use crate::store::{popularity_page, Keys, Meta, Pairs, SNAPSHOT_PAGE};
 
 /// Popular items kept in list form (`_POPULAR_KEPT`).
@@ -16,8 +16,9 @@ pub const POPULAR_KEPT: usize = 1000;
 pub struct Snapshot {
     pub meta: Option<Meta>,
     pub popular: Pairs,
-    pub pop: HashMap<String, f64>,
-    pub floor: f64,
+    /// Every kept item's popularity and the floor, for the item-item norms (the blend's type:
+    /// `PopularitySnapshot::shift` and `norm` are `TrendingSnapshot._shift` and `norms`).
+    pub norms: PopularitySnapshot,
     pub n_items: usize,
 }
 
@@ -42,7 +43,7 @@ impl Snapshot {
                 pop.extend(chunk);
             }
             if !moved {
-                let mut seen: HashMap<String, f64> = HashMap::with_capacity(pop.len());
+                let mut seen: Map<String, f64> = Map::with_capacity_and_hasher(pop.len(), Default::default());
                 let mut list = Vec::with_capacity(pop.len());
                 for (i, s) in pop {
                     if !seen.contains_key(&i) {
@@ -52,28 +53,11 @@ impl Snapshot {
                 }
                 let floor = if list.len() >= n_items { list.last().map(|p| p.1).unwrap_or(0.0) } else { 0.0 };
                 list.truncate(POPULAR_KEPT);
-                return Ok(Snapshot { meta: Some(meta), popular: list, pop: seen, floor, n_items });
+                let norms = PopularitySnapshot { pop: seen, floor, landmark: Some(meta.landmark) };
+                return Ok(Snapshot { meta: Some(meta), popular: list, norms, n_items });
             }
         }
         Err(anyhow!("the landmark moved during three snapshot reads in a row"))
-    }
-
-    fn shift(&self, landmark: f64, rate: f64) -> f64 {
-        match self.meta {
-            Some(m) if m.landmark != landmark => (-rate * (landmark - m.landmark)).exp(),
-            _ => 1.0,
-        }
-    }
-
-    /// `TrendingSnapshot.norms`: stored popularity relative to `landmark` (missing: the floor), times `scale`.
-    pub fn norm(&self, item: &str, landmark: f64, scale: f64, rate: f64) -> f64 {
-        let f = self.shift(landmark, rate);
-        let v = *self.pop.get(item).unwrap_or(&self.floor);
-        if f == 1.0 {
-            v * scale
-        } else {
-            v * f * scale
-        }
     }
 
     /// `TrendingSnapshot.stored_top(None, n)`.

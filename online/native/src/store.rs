@@ -7,10 +7,10 @@ use anyhow::{anyhow, Result};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
+use crate::blend::decay::read_factor;
+
 pub type Pairs = Vec<(String, f64)>;
 
-/// `SCORE_SCALE` of `models/decay.py`: stored scores are whole units of 1/65536.
-pub const SCORE_SCALE: f64 = 65536.0;
 /// Strongest items read per similar user (`models/candidates.py` `PER_SIMILAR_USER`).
 pub const PER_SIMILAR_USER: usize = 10;
 /// Popularity entries per snapshot round trip (`online/store.py` `SNAPSHOT_PAGE`).
@@ -76,7 +76,7 @@ impl Meta {
 
     /// `read_factor`: `exp(−λ (now − L)) / S`.
     pub fn factor(&self, rate: f64) -> f64 {
-        (-rate * (self.now() - self.landmark)).exp() / SCORE_SCALE
+        read_factor(rate, self.landmark, self.now())
     }
 }
 
