@@ -481,6 +481,11 @@ class Phase:
     series: dict[str, Any] = field(default_factory=dict)
 
 
+def aof_rewrites(r: redis.Redis) -> int:
+    """AOF rewrites Redis started since it started (``INFO persistence``)."""
+    return int(r.info("persistence").get("aof_rewrites", 0))
+
+
 def applied(r: redis.Redis, s: Settings) -> int:
     return int(r.hget(Keys(s.key_prefix).meta, "applied_events") or 0)
 
@@ -727,6 +732,7 @@ async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_pro
         r.config_set("slowlog-log-slower-than", 1000)
         r.config_set("slowlog-max-len", 100_000)  # every slow command of the window, not the last 128
         r.slowlog_reset()
+        rewrites0 = aof_rewrites(r)
         stop = asyncio.Event()
         load = asyncio.create_task(clicks.run(plan.background_rate, stop))
         a0, c0 = applied(r, s), time.monotonic()
@@ -743,9 +749,13 @@ async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_pro
                     "freshness_max_ms": f["max_ms"], "freshness_lost": f["lost"], "freshness_probes": f["probes"]})
         print(f"[{ph.name}] freshness at {plan.background_rate}/s: {f}", flush=True)
         degraded0 = metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers")
+        rewrites1 = aof_rewrites(r)
         res = await asyncio.to_thread(vegeta, vegeta_, targets, plan.under_writes_rate, plan.under_writes_seconds,
                                       ph.work)
         res["degraded"] = int(metric_total(f"{base}/metrics", "driftrec_reader_degraded_answers") - degraded0)
+        # An AOF rewrite forks Redis and rewrites the dataset (a core for ~0.5-1 s): say whether
+        # one fell in this window, since it moves the tail (driftrec/stack/local.py).
+        res["redis_aof_rewrites"] = aof_rewrites(r) - rewrites1
         a1, c1 = applied(r, s), time.monotonic()
         stop.set()
         await load
@@ -755,6 +765,8 @@ async def writes(ph: Phase, plan: Plan, clicks: Clicks, worker: Proc, reader_pro
         slow = r.slowlog_get(100_000)
         out["redis_slowest_command_ms"] = round(max((e["duration"] for e in slow), default=0) / 1000, 2)
         out["redis_commands_over_1ms"] = len(slow)
+        out["redis_aof_rewrites"] = aof_rewrites(r) - rewrites0  # in the whole 2,000 clicks/s window
+        out["redis_latest_fork_ms"] = round(int(r.info("stats").get("latest_fork_usec", 0)) / 1000, 2)
         out["redis_slowest_commands"] = [
             {"ms": round(e["duration"] / 1000, 2), "command": e["command"][:60].decode(errors="replace")
              if isinstance(e["command"], bytes) else str(e["command"])[:60]}
@@ -849,7 +861,8 @@ def table(result: dict[str, Any]) -> str:
                f"reader_{n}_processes"))
           for n in sorted({int(k.split("_")[1]) for k in result if k.startswith("reader_") and k.endswith("_processes")})],
         (f"reader at {plan['under_writes_rate']} req/s while {plan['background_rate']:,} clicks/s arrive",
-         lambda r: reader({"reader": {"x": r["reader_under_writes"]}}, "x")),
+         lambda r: reader({"reader": {"x": r["reader_under_writes"]}}, "x")
+         + (" (an AOF rewrite in the window)" if r["reader_under_writes"].get("redis_aof_rewrites") else "")),
     ]
     head = f"| | this version ({result['commit'][:7]}) |" + (f" before ({b['commit'][:7]}) |" if b else "")
     out = [head, "|---|---|" + ("---|" if b else "")]
