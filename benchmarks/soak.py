@@ -41,7 +41,7 @@ from tools.chaos.memory import (
     memory_per_owner,
     redis_memory_info,
 )
-from tools.chaos.procs import Child, rss_mb, wait_http
+from tools.chaos.procs import Child, rss_mb, tree_rss_mb, wait_http
 from tools.chaos.scenario import run_settings
 from tools.chaos.stack import PrivateStack
 from tools.chaos.traffic import PublishStats, ReaderPoller, publish_steady
@@ -105,7 +105,9 @@ def main() -> None:
         def sample() -> dict[str, Any]:
             return {"t_s": round(time.monotonic() - t0, 1), "sent": stats.sent,
                     "applied": int(client.hget(keys.meta, "applied_events") or 0),
-                    "worker_rss_mb": rss_mb(worker.pid), "reader_rss_mb": rss_mb(reader.pid),
+                    "worker_rss_mb": rss_mb(worker.pid),
+                    # `serve` is a launcher: the front and the Python reader are its children.
+                    "reader_rss_mb": tree_rss_mb(reader.pid),
                     "redis_used_mb": round(int(client.info("memory")["used_memory"]) / 2**20, 1)}
 
         sampler = Sampler(args.sample_s, sample)

@@ -74,6 +74,7 @@ from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
 from tools import benchinfo  # noqa: E402
+from tools.chaos.procs import tree_rss_mb  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from write_path import _free_port, services  # noqa: E402
@@ -178,13 +179,10 @@ class Proc:
                              f"see {self.log}:\n{self.log.read_text(errors='replace')[-3000:]}")
 
     def rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        except OSError:
-            pass
-        return None
+        """RSS of the process and every process below it (``serve``: the launcher, the compiled
+        front and the Python reader), shared model pages counted once per process mapping them."""
+        got = tree_rss_mb(self.proc.pid)
+        return None if got is None else round(got, 1)
 
     def stop(self) -> None:
         if self.alive():

@@ -110,3 +110,29 @@ def test_a_batch_beyond_the_stored_offsets_is_a_gap_to_read_back() -> None:
     assert find_gaps(positions, stored, max_records=1000) == {0: (100, 120)}
     assert find_gaps(positions, stored, max_records=10) == {}  # too large: logged, not filled
     assert find_gaps([(0, 100)], {0: 99}, 1000) == {}
+
+
+def test_tree_rss_counts_the_children_of_a_launcher() -> None:
+    # `driftrec serve` is a launcher whose front and Python reader are its children: the soak and
+    # the system benchmark report the reader's memory as the whole tree.
+    import subprocess
+    import time
+
+    from tools.chaos.procs import rss_mb, tree_pids, tree_rss_mb
+
+    proc = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 5
+        while len(tree_pids(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = tree_pids(proc.pid)
+        assert pids[0] == proc.pid and len(pids) == 3
+        total, own = tree_rss_mb(proc.pid), rss_mb(proc.pid)
+        assert total is not None and own is not None
+        assert total == sum(rss_mb(p) or 0.0 for p in pids) and total > own
+    finally:
+        for p in tree_pids(proc.pid)[1:]:
+            subprocess.run(["kill", str(p)], check=False)
+        proc.kill()
+        proc.wait()
+    assert tree_rss_mb(proc.pid) is None

@@ -32,6 +32,30 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children, ...), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """Summed resident set size of ``pid`` and every process below it, in MiB (None once ``pid``
+    is gone): ``driftrec serve`` is a launcher with the compiled front and the Python reader as
+    its children. Pages two of them share (the memory-mapped model) count once per process."""
+    sizes = [rss_mb(p) for p in tree_pids(pid)]
+    if sizes[0] is None:
+        return None
+    return sum(x for x in sizes if x is not None)
+
+
 class Child:
     """One ``driftrec <args>`` process, its settings passed through the environment.
 
