@@ -74,7 +74,7 @@ from driftrec.keys import Keys  # noqa: E402
 from driftrec.settings import Settings  # noqa: E402
 from driftrec.simulator import ShopSimulator  # noqa: E402
 from tools import benchinfo  # noqa: E402
-from tools.chaos.procs import tree_rss_mb  # noqa: E402
+from tools.chaos.procs import tree_pids, tree_rss_mb  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from write_path import _free_port, services  # noqa: E402
@@ -502,7 +502,7 @@ def reader_sweep(ph: Phase, plan: Plan, reader_proc: Proc, worker: Proc, targets
                  procs: tuple[Proc, ...], vegeta_: str, profile: bool, label: str = "reader") -> dict[str, Any]:
     """The reader alone at each of ``plan.reader_rates`` (stops after the first saturated rate)."""
     base = probe_url.split("/v1/")[0]
-    reader_pids = [reader_proc.proc.pid, *child_pids(reader_proc.proc.pid)]
+    reader_pids = tree_pids(reader_proc.proc.pid)  # serve: the launcher, the front, the Python reader(s)
     reader_at: dict[str, Any] = {}
     saturated_at = None
     for rate in plan.reader_rates:
@@ -531,17 +531,6 @@ def max_rate_p99_10ms(reader_at: dict[str, Any]) -> int:
     ok = [int(k) for k, v in reader_at.items() if v.get("p99_ms") is not None and v["p99_ms"] <= 10
           and v["success"] >= 0.99]
     return max(ok) if ok else 0
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (the processes of ``driftrec serve --workers N``)."""
-    out: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    except OSError:
-        pass
-    return out
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -626,7 +615,7 @@ def run_phase(ph: Phase, plan: Plan, kcat: str, vegeta_: str, profile: bool = Fa
                                 label=f"{n} processes")
         out[f"reader_{n}_processes"] = {"p99_ms_at": {k: v.get("p99_ms") for k, v in multi_at.items()},
                                         "max_rate_p99_10ms": max_rate_p99_10ms(multi_at),
-                                        "memory_mb": [memory_mb(pid) for pid in child_pids(multi.proc.pid)],
+                                        "memory_mb": [memory_mb(pid) for pid in tree_pids(multi.proc.pid)[1:]],
                                         "rates": multi_at}
         multi.stop()
         reader_proc = Proc(ph.tree, s, ["serve"], ph.work / "reader-2.log")
