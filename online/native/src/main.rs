@@ -320,15 +320,13 @@ impl State {
         let theirs: Vec<(String, Arc<Pairs>)> = theirs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.nbr_rows.store(&rows, at, r.meta.landmark);
         self.user_rows.store(&theirs, at, r.meta.landmark);
-        let owned = |hit: Vec<(String, Arc<Pairs>)>, read: Vec<(String, Arc<Pairs>)>| -> blend::Map<String, Pairs> {
-            hit.into_iter().chain(read).map(|(k, v)| (k, Arc::unwrap_or_clone(v))).collect()
-        };
+        // The blend reads the rows where the cache holds them: no copy per request.
         let gathered = Gathered {
-            rows: owned(nbr_hit, rows),
+            rows: nbr_hit.into_iter().chain(rows).collect(),
             vector_scores,
             tf_scores,
             similar,
-            theirs: owned(user_hit, theirs),
+            theirs: user_hit.into_iter().chain(theirs).collect(),
             trending,
             trending_label: None,
             new_items: Vec::new(),

@@ -2,6 +2,8 @@
 //! `models/candidates.py` (`trending_depth`, `session_weights`, `user_recent`,
 //! `similar_user_scores`, `assemble`) and of `TrendingSnapshot.norms` (`online/snapshot.py`).
 
+use std::sync::Arc;
+
 use super::{Map, Set};
 
 use super::decay::DecayPolicy;
@@ -151,11 +153,11 @@ pub fn user_recent(
 
 /// `similar_user_scores`: Σ over similar users v of cos(u, v) · (v's weight of the item / v's
 /// first (largest) weight), items in the order they were first met.
-pub fn similar_user_scores(similar: &[(String, f64)], theirs: &Map<String, Pairs>) -> Pairs {
+pub fn similar_user_scores(similar: &[(String, f64)], theirs: &Map<String, Arc<Pairs>>) -> Pairs {
     let mut at: Map<&str, usize> = Map::default();
     let mut scores: Pairs = Vec::new();
     for (v, sim) in similar {
-        let rows: &[(String, f64)] = theirs.get(v).map_or(&[], Vec::as_slice);
+        let rows: &[(String, f64)] = theirs.get(v).map_or(&[], |r| r.as_slice());
         let top = rows.first().map_or(0.0, |r| r.1);
         if top <= 0.0 {
             continue;
@@ -214,14 +216,15 @@ impl PopularitySnapshot {
 /// multiplies them by the read factor.
 #[derive(Debug, Clone, Default)]
 pub struct Gathered {
-    /// recent item -> its stored neighbour row, strongest first (only the items read).
-    pub rows: Map<String, Pairs>,
+    /// recent item -> its stored neighbour row, strongest first (only the items read). Shared
+    /// with the reader's row cache: `assemble` reads it, never takes it apart.
+    pub rows: Map<String, Arc<Pairs>>,
     pub vector_scores: Pairs,
     pub tf_scores: Pairs,
     /// (similar user, cosine) from the model.
     pub similar: Pairs,
-    /// similar user -> their stored weights, strongest first.
-    pub theirs: Map<String, Pairs>,
+    /// similar user -> their stored weights, strongest first (shared as `rows` is).
+    pub theirs: Map<String, Arc<Pairs>>,
     /// stored trending scores.
     pub trending: Pairs,
     pub trending_label: Option<String>,
@@ -242,7 +245,7 @@ pub fn assemble(
     let neighbours: Map<String, Pairs> = read
         .rows
         .into_iter()
-        .map(|(i, row)| (i, row.into_iter().map(|(j, c)| (j, c * factor)).collect()))
+        .map(|(i, row)| (i, row.iter().map(|(j, c)| (j.clone(), c * factor)).collect()))
         .collect();
     let mut norms: Map<String, f64> = Map::default();
     let wanted = recent

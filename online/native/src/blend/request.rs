@@ -15,6 +15,8 @@
 //! [`recommend`] runs all of it on inputs read up front (the parity harness, the tests).
 //! Categories and hidden items come from the catalogue and Redis: the caller's.
 
+use std::sync::Arc;
+
 use super::{Map, Set};
 
 use super::candidates::{
@@ -240,19 +242,19 @@ pub fn recommend(
         policy,
         &settings.recent,
     );
-    let rows: Map<String, Pairs> = p
+    let rows: Map<String, Arc<Pairs>> = p
         .neighbour_items(weights)
         .into_iter()
         .filter_map(|i| {
             inp.neighbour_rows
                 .get(i)
-                .map(|row| (i.to_owned(), row.clone()))
+                .map(|row| (i.to_owned(), Arc::new(row.clone())))
         })
         .collect();
-    let theirs: Map<String, Pairs> = inp
+    let theirs: Map<String, Arc<Pairs>> = inp
         .similar
         .iter()
-        .filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), row.clone())))
+        .filter_map(|(v, _)| inp.user_rows.get(v).map(|row| (v.clone(), Arc::new(row.clone()))))
         .collect();
     let read = Gathered {
         rows,

@@ -266,9 +266,9 @@ fn history_without_weights_decays_by_recency() {
 
 #[test]
 fn similar_users_start_sums_from_positive_zero() {
-    let theirs: Map<String, Pairs> = [
-        ("u".to_owned(), p(&[("a", 2.0), ("b", 0.0)])),
-        ("v".to_owned(), p(&[("b", 0.0)])),
+    let theirs: Map<String, std::sync::Arc<Pairs>> = [
+        ("u".to_owned(), p(&[("a", 2.0), ("b", 0.0)]).into()),
+        ("v".to_owned(), p(&[("b", 0.0)]).into()),
     ]
     .into_iter()
     .collect();
