@@ -67,12 +67,13 @@ def live_clicks(n: int, *, seed: int = 7, shoppers: int = 10_000, users: int = 5
 
 
 @contextmanager
-def private_redis() -> Iterator[str]:
-    """A ``redis-server`` of this process's own on a free port, without persistence; its URL."""
+def private_redis(config: Sequence[str] = ()) -> Iterator[str]:
+    """A ``redis-server`` of this process's own on a free port, without persistence, with
+    ``config`` (``name value ...``, e.g. ``zset-max-listpack-entries 256``); its URL."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="nbr-redis-") as home:
         proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", home,
-                                 "--save", "", "--appendonly", "no"],
+                                 "--save", "", "--appendonly", "no", *(f"--{a}" if i % 2 == 0 else a for i, a in enumerate(config))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"redis://127.0.0.1:{port}/0"
         try:
@@ -199,7 +200,8 @@ def redis_cost(url: str, keys: Keys) -> dict[str, float]:
 
 
 def run_sizes(s: Settings, raws: Sequence[RawRecord], sizes: Sequence[int],
-              state_kwargs: dict[str, Any] | None = None) -> tuple[dict[int, Rows], dict[int, dict[str, float]]]:
+              state_kwargs: dict[str, Any] | None = None, redis_config: Sequence[str] = (),
+              ) -> tuple[dict[int, Rows], dict[int, dict[str, float]]]:
     """Each batch size on a fresh private Redis: the rows each left, and what each run cost
     (``seconds``, Redis CPU seconds, dataset and neighbour-row bytes: :func:`redis_cost`)."""
     landmark = first_click_time(raws)
@@ -207,7 +209,7 @@ def run_sizes(s: Settings, raws: Sequence[RawRecord], sizes: Sequence[int],
     costs: dict[int, dict[str, float]] = {}
     keys = Keys(s.key_prefix)
     for size in sizes:
-        with private_redis() as url:
+        with private_redis(redis_config) as url:
             run = s.model_copy(update={"redis_url": url})
             cpu0 = redis_cost(url, keys)["redis_cpu_s"]
             seconds = asyncio.run(apply_in_batches(run, raws, size, landmark=landmark, state_kwargs=state_kwargs))
