@@ -1,6 +1,6 @@
 """Served neighbour rows do not depend on how clicks fell into batches (issue 22).
 
-The same 30,000 simulator clicks (interleaved shoppers, 4 partitions by shopper, the decay landmark
+The same 60,000 simulator clicks (interleaved shoppers, 4 partitions by shopper, the decay landmark
 pinned) go through the worker's batch processor in batches of 1, 100 and 2,000, each run on a
 fresh private redis-server. The rows the reader serves (the first ``neighbours_read`` of each,
 with scores) must be the same in >= 99.9 % of rows, and on the rest no served member's score may
@@ -8,6 +8,8 @@ differ by more than one view's. The same clicks with rows cut at ``neighbours_k`
 batch (the code before issue 22) miss that, which shows the stream is one where batching matters:
 that control runs on the in-memory oracle, which applies what the worker's scripts apply (bit for
 bit: tests/integration/test_fixed_point.py and the write-path tests compare the two).
+60,000 clicks, not fewer: some rows must reach ``neighbours_kept`` (256) and be cut, or the test
+would only show that rows nobody cuts agree (at 30,000 none reaches it; at 60,000 a few dozen do).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tools.nbr_batching import Rows, compare, first_click_time, live_clicks, one
 
 pytestmark = pytest.mark.integration
 
-CLICKS = 30_000  # the issue's stream size; the batch-of-1 run takes ~25 s on the shared 2-core machine
+CLICKS = 60_000  # the batch-of-1 run takes ~50 s on the shared 2-core machine
 SIZES = (1, 100, 2000)
 
 
@@ -42,6 +44,8 @@ def test_served_rows_do_not_depend_on_batch_size() -> None:
     rows, _ = run_sizes(s, raws, SIZES)
     view, served, base = one_view(s), s.neighbours_read, rows[SIZES[-1]]
     assert len(base) > 4000, "too few neighbour rows for 0.1 % to mean anything"
+    for size in SIZES:
+        assert sum(len(r) >= s.neighbours_cut for r in rows[size].values()) >= 10, "the stream must reach the cut"
     for size in SIZES[:-1]:
         got = compare(rows[size], base, served, view)
         assert got.fraction >= 0.999, (size, got.as_dict())
