@@ -64,7 +64,7 @@ async def main():
     client = aioredis.Redis.from_url(s.redis)
     keys = Keys(s.key_prefix)
     state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                       neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+                       neighbours_k=getattr(s, "neighbours_cut", s.neighbours_k), trending_k=s.trending_k)
     state.session_index_k = index_k  # as `driftrec worker` sets it (streams/agents.py)
     async def sink(dead): pass
     proc = BatchProcessor(s, state, sink, FactorCache(client, keys, s.fold_in_regularization))

@@ -77,7 +77,7 @@ def run(url: str, events: int, batch: int) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         client = async_client(url, socket_timeout=60)
         state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                           neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+                           neighbours_k=s.neighbours_cut, trending_k=s.trending_k)
 
         async def sink(dead: Any) -> None:
             pass

@@ -310,7 +310,7 @@ async def processor_alone(s: Settings, records: list[tuple[int, int, bytes]], su
                              await client.get(worker_keys.model_blob(version.decode(), part)))
         await client.set(keys.model_current, version)
     state = RedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                       neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=s.apply_chunk_cost)
+                       neighbours_k=s.neighbours_cut, trending_k=s.trending_k, chunk_cost=s.apply_chunk_cost)
 
     async def sink(dead: Any) -> None:
         pass

@@ -133,7 +133,8 @@ class Settings(BaseSettings):
     history_len: int = Field(default=50, ge=1, description="Items kept in a user's recent history.")
     cooc_window: int = Field(default=10, ge=1, description="Recent items an event co-occurs with.")
     cooc_window_s: float = Field(default=3 * 86400.0, gt=0, description="Max event-time gap for co-occurrence.")
-    neighbours_k: int = Field(default=50, ge=1, description="Neighbours kept per item (top-K pruning).")
+    neighbours_k: int = Field(default=50, ge=1, description="Neighbours served per item: the item page reads this many of a row, the reader at most this many (reader_neighbours).")
+    neighbours_kept: int = Field(default=256, ge=1, description="Neighbours a row keeps (at least neighbours_k): the worker cuts a row to its strongest this many, so a neighbour is dropped only far below what is served and the served rows do not depend on how clicks fell into batches (issue 22: at 256, the same 100,000 simulator clicks in batches of 1, 100 and 2,000 served the same top 20 of every row; cut at 50 as before, 5.3 % of rows differed, by up to 129 views; docs/write-path.md).")
     similarity_shrinkage: float = Field(default=5.0, ge=0, description="Shrinkage added to the cosine denominator.")
     similarity_alpha: float = Field(default=0.5, ge=0, le=1, description="Item-item source (reader): co(r, j) / (pop(r)^alpha x pop(j)^(1 - alpha) + shrinkage); 0.5 = cosine, towards 1 a candidate's own popularity is divided out less (asymmetric cosine).")
     factors: int = Field(default=32, ge=2, description="Latent factors of ISGD / fold-in vectors.")
@@ -228,6 +229,12 @@ class Settings(BaseSettings):
         """Neighbours the reader reads per recent item: ``reader_neighbours``, within what the
         worker keeps (``neighbours_k``)."""
         return min(self.neighbours_k, self.reader_neighbours)
+
+    @property
+    def neighbours_cut(self) -> int:
+        """Members the worker keeps per neighbour row: ``neighbours_kept``, never below what is
+        served (``neighbours_k``)."""
+        return max(self.neighbours_k, self.neighbours_kept)
 
     @property
     def local_stack(self) -> bool:

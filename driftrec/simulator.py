@@ -180,7 +180,7 @@ class ShopSimulator:
 
     @classmethod
     def live(cls, *, rate: float, shoppers: int = DEFAULT_SHOPPERS, n_users: int = 50_000,
-             **kwargs: Any) -> ShopSimulator:
+             start: float | None = None, **kwargs: Any) -> ShopSimulator:
         """A shop whose stream, published at ``rate`` clicks per second, looks like live traffic.
 
         The session rate is set so that the stream's event time runs at the wall clock's pace
@@ -199,6 +199,9 @@ class ShopSimulator:
         n_users : int
             Registered shoppers to draw sessions from; more than ``shoppers``, so that a shopper
             whose session is open is not picked for another.
+        start : float or None
+            Event time of the stream's start; None: now. A fixed start makes the stream the same
+            run after run (a measurement that compares runs on one stream, streams/ tests).
         **kwargs
             Any other :class:`ShopSimulator` parameter but ``start_time``,
             ``sessions_per_user_per_day`` and ``mean_gap_s``, which this sets.
@@ -216,7 +219,7 @@ class ShopSimulator:
         session_rate = rate / per_session  # sessions started per second
         # Open sessions = session rate x session length (Little's law).
         mean_gap_s = shoppers / (session_rate * gaps_per_session)
-        return cls(n_users=n_users, start_time=time.time(), mean_gap_s=mean_gap_s,
+        return cls(n_users=n_users, start_time=time.time() if start is None else start, mean_gap_s=mean_gap_s,
                    sessions_per_user_per_day=session_rate * _DAY / n_users, **kwargs)
 
     # --- set-up -----------------------------------------------------------------------------

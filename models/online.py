@@ -400,7 +400,7 @@ class InMemoryState:
             "window": settings.cooc_window,
             "window_s": settings.cooc_window_s,
             "history_len": settings.history_len,
-            "neighbours_k": settings.neighbours_k,
+            "neighbours_k": settings.neighbours_cut,  # what the worker keeps (not what is served)
             "trending_k": settings.trending_k,
             "session_index_k": settings.session_index_k,
         }

@@ -83,7 +83,7 @@ def build_worker(app: faust.App, settings: Settings, *, metrics_port: int | None
     state_type = ClusterRedisState if is_cluster_url(settings.redis) else RedisState
     state = state_type(client, keys, settings.clicks_topic,
                        window=settings.cooc_window, history_len=settings.history_len,
-                       neighbours_k=settings.neighbours_k, trending_k=settings.trending_k,
+                       neighbours_k=settings.neighbours_cut, trending_k=settings.trending_k,
                        chunk_cost=settings.apply_chunk_cost)
     state.exit_after_chunk = settings.fault_exit_after_chunk
     state.session_index_k = settings.session_index_k

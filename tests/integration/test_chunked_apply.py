@@ -59,7 +59,7 @@ class Worker:
         self.client = aioredis.Redis.from_url(s.redis)
         keys = Keys(s.key_prefix)
         self.state = RedisState(self.client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                                neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=chunk_cost)
+                                neighbours_k=s.neighbours_cut, trending_k=s.trending_k, chunk_cost=chunk_cost)
         self.state.session_index_k = s.session_index_k  # as `driftrec worker` sets it
         self.dead: list[DeadLetter] = []
 
@@ -277,7 +277,7 @@ def test_cluster_slot_groups_over_the_budget_are_applied_in_parts_once_across_a_
 
     def state(client: Any) -> ClusterRedisState:
         st = ClusterRedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                               neighbours_k=s.neighbours_k, trending_k=s.trending_k, chunk_cost=SMALL)
+                               neighbours_k=s.neighbours_cut, trending_k=s.trending_k, chunk_cost=SMALL)
         st.session_index_k = s.session_index_k
         return st
 

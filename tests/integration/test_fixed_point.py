@@ -60,7 +60,8 @@ def stream(settings: Settings, cluster: LocalRedisCluster, where: str, *, seed: 
     """``n`` clicks spanning ``half_lives`` half-lives (the landmark moves every 14.4: max exponent 10)."""
     events = list(ShopSimulator(n_users=50, n_items=150, n_categories=4, seed=seed).events(n))
     span = events[-1]["timestamp"] - events[0]["timestamp"]
-    s = settings.model_copy(update={"half_life_s": span / half_lives, "neighbours_k": 20, "trending_k": 30})
+    s = settings.model_copy(update={"half_life_s": span / half_lives, "neighbours_k": 20,
+                                    "neighbours_kept": 20, "trending_k": 30})
     if where == "cluster":
         s = s.model_copy(update={"redis_url": cluster.url})
     records = asyncio.run(produce(s, events))

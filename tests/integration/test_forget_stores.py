@@ -77,7 +77,7 @@ class Crash(BaseException):
 def processor(s: Settings, client: Any, cluster: bool, crash_after_groups: int | None = None) -> BatchProcessor:
     kind = ClusterRedisState if cluster else RedisState
     state = kind(client, Keys(s.key_prefix), s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                 neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+                 neighbours_k=s.neighbours_cut, trending_k=s.trending_k)
     state.session_index_k = s.session_index_k
     if crash_after_groups is not None:
         async def dies_mid_batch(batch_id: str, groups: list[tuple[str, bytes]], finish: Any) -> None:

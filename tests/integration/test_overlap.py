@@ -62,7 +62,7 @@ class Worker:
         self.client = aioredis.Redis.from_url(s.redis)
         keys = Keys(s.key_prefix)
         self.state = RedisState(self.client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                                neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+                                neighbours_k=s.neighbours_cut, trending_k=s.trending_k)
         self.dead: list[DeadLetter] = []
 
         async def sink(dead: Any) -> None:

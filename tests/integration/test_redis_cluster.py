@@ -56,7 +56,7 @@ class Crash(BaseException):
 def _processor(s: Settings, client: Any, crash_after_groups: int | None = None) -> BatchProcessor:
     keys = Keys(s.key_prefix)
     state = ClusterRedisState(client, keys, s.clicks_topic, window=s.cooc_window, history_len=s.history_len,
-                              neighbours_k=s.neighbours_k, trending_k=s.trending_k)
+                              neighbours_k=s.neighbours_cut, trending_k=s.trending_k)
     if crash_after_groups is not None:
         async def dies_mid_batch(batch_id: str, groups: list[tuple[str, bytes]], finish: Any) -> None:
             await state._scripts(state._slot, [([g], [p]) for g, p in groups[:crash_after_groups]])

@@ -40,14 +40,14 @@ def test_a_valid_event_is_not_counted_as_rejected() -> None:
 
 
 def _oracle(events: list[EventView]) -> InMemoryState:
-    s = Settings(neighbours_k=3, history_len=50, trending_k=500)
+    s = Settings(neighbours_k=3, neighbours_kept=3, history_len=50, trending_k=500)
     st = InMemoryState.from_settings(s, user_items_k=50, user_cats_k=32, landmark=0.0)
     st.process(events)
     return st
 
 
 def test_compare_finds_a_lost_event_and_tolerates_a_pruned_list_differing() -> None:
-    s = Settings(neighbours_k=3, history_len=50, trending_k=500)
+    s = Settings(neighbours_k=3, neighbours_kept=3, history_len=50, trending_k=500)
     evs = [EventView("u1", f"i{j}", "view", 100.0 + j, "c", j, 0) for j in range(6)]
     oracle = _oracle(evs)
     snap = snapshot_of(oracle)

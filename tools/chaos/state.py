@@ -6,7 +6,7 @@ bound ever cut are batch-independent and must match (floats to ``rel_tol``): pop
 trending lists below ``trending_k``, category tastes, histories (newest ``history_len`` items by
 latest time, a set that does not depend on batching), item categories, offsets, the applied
 counter, user weights and neighbour lists that never reached their cap. A bounded list that
-reached its cap (``P:{u}:w`` at ``history_len``, ``P:{i}:nbr`` at ``neighbours_k``) can depend on
+reached its cap (``P:{u}:w`` at ``history_len``, ``P:{i}:nbr`` at ``neighbours_kept``) can depend on
 where batches were cut: a member pruned after one batch loses its mass, the same member kept
 within a bigger batch keeps it. Those are compared by overlap of members.
 """
@@ -312,7 +312,7 @@ def compare(snap: RedisSnapshot, oracle: InMemoryState | RedisSnapshot, settings
             bad("user_weights", user)
     for item in snap.cooc.keys() | ref.cooc.keys():
         a, b = snap.cooc.get(item, {}), ref.cooc.get(item, {})
-        if len(a) >= settings.neighbours_k or len(b) >= settings.neighbours_k:
+        if len(a) >= settings.neighbours_cut or len(b) >= settings.neighbours_cut:
             capped_items.append(item)
         elif not _same(a, b, rel_tol):
             bad("neighbours", item)
