@@ -35,6 +35,7 @@ import redis
 
 from common import RESULTS, ROOT, commit, cpu_jitter, free_port, machine
 
+from driftrec import modelblobs
 from driftrec.keys import Keys
 from driftrec.models.decay import SCORE_SCALE
 from driftrec.userstate import encode_state, pack_vector
@@ -180,19 +181,29 @@ def populate(r: redis.Redis, n_items: int, n_users: int, seed: int = 7, k: int =
         pipe.execute()
 
     dims = [n_items, tf_hidden, n_items]
-    pipe = r.pipeline(transaction=False)
-    blob = keys.model_blob
-    pipe.set(blob(VERSION, "item_ids"), "\n".join(items))
-    pipe.set(blob(VERSION, "item_factors"), npy(Y))
-    pipe.set(blob(VERSION, "user_ids"), "\n".join(f"u{u}" for u in range(n_users)))
-    pipe.set(blob(VERSION, "user_factors"), npy(U))
-    pipe.set(blob(VERSION, "alpha"), npy(np.array([1.0])))
-    pipe.set(blob(VERSION, "regularization"), npy(np.array([0.1])))
-    pipe.set(blob(VERSION, "tf_n_layers"), npy(np.array([2], np.int32)))
+    parts: dict[str, bytes] = {
+        "item_ids": "\n".join(items).encode(), "item_factors": npy(Y),
+        "user_ids": "\n".join(f"u{u}" for u in range(n_users)).encode(), "user_factors": npy(U),
+        "alpha": npy(np.array([1.0])), "regularization": npy(np.array([0.1])),
+        "tf_n_layers": npy(np.array([2], np.int32)),
+    }
+    del Y, U
     for i in range(2):
-        pipe.set(blob(VERSION, f"tf_layer{i}_weight"),
-                 npy((rng.normal(size=(dims[i], dims[i + 1])) * 0.1).astype(np.float32)))
-        pipe.set(blob(VERSION, f"tf_layer{i}_bias"), npy(np.zeros(dims[i + 1], np.float32)))
+        w = rng.normal(size=(dims[i], dims[i + 1])).astype(np.float32)
+        w *= 0.1
+        parts[f"tf_layer{i}_weight"] = npy(w)
+        parts[f"tf_layer{i}_bias"] = npy(np.zeros(dims[i + 1], np.float32))
+        del w
+    # Parts over modelblobs.CHUNK_BYTES (a million items' TF layers) go in chunks, as the
+    # publisher writes them: Redis refuses one value over 512 MB.
+    pipe = r.pipeline(transaction=False)
+    for name, value in parts.items():
+        head, chunks = modelblobs.split(value)
+        for c, chunk in enumerate(chunks):
+            pipe.set(modelblobs.chunk_key(keys.model_blob(VERSION, name), c), chunk)
+            pipe.execute()
+        pipe.set(keys.model_blob(VERSION, name), head)
+    del parts
     pipe.set(keys.model_current, VERSION)
     pipe.execute()
     info = r.info("memory")

@@ -1,0 +1,163 @@
+"""The reader's latency against the catalogue's size: p99 at 500 req/s with 10,000 and 1,000,000 items.
+
+Usage: python benchmarks/reader_items.py [--items 10000 1000000] [--rate 500] [--seconds 20]
+                                         [--out benchmarks/results/reader_items.json]
+
+Issue 23's scale check: a request's cost must not grow with the catalogue. For each size, in turn:
+
+1. a private ``redis-server`` without persistence, sorted sets as the local stack keeps them
+   (``driftrec/stack/local.py`` ``LISTPACK_ARGS``) is filled by :func:`benchmarks.reader.populate` with a shop in
+   the worker's key layout: 50,000 shoppers with histories (5-40 items drawn by a Zipf-like
+   popularity), decayed weights, category tastes and factor vectors; 50 neighbours per item,
+   popularity, trending; and a published model version at ``driftrec train``'s default sizes
+   (128 ALS factors, a 256-wide TF layer) with synthetic weights, since nobody trains a
+   million-item model on this machine. Parts over 64 MB go in chunks, as the publisher writes them.
+2. ``driftrec serve`` starts as a user starts it (the compiled front and the Python reader behind
+   it, which builds the HNSW indexes when the version loads, ``reader_ann_build_threads`` = 2
+   so that the million-item build takes minutes rather than most of an hour; the front then
+   maps them). The script waits until the front ranks recommendations with the model itself.
+3. vegeta offers ``GET /v1/recommendations/{shopper}?n=20`` open-loop at ``--rate`` for
+   ``--seconds`` (after 5 s at 100 req/s to warm the caches), spread over the shoppers.
+
+Writes p50 / p99 / p99.9 / max, statuses, sheds, the front's share of the answers, the model's
+load time, the reader tree's RSS and Redis' memory per size, and ``p99_ratio`` (the largest size
+over the smallest; the issue's target: within 1.5x). Everything shares this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from reader import PREFIX, populate  # noqa: E402
+from system import Proc, front_answers, http_ok, vegeta, vegeta_bin, wait_for  # noqa: E402
+
+from driftrec.settings import Settings  # noqa: E402
+from driftrec.stack.local import LISTPACK_ARGS  # noqa: E402
+from tools import benchinfo  # noqa: E402
+from tools.chaos.stack import free_port  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+USERS, FACTORS, TF_HIDDEN, N = 50_000, 128, 256, 20
+
+
+def private_redis(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(work), *LISTPACK_ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    r = redis.Redis(port=port)
+    wait_for(lambda: _pings(r), 30, "redis-server")
+    return proc, port
+
+
+def _pings(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_model(base: str, timeout: float, proc: Proc) -> float:
+    """Seconds until the compiled front answers a recommendation with the model itself (the
+    Python reader has loaded the version and built its indexes into the shared folder)."""
+    started = time.monotonic()
+    url = f"{base}/v1/recommendations/u1?n={N}"
+
+    def front_ranks() -> bool:
+        before = front_answers(f"{base}/metrics")
+        try:
+            urllib.request.urlopen(url, timeout=60).read()
+        except OSError:
+            return False
+        if front_answers(f"{base}/metrics") > before:
+            return True
+        time.sleep(5)
+        return False
+
+    wait_for(front_ranks, timeout, "the front to rank with the model", (proc,))
+    return round(time.monotonic() - started, 1)
+
+
+def one_size(items: int, args: argparse.Namespace, vegeta_: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"reader-items-{items}-") as tmp:
+        work = Path(tmp)
+        server, port = private_redis(work)
+        try:
+            r = redis.Redis(port=port)
+            print(f"[{items}] filling Redis ...", flush=True)
+            out: dict[str, Any] = {"items": items, "shop": populate(r, items, USERS, k=FACTORS, tf_hidden=TF_HIDDEN)}
+            s = Settings(kafka_bootstrap_servers="127.0.0.1:9", redis_url=f"redis://127.0.0.1:{port}/0",
+                         key_prefix=PREFIX, reader_port=free_port(), home=work / "home",
+                         reader_ann_build_threads=2)
+            base = f"http://127.0.0.1:{s.reader_port}"
+            reader = Proc(ROOT, s, ["serve"], work / "reader.log")
+            try:
+                wait_for(lambda: http_ok(f"{base}/readyz"), 300, "the reader", (reader,))
+                print(f"[{items}] waiting for the model's indexes ...", flush=True)
+                out["model_load_s"] = wait_model(base, args.load_timeout, reader)
+                targets = work / "targets.txt"
+                targets.write_text("".join(f"GET {base}/v1/recommendations/u{(u * 7919) % USERS}?n={N}\n"
+                                           for u in range(20_000)))
+                vegeta(vegeta_, targets, 100, 5.0, work)  # warm the caches; not recorded
+                before = front_answers(f"{base}/metrics")
+                print(f"[{items}] {args.rate} req/s for {args.seconds:.0f} s ...", flush=True)
+                got = vegeta(vegeta_, targets, args.rate, args.seconds, work)
+                got["front_answers"] = front_answers(f"{base}/metrics") - before
+                out["at_rate"] = got
+                out["reader_rss_mb"] = reader.rss_mb()
+                out["redis_used_memory_mb"] = round(int(r.info("memory")["used_memory"]) / 2**20, 1)
+                reader.check()
+            except BaseException:
+                shutil.copy(work / "reader.log", Path(tempfile.gettempdir()) / f"reader-items-{items}.log")
+                raise
+            finally:
+                reader.stop()
+        finally:
+            server.terminate()
+            server.wait(30)
+    print(f"[{items}] {json.dumps(out['at_rate'])}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, nargs="+", default=[10_000, 1_000_000])
+    ap.add_argument("--rate", type=int, default=500)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--load-timeout", type=float, default=3600.0, help="seconds to wait for the indexes")
+    ap.add_argument("--out", type=Path, default=RESULTS / "reader_items.json")
+    args = ap.parse_args()
+    vegeta_ = vegeta_bin()
+    started = time.time()
+    sizes = [one_size(n, args, vegeta_) for n in args.items]
+    p99 = {str(x["items"]): x["at_rate"]["p99_ms"] for x in sizes}
+    result = {
+        "commit": benchinfo.commit(), "machine": benchinfo.machine(),
+        "command": " ".join(["python", "benchmarks/reader_items.py", *sys.argv[1:]]),
+        "rate_per_s": args.rate, "seconds": args.seconds, "users": USERS, "factors": FACTORS,
+        "tf_hidden": TF_HIDDEN, "n": N, "sizes": sizes, "p99_ms": p99,
+        "p99_ratio": round(sizes[-1]["at_rate"]["p99_ms"] / sizes[0]["at_rate"]["p99_ms"], 2),
+        "wall_s": round(time.time() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"p99_ms": p99, "p99_ratio": result["p99_ratio"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
