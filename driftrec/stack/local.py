@@ -25,7 +25,7 @@ from pathlib import Path
 from driftrec.errors import StackError
 from driftrec.settings import Settings
 
-__all__ = ["AOF_REWRITE_ARGS", "LISTPACK_ARGS", "REDIS_ARGS", "LocalStack", "ServiceStatus", "cache_dir", "priority_of", "raise_priority"]
+__all__ = ["AOF_REWRITE_ARGS", "LocalStack", "ServiceStatus", "cache_dir", "priority_of", "raise_priority"]
 
 #: When Redis compacts its append-only file: once the file has grown to 5x what the last
 #: rewrite left (and past 256 MB), not Redis' default 2x (and 64 MB). Each rewrite forks Redis
@@ -37,15 +37,6 @@ __all__ = ["AOF_REWRITE_ARGS", "LISTPACK_ARGS", "REDIS_ARGS", "LocalStack", "Ser
 #: (0.41 vs 0.83 s for a 75 MB dataset here).
 AOF_REWRITE_ARGS = ("--auto-aof-rewrite-percentage", "400", "--auto-aof-rewrite-min-size", "256mb",
                     "--rdbcompression", "no")
-#: Sorted sets of up to 256 members stay listpacks (Redis' default: 128). A neighbour row is kept to
-#: ``neighbours_kept`` (256) members so that what is served does not depend on batch boundaries;
-#: past 128 a row would become a skiplist, several times the bytes per member, and Redis does not
-#: turn it back after a cut. Measured on the same 100,000 clicks (docs/experiments.md,
-#: 2026-12-07): dataset 1.76x instead of 2.25x the rows cut at 50, Redis CPU 1.24x instead of
-#: 1.12x (a longer listpack is scanned per update).
-LISTPACK_ARGS = ("--zset-max-listpack-entries", "256")
-#: What the local stack (and docker-compose.yml) adds to Redis' command line.
-REDIS_ARGS = AOF_REWRITE_ARGS + LISTPACK_ARGS
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +218,7 @@ class LocalStack:
         cmd = [
             self._redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
             "--dir", str(self.redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-            *REDIS_ARGS, "--save", "", "--daemonize", "no", "--logfile", str(self.redis_dir / "redis.log"),
+            *AOF_REWRITE_ARGS, "--save", "", "--daemonize", "no", "--logfile", str(self.redis_dir / "redis.log"),
             "--protected-mode", "yes",
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
