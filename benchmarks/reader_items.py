@@ -5,8 +5,7 @@ Usage: python benchmarks/reader_items.py [--items 10000 1000000] [--rate 500] [-
 
 Issue 23's scale check: a request's cost must not grow with the catalogue. For each size, in turn:
 
-1. a private ``redis-server`` without persistence, sorted sets as the local stack keeps them
-   (``driftrec/stack/local.py`` ``LISTPACK_ARGS``) is filled by :func:`benchmarks.reader.populate` with a shop in
+1. a private ``redis-server`` without persistence is filled by :func:`benchmarks.reader.populate` with a shop in
    the worker's key layout: 50,000 shoppers with histories (5-40 items drawn by a Zipf-like
    popularity), decayed weights, category tastes and factor vectors; 50 neighbours per item,
    popularity, trending; and a published model version at ``driftrec train``'s default sizes
@@ -47,7 +46,6 @@ from reader import PREFIX, populate  # noqa: E402
 from system import Proc, front_answers, http_ok, vegeta, vegeta_bin, wait_for  # noqa: E402
 
 from driftrec.settings import Settings  # noqa: E402
-from driftrec.stack.local import LISTPACK_ARGS  # noqa: E402
 from tools import benchinfo  # noqa: E402
 from tools.chaos.stack import free_port  # noqa: E402
 
@@ -58,7 +56,7 @@ USERS, FACTORS, TF_HIDDEN, N = 50_000, 128, 256, 20
 def private_redis(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(work), *LISTPACK_ARGS],
+                             "--appendonly", "no", "--dir", str(work)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     r = redis.Redis(port=port)
     wait_for(lambda: _pings(r), 30, "redis-server")
