@@ -16,7 +16,10 @@ Issue 23's scale check: a request's cost must not grow with the catalogue. For e
    so that the million-item build takes minutes rather than most of an hour; the front then
    maps them). The script waits until the front ranks recommendations with the model itself.
 3. vegeta offers ``GET /v1/recommendations/{shopper}?n=20`` open-loop at ``--rate`` for
-   ``--seconds`` (after 5 s at 100 req/s to warm the caches), spread over the shoppers.
+   ``--seconds`` (after 5 s at 100 req/s to warm the caches), spread over the shoppers, in
+   ``--windows`` windows ``--pause`` s apart (the last is the one reported: the first can still
+   meet the model's load settling), with the CPU of the front, the Python reader and Redis per
+   window; ``--perf`` records the front's hottest symbols in the first.
 
 Writes p50 / p99 / p99.9 / max, statuses, sheds, the front's share of the answers, the model's
 load time, the reader tree's RSS and Redis' memory per size, and ``p99_ratio`` (the largest size
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,10 +47,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from reader import PREFIX, populate  # noqa: E402
-from system import Proc, front_answers, http_ok, vegeta, vegeta_bin, wait_for  # noqa: E402
+from system import CpuMeter, Proc, front_answers, http_ok, vegeta, vegeta_bin, wait_for  # noqa: E402
 
 from driftrec.settings import Settings  # noqa: E402
 from tools import benchinfo  # noqa: E402
+from tools.chaos.procs import tree_pids  # noqa: E402
 from tools.chaos.stack import free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -112,11 +117,23 @@ def one_size(items: int, args: argparse.Namespace, vegeta_: str) -> dict[str, An
                 targets.write_text("".join(f"GET {base}/v1/recommendations/u{(u * 7919) % USERS}?n={N}\n"
                                            for u in range(20_000)))
                 vegeta(vegeta_, targets, 100, 5.0, work)  # warm the caches; not recorded
-                before = front_answers(f"{base}/metrics")
-                print(f"[{items}] {args.rate} req/s for {args.seconds:.0f} s ...", flush=True)
-                got = vegeta(vegeta_, targets, args.rate, args.seconds, work)
-                got["front_answers"] = front_answers(f"{base}/metrics") - before
-                out["at_rate"] = got
+                pids = procs(reader, server)
+                windows = []
+                for w in range(args.windows):
+                    before = front_answers(f"{base}/metrics")
+                    meter = CpuMeter(pids)
+                    perf = start_perf(pids.get("front"), work) if args.perf and w == 0 else None
+                    print(f"[{items}] window {w + 1}: {args.rate} req/s for {args.seconds:.0f} s ...", flush=True)
+                    got = vegeta(vegeta_, targets, args.rate, args.seconds, work)
+                    got.update(meter.read())
+                    got["front_answers"] = front_answers(f"{base}/metrics") - before
+                    if perf is not None:
+                        got["front_perf_top"] = stop_perf(perf, work)
+                    windows.append(got)
+                    print(f"[{items}] {json.dumps({k: v for k, v in got.items() if k != 'front_perf_top'})}", flush=True)
+                    time.sleep(args.pause)
+                out["windows"] = windows
+                out["at_rate"] = windows[-1]  # the last window: the one furthest from the model's load
                 out["reader_rss_mb"] = reader.rss_mb()
                 out["redis_used_memory_mb"] = round(int(r.info("memory")["used_memory"]) / 2**20, 1)
                 reader.check()
@@ -128,8 +145,37 @@ def one_size(items: int, args: argparse.Namespace, vegeta_: str) -> dict[str, An
         finally:
             server.terminate()
             server.wait(30)
-    print(f"[{items}] {json.dumps(out['at_rate'])}", flush=True)
     return out
+
+
+def procs(reader: Proc, server: subprocess.Popen[bytes]) -> dict[str, int | None]:
+    """The compiled front, the Python reader behind it and Redis, for :class:`CpuMeter`."""
+    out: dict[str, int | None] = {"redis": server.pid}
+    for pid in tree_pids(reader.proc.pid)[1:]:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        out["front" if comm == "driftrec-reader" else "python_reader"] = pid
+    return out
+
+
+def start_perf(pid: int | None, work: Path) -> subprocess.Popen[bytes] | None:
+    """``perf record`` of the front's threads for one window (None without perf or the front)."""
+    perf = shutil.which("perf")
+    if perf is None or pid is None:
+        return None
+    return subprocess.Popen([perf, "record", "-F", "499", "-g", "-p", str(pid), "-o", str(work / "perf.data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_perf(proc: subprocess.Popen[bytes], work: Path) -> list[str]:
+    """The window's hottest symbols of the front (self time), as ``perf report`` prints them."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    text = subprocess.run(["perf", "report", "--stdio", "--no-children", "--sort", "dso,symbol", "-g", "none",
+                           "-i", str(work / "perf.data")], capture_output=True, text=True).stdout
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.startswith("#")][:40]
 
 
 def main() -> None:
@@ -137,6 +183,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, nargs="+", default=[10_000, 1_000_000])
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--windows", type=int, default=2, help="measurement windows per size (the last is reported)")
+    ap.add_argument("--pause", type=float, default=10.0, help="seconds between windows")
+    ap.add_argument("--perf", action="store_true", help="perf record the front during the first window")
     ap.add_argument("--load-timeout", type=float, default=3600.0, help="seconds to wait for the indexes")
     ap.add_argument("--out", type=Path, default=RESULTS / "reader_items.json")
     args = ap.parse_args()
