@@ -52,27 +52,10 @@ from system import CpuMeter, Proc, front_answers, http_ok, vegeta, vegeta_bin, w
 from driftrec.settings import Settings  # noqa: E402
 from tools import benchinfo  # noqa: E402
 from tools.chaos.procs import tree_pids  # noqa: E402
-from tools.chaos.stack import free_port  # noqa: E402
+from tools.chaos.stack import PrivateRedis, free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 USERS, FACTORS, TF_HIDDEN, N = 50_000, 128, 256, 20
-
-
-def private_redis(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    r = redis.Redis(port=port)
-    wait_for(lambda: _pings(r), 30, "redis-server")
-    return proc, port
-
-
-def _pings(r: redis.Redis) -> bool:
-    try:
-        return bool(r.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def wait_model(base: str, timeout: float, proc: Proc) -> float:
@@ -99,58 +82,62 @@ def wait_model(base: str, timeout: float, proc: Proc) -> float:
 def one_size(items: int, args: argparse.Namespace, vegeta_: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"reader-items-{items}-") as tmp:
         work = Path(tmp)
-        server, port = private_redis(work)
+        server = PrivateRedis(work / "redis", persist=False)
+        server.start()
         try:
-            r = redis.Redis(port=port)
-            print(f"[{items}] filling Redis ...", flush=True)
-            out: dict[str, Any] = {"items": items, "shop": populate(r, items, USERS, k=FACTORS, tf_hidden=TF_HIDDEN)}
-            s = Settings(kafka_bootstrap_servers="127.0.0.1:9", redis_url=f"redis://127.0.0.1:{port}/0",
-                         key_prefix=PREFIX, reader_port=free_port(), home=work / "home",
-                         reader_ann_build_threads=2)
-            base = f"http://127.0.0.1:{s.reader_port}"
-            reader = Proc(ROOT, s, ["serve"], work / "reader.log")
-            try:
-                wait_for(lambda: http_ok(f"{base}/readyz"), 300, "the reader", (reader,))
-                print(f"[{items}] waiting for the model's indexes ...", flush=True)
-                out["model_load_s"] = wait_model(base, args.load_timeout, reader)
-                targets = work / "targets.txt"
-                targets.write_text("".join(f"GET {base}/v1/recommendations/u{(u * 7919) % USERS}?n={N}\n"
-                                           for u in range(20_000)))
-                vegeta(vegeta_, targets, 100, 5.0, work)  # warm the caches; not recorded
-                pids = procs(reader, server)
-                windows = []
-                for w in range(args.windows):
-                    before = front_answers(f"{base}/metrics")
-                    meter = CpuMeter(pids)
-                    perf = start_perf(pids.get("front"), work) if args.perf and w == 0 else None
-                    print(f"[{items}] window {w + 1}: {args.rate} req/s for {args.seconds:.0f} s ...", flush=True)
-                    got = vegeta(vegeta_, targets, args.rate, args.seconds, work)
-                    got.update(meter.read())
-                    got["front_answers"] = front_answers(f"{base}/metrics") - before
-                    if perf is not None:
-                        got["front_perf_top"] = stop_perf(perf, work)
-                    windows.append(got)
-                    print(f"[{items}] {json.dumps({k: v for k, v in got.items() if k != 'front_perf_top'})}", flush=True)
-                    time.sleep(args.pause)
-                out["windows"] = windows
-                out["at_rate"] = windows[-1]  # the last window: the one furthest from the model's load
-                out["reader_rss_mb"] = reader.rss_mb()
-                out["redis_used_memory_mb"] = round(int(r.info("memory")["used_memory"]) / 2**20, 1)
-                reader.check()
-            except BaseException:
-                shutil.copy(work / "reader.log", Path(tempfile.gettempdir()) / f"reader-items-{items}.log")
-                raise
-            finally:
-                reader.stop()
+            return measure(items, args, vegeta_, work, server)
         finally:
-            server.terminate()
-            server.wait(30)
+            server.stop()
+
+
+def measure(items: int, args: argparse.Namespace, vegeta_: str, work: Path, server: PrivateRedis) -> dict[str, Any]:
+    """One catalogue size on ``server``: fill it, start ``driftrec serve``, wait for the model, measure."""
+    r = redis.Redis.from_url(server.url)
+    print(f"[{items}] filling Redis ...", flush=True)
+    out: dict[str, Any] = {"items": items, "shop": populate(r, items, USERS, k=FACTORS, tf_hidden=TF_HIDDEN)}
+    s = Settings(kafka_bootstrap_servers="127.0.0.1:9", redis_url=server.url, key_prefix=PREFIX,
+                 reader_port=free_port(), home=work / "home", reader_ann_build_threads=2)
+    base = f"http://127.0.0.1:{s.reader_port}"
+    reader = Proc(ROOT, s, ["serve"], work / "reader.log")
+    try:
+        wait_for(lambda: http_ok(f"{base}/readyz"), 300, "the reader", (reader,))
+        print(f"[{items}] waiting for the model's indexes ...", flush=True)
+        out["model_load_s"] = wait_model(base, args.load_timeout, reader)
+        targets = work / "targets.txt"
+        targets.write_text("".join(f"GET {base}/v1/recommendations/u{(u * 7919) % USERS}?n={N}\n"
+                                   for u in range(20_000)))
+        vegeta(vegeta_, targets, 100, 5.0, work)  # warm the caches; not recorded
+        pids = procs(reader, server.pid)
+        windows = []
+        for w in range(args.windows):
+            before = front_answers(f"{base}/metrics")
+            meter = CpuMeter(pids)
+            perf = start_perf(pids.get("front"), work) if args.perf and w == 0 else None
+            print(f"[{items}] window {w + 1}: {args.rate} req/s for {args.seconds:.0f} s ...", flush=True)
+            got = vegeta(vegeta_, targets, args.rate, args.seconds, work)
+            got.update(meter.read())
+            got["front_answers"] = front_answers(f"{base}/metrics") - before
+            if perf is not None:
+                got["front_perf_top"] = stop_perf(perf, work)
+            windows.append(got)
+            print(f"[{items}] {json.dumps({k: v for k, v in got.items() if k != 'front_perf_top'})}", flush=True)
+            time.sleep(args.pause)
+        out["windows"] = windows
+        out["at_rate"] = windows[-1]  # the last window: the one furthest from the model's load
+        out["reader_rss_mb"] = reader.rss_mb()
+        out["redis_used_memory_mb"] = round(int(r.info("memory")["used_memory"]) / 2**20, 1)
+        reader.check()
+    except BaseException:
+        shutil.copy(work / "reader.log", Path(tempfile.gettempdir()) / f"reader-items-{items}.log")
+        raise
+    finally:
+        reader.stop()
     return out
 
 
-def procs(reader: Proc, server: subprocess.Popen[bytes]) -> dict[str, int | None]:
+def procs(reader: Proc, redis_pid: int | None) -> dict[str, int | None]:
     """The compiled front, the Python reader behind it and Redis, for :class:`CpuMeter`."""
-    out: dict[str, int | None] = {"redis": server.pid}
+    out: dict[str, int | None] = {"redis": redis_pid}
     for pid in tree_pids(reader.proc.pid)[1:]:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import signal
-import subprocess
 import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,7 +32,8 @@ from driftrec.settings import Settings
 from driftrec.simulator import ShopSimulator
 from driftrec.streams.processor import BatchProcessor, RawRecord
 from driftrec.streams.redis_state import RedisState
-from tools.chaos.stack import free_port
+from tools.chaos.scale import redis_cpu_s
+from tools.chaos.stack import PrivateRedis
 
 __all__ = ["Rows", "RowsCompared", "live_clicks", "private_redis", "apply_in_batches", "read_rows", "compare",
            "one_view", "run_sizes", "redis_cost"]
@@ -68,30 +67,15 @@ def live_clicks(n: int, *, seed: int = 7, shoppers: int = 10_000, users: int = 5
 
 @contextmanager
 def private_redis(config: Sequence[str] = ()) -> Iterator[str]:
-    """A ``redis-server`` of this process's own on a free port, without persistence, with
+    """A :class:`PrivateRedis` of this process's own on a free port, without persistence, with
     ``config`` (``name value ...``, e.g. ``zset-max-listpack-entries 256``); its URL."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="nbr-redis-") as home:
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", home,
-                                 "--save", "", "--appendonly", "no", *(f"--{a}" if i % 2 == 0 else a for i, a in enumerate(config))],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"redis://127.0.0.1:{port}/0"
+        server = PrivateRedis(Path(home), persist=False, config=config)
+        server.start()
         try:
-            client = redis.Redis.from_url(url)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"private redis-server on {port} did not start") from None
-                    time.sleep(0.05)
-            client.close()
-            yield url
+            yield server.url
         finally:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(20)
+            server.stop()
 
 
 def first_click_time(raws: Sequence[RawRecord]) -> float:
@@ -186,13 +170,12 @@ def compare(a: Rows, b: Rows, k: int, view: float) -> RowsCompared:
 def redis_cost(url: str, keys: Keys) -> dict[str, float]:
     """Redis' CPU seconds so far, its dataset bytes, and the bytes of every neighbour row (``MEMORY USAGE``)."""
     client = redis.Redis.from_url(url)
-    cpu = client.info("cpu")
     names = list(client.scan_iter(match=keys.item_nbrs("*"), count=2000))
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.memory_usage(name, samples=0)
     row_bytes = sum(pipe.execute()) if names else 0
-    out = {"redis_cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+    out = {"redis_cpu_s": redis_cpu_s(client),
            "used_memory_dataset": float(client.info("memory")["used_memory_dataset"]),
            "nbr_rows": float(len(names)), "nbr_row_bytes": float(row_bytes)}
     client.close()

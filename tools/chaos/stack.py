@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -184,11 +185,16 @@ def _read(path: Path) -> int | None:
 
 
 class PrivateRedis:
-    """A ``redis-server`` with the local stack's persistence (AOF everysec) in ``workdir``."""
+    """A ``redis-server`` in ``workdir``: with the local stack's persistence (AOF everysec), or
+    with ``persist=False`` none; ``config`` adds ``name value ...`` pairs (e.g.
+    ``("zset-max-listpack-entries", "512")``)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, persist: bool = True,
+                 config: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self.persist = persist
+        self.config = tuple(config)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -203,8 +209,9 @@ class PrivateRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", str(self.workdir / "redis.log")],
+             *(["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else ["--appendonly", "no"]),
+             "--save", "", "--logfile", str(self.workdir / "redis.log"),
+             *(f"--{a}" if i % 2 == 0 else a for i, a in enumerate(self.config))],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
